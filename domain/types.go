@@ -1,0 +1,149 @@
+package domain
+
+import "time"
+
+// Type is the guest virtualisation mode.
+type Type int
+
+const (
+	TypeUnspecified Type = iota
+	TypePV
+	TypePVH
+	TypeHVM
+)
+
+// PowerState is a VM's power state as the toolstack tracks it.
+type PowerState int
+
+const (
+	PowerUnspecified PowerState = iota
+	Halted                      // no domain
+	Running                     // domain exists and is unpaused
+	Paused                      // domain exists and is paused by the toolstack
+	Suspended                   // memory image saved, no domain (later issue)
+)
+
+// Action is what to do when the guest powers off, reboots or crashes.
+type Action int
+
+const (
+	ActionUnspecified Action = iota
+	ActionDestroy            // tear the domain down, VM becomes Halted
+	ActionRestart            // destroy and rebuild from the same spec
+	ActionPreserve           // keep the dead domain for inspection
+)
+
+// DiskMode is read-only or read-write.
+type DiskMode int
+
+const (
+	DiskModeUnspecified DiskMode = iota
+	DiskRO
+	DiskRW
+)
+
+// Disk is a virtual block device (plugged in a later issue).
+type Disk struct {
+	Device string // guest device name, e.g. "xvda"
+	Path   string // backing file or block device in dom0
+	Mode   DiskMode
+	CDROM  bool
+}
+
+// NIC is a virtual network interface (plugged in a later issue).
+type NIC struct {
+	MAC    string // "00:16:3e:xx:xx:xx"
+	Bridge string
+	MTU    uint32
+}
+
+// Spec is what XAPI asks for: the VM's configuration, independent of whether
+// it runs. Memory sizes are in bytes.
+type Spec struct {
+	UUID             string // canonical lower-case 8-4-4-4-12
+	Name             string
+	Type             Type
+	MemoryStaticMax  uint64
+	MemoryDynamicMin uint64
+	MemoryDynamicMax uint64
+	VCPUsMax         uint32
+	VCPUsAtStartup   uint32
+	Kernel           string // direct boot: dom0 path of the kernel image
+	Ramdisk          string
+	Cmdline          string
+	Platform         map[string]string // platform/ keys (e.g. "tsc_mode")
+	XenstoreData     map[string]string // extra keys written under the domain's xenstore path
+	OnPoweroff       Action
+	OnReboot         Action
+	OnCrash          Action
+	Disks            []Disk
+	NICs             []NIC
+}
+
+// VM is a spec plus what the toolstack knows about its running state.
+type VM struct {
+	ID    string // equals Spec.UUID
+	Spec  Spec
+	Power PowerState
+	Domid uint32 // 0 when there is no domain
+	// Problem is set when reconciliation found something wrong, e.g. the
+	// VM's domain vanished while the daemon was down.
+	Problem   string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// Generation increases with every change to the record.
+	Generation uint64
+}
+
+// TaskState is where a task is in its life.
+type TaskState int
+
+const (
+	TaskUnspecified TaskState = iota
+	TaskPending
+	TaskRunning
+	TaskSucceeded
+	TaskFailed
+	TaskCancelled
+	// TaskInterrupted: the daemon stopped (crash or SIGTERM) while the task
+	// ran; what it had done was reconciled on restart.
+	TaskInterrupted
+)
+
+// Done reports whether the state is final.
+func (s TaskState) Done() bool {
+	return s == TaskSucceeded || s == TaskFailed || s == TaskCancelled || s == TaskInterrupted
+}
+
+// Task is one lifecycle operation on one VM.
+type Task struct {
+	ID        string
+	VMID      string
+	Op        string // "start", "pause", "unpause", "shutdown", "reboot", "destroy"
+	State     TaskState
+	Progress  float64 // 0..1
+	Err       *Error  // set when State is Failed, Cancelled or Interrupted
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// EventKind says what an event is about.
+type EventKind int
+
+const (
+	EventUnspecified EventKind = iota
+	EventVMChanged             // VM created or updated; VM is set
+	EventVMDeleted             // VM deleted; VMID is set
+	EventTaskChanged           // task created or updated; Task is set
+)
+
+// Event is one change, numbered by a revision that increases by one with
+// every event the daemon ever records (persisted, so it survives restarts).
+type Event struct {
+	Revision uint64
+	Kind     EventKind
+	VMID     string
+	VM       *VM
+	Task     *Task
+	Time     time.Time
+}
