@@ -1,0 +1,397 @@
+// Package simhost is the simulated machine: one process that plays Xen
+// (package xenctrl/sim), its xenstored (package xenstore/xenstored) and
+// the guest kernels of its domains, so that the toolstack daemon can be
+// started, killed and restarted against it while "domains" keep running,
+// as they do on a real Xen host.
+//
+// A sim host owns a directory:
+//
+//	hypervisor.sock  net/rpc (gob) service "Hypervisor": every
+//	                 xenctrl.Hypervisor method, guest controls, Stop
+//	xenstored.sock   the embedded xenstored (privileged dom0 connections)
+//	simhost.pid      the host's pid while it runs
+//	simhost.lock     flock held while it runs: one host per directory
+//	simhost.log      stdout/stderr of a host started by Ensure
+//
+// Xen raising VIRQ_DOM_EXC is wired to xenstored's DomainException, and
+// xenstored asks the simulator whether a domain exists or is dying. When a
+// domain first runs, a simulated guest connects to xenstored as that
+// domain, advertises control/feature-poweroff, -reboot and -suspend as
+// Linux does, and answers control/shutdown requests. Its xenstore ring is
+// a reference on the domain (sim.Hypervisor.Hold): a destroyed domain
+// stays dying until xenstored has seen it die and dropped the ring, as on
+// Xen.
+//
+// The host exits on Stop, when its context ends, or after IdleTimeout
+// without any client connection (a safety net for forgotten test hosts).
+// Its domains vanish with it.
+package simhost
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/rpc"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl/sim"
+)
+
+// DefaultIdleTimeout is how long a sim host runs with no client connected
+// before it exits on its own.
+const DefaultIdleTimeout = time.Hour
+
+// Config describes a sim host.
+type Config struct {
+	// Dir holds the sockets, pid file and lock (created 0700 if missing).
+	Dir string
+	// TotalMemory (bytes) and NrCPUs size the machine (sim defaults if 0).
+	TotalMemory uint64
+	NrCPUs      uint32
+	// IdleTimeout: exit after this long with no client connection on
+	// either socket. 0 means DefaultIdleTimeout; negative disables it.
+	IdleTimeout time.Duration
+	// NoGuests disables the simulated guests (domains then never answer
+	// shutdown requests, like guests without PV drivers).
+	NoGuests bool
+	Logger   *slog.Logger
+}
+
+// host is one running sim host.
+type host struct {
+	cfg    Config
+	log    *slog.Logger
+	hv     *sim.Hypervisor
+	xs     xenstoreServer
+	bootID string
+
+	stopOnce sync.Once
+	stopped  chan struct{}
+	reason   atomic.Value // string: why the host stops
+
+	clients  atomic.Int64 // open client connections, both sockets
+	idleFrom atomic.Int64 // unix nanos when clients last dropped to 0
+
+	kick chan struct{} // VIRQ_DOM_EXC, coalesced
+
+	gmu    sync.Mutex
+	guests map[xenctrl.Domid]*guest
+	gwg    sync.WaitGroup
+
+	console *consoled // xenconsoled's part: guest console logs (console.go)
+
+	cmu   sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// Run runs a sim host until ctx ends, a client calls Stop, or it has been
+// idle for cfg.IdleTimeout. It returns an error if it cannot start (for
+// instance, another host already serves cfg.Dir).
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Dir == "" {
+		return errors.New("simhost: Config.Dir is empty")
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("simhost", cfg.Dir)
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return fmt.Errorf("simhost: create dir: %w", err)
+	}
+	unlock, err := lockDir(cfg.Dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	h := &host{
+		cfg:     cfg,
+		log:     log,
+		bootID:  newBootID(),
+		stopped: make(chan struct{}),
+		kick:    make(chan struct{}, 1),
+		guests:  make(map[xenctrl.Domid]*guest),
+		conns:   make(map[net.Conn]struct{}),
+	}
+	h.idleFrom.Store(time.Now().UnixNano())
+	h.hv = sim.New(sim.Config{
+		TotalMemory:       cfg.TotalMemory,
+		NrCPUs:            cfg.NrCPUs,
+		OnDomainException: h.domainException,
+		OnGuestBoot:       h.guestBoot,
+		Logger:            log,
+	})
+	h.xs = newXenstored(log, h.domainState)
+	h.console = newConsoled(filepath.Join(cfg.Dir, ConsoleDir), h.xs, log)
+
+	hvPath := filepath.Join(cfg.Dir, HypervisorSocket)
+	xsPath := filepath.Join(cfg.Dir, XenstoredSocket)
+	srv := rpc.NewServer()
+	svc := &service{
+		hv:    h.hv,
+		hello: Hello{PID: os.Getpid(), BootID: h.bootID, XenstoredPath: xsPath},
+		stop:  func() { h.stop("stop requested by a client") },
+		// A guest shutting itself down prints why, as Linux does.
+		onGuestShutdown: func(d xenctrl.Domid, r xenctrl.ShutdownReason) {
+			h.console.print(d, shutdownLine(time.Time{}, r), false)
+		},
+	}
+	if err := srv.RegisterName(serviceName, svc); err != nil {
+		_ = h.xs.Close()
+		return fmt.Errorf("simhost: register rpc service: %w", err)
+	}
+
+	pidPath := filepath.Join(cfg.Dir, PIDFile)
+	var hvl, xsl net.Listener
+	fail := func(err error) error {
+		for _, l := range []net.Listener{hvl, xsl} {
+			if l != nil {
+				l.Close()
+			}
+		}
+		_ = h.xs.Close()
+		os.Remove(hvPath)
+		os.Remove(xsPath)
+		os.Remove(pidPath)
+		return err
+	}
+	if hvl, err = listenUnix(hvPath); err != nil {
+		return fail(err)
+	}
+	if xsl, err = listenUnix(xsPath); err != nil {
+		return fail(err)
+	}
+	if err := os.WriteFile(pidPath, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+		return fail(fmt.Errorf("simhost: write pid file: %w", err))
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); h.serveRPC(hvl, srv) }()
+	go func() {
+		defer wg.Done()
+		if err := h.xs.Serve(&countingListener{Listener: xsl, h: h}); err != nil && !errors.Is(err, net.ErrClosed) {
+			log.Warn("simhost: xenstored stopped serving", "err", err)
+		}
+	}()
+	go func() { defer wg.Done(); h.exceptionLoop() }()
+	log.Info("simhost: running", "pid", os.Getpid(), "boot_id", h.bootID,
+		"idle_timeout", cfg.IdleTimeout, "hypervisor", hvPath, "xenstored", xsPath)
+
+	h.wait(ctx)
+	log.Info("simhost: stopping", "reason", h.reason.Load())
+
+	hvl.Close()
+	xsl.Close()
+	h.stopGuests()
+	h.console.close()
+	_ = h.xs.Close()
+	os.Remove(hvPath)
+	os.Remove(xsPath)
+	os.Remove(pidPath)
+	unlock()
+	h.closeConns()
+	wg.Wait()
+	h.gwg.Wait()
+	log.Info("simhost: stopped")
+	return nil
+}
+
+func newBootID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// lockDir takes the directory's flock so that only one host serves it.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("simhost: open lock file: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("simhost: another sim host already serves %s", dir)
+		}
+		return nil, fmt.Errorf("simhost: lock %s: %w", dir, err)
+	}
+	var once sync.Once
+	return func() { once.Do(func() { f.Close() }) }, nil
+}
+
+// listenUnix listens on path, replacing a stale socket file (the lock says
+// no other host owns the directory).
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("simhost: remove stale socket %s: %w", path, err)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("simhost: listen %s: %w", path, err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("simhost: chmod %s: %w", path, err)
+	}
+	return l, nil
+}
+
+func (h *host) stop(reason string) {
+	h.stopOnce.Do(func() {
+		h.reason.Store(reason)
+		close(h.stopped)
+	})
+}
+
+// wait blocks until the host must stop, checking the idle safety net.
+func (h *host) wait(ctx context.Context) {
+	var tick <-chan time.Time
+	if h.cfg.IdleTimeout > 0 {
+		t := time.NewTicker(max(h.cfg.IdleTimeout/8, 5*time.Millisecond))
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			h.stop("context ended: " + ctx.Err().Error())
+		case <-h.stopped:
+			return
+		case <-tick:
+			if h.clients.Load() > 0 {
+				continue
+			}
+			idle := time.Since(time.Unix(0, h.idleFrom.Load()))
+			if idle >= h.cfg.IdleTimeout {
+				h.log.Warn("simhost: no client for the idle timeout; exiting (domains are lost)",
+					"idle", idle.Round(time.Millisecond), "idle_timeout", h.cfg.IdleTimeout)
+				h.stop(fmt.Sprintf("idle for %v with no client", idle.Round(time.Millisecond)))
+			}
+		}
+	}
+}
+
+func (h *host) clientUp() { h.clients.Add(1) }
+
+func (h *host) clientDown() {
+	if h.clients.Add(-1) == 0 {
+		h.idleFrom.Store(time.Now().UnixNano())
+	}
+}
+
+func (h *host) serveRPC(l net.Listener, srv *rpc.Server) {
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		h.cmu.Lock()
+		select {
+		case <-h.stopped:
+			h.cmu.Unlock()
+			nc.Close()
+			return
+		default:
+		}
+		h.conns[nc] = struct{}{}
+		h.cmu.Unlock()
+		h.clientUp()
+		go func() {
+			srv.ServeConn(nc)
+			h.cmu.Lock()
+			delete(h.conns, nc)
+			h.cmu.Unlock()
+			h.clientDown()
+		}()
+	}
+}
+
+func (h *host) closeConns() {
+	h.cmu.Lock()
+	defer h.cmu.Unlock()
+	for nc := range h.conns {
+		nc.Close()
+	}
+}
+
+// countingListener counts xenstored's client connections for the idle
+// safety net.
+type countingListener struct {
+	net.Listener
+	h *host
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	nc, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.h.clientUp()
+	return &countedConn{Conn: nc, h: l.h}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	h    *host
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(c.h.clientDown)
+	return c.Conn.Close()
+}
+
+// domainState answers xenstored's question about a domain.
+func (h *host) domainState(domid uint32) (exists, shutdownOrDying bool) {
+	if domid >= uint32(xenctrl.DomidFirstReserved) {
+		return false, false
+	}
+	di, err := h.hv.DomainInfo(context.Background(), xenctrl.Domid(domid))
+	if err != nil {
+		return false, false
+	}
+	return true, di.Shutdown || di.Dying
+}
+
+// domainException is the simulator's VIRQ_DOM_EXC: coalesced, handled on
+// exceptionLoop so that the hypervisor never waits for xenstored.
+func (h *host) domainException() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// exceptionLoop lets xenstored process VIRQ_DOM_EXC (firing
+// @releaseDomain), then drops the xenstore rings of dying domains, which
+// lets the hypervisor release them.
+func (h *host) exceptionLoop() {
+	for {
+		select {
+		case <-h.kick:
+			h.xs.DomainException()
+			h.reapGuests()
+		case <-h.stopped:
+			return
+		}
+	}
+}

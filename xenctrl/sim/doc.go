@@ -1,0 +1,62 @@
+// Package sim is an in-memory simulated Xen 4.17 hypervisor implementing
+// xenctrl.Hypervisor, for tests and for machines without Xen.
+//
+// It is a model of the hypervisor's domain bookkeeping, not a stub: every
+// rule below is taken from Xen 4.17's own source (xen/common/domctl.c,
+// xen/common/domain.c, xen/arch/x86/domain.c, xen/common/page_alloc.c,
+// xen/common/grant_table.c) and returns the errno Xen returns.
+//
+//   - Domain 0 exists from boot and owns part of the host's memory.
+//   - New domids come from a rover: the search starts after the last domid
+//     handed out, wraps from DOMID_FIRST_RESERVED back to 1 and skips every
+//     domid still in use, dying domains included (XEN_DOMCTL_createdomain,
+//     is_free_domid). No free domid: ENOMEM.
+//   - createdomain is validated like sanitise_domain_config and
+//     arch_sanitise_domain_config: unknown flags, zero vCPUs, more than 128
+//     (HVM) or 8192 (PV) vCPUs, HAP without HVM: EINVAL; emulation flags that
+//     x86 emulation_flags_ok refuses: EOPNOTSUPP; grant/maptrack frame
+//     limits above Xen's defaults (64/1024): EINVAL.
+//   - A new domain is paused once by the controller, has no memory and a
+//     max_pages of 0. Pause/unpause are refcounted (controller_pause_count):
+//     more than 255 pauses is EOVERFLOW, unpausing at 0 is EINVAL. Pausing
+//     or destroying dom0 (the caller's own domain) is EINVAL.
+//   - vCPUs: as on 4.17, createdomain only sizes the vCPU array
+//     (max_vcpu_id reads XEN_INVALID_MAX_VCPU_ID); SetMaxVCPUs
+//     (XEN_DOMCTL_max_vcpus, EINVAL unless it repeats the createdomain
+//     count) creates them.
+//   - The first unpause finishes creation. A domain that has memory then
+//     "boots": its vCPUs are created if needed and come online (the
+//     interface has no setvcpucontext, so the simulator stands in for the
+//     builder here) and it runs, gaining CPU time, until paused, shut down
+//     or destroyed. A domain without memory never runs.
+//   - Shutdown (remote or from the guest) records the first reason only;
+//     later shutdowns succeed and change nothing (domain_shutdown).
+//   - Destroy frees the domain's memory at once and leaves it dying
+//     (XEN_DOMINF_dying) until the last reference to it is dropped, as
+//     domain_kill/put_domain do; destroying a dying domain again succeeds.
+//     References are taken with Hold (what a foreign mapping by xenstored or
+//     a backend does); with none held, the final release runs on its own
+//     goroutine after Config.ReleaseDelay.
+//   - Memory: max_mem sets max_pages (KiB >> 2, capped at 2^32-1);
+//     populate_physmap assigns pages one by one until the domain's limit or
+//     the host's free memory runs out, keeps what it got (Xen does not roll
+//     back) and fails with ENOMEM. A dying domain gets no page (assign_pages)
+//     and ENOMEM too: the hypercall only returns a short count.
+//   - Unknown domids: ESRCH.
+//
+// Where the simulator departs from Xen, on purpose: shutting down dom0 is
+// EINVAL (Xen would power off or reboot the host); a shutdown code above
+// SHUTDOWN_soft_reset is EINVAL (Xen stores any byte); the host has no
+// IOMMU, vPMU or TBOOT, so asking for them is EINVAL as on such a host;
+// a running guest accrues CPU time like one busy vCPU (none when
+// GuestBehaviour.Idle); GuestShutdown from a guest that is not running
+// (never booted, paused, shut down, dying) is EBUSY, since it cannot
+// execute the hypercall.
+//
+// Config.OnDomainException is called where Xen raises VIRQ_DOM_EXC: after a
+// shutdown, after destroy marks a domain dying, and after its final release.
+// It is called without any simulator lock held, so it may call back in.
+//
+// All methods are safe for concurrent use; the cost of an operation does
+// not grow with the number of domains except for ListDomains.
+package sim
