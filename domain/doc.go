@@ -8,4 +8,76 @@
 // touches the hypervisor, and every state change is persisted (package store)
 // before it is reported. The hypervisor is reached only through
 // xenctrl.Hypervisor, xenstore through the xenstore client.
+//
+// # States and operations
+//
+//	Halted --Start--> Running (or Paused with paused=true)
+//	Running --Pause--> Paused --Unpause--> Running
+//	Running|Paused --Shutdown/Reboot (clean, with timeout, optional Force)--> per on_poweroff/on_reboot
+//	Running|Paused --Destroy--> Halted
+//
+// A transition is checked twice: when it is submitted, against the state the
+// VM will be in after its queued operations (FailedPrecondition naming that
+// state, nothing queued), and again when it runs. Lifecycle calls return at
+// once with a Pending task; the task is persisted, survives the client, can
+// be waited for (WaitTask) or cancelled (CancelTask: a queued task is dropped,
+// a running one has its context cancelled and undoes its partial work).
+//
+// # Persistence and events
+//
+// Each state change (VM record and/or task snapshots) is one atomic, synced
+// store batch together with one event per changed object, so the event log
+// and the records never disagree. Revisions increase by one per event and
+// survive restarts. ListVMs returns the revision its snapshot is consistent
+// with; Watch(after) replays every later event exactly once, then follows
+// live ones; if retention compacted the events a watcher needs, it gets
+// EventResync first. Task progress between the persisted states is kept in
+// memory only.
+//
+// # Building a domain
+//
+// Start syncs a "building" marker in the VM record, then: CreateDomain with
+// the VM UUID as handle (PVH: HVM|HAP, LAPIC emulation; HVM: HVM|HAP, all
+// emulation but vPCI; PV: none), Builder.Build (default EmptyBuilder:
+// max_mem + populate_physmap), the xenstore layout (below), INTRODUCE, and
+// unpause unless asked to stay paused. Any failure undoes everything
+// (destroy, release, remove the nodes) and records the VM Halted; ENOMEM
+// anywhere is ResourceExhausted.
+//
+// # xenstore layout (as libxl__domain_make / libxl__build_post write it)
+//
+//	/local/domain/<domid>                 dom0-owned, guest may read (r<domid>)
+//	    name, domid, vm (= /vm/<uuid>)
+//	    cpu/<i>/availability              online|offline
+//	    memory/static-max, memory/target  KiB; memory/videoram (HVM)
+//	    control/                          read-only to the guest, except:
+//	    control/shutdown, control/feature-{poweroff,reboot,suspend[,s3,s4]},
+//	    control/sysrq                     guest-owned (the guest may write)
+//	    control/platform-feature-*        "1"
+//	    data, drivers, feature, attr, error, device/suspend/event-channel
+//	                                      guest-owned
+//	    device/, hvmloader/ (HVM)         read-only to the guest
+//	    store/{port,ring-ref}, console/{port,ring-ref,type,limit}
+//	    platform/<key>                    spec.platform
+//	    <key>                             spec.xenstore_data
+//	/vm/<uuid>/{uuid,name,domid}          dom0-owned, guest may read
+//	/xenopsd-ng/<uuid>/{domid,type,created}  toolstack-private (dom0 only)
+//
+// The three roots are created first (so that concurrent builds do not
+// conflict on their parents' child lists), everything below them in one
+// transaction. Destroy removes all three subtrees.
+//
+// # Guest-initiated shutdowns and reconciliation
+//
+// A watcher on @releaseDomain (plus a periodic rescan) notices domains that
+// shut down, died or vanished and queues a check on the VM's queue, which
+// applies on_poweroff / on_reboot / on_crash (destroy, restart = rebuild from
+// the same spec, preserve = keep the dead domain, VM Paused with Problem).
+//
+// New reconciles before accepting work: tasks left Pending/Running by a
+// previous process become TaskInterrupted; domains are matched to VMs by
+// handle and adopted (power state from DomainInfo), never duplicated; a VM
+// whose domain vanished becomes Halted with Problem set; a VM with a
+// building marker has its half-built domain and nodes destroyed and is left
+// Halted.
 package domain

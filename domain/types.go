@@ -1,6 +1,10 @@
 package domain
 
-import "time"
+import (
+	"time"
+
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+)
 
 // Type is the guest virtualisation mode.
 type Type int
@@ -135,6 +139,10 @@ const (
 	EventVMChanged             // VM created or updated; VM is set
 	EventVMDeleted             // VM deleted; VMID is set
 	EventTaskChanged           // task created or updated; Task is set
+	// EventResync: the events after the watcher's revision were compacted
+	// away; Revision is the head the stream continues from. The watcher
+	// must re-list (ListVMs, ListTasks) to catch up.
+	EventResync
 )
 
 // Event is one change, numbered by a revision that increases by one with
@@ -147,3 +155,28 @@ type Event struct {
 	Task     *Task
 	Time     time.Time
 }
+
+// HostInfo describes the host the daemon manages.
+type HostInfo struct {
+	Backend     string // "xen" or "sim"
+	Version     xenctrl.Version
+	Phys        xenctrl.PhysInfo
+	FreeMemory  uint64 // bytes
+	TotalMemory uint64 // bytes
+}
+
+// ShutdownOptions tune Shutdown and Reboot.
+type ShutdownOptions struct {
+	// Timeout bounds the wait for the guest to act on the request
+	// (0: DefaultShutdownTimeout).
+	Timeout time.Duration
+	// Force: when the guest has not shut down after Timeout, destroy the
+	// domain (hard shutdown, or hard reboot) instead of failing.
+	Force bool
+}
+
+// DefaultShutdownTimeout is the clean shutdown timeout when none is given.
+const DefaultShutdownTimeout = 5 * time.Minute
+
+// MaxShutdownTimeout is the longest clean shutdown timeout accepted.
+const MaxShutdownTimeout = 24 * time.Hour

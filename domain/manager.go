@@ -1,0 +1,485 @@
+package domain
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/xenopsd-ng/xenopsd-ng/store"
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
+)
+
+// Builder loads a guest into a freshly created, paused, empty domain: it
+// sets its memory limit, gives it memory and whatever the guest needs to
+// boot, and reports the xenstore and console rings it set up.
+type Builder interface {
+	Build(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, spec Spec) (BuildResult, error)
+}
+
+// BuildResult is what a Builder set up for the guest.
+type BuildResult struct {
+	StoreMFN    uint64
+	StorePort   uint32
+	ConsoleMFN  uint64
+	ConsolePort uint32
+}
+
+// Config is what New needs.
+type Config struct {
+	Hypervisor xenctrl.Hypervisor
+	Xenstore   *xenstore.Client
+	Store      *store.Store
+	Builder    Builder // nil => EmptyBuilder
+	Workers    int     // worker pool size (default 16)
+	Logger     *slog.Logger
+}
+
+// Manager owns every VM on the host. Create it with New.
+type Manager struct {
+	hv      xenctrl.Hypervisor
+	xs      *xenstore.Client
+	st      *store.Store
+	builder Builder
+	log     *slog.Logger
+
+	baseCtx    context.Context // cancelled when Close gives up waiting
+	baseCancel context.CancelFunc
+	bgCancel   context.CancelFunc // stops the domain watcher
+	bgDone     chan struct{}
+	workersWG  sync.WaitGroup
+
+	mu       sync.Mutex
+	work     *sync.Cond // signalled when ready gets an entry or closing is set
+	closing  bool
+	vms      map[string]*vmEntry
+	names    map[string]string // name -> VM id (including reservations)
+	pending  map[string]bool   // VM ids being created
+	reqs     map[string]string // request id -> VM id
+	inflight map[string]chan struct{}
+	tasks    map[string]*taskEntry
+	ready    []*vmEntry // VMs with queued ops and no worker, FIFO
+	rev      uint64     // last event revision applied to memory
+
+	excMu sync.Mutex
+	exc   chan struct{} // closed and replaced on every domain exception
+}
+
+// vmRecord is what the store keeps under v1/vm/<uuid>.
+type vmRecord struct {
+	VM        VM     `json:"vm"`
+	RequestID string `json:"request_id,omitempty"`
+	// Building is set (and synced) before CreateDomain and cleared in the
+	// batch that records the built domain or the failure: a record found
+	// with Building set after a restart means a half-built domain.
+	Building bool `json:"building,omitempty"`
+	// Preserved: the domain shut down and was kept for inspection
+	// (on_*=preserve); only Destroy removes it.
+	Preserved bool `json:"preserved,omitempty"`
+}
+
+type vmEntry struct {
+	id       string
+	handle   xenctrl.Handle // uuidHandle(id)
+	submitMu sync.Mutex     // serialises task submission (check, persist, enqueue)
+	mu       sync.Mutex     // serialises record writers
+
+	// guarded by Manager.mu
+	rec        vmRecord
+	queue      []*op
+	running    *op
+	scheduled  bool
+	projected  PowerState
+	deleting   bool
+	checkQueue bool // a guest-event check is queued
+}
+
+// New opens the manager: it reloads every VM and task from the store,
+// reconciles them with the domains the hypervisor reports, and starts the
+// worker pool and the domain watcher.
+func New(ctx context.Context, cfg Config) (*Manager, error) {
+	if cfg.Hypervisor == nil || cfg.Xenstore == nil || cfg.Store == nil {
+		return nil, errors.New("domain.New: Hypervisor, Xenstore and Store are required")
+	}
+	m := &Manager{
+		hv: cfg.Hypervisor, xs: cfg.Xenstore, st: cfg.Store, builder: cfg.Builder, log: cfg.Logger,
+		vms: map[string]*vmEntry{}, names: map[string]string{}, pending: map[string]bool{},
+		reqs: map[string]string{}, inflight: map[string]chan struct{}{}, tasks: map[string]*taskEntry{},
+		exc: make(chan struct{}),
+	}
+	if m.builder == nil {
+		m.builder = EmptyBuilder{}
+	}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	m.work = sync.NewCond(&m.mu)
+	m.baseCtx, m.baseCancel = context.WithCancel(context.Background())
+	if err := m.load(); err != nil {
+		m.baseCancel()
+		return nil, err
+	}
+	if err := m.reconcile(ctx); err != nil {
+		m.baseCancel()
+		return nil, fmt.Errorf("reconcile with the hypervisor: %w", err)
+	}
+	workers := cfg.Workers
+	if workers <= 0 {
+		workers = 16
+	}
+	for i := 0; i < workers; i++ {
+		m.workersWG.Add(1)
+		go m.worker()
+	}
+	bg, cancel := context.WithCancel(m.baseCtx)
+	m.bgCancel = cancel
+	m.bgDone = make(chan struct{})
+	watchReady := make(chan error, 1)
+	go m.watchDomains(bg, watchReady)
+	select {
+	case err := <-watchReady:
+		if err != nil {
+			m.log.Warn("no @releaseDomain watch; falling back to polling", "err", err)
+		}
+	case <-ctx.Done():
+	}
+	m.scanDomains(ctx)
+	return m, nil
+}
+
+// load reads every record into memory.
+func (m *Manager) load() error {
+	err := m.st.List(store.KindVM, func(id string, v []byte) error {
+		var r vmRecord
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("decode VM record %s: %w", id, err)
+		}
+		e := &vmEntry{id: id, handle: uuidHandle(id), rec: r, projected: r.VM.Power}
+		m.vms[id] = e
+		m.names[r.VM.Spec.Name] = id
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = m.st.List(store.KindReq, func(id string, v []byte) error {
+		m.reqs[id] = string(v)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = m.st.List(store.KindTask, func(id string, v []byte) error {
+		var t Task
+		if err := json.Unmarshal(v, &t); err != nil {
+			return fmt.Errorf("decode task record %s: %w", id, err)
+		}
+		te := newTaskEntry(m.baseCtx, t)
+		if t.State.Done() {
+			te.final = true
+			te.closeDone()
+		}
+		m.tasks[id] = te
+		return nil
+	})
+	m.rev = m.st.Head()
+	return err
+}
+
+// Host reports the host's backend, version, CPUs and memory.
+func (m *Manager) Host(ctx context.Context) (HostInfo, error) {
+	v, err := m.hv.Version(ctx)
+	if err != nil {
+		return HostInfo{}, hvError("read hypervisor version", err)
+	}
+	p, err := m.hv.PhysInfo(ctx)
+	if err != nil {
+		return HostInfo{}, hvError("read host physinfo", err)
+	}
+	return HostInfo{Backend: m.hv.Kind(), Version: v, Phys: p,
+		FreeMemory: p.FreePages * xenctrl.PageSize, TotalMemory: p.TotalPages * xenctrl.PageSize}, nil
+}
+
+// Close stops accepting work, marks queued tasks interrupted, waits for the
+// running ones until ctx ends, then records those still running as
+// TaskInterrupted and cancels them. It does not close the store, the
+// hypervisor or the xenstore client.
+func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
+	if m.closing {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closing = true
+	var queued []taskPut
+	now := time.Now().UTC()
+	for _, e := range m.vms {
+		for _, o := range e.queue {
+			if o.task != nil && !o.task.final {
+				o.task.final = true
+				queued = append(queued, interrupted(o.task, now, "xenopsd-ng shut down before the task started"))
+			}
+		}
+		e.queue = nil
+	}
+	m.ready = nil
+	m.work.Broadcast()
+	m.mu.Unlock()
+	if len(queued) > 0 {
+		if err := m.commit(context.Background(), txn{tasks: queued}); err != nil {
+			m.log.Error("record queued tasks as interrupted", "err", err)
+		}
+	}
+	m.bgCancel()
+	workersDone := make(chan struct{})
+	go func() { m.workersWG.Wait(); close(workersDone) }()
+	select {
+	case <-workersDone:
+	case <-ctx.Done():
+		m.mu.Lock()
+		var running []taskPut
+		for _, e := range m.vms {
+			if o := e.running; o != nil && o.task != nil && !o.task.final {
+				o.task.final = true
+				running = append(running, interrupted(o.task, time.Now().UTC(), "xenopsd-ng shut down while the task was running; it is reconciled at the next start"))
+			}
+		}
+		m.mu.Unlock()
+		if len(running) > 0 {
+			if err := m.commit(context.Background(), txn{tasks: running}); err != nil {
+				m.log.Error("record running tasks as interrupted", "err", err)
+			}
+		}
+		m.baseCancel()
+		select {
+		case <-workersDone:
+		case <-time.After(10 * time.Second):
+			m.log.Warn("workers still busy after cancellation")
+		}
+	}
+	m.baseCancel()
+	<-m.bgDone
+	return nil
+}
+
+func interrupted(te *taskEntry, now time.Time, why string) taskPut {
+	t := te.t
+	t.State = TaskInterrupted
+	t.Err = &Error{Code: CodeAborted, Message: why}
+	t.UpdatedAt = now
+	return taskPut{te: te, t: t}
+}
+
+// txn is one state change: VM records written or deleted, request ids,
+// and task snapshots, committed as one batch with one event per item.
+type txn struct {
+	vms    []vmRecord
+	delVMs []string
+	reqs   map[string]string
+	delReq []string
+	tasks  []taskPut
+}
+
+type taskPut struct {
+	te *taskEntry
+	t  Task
+}
+
+type eventRecord struct {
+	Kind EventKind `json:"kind"`
+	VMID string    `json:"vm_id,omitempty"`
+	VM   *VM       `json:"vm,omitempty"`
+	Task *Task     `json:"task,omitempty"`
+	Time time.Time `json:"time"`
+}
+
+// commit persists t atomically with its events and applies it to memory
+// in revision order. It must not be called with m.mu held.
+func (m *Manager) commit(ctx context.Context, t txn) error {
+	var c store.Change
+	now := time.Now().UTC()
+	addEvent := func(ev eventRecord) error {
+		ev.Time = now
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return err
+		}
+		c.Events = append(c.Events, b)
+		return nil
+	}
+	for i := range t.vms {
+		r := &t.vms[i]
+		b, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		c.Ops = append(c.Ops, store.Op{Kind: store.KindVM, ID: r.VM.ID, Value: b})
+		vm := r.VM
+		if err := addEvent(eventRecord{Kind: EventVMChanged, VMID: vm.ID, VM: &vm}); err != nil {
+			return err
+		}
+	}
+	for _, id := range t.delVMs {
+		c.Ops = append(c.Ops, store.Op{Kind: store.KindVM, ID: id, Delete: true})
+		if err := addEvent(eventRecord{Kind: EventVMDeleted, VMID: id}); err != nil {
+			return err
+		}
+	}
+	for k, v := range t.reqs {
+		c.Ops = append(c.Ops, store.Op{Kind: store.KindReq, ID: k, Value: []byte(v)})
+	}
+	for _, k := range t.delReq {
+		c.Ops = append(c.Ops, store.Op{Kind: store.KindReq, ID: k, Delete: true})
+	}
+	for _, tp := range t.tasks {
+		b, err := json.Marshal(tp.t)
+		if err != nil {
+			return err
+		}
+		c.Ops = append(c.Ops, store.Op{Kind: store.KindTask, ID: tp.t.ID, Value: b})
+		task := tp.t
+		if err := addEvent(eventRecord{Kind: EventTaskChanged, VMID: task.VMID, Task: &task}); err != nil {
+			return err
+		}
+	}
+	err := m.st.Commit(ctx, c, func(first uint64) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, r := range t.vms {
+			e := m.vms[r.VM.ID]
+			if e == nil {
+				e = &vmEntry{id: r.VM.ID, handle: uuidHandle(r.VM.ID), projected: r.VM.Power}
+				m.vms[r.VM.ID] = e
+			}
+			if old := e.rec.VM.Spec.Name; old != "" && old != r.VM.Spec.Name && m.names[old] == r.VM.ID {
+				delete(m.names, old)
+			}
+			m.names[r.VM.Spec.Name] = r.VM.ID
+			e.rec = r
+			if !e.scheduled {
+				e.projected = r.VM.Power
+			}
+		}
+		for _, id := range t.delVMs {
+			if e := m.vms[id]; e != nil {
+				if m.names[e.rec.VM.Spec.Name] == id {
+					delete(m.names, e.rec.VM.Spec.Name)
+				}
+				delete(m.vms, id)
+			}
+		}
+		for k, v := range t.reqs {
+			m.reqs[k] = v
+		}
+		for _, k := range t.delReq {
+			delete(m.reqs, k)
+		}
+		for _, tp := range t.tasks {
+			tp.te.t = tp.t
+			m.tasks[tp.t.ID] = tp.te
+			if tp.t.State.Done() {
+				tp.te.closeDone()
+			}
+		}
+		if n := uint64(len(c.Events)); n > 0 {
+			m.rev = first + n - 1
+		}
+	})
+	if err != nil {
+		return &Error{Code: CodeUnavailable, Message: fmt.Sprintf("persist state: %v", err)}
+	}
+	return nil
+}
+
+// updateVM applies fn to a copy of e's record and commits it together with
+// tasks. fn may return an error to abort (nothing is written).
+func (m *Manager) updateVM(ctx context.Context, e *vmEntry, fn func(r *vmRecord) error, tasks ...taskPut) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m.mu.Lock()
+	r := e.rec
+	_, exists := m.vms[e.id]
+	m.mu.Unlock()
+	t := txn{tasks: tasks}
+	if exists && fn != nil {
+		r.VM.Spec = cloneSpec(r.VM.Spec)
+		if err := fn(&r); err != nil {
+			return err
+		}
+		r.VM.Generation++
+		r.VM.UpdatedAt = time.Now().UTC()
+		t.vms = []vmRecord{r}
+	}
+	if len(t.vms) == 0 && len(t.tasks) == 0 {
+		return nil
+	}
+	return m.commit(ctx, t)
+}
+
+// vmSnapshot returns e's current record.
+func (m *Manager) vmSnapshot(e *vmEntry) vmRecord {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return e.rec
+}
+
+func newUUID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+func cloneSpec(s Spec) Spec {
+	c := s
+	if s.Platform != nil {
+		c.Platform = make(map[string]string, len(s.Platform))
+		for k, v := range s.Platform {
+			c.Platform[k] = v
+		}
+	}
+	if s.XenstoreData != nil {
+		c.XenstoreData = make(map[string]string, len(s.XenstoreData))
+		for k, v := range s.XenstoreData {
+			c.XenstoreData[k] = v
+		}
+	}
+	c.Disks = append([]Disk(nil), s.Disks...)
+	c.NICs = append([]NIC(nil), s.NICs...)
+	return c
+}
+
+// uuidHandle converts a UUID into a domain handle (zero if malformed).
+func uuidHandle(id string) xenctrl.Handle {
+	var h xenctrl.Handle
+	var buf [32]byte
+	n := 0
+	for i := 0; i < len(id); i++ {
+		if id[i] == '-' {
+			continue
+		}
+		if n == len(buf) {
+			return xenctrl.Handle{}
+		}
+		buf[n] = id[i]
+		n++
+	}
+	if n != len(buf) {
+		return xenctrl.Handle{}
+	}
+	if _, err := hex.Decode(h[:], buf[:]); err != nil {
+		return xenctrl.Handle{}
+	}
+	return h
+}
+
+func handleUUID(h xenctrl.Handle) string {
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}

@@ -1,0 +1,244 @@
+package domain
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+)
+
+// Limits on a VM spec.
+const (
+	MaxNameLen     = 64
+	MaxVCPUs       = 128 // HVM_MAX_VCPUS; also our limit for PV and PVH
+	MaxDisks       = 64
+	MaxNICs        = 64
+	MaxMapEntries  = 256
+	maxValueLen    = 2048 // xenstore node-size quota for guest-visible values
+	maxPathLen     = 4096
+	maxCmdlineLen  = 2048 // x86 COMMAND_LINE_SIZE
+	maxRequestID   = 128
+	maxXenstoreKey = 256
+)
+
+var (
+	nameRE      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	uuidRE      = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	deviceRE    = regexp.MustCompile(`^(xvd|hd|sd)[a-z]{1,3}$`)
+	macRE       = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
+	keyRE       = regexp.MustCompile(`^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$`)
+	requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
+	bridgeRE    = regexp.MustCompile(`^[A-Za-z0-9._-]{1,15}$`)
+)
+
+// ValidUUID reports whether s is a canonical lower-case UUID other than the
+// nil UUID.
+func ValidUUID(s string) bool {
+	return uuidRE.MatchString(s) && s != "00000000-0000-0000-0000-000000000000"
+}
+
+// normalize fills defaults: dynamic_max = static_max and dynamic_min =
+// dynamic_max when zero, vcpus_at_startup = vcpus_max when zero, type PVH
+// when unspecified. It does not validate.
+func normalize(s Spec) Spec {
+	if s.MemoryDynamicMax == 0 {
+		s.MemoryDynamicMax = s.MemoryStaticMax
+	}
+	if s.MemoryDynamicMin == 0 {
+		s.MemoryDynamicMin = s.MemoryDynamicMax
+	}
+	if s.VCPUsAtStartup == 0 {
+		s.VCPUsAtStartup = s.VCPUsMax
+	}
+	if s.Type == TypeUnspecified {
+		s.Type = TypePVH
+	}
+	s.Name = strings.TrimSpace(s.Name)
+	for i := range s.NICs {
+		s.NICs[i].MAC = strings.ToLower(s.NICs[i].MAC)
+	}
+	return s
+}
+
+// validateSpec checks a normalized spec. hostBytes is the host's total
+// memory (0: unknown, not checked). It returns the first problem found as
+// a CodeInvalidArgument error naming the field.
+func validateSpec(s Spec, hostBytes uint64) error {
+	if s.UUID != "" && !ValidUUID(s.UUID) {
+		return InvalidField("spec.uuid", "%q is not a canonical lower-case UUID (8-4-4-4-12 hex digits, not all zero)", s.UUID)
+	}
+	if s.Name == "" {
+		return InvalidField("spec.name", "must not be empty")
+	}
+	if len(s.Name) > MaxNameLen {
+		return InvalidField("spec.name", "is %d characters long, at most %d allowed", len(s.Name), MaxNameLen)
+	}
+	if !nameRE.MatchString(s.Name) {
+		return InvalidField("spec.name", "%q may contain only letters, digits, '.', '_' and '-', starting with a letter or digit", s.Name)
+	}
+	switch s.Type {
+	case TypePV, TypePVH, TypeHVM:
+	default:
+		return InvalidField("spec.type", "unknown domain type %d (want PV, PVH or HVM)", s.Type)
+	}
+	if err := validateMemory(s, hostBytes); err != nil {
+		return err
+	}
+	if s.VCPUsMax < 1 || s.VCPUsMax > MaxVCPUs {
+		return InvalidField("spec.vcpus_max", "%d is out of range 1..%d", s.VCPUsMax, MaxVCPUs)
+	}
+	if s.VCPUsAtStartup < 1 || s.VCPUsAtStartup > s.VCPUsMax {
+		return InvalidField("spec.vcpus_at_startup", "%d is out of range 1..vcpus_max (%d)", s.VCPUsAtStartup, s.VCPUsMax)
+	}
+	for _, f := range []struct{ field, v string }{{"spec.kernel", s.Kernel}, {"spec.ramdisk", s.Ramdisk}} {
+		if f.v != "" && (!strings.HasPrefix(f.v, "/") || len(f.v) > maxPathLen || strings.ContainsRune(f.v, 0)) {
+			return InvalidField(f.field, "%q must be an absolute dom0 path", f.v)
+		}
+	}
+	if s.Ramdisk != "" && s.Kernel == "" {
+		return InvalidField("spec.ramdisk", "set without spec.kernel")
+	}
+	if len(s.Cmdline) > maxCmdlineLen || !printable(s.Cmdline) {
+		return InvalidField("spec.cmdline", "must be printable text of at most %d bytes", maxCmdlineLen)
+	}
+	if err := validateMap("spec.platform", s.Platform, false); err != nil {
+		return err
+	}
+	if err := validateMap("spec.xenstore_data", s.XenstoreData, true); err != nil {
+		return err
+	}
+	for _, a := range []struct {
+		field string
+		v     Action
+	}{{"spec.on_poweroff", s.OnPoweroff}, {"spec.on_reboot", s.OnReboot}, {"spec.on_crash", s.OnCrash}} {
+		if a.v < ActionUnspecified || a.v > ActionPreserve {
+			return InvalidField(a.field, "unknown action %d (want destroy, restart or preserve)", a.v)
+		}
+	}
+	return validateDevices(s)
+}
+
+func validateMemory(s Spec, hostBytes uint64) error {
+	if s.MemoryStaticMax == 0 {
+		return InvalidField("spec.memory_static_max", "must be greater than 0")
+	}
+	for _, f := range []struct {
+		field string
+		v     uint64
+	}{{"spec.memory_static_max", s.MemoryStaticMax}, {"spec.memory_dynamic_max", s.MemoryDynamicMax}, {"spec.memory_dynamic_min", s.MemoryDynamicMin}} {
+		if f.v%xenctrl.PageSize != 0 {
+			return InvalidField(f.field, "%d bytes is not a multiple of the %d-byte page size", f.v, xenctrl.PageSize)
+		}
+	}
+	if s.MemoryDynamicMax > s.MemoryStaticMax {
+		return InvalidField("spec.memory_dynamic_max", "%d exceeds memory_static_max %d", s.MemoryDynamicMax, s.MemoryStaticMax)
+	}
+	if s.MemoryDynamicMin > s.MemoryDynamicMax {
+		return InvalidField("spec.memory_dynamic_min", "%d exceeds memory_dynamic_max %d", s.MemoryDynamicMin, s.MemoryDynamicMax)
+	}
+	if hostBytes != 0 && s.MemoryStaticMax > hostBytes {
+		return InvalidField("spec.memory_static_max", "%d bytes exceeds the host's total memory %d bytes", s.MemoryStaticMax, hostBytes)
+	}
+	return nil
+}
+
+func validateMap(field string, m map[string]string, paths bool) error {
+	if len(m) > MaxMapEntries {
+		return InvalidField(field, "has %d entries, at most %d allowed", len(m), MaxMapEntries)
+	}
+	for k, v := range m {
+		ok := len(k) <= maxXenstoreKey && keyRE.MatchString(k)
+		if !paths && strings.Contains(k, "/") {
+			ok = false
+		}
+		for _, c := range strings.Split(k, "/") {
+			if c == "." || c == ".." {
+				ok = false
+			}
+		}
+		if !ok {
+			return InvalidField(field, "key %q must be %s of letters, digits, '_', '.', '-'", k, map[bool]string{true: "'/'-separated names", false: "one name"}[paths])
+		}
+		if len(v) > maxValueLen || strings.ContainsRune(v, 0) || !utf8.ValidString(v) {
+			return InvalidField(fmt.Sprintf("%s[%s]", field, k), "value must be UTF-8 text without NUL of at most %d bytes", maxValueLen)
+		}
+	}
+	return nil
+}
+
+func validateDevices(s Spec) error {
+	if len(s.Disks) > MaxDisks {
+		return InvalidField("spec.disks", "%d disks, at most %d allowed", len(s.Disks), MaxDisks)
+	}
+	seen := map[string]int{}
+	for i, d := range s.Disks {
+		f := fmt.Sprintf("spec.disks[%d]", i)
+		if !deviceRE.MatchString(d.Device) {
+			return InvalidField(f+".device", "%q is not a guest disk name like xvda, hda or sda", d.Device)
+		}
+		if j, dup := seen[d.Device]; dup {
+			return InvalidField(f+".device", "%q is also used by spec.disks[%d]", d.Device, j)
+		}
+		seen[d.Device] = i
+		if d.Path == "" && !d.CDROM {
+			return InvalidField(f+".path", "must not be empty (only an empty CD-ROM drive has no path)")
+		}
+		if d.Path != "" && (!strings.HasPrefix(d.Path, "/") || len(d.Path) > maxPathLen || strings.ContainsRune(d.Path, 0)) {
+			return InvalidField(f+".path", "%q must be an absolute dom0 path", d.Path)
+		}
+		if d.Mode < DiskModeUnspecified || d.Mode > DiskRW {
+			return InvalidField(f+".mode", "unknown mode %d (want ro or rw)", d.Mode)
+		}
+	}
+	if len(s.NICs) > MaxNICs {
+		return InvalidField("spec.nics", "%d NICs, at most %d allowed", len(s.NICs), MaxNICs)
+	}
+	macs := map[string]int{}
+	for i, n := range s.NICs {
+		f := fmt.Sprintf("spec.nics[%d]", i)
+		if !macRE.MatchString(n.MAC) {
+			return InvalidField(f+".mac", "%q is not a MAC address like 00:16:3e:12:34:56", n.MAC)
+		}
+		mac := strings.ToLower(n.MAC)
+		var first byte
+		fmt.Sscanf(mac[:2], "%02x", &first)
+		if first&1 != 0 || mac == "00:00:00:00:00:00" {
+			return InvalidField(f+".mac", "%q is a multicast or zero address", n.MAC)
+		}
+		if j, dup := macs[mac]; dup {
+			return InvalidField(f+".mac", "%q is also used by spec.nics[%d]", n.MAC, j)
+		}
+		macs[mac] = i
+		if n.Bridge != "" && !bridgeRE.MatchString(n.Bridge) {
+			return InvalidField(f+".bridge", "%q is not an interface name (1-15 of letters, digits, '.', '_', '-')", n.Bridge)
+		}
+		if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+			return InvalidField(f+".mtu", "%d is out of range 68..65535", n.MTU)
+		}
+	}
+	return nil
+}
+
+func validateRequestID(id string) error {
+	if id == "" {
+		return nil
+	}
+	if len(id) > maxRequestID || !requestIDRE.MatchString(id) {
+		return InvalidField("request_id", "%q must be 1-%d of letters, digits, '.', '_', ':', '-'", id, maxRequestID)
+	}
+	return nil
+}
+
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}

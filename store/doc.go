@@ -1,0 +1,51 @@
+// Package store is xenopsd-ng's persistent state: a Pebble database holding
+// opaque records (VMs, tasks, request ids) and a numbered event log.
+//
+// The store knows nothing about what a record means: package domain encodes
+// its records (JSON, see below) and the store keeps them under versioned keys.
+// Every state change is one Change: the records it writes or deletes and the
+// events it produces. A Change is committed as one atomic, synced Pebble
+// batch, so after a crash either all of it is on disk or none of it is, and
+// the event log never disagrees with the records. Concurrent commits are
+// grouped into one batch and one fsync (group commit); each Change stays
+// atomic inside it and revisions follow commit order.
+//
+// # Key schema (version 1)
+//
+// All keys are ASCII strings. Integers in keys are fixed-width lower-case hex
+// so that byte order equals numeric order.
+//
+//	meta/schema            decimal ASCII schema version, e.g. "1". Written when
+//	                       the database is created. A binary refuses a database
+//	                       whose version is newer than its own, with a message
+//	                       naming both versions, and refuses a non-empty
+//	                       database with no version.
+//	meta/floor             16 hex digits: the highest event revision that has
+//	                       been compacted away (absent = 0: nothing compacted).
+//	v1/vm/<uuid>           a VM record, JSON as written by package domain
+//	                       (domain.vmRecord: the VM with its spec, power
+//	                       state, domid, problem, generation, request id and
+//	                       the "building" marker set while a domain is being
+//	                       built, before CreateDomain is called).
+//	v1/task/<task id>      a task record, JSON (domain.Task).
+//	v1/req/<request id>    the VM uuid a CreateVM request id created, as plain
+//	                       ASCII (makes CreateVM idempotent across restarts).
+//	v1/event/<rev 16 hex>  one event, JSON (domain.Event without its revision:
+//	                       the revision is the key). Revisions start at 1 and
+//	                       grow by one per event, across restarts.
+//
+// # Event retention
+//
+// The log keeps the most recent Options.RetainEvents events (default
+// 100000). Older ones are deleted in the background of commits (a range
+// deletion plus meta/floor in one batch). A reader asking for events after a
+// revision below the floor gets ErrCompacted and must resynchronise from a
+// full listing.
+//
+// # Versioning
+//
+// SchemaVersion is bumped whenever the meaning of a key or the encoding of a
+// value changes incompatibly. Opening an older database runs the migrations
+// from its version to SchemaVersion in one batch; opening a newer one fails
+// (an older binary must not corrupt a newer database).
+package store

@@ -1,0 +1,476 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// SchemaVersion is the key schema this binary reads and writes.
+const SchemaVersion = 1
+
+// DefaultRetainEvents is how many events the log keeps by default.
+const DefaultRetainEvents = 100000
+
+// Kind is a record keyspace.
+type Kind string
+
+// Record kinds (see the package documentation for their keys and values).
+const (
+	KindVM   Kind = "vm"
+	KindTask Kind = "task"
+	KindReq  Kind = "req"
+)
+
+func (k Kind) valid() bool { return k == KindVM || k == KindTask || k == KindReq }
+
+const (
+	keySchema   = "meta/schema"
+	keyFloor    = "meta/floor"
+	eventPrefix = "v1/event/"
+	maxIDLen    = 512
+	maxGroup    = 256 // changes merged into one batch at most
+)
+
+var (
+	// ErrNotFound: no record under that kind and id.
+	ErrNotFound = errors.New("store: record not found")
+	// ErrCompacted: the events asked for were deleted by retention.
+	ErrCompacted = errors.New("store: events compacted away")
+	// ErrClosed: the store is closed.
+	ErrClosed = errors.New("store: closed")
+)
+
+// Options tune Open.
+type Options struct {
+	Logger *slog.Logger
+	// RetainEvents is how many recent events to keep (<= 0: DefaultRetainEvents).
+	RetainEvents int
+}
+
+// Op writes (Value set) or deletes (Delete) one record.
+type Op struct {
+	Kind   Kind
+	ID     string
+	Value  []byte
+	Delete bool
+}
+
+// Change is one atomic state change: records and the events describing it.
+type Change struct {
+	Ops    []Op
+	Events [][]byte
+}
+
+type commitReq struct {
+	change Change
+	apply  func(firstRev uint64)
+	done   chan error
+}
+
+// Store is the Pebble database. Safe for concurrent use.
+type Store struct {
+	db     *pebble.DB
+	log    *slog.Logger
+	retain uint64
+
+	head  atomic.Uint64 // last committed event revision
+	floor atomic.Uint64 // highest compacted revision
+
+	reqs      chan *commitReq
+	stop      chan struct{}
+	stopped   chan struct{}
+	closeOnce sync.Once
+
+	notifyMu sync.Mutex
+	notify   chan struct{} // closed and replaced after every commit
+}
+
+// Open opens (creating if needed) the database in dir with default options.
+func Open(dir string, logger *slog.Logger) (*Store, error) {
+	return OpenWithOptions(dir, Options{Logger: logger})
+}
+
+// OpenWithOptions opens (creating if needed) the database in dir.
+func OpenWithOptions(dir string, opts Options) (*Store, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	retain := opts.RetainEvents
+	if retain <= 0 {
+		retain = DefaultRetainEvents
+	}
+	db, err := pebble.Open(dir, &pebble.Options{
+		Logger:             pebbleLogger{log},
+		FormatMajorVersion: pebble.FormatNewest,
+		// Every change writes a record and its event (a few KiB): a larger
+		// memtable means fewer flushes competing with the synced WAL.
+		MemTableSize: 32 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open state database %s: %w", dir, err)
+	}
+	s := &Store{
+		db: db, log: log, retain: uint64(retain),
+		reqs: make(chan *commitReq, maxGroup), stop: make(chan struct{}),
+		stopped: make(chan struct{}), notify: make(chan struct{}),
+	}
+	if err := s.checkSchema(dir); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.loadRevisions(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	go s.committer()
+	return s, nil
+}
+
+func (s *Store) checkSchema(dir string) error {
+	v, err := s.get([]byte(keySchema))
+	if errors.Is(err, ErrNotFound) {
+		it, err := s.db.NewIter(nil)
+		if err != nil {
+			return err
+		}
+		empty := !it.First()
+		it.Close()
+		if !empty {
+			return fmt.Errorf("state database %s has data but no schema version (%s); refusing to use it", dir, keySchema)
+		}
+		b := s.db.NewBatch()
+		b.Set([]byte(keySchema), []byte(strconv.Itoa(SchemaVersion)), nil)
+		return b.Commit(pebble.Sync)
+	}
+	if err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	ver, err := strconv.Atoi(string(v))
+	if err != nil || ver < 1 {
+		return fmt.Errorf("state database %s: unreadable schema version %q", dir, v)
+	}
+	if ver > SchemaVersion {
+		return fmt.Errorf("database schema v%d is newer than this binary's v%d; upgrade xenopsd-ng", ver, SchemaVersion)
+	}
+	if ver < SchemaVersion {
+		// No older schema exists yet; a future version adds migrations here.
+		return fmt.Errorf("database schema v%d has no migration to v%d", ver, SchemaVersion)
+	}
+	return nil
+}
+
+func (s *Store) loadRevisions() error {
+	if v, err := s.get([]byte(keyFloor)); err == nil {
+		f, perr := strconv.ParseUint(string(v), 16, 64)
+		if perr != nil {
+			return fmt.Errorf("corrupt %s %q: %v", keyFloor, v, perr)
+		}
+		s.floor.Store(f)
+		s.head.Store(f)
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte(eventPrefix), UpperBound: prefixEnd(eventPrefix)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	if it.Last() {
+		rev, err := parseEventKey(it.Key())
+		if err != nil {
+			return err
+		}
+		s.head.Store(rev)
+	}
+	return nil
+}
+
+// Close stops the committer and closes the database. Commits still queued
+// fail with ErrClosed.
+func (s *Store) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.stopped
+		err = s.db.Close()
+	})
+	return err
+}
+
+// Head is the revision of the last committed event (0: none yet).
+func (s *Store) Head() uint64 { return s.head.Load() }
+
+// Floor is the highest revision compacted away: events <= Floor are gone.
+func (s *Store) Floor() uint64 { return s.floor.Load() }
+
+// Changed returns a channel closed at the next commit.
+func (s *Store) Changed() <-chan struct{} {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	return s.notify
+}
+
+// Commit makes c durable as one atomic batch. apply, if not nil, runs after
+// the batch is synced and before Commit returns, in revision order with every
+// other commit's apply, with the revision of c's first event (or the head if
+// c has none). It must not call Commit. ctx bounds only the wait to enqueue:
+// once queued, the change is committed or fails as a whole.
+func (s *Store) Commit(ctx context.Context, c Change, apply func(firstRev uint64)) error {
+	for _, op := range c.Ops {
+		if !op.Kind.valid() {
+			return fmt.Errorf("store: unknown record kind %q", op.Kind)
+		}
+		if op.ID == "" || len(op.ID) > maxIDLen || strings.ContainsRune(op.ID, 0) {
+			return fmt.Errorf("store: bad record id %q", op.ID)
+		}
+	}
+	r := &commitReq{change: c, apply: apply, done: make(chan error, 1)}
+	select {
+	case <-s.stop:
+		return ErrClosed
+	default:
+	}
+	select {
+	case s.reqs <- r:
+	case <-s.stop:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-s.stopped:
+		// The committer exited; it either answered r or never saw it.
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+func (s *Store) committer() {
+	defer close(s.stopped)
+	for {
+		var group []*commitReq
+		select {
+		case r := <-s.reqs:
+			group = append(group, r)
+		case <-s.stop:
+			s.failPending()
+			return
+		}
+	drain:
+		for len(group) < maxGroup {
+			select {
+			case r := <-s.reqs:
+				group = append(group, r)
+			default:
+				break drain
+			}
+		}
+		s.commitGroup(group)
+	}
+}
+
+func (s *Store) failPending() {
+	for {
+		select {
+		case r := <-s.reqs:
+			r.done <- ErrClosed
+		default:
+			return
+		}
+	}
+}
+
+func (s *Store) commitGroup(group []*commitReq) {
+	b := s.db.NewBatch()
+	rev := s.head.Load()
+	firsts := make([]uint64, len(group))
+	for i, r := range group {
+		firsts[i] = rev + 1
+		if len(r.change.Events) == 0 {
+			firsts[i] = rev
+		}
+		for _, op := range r.change.Ops {
+			k := recordKey(op.Kind, op.ID)
+			if op.Delete {
+				b.Delete(k, nil)
+			} else {
+				b.Set(k, op.Value, nil)
+			}
+		}
+		for _, ev := range r.change.Events {
+			rev++
+			b.Set(eventKey(rev), ev, nil)
+		}
+	}
+	err := b.Commit(pebble.Sync)
+	b.Close()
+	if err != nil {
+		err = fmt.Errorf("commit state change: %w", err)
+		s.log.Error("store commit failed", "err", err)
+		for _, r := range group {
+			r.done <- err
+		}
+		return
+	}
+	s.head.Store(rev)
+	for i, r := range group {
+		if r.apply != nil {
+			r.apply(firsts[i])
+		}
+		r.done <- nil
+	}
+	s.notifyMu.Lock()
+	close(s.notify)
+	s.notify = make(chan struct{})
+	s.notifyMu.Unlock()
+	s.maybeCompact(rev)
+}
+
+// maybeCompact deletes events older than the retention window once it has
+// been exceeded by a slack, so range deletions stay infrequent.
+func (s *Store) maybeCompact(head uint64) {
+	floor := s.floor.Load()
+	slack := s.retain / 8
+	if slack < 1 {
+		slack = 1
+	}
+	if head <= s.retain || head-floor <= s.retain+slack-1 {
+		return
+	}
+	newFloor := head - s.retain
+	b := s.db.NewBatch()
+	defer b.Close()
+	b.DeleteRange(eventKey(floor+1), eventKey(newFloor+1), nil)
+	b.Set([]byte(keyFloor), []byte(fmt.Sprintf("%016x", newFloor)), nil)
+	// Not synced: losing it after a crash only means compacting again.
+	if err := b.Commit(pebble.NoSync); err != nil {
+		s.log.Warn("event log compaction failed", "err", err)
+		return
+	}
+	s.floor.Store(newFloor)
+}
+
+// Get returns a copy of the record's value, or ErrNotFound.
+func (s *Store) Get(kind Kind, id string) ([]byte, error) {
+	return s.get(recordKey(kind, id))
+}
+
+func (s *Store) get(key []byte) ([]byte, error) {
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	return bytes.Clone(v), nil
+}
+
+// List calls fn for every record of kind in id order. fn must not keep value.
+func (s *Store) List(kind Kind, fn func(id string, value []byte) error) error {
+	prefix := "v1/" + string(kind) + "/"
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte(prefix), UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		if err := fn(string(it.Key()[len(prefix):]), it.Value()); err != nil {
+			return err
+		}
+	}
+	return it.Error()
+}
+
+// Events calls fn for each event with after < revision <= upTo in order
+// (upTo 0: up to the head). It returns ErrCompacted if events after `after`
+// were deleted. fn must not keep value.
+func (s *Store) Events(after, upTo uint64, fn func(rev uint64, value []byte) error) error {
+	if after < s.floor.Load() {
+		return ErrCompacted
+	}
+	if upTo == 0 {
+		upTo = s.head.Load()
+	}
+	if upTo <= after {
+		return nil
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(after + 1), UpperBound: eventKey(upTo + 1)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	next := after + 1
+	for it.First(); it.Valid(); it.Next() {
+		rev, err := parseEventKey(it.Key())
+		if err != nil {
+			return err
+		}
+		if rev != next {
+			// A gap at the start means compaction raced this read.
+			if next == after+1 && after < s.floor.Load() {
+				return ErrCompacted
+			}
+			return fmt.Errorf("store: event log gap: want revision %d, found %d", next, rev)
+		}
+		if err := fn(rev, it.Value()); err != nil {
+			return err
+		}
+		next++
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	if next <= upTo && after < s.floor.Load() {
+		return ErrCompacted
+	}
+	return nil
+}
+
+func recordKey(kind Kind, id string) []byte { return []byte("v1/" + string(kind) + "/" + id) }
+
+func eventKey(rev uint64) []byte { return []byte(fmt.Sprintf("%s%016x", eventPrefix, rev)) }
+
+func parseEventKey(k []byte) (uint64, error) {
+	rev, err := strconv.ParseUint(string(k[len(eventPrefix):]), 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("store: corrupt event key %q", k)
+	}
+	return rev, nil
+}
+
+func prefixEnd(p string) []byte {
+	b := []byte(p)
+	b[len(b)-1]++
+	return b
+}
+
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	panic(fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,209 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+func openT(t *testing.T, dir string, retain int) *Store {
+	t.Helper()
+	s, err := OpenWithOptions(dir, Options{RetainEvents: retain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestCommitGetListEvents(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, 0)
+	ctx := context.Background()
+	var applied []uint64
+	err := s.Commit(ctx, Change{
+		Ops:    []Op{{Kind: KindVM, ID: "a", Value: []byte("A")}, {Kind: KindReq, ID: "r1", Value: []byte("a")}},
+		Events: [][]byte{[]byte("e1"), []byte("e2")},
+	}, func(rev uint64) { applied = append(applied, rev) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(ctx, Change{Ops: []Op{{Kind: KindVM, ID: "b", Value: []byte("B")}}, Events: [][]byte{[]byte("e3")}},
+		func(rev uint64) { applied = append(applied, rev) }); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(applied) != "[1 3]" || s.Head() != 3 {
+		t.Fatalf("applied %v head %d, want [1 3] and 3", applied, s.Head())
+	}
+	if v, err := s.Get(KindVM, "a"); err != nil || string(v) != "A" {
+		t.Fatalf("get a = %q, %v", v, err)
+	}
+	if _, err := s.Get(KindTask, "a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("get missing: %v", err)
+	}
+	var ids []string
+	s.List(KindVM, func(id string, v []byte) error { ids = append(ids, id+"="+string(v)); return nil })
+	if strings.Join(ids, ",") != "a=A,b=B" {
+		t.Fatalf("list = %v", ids)
+	}
+	var evs []string
+	if err := s.Events(1, 0, func(rev uint64, v []byte) error { evs = append(evs, fmt.Sprint(rev, string(v))); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(evs, ",") != "2e2,3e3" {
+		t.Fatalf("events = %v", evs)
+	}
+	// Delete, then reopen: everything persisted, head restored.
+	if err := s.Commit(ctx, Change{Ops: []Op{{Kind: KindVM, ID: "a", Delete: true}}, Events: [][]byte{[]byte("e4")}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s = openT(t, dir, 0)
+	defer s.Close()
+	if s.Head() != 4 {
+		t.Fatalf("head after reopen = %d", s.Head())
+	}
+	if _, err := s.Get(KindVM, "a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("deleted record still there: %v", err)
+	}
+	if err := s.Commit(ctx, Change{Events: [][]byte{[]byte("e5")}}, nil); err != nil || s.Head() != 5 {
+		t.Fatalf("commit after reopen: %v head %d", err, s.Head())
+	}
+}
+
+func TestBadOpsRejected(t *testing.T) {
+	s := openT(t, t.TempDir(), 0)
+	defer s.Close()
+	for _, op := range []Op{{Kind: "nope", ID: "x"}, {Kind: KindVM, ID: ""}, {Kind: KindVM, ID: "a\x00b"}} {
+		if err := s.Commit(context.Background(), Change{Ops: []Op{op}, Events: [][]byte{nil}}, nil); err == nil {
+			t.Errorf("op %+v accepted", op)
+		}
+	}
+	if s.Head() != 0 {
+		t.Fatalf("rejected change produced events: head %d", s.Head())
+	}
+}
+
+func TestConcurrentCommitsAreOrderedAndGapless(t *testing.T) {
+	s := openT(t, t.TempDir(), 0)
+	defer s.Close()
+	var mu sync.Mutex
+	seen := map[uint64]bool{}
+	var last uint64
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				err := s.Commit(context.Background(), Change{Events: [][]byte{[]byte("x"), []byte("y")}}, func(rev uint64) {
+					mu.Lock()
+					defer mu.Unlock()
+					if rev != last+1 || seen[rev] {
+						t.Errorf("apply out of order: rev %d after %d", rev, last)
+					}
+					seen[rev] = true
+					last = rev + 1
+				})
+				if err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if s.Head() != 1600 {
+		t.Fatalf("head %d, want 1600", s.Head())
+	}
+	n := uint64(0)
+	if err := s.Events(0, 0, func(rev uint64, v []byte) error { n++; return nil }); err != nil || n != 1600 {
+		t.Fatalf("events %d, %v", n, err)
+	}
+}
+
+func TestRetentionCompacts(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, 10)
+	for i := 0; i < 50; i++ {
+		if err := s.Commit(context.Background(), Change{Events: [][]byte{[]byte(fmt.Sprint(i))}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f := s.Floor(); f < 50-11 || f > 40 {
+		t.Fatalf("floor %d, want 39..40", f)
+	}
+	if err := s.Events(0, 0, func(uint64, []byte) error { return nil }); !errors.Is(err, ErrCompacted) {
+		t.Fatalf("events from 0: %v, want ErrCompacted", err)
+	}
+	var got []uint64
+	if err := s.Events(45, 0, func(rev uint64, _ []byte) error { got = append(got, rev); return nil }); err != nil || len(got) != 5 || got[0] != 46 {
+		t.Fatalf("events after 45: %v %v", got, err)
+	}
+	floor := s.Floor()
+	s.Close()
+	s = openT(t, dir, 10)
+	defer s.Close()
+	if s.Floor() != floor || s.Head() != 50 {
+		t.Fatalf("after reopen floor %d head %d, want %d 50", s.Floor(), s.Head(), floor)
+	}
+}
+
+func TestSchemaVersionRefusal(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, 0)
+	s.Close()
+	db, err := pebble.Open(dir, &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Set([]byte(keySchema), []byte("3"), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	_, err = Open(dir, nil)
+	want := "database schema v3 is newer than this binary's v1; upgrade xenopsd-ng"
+	if err == nil || err.Error() != want {
+		t.Fatalf("open newer db: %v, want %q", err, want)
+	}
+}
+
+func TestRefusesUnversionedNonEmpty(t *testing.T) {
+	dir := t.TempDir()
+	db, err := pebble.Open(dir, &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Set([]byte("something"), []byte("x"), pebble.Sync)
+	db.Close()
+	if _, err := Open(dir, nil); err == nil || !strings.Contains(err.Error(), "no schema version") {
+		t.Fatalf("open unversioned db: %v", err)
+	}
+}
+
+func TestClosedStore(t *testing.T) {
+	s := openT(t, t.TempDir(), 0)
+	s.Close()
+	if err := s.Commit(context.Background(), Change{Events: [][]byte{nil}}, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("commit on closed store: %v", err)
+	}
+}
+
+func BenchmarkCommit(b *testing.B) {
+	s, err := Open(b.TempDir(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	val := make([]byte, 512)
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			i++
+			s.Commit(context.Background(), Change{Ops: []Op{{Kind: KindVM, ID: fmt.Sprint(i), Value: val}}, Events: [][]byte{val}}, nil)
+		}
+	})
+}
