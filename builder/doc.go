@@ -1,0 +1,41 @@
+// Package builder builds guest domains on real Xen: it turns an empty,
+// paused domain (created by the caller with the right flags) into one that
+// boots its kernel when unpaused. It implements domain.Builder.
+//
+// PVH (an HVM container with hardware-assisted paging, XEN_DOMCTL_CDF_hvm |
+// XEN_DOMCTL_CDF_hap, emulation flags XEN_X86_EMU_LAPIC) is supported: the
+// guest's RAM is populated from physical address 0, the kernel's loadable
+// segments are copied to their physical addresses, the initrd follows the
+// kernel, and one page after it holds struct hvm_start_info (version 1)
+// with the module list, the memory map and the command line. Two "special"
+// pages just below 0xff000000 (the same frames libxenguest uses) carry the
+// xenstore and console rings; their frames and event channels (allocated
+// unbound for dom0) go into HVM parameters, and grant references 0 and 1
+// are seeded so xenconsoled and xenstored can map them. vCPU 0 starts at
+// XEN_ELFNOTE_PHYS32_ENTRY in flat 32-bit protected mode, paging off, with
+// %ebx pointing at the start info (docs/misc/pvh.pandoc).
+//
+// PV (x86_64, 4-level paging; see pv.go) follows libxenguest's layout:
+// all RAM is populated and recorded in a p2m array, the kernel is loaded at
+// its virtual base, followed by the initrd, the p2m, start_info, the
+// xenstore and console pages, the initial page tables and a boot stack; the
+// L4 is pinned on the guest's behalf, the ring grants are seeded and vCPU 0
+// starts at XEN_ELFNOTE_ENTRY with %rsi pointing at start_info. ByType
+// sends PV specs to it and everything else to the PVH builder.
+//
+// The kernel and initrd are untrusted: package kernel parses them, and
+// every address the image asks for is checked against the guest's memory
+// before anything is written.
+//
+// What the builder does not do: create or destroy the domain, write
+// xenstore, or introduce the domain to xenstored (the caller does that
+// with the BuildResult). On error the domain is left as it is, for the
+// caller to destroy.
+//
+// Not yet: more than one vCPU for PV, the p2m at the address the kernel asks
+// for (XEN_ELFNOTE_INIT_P2M), memory above 3.75 GiB, PoD (memory_dynamic_max below
+// static_max is populated to dynamic_max), and ACPI tables: without them a
+// PVH Linux guest brings up one vCPU only and cannot power itself off
+// (Linux powers PVH guests off through ACPI S5; "poweroff -f" halts it, so
+// the toolstack has to destroy it).
+package builder

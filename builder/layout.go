@@ -1,0 +1,121 @@
+package builder
+
+import (
+	"fmt"
+
+	"github.com/xenopsd-ng/xenopsd-ng/domain"
+	"github.com/xenopsd-ng/xenopsd-ng/kernel"
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+)
+
+const (
+	pageSize  = xenctrl.PageSize
+	pageShift = 12
+
+	// Special pages, as libxenguest places them for HVM/PVH guests:
+	// X86_HVM_END_SPECIAL_REGION (0xff000) minus 8 pages, xenstore at +4,
+	// console at +7.
+	specialEnd     = 0xff000
+	specialBase    = specialEnd - 8
+	storePFN       = specialBase + 4
+	consolePFN     = specialBase + 7
+	grantScratchPF = specialEnd // where the grant table frame is mapped briefly
+
+	// maxLowMem is the most RAM a PVH guest gets below the special pages
+	// and the LAPIC; memory above 4 GiB is not laid out yet.
+	maxLowMem = 0xF0000000
+
+	// maxCmdline is x86 COMMAND_LINE_SIZE, including the NUL.
+	maxCmdline = 2048
+
+	// startInfo page layout: hvm_start_info @0, one module @64, memory
+	// map @128 (up to 5 entries), command line @256.
+	siModlistOff = 64
+	siMemmapOff  = 128
+	siCmdlineOff = 256
+	maxMemmap    = 5
+)
+
+// pvhLayout is where everything goes in a PVH guest's physical memory.
+type pvhLayout struct {
+	MemBytes      uint64 // RAM is [0, MemBytes)
+	KernelStart   uint64
+	KernelEnd     uint64
+	InitrdAddr    uint64 // 0 when there is no initrd
+	InitrdSize    uint64
+	StartInfoAddr uint64
+	StartInfoSize uint64
+	Entry         uint32
+	E820          []xenctrl.E820Entry
+}
+
+// planPVH lays out a PVH guest with memBytes of RAM, checking that
+// everything the kernel image asks for fits in it.
+func planPVH(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint64) (*pvhLayout, error) {
+	if err := img.CheckPVH(); err != nil {
+		return nil, domain.InvalidField("spec.kernel", "%v", err)
+	}
+	if len(cmdline)+1 > maxCmdline {
+		return nil, domain.InvalidField("spec.cmdline", "is %d bytes, at most %d allowed", len(cmdline), maxCmdline-1)
+	}
+	if memBytes%pageSize != 0 {
+		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d bytes is not a multiple of the page size", memBytes)
+	}
+	if memBytes > maxLowMem {
+		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB: PVH guests above %d MiB are not supported yet", memBytes>>20, uint64(maxLowMem)>>20)
+	}
+	l := &pvhLayout{
+		MemBytes:    memBytes,
+		KernelStart: img.PhysStart,
+		KernelEnd:   img.PhysEnd,
+		Entry:       img.Notes.Phys32Entry,
+	}
+	if img.PhysEnd > memBytes {
+		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB is too small: the kernel loads at [%#x, %#x)", memBytes>>20, img.PhysStart, img.PhysEnd)
+	}
+	next := alignUp(img.PhysEnd)
+	if initrdSize > 0 {
+		l.InitrdAddr, l.InitrdSize = next, initrdSize
+		next = alignUp(next + initrdSize)
+	}
+	l.StartInfoAddr = next
+	l.StartInfoSize = alignUp(siCmdlineOff + uint64(len(cmdline)) + 1)
+	end := l.StartInfoAddr + l.StartInfoSize
+	if end > memBytes || end < l.StartInfoAddr {
+		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB is too small for the kernel, the initrd (%d bytes) and the start info (they end at %#x)", memBytes>>20, initrdSize, end)
+	}
+	l.E820 = []xenctrl.E820Entry{
+		{Addr: 0, Size: memBytes, Type: xenctrl.E820RAM},
+		{Addr: specialBase << pageShift, Size: (specialEnd - specialBase) << pageShift, Type: xenctrl.E820Reserved},
+	}
+	return l, nil
+}
+
+// startInfo renders the start info pages: hvm_start_info, the module list,
+// the memory map and the command line, at l.StartInfoAddr.
+func (l *pvhLayout) startInfo(cmdline string) []byte {
+	b := make([]byte, l.StartInfoSize)
+	si := xenctrl.HVMStartInfo{
+		CmdlinePaddr: l.StartInfoAddr + siCmdlineOff,
+		MemmapPaddr:  l.StartInfoAddr + siMemmapOff,
+		MemmapCount:  uint32(len(l.E820)),
+	}
+	if l.InitrdSize > 0 {
+		si.NrModules = 1
+		si.ModlistPaddr = l.StartInfoAddr + siModlistOff
+		xenctrl.EncodeHVMModule(b[siModlistOff:], xenctrl.HVMModule{Paddr: l.InitrdAddr, Size: l.InitrdSize})
+	}
+	xenctrl.EncodeHVMStartInfo(b, si)
+	for i, e := range l.E820 {
+		xenctrl.EncodeHVMMemmapEntry(b[siMemmapOff+i*xenctrl.HVMMemmapEntrySize:], e)
+	}
+	copy(b[siCmdlineOff:], cmdline) // NUL-terminated: b is zeroed
+	return b
+}
+
+func alignUp(x uint64) uint64 { return (x + pageSize - 1) &^ (pageSize - 1) }
+
+func (l *pvhLayout) String() string {
+	return fmt.Sprintf("ram [0,%#x) kernel [%#x,%#x) initrd %#x+%#x start_info %#x entry %#x",
+		l.MemBytes, l.KernelStart, l.KernelEnd, l.InitrdAddr, l.InitrdSize, l.StartInfoAddr, l.Entry)
+}

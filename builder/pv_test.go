@@ -1,0 +1,501 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/xenopsd-ng/xenopsd-ng/domain"
+	"github.com/xenopsd-ng/xenopsd-ng/kernel"
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+)
+
+// fakePV stands in for a PV domain: populate hands out scattered machine
+// frames, memory is mapped by machine frame, and pinning refuses a table
+// that is still mapped writable, as Xen does.
+type fakePV struct {
+	xenctrl.Hypervisor
+	maxKiB    uint64
+	vcpus     uint32
+	frames    map[uint64][]byte // by mfn
+	nextPFN   uint64
+	ports     uint32
+	e820      []xenctrl.E820Entry
+	mapped    map[uint64]int // mfn -> open mappings
+	pinned    uint64
+	hcPage    uint64
+	vgc       []byte
+	shinfo    uint64
+	gnttab    uint64
+	pinErrors int
+}
+
+const fakeShinfo, fakeGnttab = 0x7000, 0x7001
+
+func newFakePV() *fakePV {
+	f := &fakePV{frames: map[uint64][]byte{}, mapped: map[uint64]int{}, shinfo: fakeShinfo, gnttab: fakeGnttab}
+	f.frames[fakeShinfo] = bytes.Repeat([]byte{0xff}, pageSize)
+	f.frames[fakeGnttab] = make([]byte, pageSize)
+	return f
+}
+
+func fakeMFN(pfn uint64) uint64 { return 0x100000 + (pfn*7919)%0x40000 + (pfn/0x40000)<<20 }
+
+func (f *fakePV) Kind() string { return "fake" }
+func (f *fakePV) SetMaxVCPUs(_ context.Context, _ xenctrl.Domid, n uint32) error {
+	f.vcpus = n
+	return nil
+}
+func (f *fakePV) SetMaxMem(_ context.Context, _ xenctrl.Domid, kib uint64) error {
+	f.maxKiB = kib
+	return nil
+}
+func (f *fakePV) PopulatePhysmapAt(_ context.Context, _ xenctrl.Domid, order uint32, gpfns []uint64) (int, error) {
+	if order != 0 {
+		return 0, &xenctrl.Error{Op: "populate", Errno: syscall.EINVAL}
+	}
+	for i := range gpfns {
+		if (f.nextPFN+1)*4 > f.maxKiB {
+			return i, &xenctrl.Error{Op: "populate", Errno: syscall.ENOMEM}
+		}
+		m := fakeMFN(f.nextPFN)
+		f.nextPFN++
+		f.frames[m] = bytes.Repeat([]byte{0xcc}, pageSize) // not scrubbed
+		gpfns[i] = m
+	}
+	return len(gpfns), nil
+}
+func (f *fakePV) MapGuest(_ context.Context, _ xenctrl.Domid, mfns []uint64) ([]byte, func() error, error) {
+	mem := make([]byte, len(mfns)*pageSize)
+	for i, m := range mfns {
+		if f.frames[m] == nil {
+			return nil, nil, fmt.Errorf("map mfn %#x: %w", m, syscall.EFAULT)
+		}
+		copy(mem[i*pageSize:], f.frames[m])
+		f.mapped[m]++
+	}
+	return mem, func() error {
+		for i, m := range mfns {
+			copy(f.frames[m], mem[i*pageSize:])
+			f.mapped[m]--
+		}
+		return nil
+	}, nil
+}
+func (f *fakePV) AllocUnboundEvtchn(_ context.Context, _, _ xenctrl.Domid) (uint32, error) {
+	f.ports++
+	return f.ports, nil
+}
+func (f *fakePV) SetMemoryMap(_ context.Context, _ xenctrl.Domid, e []xenctrl.E820Entry) error {
+	f.e820 = e
+	return nil
+}
+func (f *fakePV) SharedInfoFrame(context.Context, xenctrl.Domid) (uint64, error) {
+	return f.shinfo, nil
+}
+func (f *fakePV) GrantTableFrame(context.Context, xenctrl.Domid) (uint64, error) {
+	return f.gnttab, nil
+}
+func (f *fakePV) HypercallInit(_ context.Context, _ xenctrl.Domid, mfn uint64) error {
+	f.hcPage = mfn
+	return nil
+}
+func (f *fakePV) PinL4Table(_ context.Context, _ xenctrl.Domid, mfn uint64) error {
+	for m, n := range f.mapped {
+		if n != 0 {
+			f.pinErrors++
+			return fmt.Errorf("mfn %#x still mapped: %w", m, syscall.EINVAL)
+		}
+	}
+	f.pinned = mfn
+	return nil
+}
+func (f *fakePV) SetVCPUContext(_ context.Context, _ xenctrl.Domid, vcpu uint32, vgc []byte) error {
+	if vcpu != 0 || len(vgc) != xenctrl.VCPUGuestContextSize {
+		return syscall.EINVAL
+	}
+	f.vgc = append([]byte(nil), vgc...)
+	return nil
+}
+
+// walk translates a guest virtual address through the page tables rooted
+// at l4 (a machine frame) like the MMU, returning the machine frame and
+// whether the final mapping is writable.
+func (f *fakePV) walk(l4, va uint64) (mfn uint64, rw bool, err error) {
+	table := l4
+	for level, shift := 4, uint(39); level >= 1; level, shift = level-1, shift-9 {
+		fr := f.frames[table]
+		if fr == nil {
+			return 0, false, fmt.Errorf("L%d table mfn %#x missing", level, table)
+		}
+		e := binary.LittleEndian.Uint64(fr[(va>>shift&511)*8:])
+		if e&ptePresent == 0 {
+			return 0, false, fmt.Errorf("va %#x: L%d entry not present", va, level)
+		}
+		table = e >> 12 & (1<<40 - 1)
+		rw = e&pteRW != 0
+	}
+	return table, rw, nil
+}
+
+func (f *fakePV) readVirt(l4, va, n uint64) ([]byte, error) {
+	var out []byte
+	for a := va; a < va+n; {
+		m, _, err := f.walk(l4, a)
+		if err != nil {
+			return nil, err
+		}
+		off := a & (pageSize - 1)
+		k := min(pageSize-off, va+n-a)
+		out = append(out, f.frames[m][off:off+k]...)
+		a += k
+	}
+	return out, nil
+}
+
+const testVirtBase = 0xffffffff80000000
+
+// pvTestKernel writes a small 64-bit PV ELF: one executable segment at
+// physical 16 MiB (virtual base + 16 MiB), text then bss, and the notes a
+// Linux PV kernel has: XEN_VERSION, VIRT_BASE, PADDR_OFFSET, ENTRY and,
+// when hypercall is non-zero, HYPERCALL_PAGE.
+func pvTestKernel(entry, hypercall uint64, text []byte, bss uint64) []byte {
+	le := binary.LittleEndian
+	var notes []byte
+	note := func(typ uint32, desc []byte) {
+		h := make([]byte, 12)
+		le.PutUint32(h[0:], 4)
+		le.PutUint32(h[4:], uint32(len(desc)))
+		le.PutUint32(h[8:], typ)
+		notes = append(append(notes, h...), "Xen\x00"...)
+		notes = append(notes, desc...)
+		for len(notes)%4 != 0 {
+			notes = append(notes, 0)
+		}
+	}
+	note(5, []byte("xen-3.0\x00"))
+	note(3, le.AppendUint64(nil, testVirtBase))
+	note(4, le.AppendUint64(nil, 0))
+	note(1, le.AppendUint64(nil, entry))
+	if hypercall != 0 {
+		note(2, le.AppendUint64(nil, hypercall))
+	}
+	hdr := make([]byte, 64)
+	copy(hdr, "\x7fELF")
+	hdr[4], hdr[5], hdr[6] = 2, 1, 1
+	le.PutUint16(hdr[16:], 2)
+	le.PutUint16(hdr[18:], 62)
+	le.PutUint32(hdr[20:], 1)
+	le.PutUint64(hdr[24:], 0x1000000)
+	le.PutUint64(hdr[32:], 64)
+	le.PutUint16(hdr[52:], 64)
+	le.PutUint16(hdr[54:], 56)
+	le.PutUint16(hdr[56:], 2)
+	noteOff := uint64(64 + 2*56)
+	textOff := noteOff + uint64(len(notes))
+	ph := make([]byte, 112)
+	le.PutUint32(ph[0:], 4)
+	le.PutUint64(ph[8:], noteOff)
+	le.PutUint64(ph[32:], uint64(len(notes)))
+	le.PutUint64(ph[40:], uint64(len(notes)))
+	p := ph[56:]
+	le.PutUint32(p[0:], 1)
+	le.PutUint32(p[4:], 5)
+	le.PutUint64(p[8:], textOff)
+	le.PutUint64(p[16:], testVirtBase+0x1000000)
+	le.PutUint64(p[24:], 0x1000000)
+	le.PutUint64(p[32:], uint64(len(text)))
+	le.PutUint64(p[40:], uint64(len(text))+bss)
+	out := append(append(hdr, ph...), notes...)
+	return append(out, text...)
+}
+
+func pvSpec(t *testing.T, hypercall uint64) (domain.Spec, []byte, []byte) {
+	text := bytes.Repeat([]byte("PVKERNEL"), 2000)
+	k := pvTestKernel(testVirtBase+0x1000010, hypercall, text, 0x5000)
+	initrd := bytes.Repeat([]byte{0x5a, 0xa5, 0x11}, 40000)
+	return domain.Spec{
+		Name: "pv", Type: domain.TypePV,
+		MemoryStaticMax: 64 << 20, MemoryDynamicMax: 64 << 20, VCPUsMax: 1,
+		Kernel: writeFile(t, "vmlinux", k), Ramdisk: writeFile(t, "initrd", initrd),
+		Cmdline: "console=hvc0 root=/dev/ram0",
+	}, text, initrd
+}
+
+func TestBuildPV(t *testing.T) {
+	f := newFakePV()
+	spec, text, initrd := pvSpec(t, testVirtBase+0x1002000)
+	res, err := NewPV(Config{BackendDomid: 0}).Build(context.Background(), f, 5, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	if f.nextPFN != 64<<8 {
+		t.Errorf("populated %d pages, want %d", f.nextPFN, 64<<8)
+	}
+	if len(f.e820) != 1 || f.e820[0].Size != 64<<20 {
+		t.Errorf("memory map %+v", f.e820)
+	}
+	if f.vgc == nil || f.vcpus != 1 {
+		t.Fatalf("vCPUs %d, context set %v", f.vcpus, f.vgc != nil)
+	}
+	regs := f.vgc[520:]
+	cr3 := le.Uint64(f.vgc[4984+24:])
+	if cr3>>12 != f.pinned || f.pinned == 0 {
+		t.Fatalf("cr3 %#x but pinned L4 mfn %#x", cr3, f.pinned)
+	}
+	if got := le.Uint64(f.vgc[512:]); got != 4|32 {
+		t.Errorf("vcpu flags %#x", got)
+	}
+	if cs, ss := le.Uint16(regs[136:]), le.Uint16(regs[160:]); cs != 0xe033 || ss != 0xe02b {
+		t.Errorf("cs %#x ss %#x", cs, ss)
+	}
+	rip, rsp, rsi := le.Uint64(regs[128:]), le.Uint64(regs[152:]), le.Uint64(regs[104:])
+	if rip != testVirtBase+0x1000010 {
+		t.Errorf("rip %#x", rip)
+	}
+	// The entry point maps to the kernel text.
+	got, err := f.readVirt(f.pinned, rip, 8)
+	if err != nil || !bytes.Equal(got, text[16:24]) {
+		t.Errorf("bytes at entry: %q, %v", got, err)
+	}
+	// The stack below rsp is mapped writable.
+	if _, rw, err := f.walk(f.pinned, rsp-8); err != nil || !rw {
+		t.Errorf("stack at %#x: rw %v err %v", rsp-8, rw, err)
+	}
+	// start_info.
+	si, err := f.readVirt(f.pinned, rsi, xenctrl.StartInfoSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(si, []byte("xen-3.0-x86_64\x00")) {
+		t.Errorf("start_info magic %q", si[:32])
+	}
+	if n := le.Uint64(si[32:]); n != 64<<8 {
+		t.Errorf("nr_pages %d", n)
+	}
+	if sh := le.Uint64(si[40:]); sh != fakeShinfo<<12 {
+		t.Errorf("shared_info %#x", sh)
+	}
+	if m, p := le.Uint64(si[56:]), le.Uint32(si[64:]); m != res.StoreMFN || p != res.StorePort || p == 0 {
+		t.Errorf("store mfn %#x port %d, result %+v", m, p, res)
+	}
+	if m, p := le.Uint64(si[72:]), le.Uint32(si[80:]); m != res.ConsoleMFN || p != res.ConsolePort || p == res.StorePort {
+		t.Errorf("console mfn %#x port %d, result %+v", m, p, res)
+	}
+	if cl := si[128 : 128+len(spec.Cmdline)+1]; string(cl) != spec.Cmdline+"\x00" {
+		t.Errorf("cmdline %q", cl)
+	}
+	// pt_base is the L4 and every table frame is mapped read-only.
+	ptBase, nrPT := le.Uint64(si[88:]), le.Uint64(si[96:])
+	for i := uint64(0); i < nrPT; i++ {
+		m, rw, err := f.walk(f.pinned, ptBase+i*pageSize)
+		if err != nil || rw {
+			t.Errorf("page table frame %d: rw %v err %v", i, rw, err)
+		}
+		if i == 0 && m != f.pinned {
+			t.Errorf("pt_base maps mfn %#x, L4 is %#x", m, f.pinned)
+		}
+	}
+	// mfn_list is the p2m, consistent with the mappings.
+	mfnList := le.Uint64(si[104:])
+	p2m, err := f.readVirt(f.pinned, mfnList, 64<<8*8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pfn := uint64(0); pfn < 64<<8; pfn += 97 {
+		if m := le.Uint64(p2m[pfn*8:]); m != fakeMFN(pfn) {
+			t.Fatalf("p2m[%#x] = %#x, want %#x", pfn, m, fakeMFN(pfn))
+		}
+	}
+	if m, _, _ := f.walk(f.pinned, testVirtBase+0x1000000); m != le.Uint64(p2m[0x1000*8:]) {
+		t.Errorf("kernel start maps mfn %#x, p2m says %#x", m, le.Uint64(p2m[0x1000*8:]))
+	}
+	// The initrd and the bss.
+	modStart, modLen := le.Uint64(si[112:]), le.Uint64(si[120:])
+	if got, err := f.readVirt(f.pinned, modStart, modLen); err != nil || !bytes.Equal(got, initrd) {
+		t.Errorf("initrd at %#x+%d: %v", modStart, modLen, err)
+	}
+	bss, err := f.readVirt(f.pinned, testVirtBase+0x1000000+uint64(len(text)), 0x5000)
+	if err != nil || !bytes.Equal(bss, make([]byte, 0x5000)) {
+		t.Errorf("bss not zeroed: %v", err)
+	}
+	// Rings cleared; shared info masked; grants seeded; hypercall page.
+	for _, m := range []uint64{res.StoreMFN, res.ConsoleMFN} {
+		if !bytes.Equal(f.frames[m], make([]byte, pageSize)) {
+			t.Errorf("ring page mfn %#x not cleared", m)
+		}
+	}
+	sh := f.frames[fakeShinfo]
+	if sh[1] != 1 || sh[31*64+1] != 1 || sh[0] != 0 || sh[32*64+1] != 0 {
+		t.Errorf("shared info not initialised: % x", sh[:4])
+	}
+	g := f.frames[fakeGnttab]
+	if le.Uint16(g[0:]) != 1 || uint64(le.Uint32(g[4:])) != res.ConsoleMFN || le.Uint16(g[8:]) != 1 || uint64(le.Uint32(g[12:])) != res.StoreMFN {
+		t.Errorf("grant entries % x", g[:16])
+	}
+	if hp, _, _ := f.walk(f.pinned, testVirtBase+0x1002000); f.hcPage != hp || hp == 0 {
+		t.Errorf("hypercall page mfn %#x, want %#x", f.hcPage, hp)
+	}
+}
+
+func TestPlanPV(t *testing.T) {
+	spec, _, _ := pvSpec(t, 0)
+	img, release, err := kernel.OpenFile(spec.Kernel, kernel.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	l, err := planPV(img, 120000, "", 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(l)
+	if l.KernelPFN != 0x1000 || l.MapEnd%pvMapAlign != 0 || l.MapEnd < l.virt(l.StackPFN+1)+pvPadding {
+		t.Errorf("layout %v", l)
+	}
+	if l.NrL3 != 1 || l.NrL2 != 1 || l.NrL1 != (l.MapEnd-l.VirtBase)>>21 {
+		t.Errorf("tables L3 %d L2 %d L1 %d for %#x..%#x", l.NrL3, l.NrL2, l.NrL1, l.VirtBase, l.MapEnd)
+	}
+	// Too little memory for the initial mapping.
+	if _, err := planPV(img, 120000, "", 16<<20); !isInvalid(err, "spec.memory_dynamic_max") {
+		t.Errorf("16 MiB: %v", err)
+	}
+	if _, err := planPV(img, 0, strings.Repeat("x", 1024), 64<<20); !isInvalid(err, "spec.cmdline") {
+		t.Errorf("long cmdline: %v", err)
+	}
+}
+
+func TestTablesFor(t *testing.T) {
+	for _, c := range []struct{ start, end, l3, l2, l1 uint64 }{
+		{testVirtBase, testVirtBase + 4<<20, 1, 1, 2},
+		{testVirtBase, testVirtBase + 1<<30 + 2<<20, 1, 2, 513},
+		{0, 1 << 39, 1, 512, 512 * 512},
+		{1<<39 - 2<<20, 1<<39 + 2<<20, 2, 2, 2},
+	} {
+		l3, l2, l1 := tablesFor(c.start, c.end)
+		if l3 != c.l3 || l2 != c.l2 || l1 != c.l1 {
+			t.Errorf("[%#x,%#x): %d %d %d, want %d %d %d", c.start, c.end, l3, l2, l1, c.l3, c.l2, c.l1)
+		}
+	}
+	for _, c := range []struct {
+		start, end uint64
+		ok         bool
+	}{
+		{testVirtBase, testVirtBase + 64<<20, true},
+		{0, 64 << 20, true},
+		{canonLowEnd - 4096, canonLowEnd + 4096, false},
+		{xenReservedLo, xenReservedLo + 4096, false},
+		{xenReservedHi, xenReservedHi + 4096, true},
+	} {
+		if err := checkVirtRange(c.start, c.end); (err == nil) != c.ok {
+			t.Errorf("checkVirtRange(%#x, %#x) = %v", c.start, c.end, err)
+		}
+	}
+}
+
+func isInvalid(err error, field string) bool {
+	var de *domain.Error
+	return errors.As(err, &de) && de.Code == domain.CodeInvalidArgument && strings.Contains(err.Error(), field)
+}
+
+func TestBuildPVRejects(t *testing.T) {
+	ctx := context.Background()
+	good, _, _ := pvSpec(t, 0)
+	text := bytes.Repeat([]byte{0x90}, 64)
+	cases := map[string]struct {
+		mut   func(*domain.Spec)
+		field string
+	}{
+		"type":         {func(s *domain.Spec) { s.Type = domain.TypePVH }, "spec.type"},
+		"no kernel":    {func(s *domain.Spec) { s.Kernel = "" }, "spec.kernel"},
+		"missing file": {func(s *domain.Spec) { s.Kernel = "/nonexistent/vmlinux" }, "spec.kernel"},
+		"PVH-only kernel": {func(s *domain.Spec) {
+			s.Kernel = writeFile(t, "pvh", testKernel(0x100000, text, 0))
+		}, "spec.kernel"},
+		"entry outside text": {func(s *domain.Spec) {
+			s.Kernel = writeFile(t, "badentry", pvTestKernel(testVirtBase+0x9000000, 0, text, 0))
+		}, "spec.kernel"},
+		"hypercall page outside": {func(s *domain.Spec) {
+			s.Kernel = writeFile(t, "badhc", pvTestKernel(testVirtBase+0x1000000, testVirtBase+0x8000000, text, 0))
+		}, "spec.kernel"},
+		"too small": {func(s *domain.Spec) { s.MemoryStaticMax, s.MemoryDynamicMax = 8<<20, 8<<20 }, "spec.memory_dynamic_max"},
+		"cmdline":   {func(s *domain.Spec) { s.Cmdline = strings.Repeat("a", 2000) }, "spec.cmdline"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			f := newFakePV()
+			s := good
+			c.mut(&s)
+			_, err := NewPV(Config{}).Build(ctx, f, 3, s)
+			if !isInvalid(err, c.field) {
+				t.Fatalf("got %v, want InvalidArgument on %s", err, c.field)
+			}
+			if f.vgc != nil || f.pinned != 0 {
+				t.Errorf("vCPU context or pin happened despite the error")
+			}
+		})
+	}
+}
+
+func TestBuildPVOutOfMemory(t *testing.T) {
+	f := newFakePV()
+	spec, _, _ := pvSpec(t, 0)
+	f2 := &limitedPV{fakePV: f, limitPages: 1000}
+	_, err := NewPV(Config{}).Build(context.Background(), f2, 3, spec)
+	var de *domain.Error
+	if !errors.As(err, &de) || de.Code != domain.CodeResourceExhausted {
+		t.Fatalf("got %v, want ResourceExhausted", err)
+	}
+	if f.vgc != nil {
+		t.Error("vCPU context set after a failed populate")
+	}
+}
+
+// limitedPV runs out of host memory after limitPages.
+type limitedPV struct {
+	*fakePV
+	limitPages uint64
+}
+
+func (l *limitedPV) PopulatePhysmapAt(ctx context.Context, d xenctrl.Domid, order uint32, gpfns []uint64) (int, error) {
+	if l.nextPFN+uint64(len(gpfns)) > l.limitPages {
+		n := int(l.limitPages - l.nextPFN)
+		k, _ := l.fakePV.PopulatePhysmapAt(ctx, d, order, gpfns[:n])
+		return k, &xenctrl.Error{Op: "populate", Errno: syscall.ENOMEM}
+	}
+	return l.fakePV.PopulatePhysmapAt(ctx, d, order, gpfns)
+}
+
+func TestEncodeStartInfoAndVCPU(t *testing.T) {
+	b := make([]byte, pageSize)
+	if err := xenctrl.EncodeStartInfo(b, xenctrl.StartInfo{Cmdline: strings.Repeat("x", 1024)}); err == nil {
+		t.Error("1024-byte command line accepted")
+	}
+	if _, err := xenctrl.EncodePVVCPUContext(xenctrl.PVBootVCPU{Entry: 0x0000900000000000, L4MFN: 1}); err == nil {
+		t.Error("non-canonical entry accepted")
+	}
+	if _, err := xenctrl.EncodePVVCPUContext(xenctrl.PVBootVCPU{Entry: testVirtBase}); err == nil {
+		t.Error("L4 frame 0 accepted")
+	}
+}
+
+func TestByTypeDispatch(t *testing.T) {
+	spec, _, _ := pvSpec(t, 0)
+	f := newFakePV()
+	if _, err := NewByType(Config{}).Build(context.Background(), f, 2, spec); err != nil {
+		t.Fatalf("PV through ByType: %v", err)
+	}
+	if f.vgc == nil {
+		t.Error("PV spec did not reach the PV builder")
+	}
+	spec.Type = domain.TypePVH
+	if _, err := NewByType(Config{}).Build(context.Background(), newFakePV(), 2, spec); err == nil {
+		t.Error("PVH spec on a PV-only fake succeeded")
+	}
+}

@@ -1,0 +1,26 @@
+// Package kernel loads guest kernel images for the domain builder, treating
+// every byte of them as hostile.
+//
+// A guest kernel is supplied by whoever owns the VM, yet the toolstack parses
+// it in dom0 with full privilege: this is where libxenguest has had its
+// security advisories. Everything here is bounds-checked against the input
+// and against Limits before it is used, and nothing is trusted to be
+// consistent: lengths, offsets, counts and declared sizes are each checked
+// for overflow, for lying about the input's size, and for overlaps.
+//
+// What it understands:
+//
+//   - ELF64 x86_64 kernels (vmlinux): program headers, loadable segments and
+//     the Xen ELF notes (XEN_ELFNOTE_*, xen/include/public/elfnote.h) found
+//     in PT_NOTE segments or, failing those, SHT_NOTE sections. See ParseELF.
+//   - Linux bzImage: the x86 boot protocol setup header (boot protocol
+//     2.08+ for payload_offset/payload_length) and the compressed payload
+//     inside it: gzip, xz, zstd, lz4 (legacy frame), bzip2 or lzma, each
+//     decompressed under a size and ratio limit (no decompression bombs).
+//     See Unwrap.
+//   - Bare compressed ELF kernels (vmlinux.gz and friends).
+//   - Initial ramdisks, loaded as opaque bytes under a size limit.
+//
+// Load is the entry point the builder uses: it takes the file's bytes and
+// returns an Image ready to place in guest memory.
+package kernel
