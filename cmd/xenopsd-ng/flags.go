@@ -1,0 +1,146 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/xenopsd-ng/xenopsd-ng/console"
+	"github.com/xenopsd-ng/xenopsd-ng/simhost"
+)
+
+// Defaults.
+const (
+	defaultSocket       = "/run/xenopsd-ng/xenopsd.sock"
+	defaultStateDir     = "/var/lib/xenopsd-ng"
+	defaultDrainTimeout = 30 * time.Second
+)
+
+var errHelp = errors.New("help requested")
+
+// config is the daemon's parsed command line.
+type config struct {
+	backend        string
+	socket         string
+	stateDir       string
+	simDir         string
+	consoleLogDir  string
+	listen         string
+	tlsCert        string
+	tlsKey         string
+	tlsClientCA    string
+	insecureListen bool
+	workers        int
+	logLevel       slog.Level
+	logFormat      string
+	drainTimeout   time.Duration
+	showVersion    bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("xenopsd-ng", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.backend, "backend", "", "hypervisor backend: sim (simulated machine) or xen (/dev/xen/privcmd) (required)")
+	fs.StringVar(&c.socket, "socket", defaultSocket, "unix socket of the gRPC API (created mode 0600)")
+	fs.StringVar(&c.stateDir, "state-dir", defaultStateDir, "directory of the daemon's database")
+	fs.StringVar(&c.simDir, "sim-dir", "", "sim backend: the simulated machine's directory (default <state-dir>/sim)")
+	fs.StringVar(&c.consoleLogDir, "console-log-dir", "", "directory of the guest console logs (guest-<name>.log) StreamConsole serves (default: /var/log/xen/console for xen, <sim-dir>/console for sim)")
+	fs.StringVar(&c.listen, "listen", "", "also serve the API on this TCP HOST:PORT (needs --tls-cert and --tls-key)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate for --listen")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key for --listen")
+	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require --listen clients to present a certificate it signed")
+	fs.BoolVar(&c.insecureListen, "insecure-listen", false, "allow --listen without TLS (testing on loopback only)")
+	fs.IntVar(&c.workers, "workers", 16, "size of the worker pool running VM operations")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrainTimeout, "on SIGTERM, how long in-flight tasks may run before they are recorded as interrupted")
+	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return c, errHelp
+		}
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q (the only subcommand is sim-host)", fs.Arg(0))
+	}
+	if c.showVersion {
+		return c, nil
+	}
+	if err := c.logLevel.UnmarshalText([]byte(*level)); err != nil {
+		return c, fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)
+	}
+	switch c.backend {
+	case "sim", "xen":
+	case "":
+		return c, errors.New("--backend is required: sim or xen")
+	default:
+		return c, fmt.Errorf("--backend %q: want sim or xen", c.backend)
+	}
+	if c.socket == "" {
+		return c, errors.New("--socket must not be empty")
+	}
+	if c.stateDir == "" {
+		return c, errors.New("--state-dir must not be empty")
+	}
+	if c.simDir == "" {
+		c.simDir = filepath.Join(c.stateDir, "sim")
+	}
+	if c.consoleLogDir == "" {
+		c.consoleLogDir = console.DefaultXenDir
+		if c.backend == "sim" {
+			c.consoleLogDir = filepath.Join(c.simDir, simhost.ConsoleDir)
+		}
+	}
+	if c.backend == "xen" && isSet(fs, "sim-dir") {
+		return c, errors.New("--sim-dir is only for --backend=sim")
+	}
+	if c.workers < 1 || c.workers > 4096 {
+		return c, fmt.Errorf("--workers %d: want 1..4096", c.workers)
+	}
+	if c.drainTimeout < 0 {
+		return c, fmt.Errorf("--drain-timeout %v: must not be negative", c.drainTimeout)
+	}
+	switch c.logFormat {
+	case "text", "json":
+	default:
+		return c, fmt.Errorf("--log-format %q: want text or json", c.logFormat)
+	}
+	hasTLS := c.tlsCert != "" || c.tlsKey != ""
+	switch {
+	case c.listen == "" && (hasTLS || c.tlsClientCA != "" || c.insecureListen):
+		return c, errors.New("--tls-cert, --tls-key, --tls-client-ca and --insecure-listen need --listen")
+	case c.listen != "" && hasTLS && (c.tlsCert == "" || c.tlsKey == ""):
+		return c, errors.New("--listen with TLS needs both --tls-cert and --tls-key")
+	case c.listen != "" && hasTLS && c.insecureListen:
+		return c, errors.New("--insecure-listen contradicts --tls-cert/--tls-key")
+	case c.listen != "" && !hasTLS && !c.insecureListen:
+		return c, errors.New("--listen needs --tls-cert and --tls-key (or --insecure-listen to serve plaintext, for tests)")
+	case c.insecureListen && c.tlsClientCA != "":
+		return c, errors.New("--tls-client-ca needs TLS, not --insecure-listen")
+	}
+	if c.listen != "" && !strings.Contains(c.listen, ":") {
+		return c, fmt.Errorf("--listen %q: want HOST:PORT", c.listen)
+	}
+	return c, nil
+}
+
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func newLogger(c config, w io.Writer) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: c.logLevel}
+	if c.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}

@@ -1,0 +1,190 @@
+package service
+
+import (
+	"context"
+	"strings"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/domain"
+)
+
+type vmServer struct {
+	*Server
+	pb.UnimplementedVMServiceServer
+}
+
+var _ pb.VMServiceServer = vmServer{}
+
+// requireID rejects an empty (or blank) VM or task reference.
+func requireID(field, id string) error {
+	if strings.TrimSpace(id) == "" {
+		return invalidField(field, "required")
+	}
+	return nil
+}
+
+func (s vmServer) CreateVM(ctx context.Context, req *pb.CreateVMRequest) (*pb.CreateVMResponse, error) {
+	spec, err := SpecFromPB(req.GetSpec(), "spec")
+	if err != nil {
+		return nil, err
+	}
+	vm, err := s.m.CreateVM(ctx, spec, req.GetRequestId())
+	if err != nil {
+		return nil, s.fail(ctx, "CreateVM", err)
+	}
+	return &pb.CreateVMResponse{Vm: VMToPB(vm)}, nil
+}
+
+func (s vmServer) GetVM(ctx context.Context, req *pb.GetVMRequest) (*pb.GetVMResponse, error) {
+	if err := requireID("id", req.GetId()); err != nil {
+		return nil, err
+	}
+	vm, err := s.m.GetVM(ctx, req.GetId())
+	if err != nil {
+		return nil, s.fail(ctx, "GetVM", err)
+	}
+	return &pb.GetVMResponse{Vm: VMToPB(vm)}, nil
+}
+
+func (s vmServer) ListVMs(ctx context.Context, _ *pb.ListVMsRequest) (*pb.ListVMsResponse, error) {
+	vms, rev, err := s.m.ListVMs(ctx)
+	if err != nil {
+		return nil, s.fail(ctx, "ListVMs", err)
+	}
+	out := &pb.ListVMsResponse{Vms: make([]*pb.VM, 0, len(vms)), Revision: rev}
+	for _, vm := range vms {
+		out.Vms = append(out.Vms, VMToPB(vm))
+	}
+	return out, nil
+}
+
+func (s vmServer) UpdateVM(ctx context.Context, req *pb.UpdateVMRequest) (*pb.UpdateVMResponse, error) {
+	if err := requireID("id", req.GetId()); err != nil {
+		return nil, err
+	}
+	spec, err := SpecFromPB(req.GetSpec(), "spec")
+	if err != nil {
+		return nil, err
+	}
+	vm, err := s.m.UpdateVM(ctx, req.GetId(), spec)
+	if err != nil {
+		return nil, s.fail(ctx, "UpdateVM", err)
+	}
+	return &pb.UpdateVMResponse{Vm: VMToPB(vm)}, nil
+}
+
+func (s vmServer) DeleteVM(ctx context.Context, req *pb.DeleteVMRequest) (*pb.DeleteVMResponse, error) {
+	if err := requireID("id", req.GetId()); err != nil {
+		return nil, err
+	}
+	if err := s.m.DeleteVM(ctx, req.GetId()); err != nil {
+		return nil, s.fail(ctx, "DeleteVM", err)
+	}
+	return &pb.DeleteVMResponse{}, nil
+}
+
+// lifecycle runs one lifecycle call: validate the id, queue the operation,
+// and with wait, wait for the task to finish. The task outcome is in the
+// returned task; the error is about the call itself.
+func (s vmServer) lifecycle(ctx context.Context, method, id string, wait bool, op func() (domain.Task, error)) (*pb.Task, error) {
+	if err := requireID("id", id); err != nil {
+		return nil, err
+	}
+	t, err := op()
+	if err != nil {
+		return nil, s.fail(ctx, method, err)
+	}
+	if wait && !t.State.Done() {
+		if t, err = s.m.WaitTask(ctx, t.ID); err != nil {
+			return nil, s.fail(ctx, method, err)
+		}
+	}
+	return TaskToPB(t), nil
+}
+
+// shutdownOptions validates the timeout/force pair of Shutdown and Reboot.
+// An unset timeout stays 0: the core's default.
+func shutdownOptions(timeout *durationpb.Duration, force bool) (domain.ShutdownOptions, error) {
+	opts := domain.ShutdownOptions{Force: force}
+	if timeout != nil {
+		if err := timeout.CheckValid(); err != nil {
+			return opts, invalidField("timeout", err.Error())
+		}
+		d := timeout.AsDuration()
+		if d < 0 {
+			return opts, invalidField("timeout", "must not be negative, got "+d.String())
+		}
+		opts.Timeout = d
+	}
+	return opts, nil
+}
+
+func (s vmServer) StartVM(ctx context.Context, req *pb.StartVMRequest) (*pb.StartVMResponse, error) {
+	t, err := s.lifecycle(ctx, "StartVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.Start(ctx, req.GetId(), req.GetPaused())
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.StartVMResponse{Task: t}, nil
+}
+
+func (s vmServer) PauseVM(ctx context.Context, req *pb.PauseVMRequest) (*pb.PauseVMResponse, error) {
+	t, err := s.lifecycle(ctx, "PauseVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.Pause(ctx, req.GetId())
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.PauseVMResponse{Task: t}, nil
+}
+
+func (s vmServer) UnpauseVM(ctx context.Context, req *pb.UnpauseVMRequest) (*pb.UnpauseVMResponse, error) {
+	t, err := s.lifecycle(ctx, "UnpauseVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.Unpause(ctx, req.GetId())
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.UnpauseVMResponse{Task: t}, nil
+}
+
+func (s vmServer) ShutdownVM(ctx context.Context, req *pb.ShutdownVMRequest) (*pb.ShutdownVMResponse, error) {
+	opts, err := shutdownOptions(req.GetTimeout(), req.GetForce())
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.lifecycle(ctx, "ShutdownVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.Shutdown(ctx, req.GetId(), opts)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ShutdownVMResponse{Task: t}, nil
+}
+
+func (s vmServer) RebootVM(ctx context.Context, req *pb.RebootVMRequest) (*pb.RebootVMResponse, error) {
+	opts, err := shutdownOptions(req.GetTimeout(), req.GetForce())
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.lifecycle(ctx, "RebootVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.Reboot(ctx, req.GetId(), opts)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.RebootVMResponse{Task: t}, nil
+}
+
+func (s vmServer) DestroyVM(ctx context.Context, req *pb.DestroyVMRequest) (*pb.DestroyVMResponse, error) {
+	t, err := s.lifecycle(ctx, "DestroyVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.Destroy(ctx, req.GetId())
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.DestroyVMResponse{Task: t}, nil
+}
