@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+)
+
+// reconnectAttempts bounds how often events watch reconnects after the
+// daemon went away (one attempt a second).
+const reconnectAttempts = 60
+
+func (a *app) eventsCmd() *cobra.Command {
+	events := &cobra.Command{Use: "events", Short: "Follow changes to VMs and tasks"}
+	var after uint64
+	var count int
+	watch := &cobra.Command{
+		Use:   "watch",
+		Short: "Print events as they happen",
+		Long: `Print every change to VMs and tasks, in revision order.
+
+Without --after, it starts from now; --after REV replays every event after
+revision REV first (--after 0: all retained history). If the daemon restarts
+the watch reconnects from the last revision it printed, so nothing is missed
+or printed twice. If the events wanted were compacted away, it says so (a
+resync) and continues from the daemon's head revision.
+
+-o json prints one JSON object (a WatchResponse) per line.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.clients()
+			if err != nil {
+				return err
+			}
+			timeout := time.Duration(0)
+			if cmd.Flags().Changed("timeout") {
+				timeout = a.timeout
+			}
+			ctx, cancel := a.ctxWith(cmd, timeout)
+			defer cancel()
+			if !cmd.Flags().Changed("after") {
+				resp, err := c.vm.ListVMs(ctx, &apiv1.ListVMsRequest{})
+				if err != nil {
+					return err
+				}
+				after = resp.GetRevision()
+			}
+			err = a.watch(ctx, c, after, count)
+			if errors.Is(err, context.DeadlineExceeded) || (ctx.Err() != nil && cmd.Context().Err() == nil) {
+				return nil // --timeout ended the watch: not an error
+			}
+			if cmd.Context().Err() != nil {
+				return nil // interrupted by the user
+			}
+			return err
+		},
+	}
+	watch.Flags().Uint64Var(&after, "after", 0, "start after this revision (default: now)")
+	watch.Flags().IntVar(&count, "count", 0, "stop after this many events (0 = never)")
+	events.AddCommand(watch)
+	return events
+}
+
+// watch streams events after rev, resuming from the last one printed when
+// the stream breaks because the daemon went away.
+func (a *app) watch(ctx context.Context, c *clients, rev uint64, count int) error {
+	printed := 0
+	if a.output == "table" {
+		fmt.Fprintf(a.stdout, "%-10s %-20s %-14s %-36s %s\n", "REVISION", "TIME", "KIND", "ID", "DETAIL")
+	}
+	failures := 0
+	for {
+		stream, err := c.event.Watch(ctx, &apiv1.WatchRequest{AfterRevision: rev})
+		if err == nil {
+			for {
+				var r *apiv1.WatchResponse
+				r, err = stream.Recv()
+				if err != nil {
+					break
+				}
+				failures = 0
+				if rs := r.GetResync(); rs != nil {
+					fmt.Fprintf(a.stderr, "xopsctl: resync: events after revision %d were compacted away; "+
+						"re-read state (vm list, task list); continuing from revision %d\n", rev, rs.GetHeadRevision())
+					rev = rs.GetHeadRevision()
+				}
+				if ev := r.GetEvent(); ev != nil {
+					rev = ev.GetRevision()
+				}
+				if err := a.printEvent(r); err != nil {
+					return err
+				}
+				if r.GetEvent() != nil {
+					printed++
+					if count > 0 && printed >= count {
+						return nil
+					}
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == io.EOF || status.Code(err) == codes.Unavailable {
+			failures++
+			if failures > reconnectAttempts {
+				return fmt.Errorf("gave up reconnecting after %d attempts: %w", reconnectAttempts, err)
+			}
+			if failures == 1 {
+				fmt.Fprintf(a.stderr, "xopsctl: event stream ended (%v); reconnecting from revision %d\n", err, rev)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		return err
+	}
+}
+
+func (a *app) printEvent(r *apiv1.WatchResponse) error {
+	if a.output == "json" {
+		return writeMessage(a.stdout, "json", r, false)
+	}
+	if a.output == "yaml" {
+		fmt.Fprintln(a.stdout, "---")
+		return writeMessage(a.stdout, "yaml", r, false)
+	}
+	if rs := r.GetResync(); rs != nil {
+		_, err := fmt.Fprintf(a.stdout, "%-10d %-20s %-14s %-36s %s\n", rs.GetHeadRevision(), "-", "resync", "-",
+			"events were compacted away; state must be re-read")
+		return err
+	}
+	ev := r.GetEvent()
+	kind, id, detail := "", "", ""
+	switch ch := ev.GetChange().(type) {
+	case *apiv1.Event_VmChanged:
+		vm := ch.VmChanged
+		kind, id = "vm-changed", vm.GetId()
+		detail = fmt.Sprintf("name=%s power=%s domid=%s gen=%d", vm.GetSpec().GetName(), powerName(vm.GetPowerState()),
+			domidString(vm), vm.GetGeneration())
+	case *apiv1.Event_VmDeleted:
+		kind, id = "vm-deleted", ch.VmDeleted.GetId()
+	case *apiv1.Event_TaskChanged:
+		t := ch.TaskChanged
+		kind, id = "task-changed", t.GetId()
+		detail = fmt.Sprintf("vm=%s op=%s state=%s progress=%.0f%%", t.GetVmId(), t.GetOp(), stateName(t.GetState()),
+			t.GetProgress()*100)
+		if e := t.GetError(); e != nil {
+			detail += " error=" + e.GetCode() + ": " + e.GetMessage()
+		}
+	default:
+		kind = "unknown"
+	}
+	_, err := fmt.Fprintf(a.stdout, "%-10d %-20s %-14s %-36s %s\n", ev.GetRevision(), fmtTime(ev.GetTime()), kind, id, detail)
+	return err
+}

@@ -1,0 +1,15 @@
+// Package bench measures the real xenopsd-ng daemon binary on the simulated
+// hypervisor: VM create+start+destroy throughput and latency with 0, 1,000
+// and 10,000 existing VMs, and the daemon's resident memory at that scale.
+//
+// Run (not part of go test ./..., which only compiles benchmarks):
+//
+//	go test ./tests/bench -run '^$' -bench . -benchtime 300x -timeout 60m
+//
+// Figures reported per sub-benchmark: cycles/s (create+start+destroy cycles
+// per second), p50-ms and p99-ms (latency of one cycle), and daemon-RSS-MB
+// (VmRSS of the daemon process after the cycles, with the existing VMs
+// loaded). clients=16 runs 16 concurrent gRPC clients. With
+// BENCH_EXISTING_RUNNING=1 the existing VMs are started too, not only
+// recorded.
+package bench

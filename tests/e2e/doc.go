@@ -1,0 +1,10 @@
+// Package e2e holds the end-to-end tests of xenopsd-ng: they build the real
+// xenopsd-ng and xopsctl binaries, start the daemon on the simulated
+// hypervisor (its sim host process with the embedded xenstored) on a
+// temporary socket and state directory, and drive it with xopsctl and with
+// gRPC clients, the way an operator and XAPI would. They cover the VM
+// lifecycle, kill -9 crashes and re-adoption, concurrency, bad input,
+// resumable event streams and the embedded xenstore seen by xenstore-ls.
+//
+// Every daemon and sim host a test starts is stopped by that test.
+package e2e
