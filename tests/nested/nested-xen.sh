@@ -1,0 +1,444 @@
+#!/bin/bash
+# nested-xen.sh - boot Debian's Xen 4.17 hypervisor + a Linux PV dom0 inside QEMU
+# (software CPU emulation), run one command in dom0 once xenstored (C or OCaml)
+# and xenconsoled are up, and return its output and exit code. Non-interactive;
+# tests/nested/run drives it. Started from the team's reference script
+# (shared/nested-xen/run-nested-xen.sh); the project's own copy.
+#
+# Usage:
+#   nested-xen.sh [options] [--] [command ...]
+#
+#   With no command, selftest.sh (beside this script) runs in dom0: xl info,
+#   xenstore-ls, PV guest create, pause/unpause, save/restore, migrate, shutdown,
+#   destroy, PVH guest.
+#
+# Options:
+#   -w DIR        work/cache dir (default: $NX_WORK or tests/nested/.work)
+#   -o DIR        output dir for this run (default: $WORK/run-<timestamp>)
+#   -f SRC[:DST]  copy host file SRC into dom0 at DST (default /usr/local/bin/<name>);
+#                 repeatable; SRC may be a directory
+#   -s XENSTORED  xenstore daemon in dom0: cxenstored (default) | oxenstored
+#   -t SECONDS    hard timeout for the whole QEMU run (default 1200); a boot that has
+#                 not reached dom0 userspace after NX_DOM0_TIMEOUT s (480) is killed (rc 125)
+#   -a ACCEL      tcg (default) | kvm  (kvm does NOT work on PVM-based hosts)
+#   -m MB         RAM given to QEMU (default 3072)
+#   -d MB         dom0 memory (default 1024)
+#   -c N          virtual CPUs (default 2)
+#   -x ARGS       extra Xen command line arguments
+#   -k ARGS       extra dom0 kernel command line arguments
+#   -p            only prepare (install host packages, download + build images), do not boot
+#   -q            quiet: do not echo the serial console to stderr
+#
+# Results (in the output dir):
+#   console.log   full serial console (Xen + dom0 hvc0)
+#   output.txt    stdout+stderr of the command (raw, via a 2nd UART = dom0 /dev/ttyS1)
+#   rc            exit code of the command
+#   timings.txt   phase timings (boot to dom0 userspace, to toolstack ready, total)
+# The command's output is also copied to stdout; the script exits with the command's
+# exit code, 124 on timeout, 125 on harness/boot failure (with "NESTED-XEN-BOOT-FAILED"
+# on stderr).
+#
+#   A single command argument is run as a shell snippet ('xl info; xl list');
+#   several arguments are exec'ed as argv.
+#   In dom0: PATH has /usr/lib/xen-4.17/bin (xl, xenstored, ...); the chosen xenstored
+#   (socket /run/xenstored/socket) and xenconsoled (--log=guest ->
+#   /var/log/xen/console/guest-NAME.log) are running; /proc/xen is mounted;
+#   /guest/vmlinux (uncompressed ELF), /guest/vmlinuz + /guest/initrd.gz are a ready
+#   PV/PVH domU (kernel arg nxmode=poweroff|loop); /tmp is a tmpfs; NX_XENSTORED names
+#   the running xenstore daemon.
+#
+# Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_KEEP=1 (keep per-run cpio),
+#      NX_KERNEL_PKG (pin linux-image-6.1.*-amd64), NX_NO_INSTALL=1 (never apt-get install).
+#
+# Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, gzip are installed
+# with apt-get; the Xen/kernel/busybox .debs are fetched with apt-get download and cached.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=${NX_WORK:-$HERE/.work}
+OUT=""
+FILES=()
+TIMEOUT=1200
+# dom0 userspace is reached in 80-130 s under TCG (3x that on a loaded machine)
+DOM0_TIMEOUT=${NX_DOM0_TIMEOUT:-480}
+ACCEL=${NX_ACCEL:-tcg}
+QMEM=3072
+DOM0MEM=1024
+NCPU=2
+FLAVOR=busybox
+XENSTORED=${NX_XENSTORED:-cxenstored}
+XEN_EXTRA=""
+DOM0_EXTRA=""
+PREPARE_ONLY=0
+QUIET=0
+while getopts "w:o:f:s:t:a:m:d:c:x:k:pqh" opt; do
+  case $opt in
+    w) WORK=$OPTARG ;; o) OUT=$OPTARG ;; f) FILES+=("$OPTARG") ;; s) XENSTORED=$OPTARG ;;
+    t) TIMEOUT=$OPTARG ;; a) ACCEL=$OPTARG ;; m) QMEM=$OPTARG ;; d) DOM0MEM=$OPTARG ;;
+    c) NCPU=$OPTARG ;; x) XEN_EXTRA=$OPTARG ;; k) DOM0_EXTRA=$OPTARG ;;
+    p) PREPARE_ONLY=1 ;; q) QUIET=1 ;;
+    h) sed -n '2,55p' "$0"; exit 0 ;;
+    *) exit 125 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ "${1:-}" = "--" ] && shift
+case $XENSTORED in cxenstored|oxenstored) ;; *) echo "nested-xen: -s: unknown xenstored '$XENSTORED' (cxenstored|oxenstored)" >&2; exit 125 ;; esac
+
+T_START=$(date +%s.%N)
+now() { date +%s.%N; }
+elapsed() { awk -v a="$(now)" -v b="$1" 'BEGIN{printf "%.1f", a-b}'; }
+log() { echo "[nested-xen $(printf '%6s' "$(elapsed "$T_START")")s] $*" >&2; }
+die() { log "ERROR: $*"; echo "NESTED-XEN-BOOT-FAILED: $*" >&2; exit 125; }
+
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+DEBS=$WORK/debs
+EXT=$WORK/extract
+IMG=$WORK/img
+
+XENVER=4.17
+PKGS_XEN="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils
+  libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc$XENVER libxenstore4
+  libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2"
+PKGS_BASE="busybox-static libc6 libgcc-s1 libuuid1 zlib1g liblzma5 libzstd1"
+XEN_MODULES="xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback xen-netback"
+
+# ---------------------------------------------------------------- preparation
+# host tools: install what is missing (Debian package names)
+ensure_host_tools() {
+  local missing=() c p
+  for c in qemu-system-x86_64:qemu-system-x86 cpio:cpio xz:xz-utils gzip:gzip dpkg-deb:dpkg apt-get:apt; do
+    command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}")
+  done
+  [ ${#missing[@]} = 0 ] && return 0
+  [ -z "${NX_NO_INSTALL:-}" ] && [ "$(id -u)" = 0 ] || die "missing host packages: ${missing[*]} (install them, or run as root)"
+  log "installing host packages: ${missing[*]}"
+  apt-get update -q >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >"$WORK/apt-install.log" 2>&1 \
+    || { tail -20 "$WORK/apt-install.log" >&2; die "apt-get install ${missing[*]} failed"; }
+}
+
+prepare_download() {
+  [ -f "$DEBS/.done" ] && return 0
+  local t0; t0=$(now)
+  mkdir -p "$DEBS"
+  # linux-image-amd64 is a metapackage; follow it to the real linux-image-6.1.*
+  local kpkg
+  kpkg=${NX_KERNEL_PKG:-$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')}
+  if [ -z "$kpkg" ] && [ "$(id -u)" = 0 ]; then
+    log "apt lists look empty, running apt-get update"; apt-get update -q >/dev/null
+    kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  fi
+  [ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 (run apt-get update?)"
+  log "downloading: $kpkg + xen $XENVER packages + busybox/libc"
+  # shellcheck disable=SC2086
+  (cd "$DEBS" && apt-get download -q $PKGS_XEN $PKGS_BASE "$kpkg" >/dev/null 2>"$DEBS/apt.err") \
+    || { cat "$DEBS/apt.err" >&2; die "apt-get download failed"; }
+  echo "download $(elapsed "$t0")s $(du -sh "$DEBS" | cut -f1)" >>"$WORK/prepare-timings.txt"
+  log "download done in $(elapsed "$t0")s ($(du -sh "$DEBS" | cut -f1))"
+  touch "$DEBS/.done"
+}
+
+prepare_extract() {
+  [ -f "$EXT/.done" ] && return 0
+  local t0; t0=$(now)
+  rm -rf "$EXT"; mkdir -p "$EXT"
+  for d in "$DEBS"/*.deb; do dpkg-deb -x "$d" "$EXT"; done
+  echo "extract $(elapsed "$t0")s" >>"$WORK/prepare-timings.txt"
+  log "extracted debs in $(elapsed "$t0")s"
+  touch "$EXT/.done"
+}
+
+kver() { basename "$(ls -d "$EXT"/lib/modules/*/ | head -1)"; }
+
+# tiny busybox initramfs for the nested guest (domU). Behaviour selected on the kernel
+# command line: nxmode=poweroff (print marker, power off) or nxmode=loop (print
+# marker, then a heartbeat every second, forever).
+build_guest_initrd() {
+  [ -f "$IMG/guest-initrd.gz" ] && return 0
+  local d=$IMG/guest-root
+  rm -rf "$d"; mkdir -p "$d"/{bin,sbin,proc,sys,dev}
+  cp "$EXT/bin/busybox" "$d/bin/busybox"
+  for a in sh mount echo cat sleep poweroff reboot grep uname cut; do ln -sf busybox "$d/bin/$a"; done
+  # the kernel runs /sbin/poweroff resp. /sbin/reboot on "xl shutdown"/"xl reboot"
+  # (xenbus control/shutdown watch -> orderly_poweroff); our init is not busybox
+  # init, so make these force the action directly.
+  printf '#!/bin/sh\necho GUEST-SHUTDOWN-REQUESTED\nexec /bin/busybox poweroff -f\n' >"$d/sbin/poweroff"
+  printf '#!/bin/sh\necho GUEST-REBOOT-REQUESTED\nexec /bin/busybox reboot -f\n' >"$d/sbin/reboot"
+  chmod +x "$d/sbin/poweroff" "$d/sbin/reboot"
+  cat >"$d/init" <<'EOF'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mode=poweroff
+for w in $(cat /proc/cmdline); do case $w in nxmode=*) mode=${w#nxmode=} ;; esac; done
+echo "GUEST-BOOTED kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) mode=$mode"
+if [ "$mode" = loop ]; then
+  i=0; while :; do i=$((i+1)); echo "GUEST-ALIVE $i"; sleep 1; done
+fi
+poweroff -f
+EOF
+  chmod +x "$d/init"
+  (cd "$d" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -9) >"$IMG/guest-initrd.gz"
+}
+
+# dom0 /init (shared by both flavors)
+write_dom0_init() {
+  cat >"$1" <<'EOF'
+#!/bin/sh
+# dom0 init for nested-xen test runs
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TERM=dumb
+up() { cut -d' ' -f1 /proc/uptime; }
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm /run /tmp /var/lib/xen /var/log/xen/console /root
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+# rootfs (initramfs) is a tmpfs capped at 50% of RAM and already holds the image;
+# give /tmp (save images etc.) its own, larger tmpfs
+mount -t tmpfs -o size=80% tmpfs /tmp
+[ -L /var/run ] || { rm -rf /var/run; ln -s /run /var/run; }
+[ -L /var/lock ] || { rm -rf /var/lock; ln -s /run/lock /var/lock; }
+mkdir -p /run/xen /run/xenstored /run/lock
+echo "NX-STAGE dom0-userspace uptime=$(up)"
+KV=$(uname -r)
+for m in $(cat /etc/nx-modules); do
+  f=$(find /lib/modules/$KV -name "$m.ko*" | head -1)
+  [ -n "$f" ] && insmod "$f" 2>/dev/null
+done
+mount -t xenfs xenfs /proc/xen || echo "NX-WARN xenfs mount failed"
+ls /dev/xen >/dev/null 2>&1 || echo "NX-WARN /dev/xen missing"
+NX_XENSTORED=$(cat /etc/nx-xenstored 2>/dev/null || echo cxenstored)
+export NX_XENSTORED
+mkdir -p /var/lib/xenstored /var/log/xen
+case $NX_XENSTORED in
+  oxenstored) oxenstored --pid-file /run/xen/xenstored.pid ;;
+  *) xenstored --pid-file /run/xen/xenstored.pid ;;
+esac || echo "NX-WARN $NX_XENSTORED failed to start"
+i=0; while ! xenstore-ls / >/dev/null 2>&1; do
+  i=$((i+1)); [ $i -gt 200 ] && { echo "NX-WARN xenstored not answering"; break; }; usleep 100000; done
+echo "NX-XENSTORED $NX_XENSTORED pid=$(cat /run/xen/xenstored.pid 2>/dev/null)"
+xen-init-dom0 >/dev/null 2>&1 || echo "NX-WARN xen-init-dom0 failed"
+xenconsoled --pid-file=/run/xen/xenconsoled.pid --log=guest --log-dir=/var/log/xen/console
+echo "NX-STAGE toolstack-ready uptime=$(up)"
+# result channel: second UART (QEMU -serial #2) if present, else hvc0
+RES=/dev/console
+if grep -q '^1: uart:16550' /proc/tty/driver/serial 2>/dev/null; then
+  stty -F /dev/ttyS1 raw -echo 115200 2>/dev/null && RES=/dev/ttyS1
+fi
+echo "NX-RESULT-CHANNEL $RES"
+cd /root
+if [ -x /nx/test.sh ]; then
+  if [ "$RES" = /dev/console ]; then echo "NX-OUTPUT-BEGIN"; fi
+  /nx/test.sh >"$RES" 2>&1 </dev/null
+  rc=$?
+  if [ "$RES" = /dev/console ]; then echo; echo "NX-OUTPUT-END"; fi
+else
+  echo "NX-WARN no /nx/test.sh"; rc=125
+fi
+sync
+echo "NX-RC=$rc uptime=$(up)"
+sleep 1
+/bin/busybox reboot -f
+EOF
+  chmod +x "$1"
+}
+
+copy_libs_for() { # $1 root, rest: binaries inside root; copy missing shared libs from $EXT
+  local root=$1; shift
+  local b lib
+  for b in "$@"; do
+    LD_LIBRARY_PATH=$EXT/usr/lib/x86_64-linux-gnu:$EXT/lib/x86_64-linux-gnu \
+      ldd "$b" 2>/dev/null | awk '/=>/{print $3} /^\t\/lib64/{print $1}' || true
+  done | sort -u | while read -r lib; do
+    [ -n "$lib" ] || continue
+    local base; base=$(basename "$lib")
+    local src=""
+    for c in "$EXT/lib/x86_64-linux-gnu/$base" "$EXT/usr/lib/x86_64-linux-gnu/$base" "$lib"; do
+      [ -e "$c" ] && { src=$c; break; }
+    done
+    case $base in ld-linux-x86-64.so.2) mkdir -p "$root/lib64"; cp -L "$src" "$root/lib64/$base"; continue ;; esac
+    mkdir -p "$root/lib/x86_64-linux-gnu"
+    [ -e "$root/lib/x86_64-linux-gnu/$base" ] || [ -e "$root/usr/lib/x86_64-linux-gnu/$base" ] || \
+      cp -L "$src" "$root/lib/x86_64-linux-gnu/$base"
+  done
+}
+
+# /guest/vmlinuz (bzImage, xz inside) and /guest/vmlinux (uncompressed ELF, 66 MB, 12 MB
+# in the gz cpio). libxc decompresses a bzImage in dom0 userspace, which under TCG
+# costs ~5 s per "xl create"; with the ELF, xl create takes ~1.2 s instead of ~6 s.
+install_guest_kernel() {
+  local r=$1 kv; kv=$(kver)
+  mkdir -p "$r/guest"
+  cp "$EXT/boot/vmlinuz-$kv" "$r/guest/vmlinuz"
+  cp "$IMG/guest-initrd.gz" "$r/guest/initrd.gz"
+  if [ ! -f "$IMG/vmlinux" ]; then
+    local off
+    off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$EXT/boot/vmlinuz-$kv" | head -1 | cut -d: -f1)
+    if [ -n "$off" ]; then
+      tail -c +$((off + 1)) "$EXT/boot/vmlinuz-$kv" | xz -dc 2>/dev/null >"$IMG/vmlinux.tmp" || true  # trailing data => rc!=0
+      if head -c 4 "$IMG/vmlinux.tmp" | grep -q ELF; then mv "$IMG/vmlinux.tmp" "$IMG/vmlinux"; else rm -f "$IMG/vmlinux.tmp"; fi
+    fi
+  fi
+  [ -f "$IMG/vmlinux" ] && cp "$IMG/vmlinux" "$r/guest/vmlinux"
+  return 0
+}
+
+build_dom0_busybox() {
+  local r=$IMG/dom0-root kv; kv=$(kver)
+  rm -rf "$r"; mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,usr/lib/x86_64-linux-gnu,lib/x86_64-linux-gnu,lib64,etc,proc,sys,dev,run,tmp,var/lib/xen,var/log/xen,root,guest,nx}
+  cp "$EXT/bin/busybox" "$r/bin/busybox"
+  local a
+  for a in $("$EXT/bin/busybox" --list-full); do
+    [ -e "$r/$a" ] || ln -s /bin/busybox "$r/$a"
+  done
+  # Xen tools (real binaries, not Debian's /usr/sbin wrapper scripts)
+  mkdir -p "$r/usr/lib/xen-4.17"
+  cp -a "$EXT/usr/lib/xen-4.17/bin" "$EXT/usr/lib/xen-4.17/boot" "$r/usr/lib/xen-4.17/"
+  cp -a "$EXT"/usr/bin/xenstore* "$r/usr/bin/"
+  cp -a "$EXT"/usr/lib/x86_64-linux-gnu/lib{xen,yajl,xlutil}* "$r/usr/lib/x86_64-linux-gnu/"
+  cp -a "$EXT/etc/xen" "$r/etc/"
+  copy_libs_for "$r" "$r"/usr/lib/xen-4.17/bin/* "$r/usr/bin/xenstore"
+  # glibc dlopen()s libgcc_s for pthread_cancel (xl aborts at exit without it)
+  cp -L "$EXT/lib/x86_64-linux-gnu/libgcc_s.so.1" "$r/lib/x86_64-linux-gnu/"
+  # kernel modules needed by the toolstack
+  local m f
+  for m in $XEN_MODULES; do
+    f=$(find "$EXT/lib/modules/$kv" -name "$m.ko*" | head -1)
+    [ -n "$f" ] || continue
+    mkdir -p "$r/$(dirname "${f#"$EXT"/}")"; cp "$f" "$r/${f#"$EXT"/}"
+  done
+  echo "$XEN_MODULES" >"$r/etc/nx-modules"
+  echo "root:x:0:0:root:/root:/bin/sh" >"$r/etc/passwd"
+  echo "root:x:0:" >"$r/etc/group"
+  # guest (domU) kernel + initrd, usable by tests
+  install_guest_kernel "$r"
+  write_dom0_init "$r/init"
+  (cd "$r" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$IMG/dom0-base.cpio.gz"
+}
+
+prepare() {
+  local t0; t0=$(now)
+  ensure_host_tools
+  prepare_download
+  prepare_extract
+  mkdir -p "$IMG"
+  local kv; kv=$(kver)
+  [ -f "$IMG/xen.elf" ] || zcat "$EXT/boot/xen-$XENVER-amd64.gz" >"$IMG/xen.elf"   # 32-bit ELF w/ multiboot hdr
+  [ -f "$IMG/vmlinuz" ] || cp "$EXT/boot/vmlinuz-$kv" "$IMG/vmlinuz"
+  build_guest_initrd
+  local t1; t1=$(now)
+  case $FLAVOR in
+    busybox)     [ -f "$IMG/dom0-base.cpio.gz" ] || { build_dom0_busybox; log "busybox dom0 initramfs built in $(elapsed "$t1")s ($(du -h "$IMG/dom0-base.cpio.gz" | cut -f1))"; }
+                 BASE_CPIO=$IMG/dom0-base.cpio.gz ;;
+    *) die "unknown flavor $FLAVOR" ;;
+  esac
+  log "prepare total $(elapsed "$t0")s"
+}
+
+# ---------------------------------------------------------------- default self test
+
+# ---------------------------------------------------------------- run
+prepare
+[ $PREPARE_ONLY = 1 ] && exit 0
+
+[ -n "$OUT" ] || OUT=$WORK/run-$(date +%Y%m%d-%H%M%S)-$$
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+OV=$OUT/overlay
+rm -rf "$OV"; mkdir -p "$OV/nx"
+write_dom0_init "$OV/init"    # overrides the base archive's copy (later cpio entries win)
+mkdir -p "$OV/etc"; echo "$XENSTORED" >"$OV/etc/nx-xenstored"
+if [ $# -gt 0 ]; then
+  { echo '#!/bin/sh'; printf '%q ' "$@" | sed 's/^/exec /'; echo; } >"$OV/nx/test.sh"
+  # a single argument is treated as a shell snippet (so "xl info; xl list" works)
+  [ $# -eq 1 ] && { echo '#!/bin/sh'; echo "$1"; } >"$OV/nx/test.sh"
+  chmod +x "$OV/nx/test.sh"
+else
+  cp "$HERE/selftest.sh" "$OV/nx/test.sh"; chmod +x "$OV/nx/test.sh"
+fi
+for spec in "${FILES[@]}"; do
+  src=${spec%%:*}; dst=${spec#*:}; [ "$dst" = "$spec" ] && dst=/usr/local/bin/$(basename "$src")
+  mkdir -p "$OV/$(dirname "$dst")"; cp -a "$src" "$OV/$dst"
+done
+(cd "$OV" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$OUT/overlay.cpio.gz"
+cat "$BASE_CPIO" "$OUT/overlay.cpio.gz" >"$OUT/dom0.cpio.gz"   # concatenated cpio archives are fine for Linux
+
+case $ACCEL in
+  # -smap: under TCG, Xen's PV dom0 dies at its first exception bounce with SMAP on
+  tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu "${NX_CPU:-max,-smap}") ;;
+  kvm) ACCEL_ARGS=(-accel kvm -cpu "${NX_CPU:-host,-arch-capabilities}") ;;
+  *) die "unknown accel $ACCEL" ;;
+esac
+XEN_CMD="console=com1 com1=115200,8n1 dom0_mem=${DOM0MEM}M,max:${DOM0MEM}M dom0_max_vcpus=$NCPU loglvl=all guest_loglvl=all bootscrub=0 $XEN_EXTRA"
+DOM0_CMD="console=hvc0 earlyprintk=xen panic=-1 loglevel=4 $DOM0_EXTRA"
+# dom0 kernel: the uncompressed ELF if we have it (Xen decompresses an xz bzImage
+# itself, which under TCG adds ~3 s to every boot), else the bzImage
+DOM0_KERNEL=$IMG/vmlinuz; [ -f "$IMG/vmlinux" ] && DOM0_KERNEL=$IMG/vmlinux
+# QEMU multiboot: modules are "file args" separated by commas; commas inside args must be doubled
+QEMU=(qemu-system-x86_64 -nodefaults -machine pc "${ACCEL_ARGS[@]}" -m "$QMEM" -smp "$NCPU"
+      -display none -vga none -no-reboot
+      -serial "file:$OUT/console.log" -serial "file:$OUT/output.txt"
+      -kernel "$IMG/xen.elf" -append "$XEN_CMD"
+      -initrd "$DOM0_KERNEL ${DOM0_CMD//,/,,},$OUT/dom0.cpio.gz")
+printf '%q ' "${QEMU[@]}" >"$OUT/qemu-cmdline.txt"; echo >>"$OUT/qemu-cmdline.txt"
+: >"$OUT/console.log"; : >"$OUT/output.txt"
+log "booting Xen ($ACCEL) ..."
+T_BOOT=$(now)
+"${QEMU[@]}" </dev/null >"$OUT/qemu.stdout" 2>&1 &
+QPID=$!
+TAILPID=""
+# never leave QEMU behind if the caller (e.g. a Go test timeout) kills us
+trap 'kill $QPID ${TAILPID:-} 2>/dev/null || true' EXIT
+trap 'exit 130' INT TERM
+if [ $QUIET = 0 ]; then tail -n +1 -f "$OUT/console.log" >&2 & TAILPID=$!; fi
+timed_out=0
+t_dom0=""; t_ready=""
+while kill -0 $QPID 2>/dev/null; do
+  if [ -z "$t_dom0" ] && grep -q 'NX-STAGE dom0-userspace' "$OUT/console.log"; then t_dom0=$(elapsed "$T_BOOT"); fi
+  if [ -z "$t_ready" ] && grep -q 'NX-STAGE toolstack-ready' "$OUT/console.log"; then t_ready=$(elapsed "$T_BOOT"); fi
+  if grep -q 'KVM internal error' "$OUT/qemu.stdout" 2>/dev/null; then
+    # QEMU pauses the VM (does not exit) on KVM emulation failures
+    log "QEMU reported a KVM internal error (see $OUT/qemu.stdout), killing QEMU $QPID"
+    kill $QPID 2>/dev/null || true; sleep 1; kill -9 $QPID 2>/dev/null || true; break
+  fi
+  if [ -z "$t_dom0" ] && awk -v a="$(now)" -v b="$T_BOOT" -v t="$DOM0_TIMEOUT" 'BEGIN{exit !(a-b>t)}'; then
+    # a boot that hangs (seen: dom0 stuck after "PCI add device") would
+    # otherwise hold the machine for the whole -t timeout
+    log "NX-WARN dom0 userspace not reached after ${DOM0_TIMEOUT}s (NX_DOM0_TIMEOUT): boot stalled, killing QEMU $QPID"
+    kill $QPID 2>/dev/null || true; sleep 2; kill -9 $QPID 2>/dev/null || true; break
+  fi
+  if awk -v a="$(now)" -v b="$T_BOOT" -v t="$TIMEOUT" 'BEGIN{exit !(a-b>t)}'; then
+    timed_out=1; log "timeout after ${TIMEOUT}s, killing QEMU $QPID"; kill $QPID 2>/dev/null || true; sleep 2; kill -9 $QPID 2>/dev/null || true; break
+  fi
+  sleep 0.2
+done
+wait $QPID 2>/dev/null || true
+[ -n "$TAILPID" ] && { sleep 0.3; kill "$TAILPID" 2>/dev/null || true; wait "$TAILPID" 2>/dev/null || true; }
+T_TOTAL=$(elapsed "$T_BOOT")
+RC=$(grep -a -o 'NX-RC=[0-9]*' "$OUT/console.log" | tail -1 | cut -d= -f2 || true)
+if grep -q 'NX-RESULT-CHANNEL /dev/console' "$OUT/console.log"; then
+  sed -n '/NX-OUTPUT-BEGIN/,/NX-OUTPUT-END/p' "$OUT/console.log" | sed '1d;$d' | grep -av '^(XEN)' >"$OUT/output.txt" || true
+fi
+{
+  echo "accel=$ACCEL xenstored=$XENSTORED qemu_mem=${QMEM}M dom0_mem=${DOM0MEM}M cpus=$NCPU"
+  echo "boot_to_dom0_userspace_s=${t_dom0:-n/a}"
+  echo "boot_to_toolstack_ready_s=${t_ready:-n/a}"
+  echo "qemu_total_s=$T_TOTAL"
+  echo "rc=${RC:-none} timed_out=$timed_out"
+} >"$OUT/timings.txt"
+[ -n "${NX_KEEP:-}" ] || rm -rf "$OUT/dom0.cpio.gz" "$OUT/overlay"
+cat "$OUT/output.txt"
+log "$(tr '\n' ' ' <"$OUT/timings.txt")"
+log "results in $OUT"
+if [ $timed_out = 1 ]; then echo 124 >"$OUT/rc"; exit 124; fi
+if [ -z "$RC" ]; then
+  echo 125 >"$OUT/rc"
+  grep -a -E 'Panic|crashed|Kernel panic|KVM internal error' "$OUT/console.log" "$OUT/qemu.stdout" >&2 || true
+  die "no NX-RC marker (boot failure?); see $OUT/console.log"
+fi
+echo "$RC" >"$OUT/rc"
+exit "$RC"
