@@ -59,6 +59,23 @@ func TestXenstoreLs(t *testing.T) {
 			t.Errorf("xenstore-ls -f /local/domain does not show %q:\n%s", want, out)
 		}
 	}
+	// pyxs (Debian python3-pyxs, a pure-Python client) sees the same domains.
+	if _, err := os.Stat(pyxsModule); err != nil {
+		t.Logf("pyxs check skipped: %s not installed (Debian python3-pyxs; scripts/test installs it)", pyxsModule)
+	} else {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(cctx, "/usr/bin/python3", "-c", pyxsListDomains, sock).CombinedOutput()
+		if err != nil {
+			t.Fatalf("pyxs listing %s: %v\n%s", sock, err, out)
+		}
+		for name, domid := range domids {
+			if want := fmt.Sprintf("%d %s\n", domid, name); !strings.Contains(string(out), want) {
+				t.Errorf("pyxs does not list domain %d named %s:\n%s", domid, name, out)
+			}
+		}
+	}
+
 	vm := cliVM(t, d, "xs-a")
 	if out := run("-f", "/vm"); !strings.Contains(out, "/vm/"+vm.GetId()) {
 		t.Errorf("xenstore-ls -f /vm does not show /vm/%s:\n%s", vm.GetId(), out)
@@ -75,3 +92,16 @@ func TestXenstoreLs(t *testing.T) {
 		return ""
 	})
 }
+
+// pyxsModule is where Debian's python3-pyxs installs the client.
+const pyxsModule = "/usr/lib/python3/dist-packages/pyxs"
+
+// pyxsListDomains prints "<domid> <name>" for every domain under
+// /local/domain, read through pyxs from the socket given as argv[1].
+const pyxsListDomains = `
+import sys
+from pyxs import Client
+with Client(unix_socket_path=sys.argv[1]) as c:
+    for d in c.list(b"/local/domain"):
+        print(d.decode(), c[b"/local/domain/" + d + b"/name"].decode())
+`
