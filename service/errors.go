@@ -67,18 +67,6 @@ func CodeName(c codes.Code) string {
 	return "UNKNOWN"
 }
 
-// DomainCode is the inverse of GRPCCode for the codes the core uses, for
-// TaskError.code names: "NOT_FOUND" => domain.CodeNotFound. Unknown names
-// give CodeInternal.
-func DomainCode(name string) domain.Code {
-	for dc, gc := range grpcCodes {
-		if canonicalNames[gc] == name {
-			return dc
-		}
-	}
-	return domain.CodeInternal
-}
-
 // ToStatus converts an error from the core into a gRPC status error with
 // google.rpc details. A *domain.Error keeps its code, message and field;
 // context errors become CANCELLED / DEADLINE_EXCEEDED; anything else is

@@ -55,12 +55,6 @@ func (n *node) withoutChild(name string) *node {
 	return c
 }
 
-func (n *node) clone() *node {
-	c := *n
-	c.children = append([]string(nil), n.children...)
-	return &c
-}
-
 func (n *node) childLen() int {
 	l := 0
 	for _, c := range n.children {
