@@ -61,6 +61,12 @@ func create(t *testing.T, hv xenctrl.Hypervisor, h xenctrl.Handle) xenctrl.Domid
 	t.Cleanup(func() {
 		if err := hv.DestroyDomain(context.Background(), d); err != nil && !xenctrl.IsNoDomain(err) {
 			t.Errorf("cleanup: DestroyDomain(%d): %v", d, err)
+			return
+		}
+		// Xen releases a destroyed domain's memory asynchronously; the
+		// next test's memory figures are only exact once it is gone.
+		if err := awaitGone(hv, d); err != nil {
+			t.Errorf("cleanup: %v", err)
 		}
 	})
 	return d
@@ -97,20 +103,53 @@ func wantErrno(t *testing.T, what string, err error, want syscall.Errno) {
 // waitGone waits (bounded) until d is no longer known: ESRCH.
 func waitGone(t *testing.T, hv xenctrl.Hypervisor, d xenctrl.Domid) {
 	t.Helper()
+	if err := awaitGone(hv, d); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitGone polls until destroyed domain d has left the domain list.
+func awaitGone(hv xenctrl.Hypervisor, d xenctrl.Domid) error {
 	deadline := time.Now().Add(goneTimeout)
 	for {
 		di, err := hv.DomainInfo(context.Background(), d)
 		if xenctrl.IsNoDomain(err) {
-			return
+			return nil
 		}
 		if err != nil {
-			t.Fatalf("DomainInfo(%d) after destroy: %v", d, err)
+			return fmt.Errorf("DomainInfo(%d) after destroy: %w", d, err)
 		}
 		if !di.Dying {
-			t.Fatalf("domain %d after destroy is neither dying nor gone: %+v", d, di)
+			return fmt.Errorf("domain %d after destroy is neither dying nor gone: %+v", d, di)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("domain %d still dying %v after destroy", d, goneTimeout)
+			return fmt.Errorf("domain %d still dying %v after destroy", d, goneTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitNoneDying waits until no domain on the host is dying, so that free
+// memory stops growing under a test that measures it.
+func waitNoneDying(t *testing.T, hv xenctrl.Hypervisor) {
+	t.Helper()
+	deadline := time.Now().Add(goneTimeout)
+	for {
+		ds, err := hv.ListDomains(ctxFor(t))
+		if err != nil {
+			t.Fatalf("ListDomains: %v", err)
+		}
+		var dying []xenctrl.Domid
+		for _, di := range ds {
+			if di.Dying {
+				dying = append(dying, di.Domid)
+			}
+		}
+		if len(dying) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("domains %v still dying after %v", dying, goneTimeout)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -391,6 +430,7 @@ const maxExhaustPages = 4 << 30 / xenctrl.PageSize
 
 func testHostOutOfMemory(t *testing.T, hv xenctrl.Hypervisor) {
 	ctx := ctxFor(t)
+	waitNoneDying(t, hv)
 	pi := physinfo(t, hv)
 	if hv.Kind() == "xen" && pi.FreePages > maxExhaustPages {
 		t.Skipf("host has %d MiB free: too much to exhaust in a test", pi.FreePages*xenctrl.PageSize>>20)
