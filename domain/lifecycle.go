@@ -263,13 +263,19 @@ func (m *Manager) applyAction(ctx context.Context, e *vmEntry, te *taskEntry, d 
 	}
 }
 
-// rebuild destroys domain d and starts a new one from the same spec.
+// rebuild destroys domain d and starts a new one from the same spec. The
+// VM stays Running throughout, as it does for XAPI across a guest reboot;
+// between the two domains it has domid 0 (and, once the new build has
+// begun, the Building marker that reconciliation acts on after a crash).
 func (m *Manager) rebuild(ctx context.Context, e *vmEntry, te *taskEntry, d xenctrl.Domid) (func(*vmRecord), error) {
 	halt, _ := m.destroyToHalted(ctx, e.id, d)
 	var problem string
 	if err := m.updateVM(ctx, e, func(r *vmRecord) error {
 		halt(r)
 		problem = r.VM.Problem
+		if problem == "" {
+			r.VM.Power = Running
+		}
 		return nil
 	}); err != nil {
 		return nil, err

@@ -345,6 +345,7 @@ func TestGuestInitiated(t *testing.T) {
 			e.run(e.m.Start(e.ctx, vm.ID, false))
 			d := e.vm(vm.ID).Domid
 			gen := e.vm(vm.ID).Generation
+			rev0 := e.st.Head()
 			if err := e.hv.GuestShutdown(e.ctx, xenctrl.Domid(d), c.reason); err != nil {
 				t.Fatal(err)
 			}
@@ -371,6 +372,14 @@ func TestGuestInitiated(t *testing.T) {
 			case Running:
 				if _, err := e.hv.DomainInfo(e.ctx, xenctrl.Domid(d)); !xenctrl.IsNoDomain(err) && got.Domid != d {
 					t.Fatalf("old domain %d still there: %v", d, err)
+				}
+				// A restart is not a halt: watchers never see the VM Halted.
+				col := &collector{}
+				e.watchUntil(col, rev0, e.st.Head())
+				for _, ev := range col.evs {
+					if ev.VM != nil && ev.VM.ID == vm.ID && ev.VM.Power != Running {
+						t.Fatalf("during the restart the VM was %s (revision %d)", ev.VM.Power, ev.Revision)
+					}
 				}
 				e.run(e.m.Destroy(e.ctx, vm.ID))
 			}

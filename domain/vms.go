@@ -229,7 +229,10 @@ func (m *Manager) DeleteVM(ctx context.Context, ref string) error {
 	case m.vms[e.id] != e || e.deleting:
 		m.mu.Unlock()
 		return &Error{Code: CodeNotFound, Field: "id", Message: "no VM with id or name " + quote(ref)}
-	case e.rec.VM.Power != Halted || e.rec.Building:
+	case e.rec.Building:
+		m.mu.Unlock()
+		return &Error{Code: CodeFailedPrecondition, Message: "VM " + e.id + " is being built (a start or restart is in progress); only a Halted VM can be deleted"}
+	case e.rec.VM.Power != Halted:
 		m.mu.Unlock()
 		return &Error{Code: CodeFailedPrecondition, Message: "VM " + e.id + " is " + e.rec.VM.Power.String() + "; only a Halted VM can be deleted"}
 	case userOps(e.queue) > 0 || (e.running != nil && (e.running.task == nil || !e.running.task.final)):
