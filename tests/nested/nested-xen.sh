@@ -47,7 +47,7 @@
 #   PV/PVH domU (kernel arg nxmode=poweroff|loop); /tmp is a tmpfs; NX_XENSTORED names
 #   the running xenstore daemon.
 #
-# Env: NX_CPU (QEMU -cpu, default max,-smap,-avx,-avx2 for tcg), NX_KEEP=1 (keep per-run cpio),
+# Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_KEEP=1 (keep per-run cpio),
 #      NX_KERNEL_PKG (pin linux-image-6.1.*-amd64), NX_NO_INSTALL=1 (never apt-get install).
 #
 # Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, gzip are installed
@@ -153,10 +153,14 @@ prepare_extract() {
 kver() { basename "$(ls -d "$EXT"/lib/modules/*/ | head -1)"; }
 
 # tiny busybox initramfs for the nested guest (domU). Behaviour selected on the kernel
-# command line: nxmode=poweroff (print marker, power off) or nxmode=loop (print
-# marker, then a heartbeat every second, forever).
+# command line: nxmode=poweroff (print marker, power off), nxmode=loop (print
+# marker, then a heartbeat every second, forever), nxmode=reboot (marker, one
+# heartbeat, then reboot: every boot reboots again) or nxmode=crash (marker,
+# one heartbeat, then a kernel panic through sysrq). GUEST_INITRD_VERSION names
+# the cached image: bump it when the script below changes.
+GUEST_INITRD_VERSION=3
 build_guest_initrd() {
-  [ -f "$IMG/guest-initrd.gz" ] && return 0
+  [ -f "$IMG/guest-initrd.gz" ] && [ "$(cat "$IMG/guest-initrd.version" 2>/dev/null)" = "$GUEST_INITRD_VERSION" ] && return 0
   local d=$IMG/guest-root
   rm -rf "$d"; mkdir -p "$d"/{bin,sbin,proc,sys,dev}
   cp "$EXT/bin/busybox" "$d/bin/busybox"
@@ -173,14 +177,18 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mode=poweroff
 for w in $(cat /proc/cmdline); do case $w in nxmode=*) mode=${w#nxmode=} ;; esac; done
-echo "GUEST-BOOTED kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) mode=$mode"
-if [ "$mode" = loop ]; then
-  i=0; while :; do i=$((i+1)); echo "GUEST-ALIVE $i"; sleep 1; done
-fi
+echo "GUEST-BOOTED kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) mode=$mode cpus=$(grep -c ^processor /proc/cpuinfo)"
+case $mode in
+loop) i=0; while :; do i=$((i+1)); echo "GUEST-ALIVE $i"; sleep 1; done ;;
+reboot) echo "GUEST-ALIVE 1"; sleep 1; echo GUEST-REBOOTING; reboot -f ;;
+crash) echo "GUEST-ALIVE 1"; sleep 1; echo GUEST-CRASHING; echo c >/proc/sysrq-trigger ;;
+esac
 poweroff -f
 EOF
   chmod +x "$d/init"
   (cd "$d" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -9) >"$IMG/guest-initrd.gz"
+  echo "$GUEST_INITRD_VERSION" >"$IMG/guest-initrd.version"
+  rm -f "$IMG/dom0-base.cpio.gz"   # it carries a copy of the guest initrd
 }
 
 # dom0 /init (shared by both flavors)
@@ -369,15 +377,18 @@ cat "$BASE_CPIO" "$OUT/overlay.cpio.gz" >"$OUT/dom0.cpio.gz"   # concatenated cp
 
 case $ACCEL in
   # -smap: under TCG, Xen's PV dom0 dies at its first exception bounce with SMAP on
-  # -avx,-avx2: with QEMU 7.2's TCG AVX emulation, dom0 processes (Go and
-  # glibc both use AVX2 for memmove) crashed now and then while a nested
-  # HVM/PVH guest booted, with xl's guests as with ours; none did in the
-  # runs without AVX. A hypothesis that held so far, not a proven cause.
-  tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu "${NX_CPU:-max,-smap,-avx,-avx2}") ;;
+  tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu "${NX_CPU:-max,-smap}") ;;
   kvm) ACCEL_ARGS=(-accel kvm -cpu "${NX_CPU:-host,-arch-capabilities}") ;;
   *) die "unknown accel $ACCEL" ;;
 esac
-XEN_CMD="console=com1 com1=115200,8n1 dom0_mem=${DOM0MEM}M,max:${DOM0MEM}M dom0_max_vcpus=$NCPU loglvl=all guest_loglvl=all bootscrub=0 $XEN_EXTRA"
+# spec-ctrl=eager-fpu: Xen switches FPU/SSE state lazily on AMD CPUs (CR0.TS
+# and the #NM trap) unless told otherwise, and under QEMU's TCG that leaks one
+# domain's SSE registers into another: as soon as any guest (PV or PVH, xl's
+# or ours) runs, dom0 processes compute wrong results (a copy-and-compare
+# loop failed within a second in every one of 12 guest boots; 0 of 6 with
+# eager switching, 0 without guests) and guests crash or hang. Eager
+# switching saves and restores the state on every context switch instead.
+XEN_CMD="console=com1 com1=115200,8n1 dom0_mem=${DOM0MEM}M,max:${DOM0MEM}M dom0_max_vcpus=$NCPU loglvl=all guest_loglvl=all bootscrub=0 spec-ctrl=eager-fpu $XEN_EXTRA"
 DOM0_CMD="console=hvc0 earlyprintk=xen panic=-1 loglevel=4 $DOM0_EXTRA"
 # dom0 kernel: the uncompressed ELF if we have it (Xen decompresses an xz bzImage
 # itself, which under TCG adds ~3 s to every boot), else the bzImage
