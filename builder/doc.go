@@ -13,7 +13,11 @@
 // unbound for dom0) go into HVM parameters, and grant references 0 and 1
 // are seeded so xenconsoled and xenstored can map them. vCPU 0 starts at
 // XEN_ELFNOTE_PHYS32_ENTRY in flat 32-bit protected mode, paging off, with
-// %ebx pointing at the start info (docs/misc/pvh.pandoc).
+// %ebx pointing at the start info (docs/misc/pvh.pandoc). One page of ACPI
+// tables at 0xfc000000 (acpi.go: RSDP, XSDT, a hardware-reduced FADT, an
+// empty DSDT and a MADT with a local APIC per vCPU) is what lets Linux find
+// its local APICs: without it the guest runs without a clock event device
+// and with one vCPU.
 //
 // PV (x86_64, 4-level paging; see pv.go) follows libxenguest's layout:
 // all RAM is populated and recorded in a p2m array, the kernel is loaded at
@@ -32,10 +36,8 @@
 // with the BuildResult). On error the domain is left as it is, for the
 // caller to destroy.
 //
-// Not yet: more than one vCPU for PV, the p2m at the address the kernel asks
-// for (XEN_ELFNOTE_INIT_P2M), memory above 3.75 GiB, PoD (memory_dynamic_max below
-// static_max is populated to dynamic_max), and ACPI tables: without them a
-// PVH Linux guest brings up one vCPU only and cannot power itself off
-// (Linux powers PVH guests off through ACPI S5; "poweroff -f" halts it, so
-// the toolstack has to destroy it).
+// Not yet: the p2m at the address the kernel asks for
+// (XEN_ELFNOTE_INIT_P2M), memory above 3.75 GiB, PoD (memory_dynamic_max
+// below static_max is populated to dynamic_max), vCPU hot-plug for PVH
+// (the DSDT has no processor objects).
 package builder

@@ -47,7 +47,14 @@ type pvhLayout struct {
 	StartInfoSize uint64
 	Entry         uint32
 	E820          []xenctrl.E820Entry
+	// LegacyRSDP: also copy the RSDP below 1 MiB (the kernel does not
+	// declare XENFEAT_linux_rsdp_unrestricted).
+	LegacyRSDP bool
 }
+
+// xenfeatLinuxRSDPUnrestricted is XENFEAT_linux_rsdp_unrestricted: the
+// kernel takes the RSDP from hvm_start_info wherever it is.
+const xenfeatLinuxRSDPUnrestricted = 15
 
 // planPVH lays out a PVH guest with memBytes of RAM, checking that
 // everything the kernel image asks for fits in it.
@@ -69,6 +76,10 @@ func planPVH(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint
 		KernelStart: img.PhysStart,
 		KernelEnd:   img.PhysEnd,
 		Entry:       img.Notes.Phys32Entry,
+		LegacyRSDP:  !img.Notes.HasSupportedFeatures || img.Notes.SupportedFeatures&(1<<xenfeatLinuxRSDPUnrestricted) == 0,
+	}
+	if l.LegacyRSDP && img.PhysStart < acpiLegacyPtr+64 {
+		return nil, domain.InvalidField("spec.kernel", "loads at %#x, over the legacy RSDP location %#x its notes ask for", img.PhysStart, acpiLegacyPtr)
 	}
 	if img.PhysEnd > memBytes {
 		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB is too small: the kernel loads at [%#x, %#x)", memBytes>>20, img.PhysStart, img.PhysEnd)
@@ -86,6 +97,7 @@ func planPVH(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint
 	}
 	l.E820 = []xenctrl.E820Entry{
 		{Addr: 0, Size: memBytes, Type: xenctrl.E820RAM},
+		{Addr: acpiBase, Size: pageSize, Type: xenctrl.E820NVS},
 		{Addr: specialBase << pageShift, Size: (specialEnd - specialBase) << pageShift, Type: xenctrl.E820Reserved},
 	}
 	return l, nil
@@ -99,6 +111,7 @@ func (l *pvhLayout) startInfo(cmdline string) []byte {
 		CmdlinePaddr: l.StartInfoAddr + siCmdlineOff,
 		MemmapPaddr:  l.StartInfoAddr + siMemmapOff,
 		MemmapCount:  uint32(len(l.E820)),
+		RSDPPaddr:    acpiBase + rsdpOff,
 	}
 	if l.InitrdSize > 0 {
 		si.NrModules = 1

@@ -98,6 +98,13 @@ func (b *Builder) BuildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenct
 	if err != nil {
 		return domain.BuildResult{}, tm, err
 	}
+	if vcpus > MaxACPIVCPUs {
+		return domain.BuildResult{}, tm, domain.InvalidField("spec.vcpus_max", "%d: a PVH guest can have at most %d vCPUs", vcpus, MaxACPIVCPUs)
+	}
+	acpi, err := acpiTables(vcpus, spec.VCPUsAtStartup)
+	if err != nil {
+		return domain.BuildResult{}, tm, fmt.Errorf("builder: %w", err)
+	}
 
 	t0 := time.Now()
 	img, release, err := kernel.OpenFile(spec.Kernel, b.cfg.Limits)
@@ -140,8 +147,8 @@ func (b *Builder) BuildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenct
 		return domain.BuildResult{}, tm, err
 	}
 	special := []uint64{storePFN, consolePFN}
-	if n, err := ops.PopulatePhysmapAt(ctx, d, 0, append([]uint64(nil), special...)); err != nil {
-		return domain.BuildResult{}, tm, domain.Errorf(domain.CodeResourceExhausted, "builder: populate ring pages: %d of %d: %v", n, len(special), err)
+	if n, err := ops.PopulatePhysmapAt(ctx, d, 0, append(special[:len(special):len(special)], acpiBase>>pageShift)); err != nil {
+		return domain.BuildResult{}, tm, domain.Errorf(domain.CodeResourceExhausted, "builder: populate ring and ACPI pages: %d of %d: %v", n, len(special)+1, err)
 	}
 	tm.Populate = time.Since(t0)
 
@@ -159,6 +166,14 @@ func (b *Builder) BuildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenct
 	}
 	if err := mem.write(ctx, l.StartInfoAddr, l.startInfo(spec.Cmdline), l.StartInfoSize); err != nil {
 		return domain.BuildResult{}, tm, fmt.Errorf("builder: start info at %#x: %w", l.StartInfoAddr, err)
+	}
+	if err := mem.write(ctx, acpiBase, acpi, pageSize); err != nil {
+		return domain.BuildResult{}, tm, fmt.Errorf("builder: ACPI tables at %#x: %w", acpiBase, err)
+	}
+	if l.LegacyRSDP {
+		if err := mem.write(ctx, acpiLegacyPtr, acpi[rsdpOff:rsdpOff+rsdpLen], rsdpLen); err != nil {
+			return domain.BuildResult{}, tm, fmt.Errorf("builder: legacy RSDP at %#x: %w", acpiLegacyPtr, err)
+		}
 	}
 	for _, pfn := range special {
 		if err := mem.write(ctx, pfn<<pageShift, nil, pageSize); err != nil {

@@ -46,9 +46,9 @@ func TestBuildPVH(t *testing.T) {
 	if f.maxVCPUs != 2 || f.maxKiB != 16<<10+1024 || f.tsc != xenctrl.TSCModeNeverEmulate || f.pool == 0 {
 		t.Errorf("limits: vcpus %d maxkib %d tsc %d pool %d", f.maxVCPUs, f.maxKiB, f.tsc, f.pool)
 	}
-	// 8 MiB of RAM plus the two ring pages.
-	if len(f.frames) != 8<<8+2 {
-		t.Errorf("%d frames populated, want %d", len(f.frames), 8<<8+2)
+	// 8 MiB of RAM plus the two ring pages and the ACPI page.
+	if len(f.frames) != 8<<8+3 {
+		t.Errorf("%d frames populated, want %d", len(f.frames), 8<<8+3)
 	}
 	got, err := f.read(0x100000, uint64(len(text))+0x3000)
 	if err != nil {
@@ -83,11 +83,29 @@ func TestBuildPVH(t *testing.T) {
 		t.Errorf("cmdline %q", cl)
 	}
 	mm, _ := f.read(le.Uint64(si[40:]), 24*uint64(le.Uint32(si[48:])))
-	if len(mm) != 48 || le.Uint64(mm[8:]) != 8<<20 || le.Uint32(mm[16:]) != 1 || le.Uint32(mm[24+16:]) != 2 {
+	if len(mm) != 72 || le.Uint64(mm[8:]) != 8<<20 || le.Uint32(mm[16:]) != 1 ||
+		le.Uint64(mm[24:]) != acpiBase || le.Uint32(mm[24+16:]) != xenctrl.E820NVS || le.Uint32(mm[48+16:]) != 2 {
 		t.Errorf("memmap % x", mm)
 	}
-	if len(f.e820) != 2 || f.e820[0].Size != 8<<20 {
+	if len(f.e820) != 3 || f.e820[0].Size != 8<<20 {
 		t.Errorf("e820 %+v", f.e820)
+	}
+	// ACPI: the RSDP named in the start info leads to a MADT with both
+	// vCPUs; the test kernel declares no features, so the RSDP is also
+	// below 1 MiB.
+	if rsdp := le.Uint64(si[32:]); rsdp != acpiBase {
+		t.Errorf("rsdp_paddr %#x, want %#x", rsdp, acpiBase)
+	}
+	page, err := f.read(acpiBase, pageSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables := parseACPI(t, page, acpiBase)
+	if m := tables["APIC"]; len(m) != 44+16 || m[44+4] != 1 || m[52+3] != 2 || m[52+4] != 1 {
+		t.Errorf("MADT % x", m)
+	}
+	if legacy, _ := f.read(acpiLegacyPtr, rsdpLen); !bytes.Equal(legacy, page[:rsdpLen]) {
+		t.Errorf("legacy RSDP copy % x", legacy)
 	}
 	// Rings, params, grants.
 	if res.StoreMFN != storePFN || res.ConsoleMFN != consolePFN || res.StorePort == res.ConsolePort {
@@ -131,7 +149,7 @@ func TestBuildSuperpagesAndFallback(t *testing.T) {
 		if _, err := New(Config{}).Build(context.Background(), f, 1, spec); err != nil {
 			t.Fatalf("noSuper=%v: %v", noSuper, err)
 		}
-		if len(f.frames) != 16<<8+2 {
+		if len(f.frames) != 16<<8+3 {
 			t.Errorf("noSuper=%v: %d frames", noSuper, len(f.frames))
 		}
 		if !noSuper && f.populateOps > 3 {

@@ -93,6 +93,7 @@ const (
 const (
 	E820RAM      uint32 = 1
 	E820Reserved uint32 = 2
+	E820NVS      uint32 = 4 // ACPI non-volatile storage
 )
 
 // E820Entry is one guest memory map entry.

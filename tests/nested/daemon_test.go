@@ -232,7 +232,7 @@ func TestNestedDaemonReadopt(t *testing.T) {
 	e := newEnv(t)
 	e.start()
 	// An empty domain (no kernel: memory, no guest, no rings). The real
-	// guest's re-adoption is checked by TestNestedDaemonPVH.
+	// guest's re-adoption is checked by TestNestedDaemonGuests.
 	args := []string{"vm", "create", "--name", "readopt", "--memory", "128M", "--type", "pvh"}
 	if _, err := e.ctl(args...); err != nil {
 		t.Fatal(err)
