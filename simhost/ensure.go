@@ -11,10 +11,10 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/xenopsd-ng/xenopsd-ng/internal/bytesize"
 )
 
 // DefaultEnsureWait bounds how long Ensure waits for a host it started when
@@ -116,7 +116,10 @@ func RunCommand(ctx context.Context, args []string) error {
 	if *dir == "" {
 		return errors.New("sim-host: --dir is required")
 	}
-	total, err := ParseSize(*mem)
+	total, err := bytesize.Parse(*mem)
+	if err == nil && total == 0 {
+		err = errors.New("must be more than 0")
+	}
 	if err != nil {
 		return fmt.Errorf("sim-host: --memory: %w", err)
 	}
@@ -135,34 +138,4 @@ func RunCommand(ctx context.Context, args []string) error {
 		NoGuests:    *noGuests,
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv})),
 	})
-}
-
-// ParseSize parses "16G", "512M", "1048576" (bytes; K, M, G, T are powers
-// of 1024, an optional trailing "B" or "iB" is accepted).
-func ParseSize(s string) (uint64, error) {
-	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B"), "I")
-	shift := 0
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K':
-			shift = 10
-		case 'M':
-			shift = 20
-		case 'G':
-			shift = 30
-		case 'T':
-			shift = 40
-		}
-	}
-	if shift != 0 {
-		t = t[:len(t)-1]
-	}
-	n, err := strconv.ParseUint(t, 10, 64)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	if n > (1<<63)>>shift {
-		return 0, fmt.Errorf("size %q too large", s)
-	}
-	return n << shift, nil
 }

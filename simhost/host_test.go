@@ -381,32 +381,6 @@ func TestEnsureReportsFailedStart(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	cases := map[string]uint64{"16G": 16 << 30, "512M": 512 << 20, "4096": 4096, "1GiB": 1 << 30, "2k": 2048, "1T": 1 << 40}
-	for in, want := range cases {
-		if got, err := ParseSize(in); err != nil || got != want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "0", "G", "-1G", "1.5G", "99999999999T", "12X"} {
-		if got, err := ParseSize(in); err == nil {
-			t.Errorf("ParseSize(%q) = %d, want an error", in, got)
-		}
-	}
-}
-
-func FuzzParseSize(f *testing.F) {
-	for _, s := range []string{"16G", "1", "0", "1GiB", "18446744073709551615", "9T"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		n, err := ParseSize(s)
-		if err == nil && n == 0 {
-			t.Fatalf("ParseSize(%q) = 0 without error", s)
-		}
-	})
-}
-
 func TestConcurrentClients(t *testing.T) {
 	c, cfg := startHost(t, Config{})
 	ctx := testCtx(t)

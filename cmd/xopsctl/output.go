@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/internal/bytesize"
 )
 
 // printMessage writes m as the API's protobuf JSON mapping (-o json) or as
@@ -114,7 +115,7 @@ func vmRow(vm *apiv1.VM) []string {
 	s := vm.GetSpec()
 	return []string{
 		vm.GetId(), dash(s.GetName()), typeName(s.GetType()), powerName(vm.GetPowerState()),
-		domidString(vm), formatSize(s.GetMemoryStaticMax()),
+		domidString(vm), bytesize.Format(s.GetMemoryStaticMax()),
 		fmt.Sprintf("%d/%d", s.GetVcpusAtStartup(), s.GetVcpusMax()), dash(vm.GetProblem()),
 	}
 }
@@ -129,8 +130,8 @@ func (a *app) printVMDetail(vm *apiv1.VM) error {
 		{"type", typeName(s.GetType())},
 		{"power", powerName(vm.GetPowerState())},
 		{"domid", domidString(vm)},
-		{"memory", fmt.Sprintf("static-max %s, dynamic %s..%s", formatSize(s.GetMemoryStaticMax()),
-			formatSize(s.GetMemoryDynamicMin()), formatSize(s.GetMemoryDynamicMax()))},
+		{"memory", fmt.Sprintf("static-max %s, dynamic %s..%s", bytesize.Format(s.GetMemoryStaticMax()),
+			bytesize.Format(s.GetMemoryDynamicMin()), bytesize.Format(s.GetMemoryDynamicMax()))},
 		{"vcpus", fmt.Sprintf("%d at startup, %d max", s.GetVcpusAtStartup(), s.GetVcpusMax())},
 	}
 	if s.GetKernel() != "" {

@@ -2,80 +2,16 @@ package main
 
 import (
 	"fmt"
-	"math"
-	"math/bits"
-	"strconv"
-	"strings"
+
+	"github.com/xenopsd-ng/xenopsd-ng/internal/bytesize"
 )
 
-// parseSize parses a memory size such as "256M", "1G", "512Mi", "4096" or
-// "1.5G". Suffixes are binary (K = 1024 bytes, M = 1024 K, ...); a number
-// without a suffix is bytes. flag names the flag in the error.
+// parseSize parses a size flag's value (see bytesize.Parse); the error
+// names the flag.
 func parseSize(flag, s string) (uint64, error) {
-	orig := s
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return 0, fmt.Errorf("--%s: empty size (want e.g. 256M or 1G)", flag)
+	n, err := bytesize.Parse(s)
+	if err != nil {
+		return 0, fmt.Errorf("--%s: %w", flag, err)
 	}
-	// Accept "256M", "256MB", "256MiB", "256m".
-	upper := strings.ToUpper(s)
-	upper = strings.TrimSuffix(upper, "IB")
-	upper = strings.TrimSuffix(upper, "B")
-	shift := uint(0)
-	if n := len(upper); n > 0 {
-		switch upper[n-1] {
-		case 'K':
-			shift = 10
-		case 'M':
-			shift = 20
-		case 'G':
-			shift = 30
-		case 'T':
-			shift = 40
-		}
-		if shift != 0 {
-			upper = upper[:n-1]
-		}
-	}
-	if upper == "" {
-		return 0, fmt.Errorf("--%s: %q has no number (want e.g. 256M or 1G)", flag, orig)
-	}
-	if n, err := strconv.ParseUint(upper, 10, 64); err == nil {
-		if shift != 0 && bits.LeadingZeros64(n) < int(shift) {
-			return 0, fmt.Errorf("--%s: %q is too large", flag, orig)
-		}
-		return n << shift, nil
-	}
-	f, err := strconv.ParseFloat(upper, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || strings.ContainsAny(upper, "xXpP_") {
-		return 0, fmt.Errorf("--%s: %q is not a size (want a number with an optional K, M, G or T suffix, e.g. 256M)", flag, orig)
-	}
-	if f < 0 {
-		return 0, fmt.Errorf("--%s: %q is negative", flag, orig)
-	}
-	v := f * float64(uint64(1)<<shift)
-	if v >= math.MaxUint64 {
-		return 0, fmt.Errorf("--%s: %q is too large", flag, orig)
-	}
-	if v != math.Trunc(v) {
-		return 0, fmt.Errorf("--%s: %q is not a whole number of bytes", flag, orig)
-	}
-	return uint64(v), nil
-}
-
-// formatSize prints a byte count with the largest binary suffix that keeps it
-// a whole number, e.g. 268435456 -> "256M".
-func formatSize(n uint64) string {
-	if n == 0 {
-		return "0"
-	}
-	for _, u := range []struct {
-		suffix string
-		shift  uint
-	}{{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}} {
-		if n%(1<<u.shift) == 0 {
-			return strconv.FormatUint(n>>u.shift, 10) + u.suffix
-		}
-	}
-	return strconv.FormatUint(n, 10)
+	return n, nil
 }
