@@ -74,7 +74,14 @@ func (b *Builder) Build(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Do
 }
 
 // BuildTimed is Build, also reporting phase timings.
-func (b *Builder) BuildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, spec domain.Spec) (domain.BuildResult, Timings, error) {
+func (b *Builder) BuildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, spec domain.Spec) (res domain.BuildResult, tm Timings, err error) {
+	// The kernel image aliases a mapping of its file: a file truncated
+	// under us is an error, not a SIGBUS that kills the daemon.
+	defer kernel.ReadGuard()(&err)
+	return b.buildTimed(ctx, hv, d, spec)
+}
+
+func (b *Builder) buildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, spec domain.Spec) (domain.BuildResult, Timings, error) {
 	var tm Timings
 	ops, err := opsFor(hv)
 	if err != nil {

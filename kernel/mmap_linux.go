@@ -53,10 +53,16 @@ func OpenFile(path string, lim Limits) (img *Image, release func() error, err er
 		unmap()
 		return img, func() error { return nil }, err
 	}
-	img, err = ParseELF(data, lim)
+	img, err = parseMapped(data, lim)
 	if err != nil {
 		unmap()
 		return nil, nil, err
 	}
 	return img, unmap, nil
+}
+
+// parseMapped is ParseELF on a mapped file, under ReadGuard.
+func parseMapped(data []byte, lim Limits) (img *Image, err error) {
+	defer ReadGuard()(&err)
+	return ParseELF(data, lim)
 }
