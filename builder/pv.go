@@ -3,8 +3,10 @@ package builder
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
+	"syscall"
 	"time"
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
@@ -38,7 +40,7 @@ type PVOps interface {
 // without XEN_DOMCTL_CDF_hvm and with no emulation flags.
 //
 // It follows libxenguest (xg_dom_core.c, xg_dom_x86.c, xg_dom_boot.c):
-// all RAM is populated with 4 KiB pages and the machine frames Xen hands
+// all RAM is populated (2 MiB extents where Xen has them, else 4 KiB pages) and the machine frames Xen hands
 // back form the p2m; the kernel, initrd, p2m array, start_info, xenstore
 // and console pages, page tables and a boot stack are placed in one
 // initial virtual mapping at XEN_ELFNOTE_VIRT_BASE (layout in planPV); the
@@ -235,15 +237,38 @@ func initrdVirt(l *pvLayout) uint64 {
 	return l.virt(l.InitrdPFN)
 }
 
-// populatePV gives d nrPages of 4 KiB pages and returns the p2m: the
-// machine frame backing each guest frame.
+// populatePV gives d nrPages of RAM and returns the p2m: the machine frame
+// backing each guest frame. Like libxenguest it asks for 2 MiB extents
+// first (one hypercall entry each instead of 512) and takes 4 KiB pages for
+// the tail and for everything after the first extent Xen could not give.
 func populatePV(ctx context.Context, ops PVOps, d xenctrl.Domid, nrPages uint64) ([]uint64, error) {
+	const superOrder, superPages = 9, 1 << 9
 	const batch = 4096
 	p2m := make([]uint64, nrPages)
-	for i := range p2m {
-		p2m[i] = uint64(i)
+	next := uint64(0)
+	if nSuper := nrPages / superPages; nSuper > 0 {
+		starts := make([]uint64, nSuper)
+		for i := range starts {
+			starts[i] = uint64(i) * superPages
+		}
+		n, err := ops.PopulatePhysmapAt(ctx, d, superOrder, starts)
+		if err != nil && !errors.Is(err, syscall.ENOMEM) {
+			return nil, domain.Errorf(domain.CodeResourceExhausted, "builder: populate guest RAM (2 MiB extents): %d of %d: %v", n, nSuper, err)
+		}
+		for i := 0; i < n; i++ {
+			if starts[i]%superPages != 0 {
+				return nil, fmt.Errorf("builder: populate returned unaligned machine frame %#x for a 2 MiB extent", starts[i])
+			}
+			for j := uint64(0); j < superPages; j++ {
+				p2m[uint64(i)*superPages+j] = starts[i] + j
+			}
+		}
+		next = uint64(n) * superPages
 	}
-	for off := uint64(0); off < nrPages; off += batch {
+	for pfn := next; pfn < nrPages; pfn++ {
+		p2m[pfn] = pfn
+	}
+	for off := next; off < nrPages; off += batch {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}

@@ -33,12 +33,16 @@ type fakePV struct {
 	shinfo    uint64
 	gnttab    uint64
 	pinErrors int
+	// superLeft is how many 2 MiB extents Xen can still give; superUsed
+	// how many it gave.
+	superLeft, superUsed uint64
+	assigned             map[uint64]uint64 // guest frame -> machine frame
 }
 
-const fakeShinfo, fakeGnttab = 0x7000, 0x7001
+const fakeShinfo, fakeGnttab, fakeSuperBase = 0x7000, 0x7001, 0x1000000
 
 func newFakePV() *fakePV {
-	f := &fakePV{frames: map[uint64][]byte{}, mapped: map[uint64]int{}, shinfo: fakeShinfo, gnttab: fakeGnttab}
+	f := &fakePV{frames: map[uint64][]byte{}, mapped: map[uint64]int{}, shinfo: fakeShinfo, gnttab: fakeGnttab, superLeft: 1 << 20, assigned: map[uint64]uint64{}}
 	f.frames[fakeShinfo] = bytes.Repeat([]byte{0xff}, pageSize)
 	f.frames[fakeGnttab] = make([]byte, pageSize)
 	return f
@@ -55,17 +59,28 @@ func (f *fakePV) SetMaxMem(_ context.Context, _ xenctrl.Domid, kib uint64) error
 	f.maxKiB = kib
 	return nil
 }
+// PopulatePhysmapAt hands out scattered 4 KiB frames, or contiguous 2 MiB
+// extents (from a separate range) for order 9 until superLeft runs out.
 func (f *fakePV) PopulatePhysmapAt(_ context.Context, _ xenctrl.Domid, order uint32, gpfns []uint64) (int, error) {
-	if order != 0 {
+	if order != 0 && order != 9 {
 		return 0, &xenctrl.Error{Op: "populate", Errno: syscall.EINVAL}
 	}
 	for i := range gpfns {
-		if (f.nextPFN+1)*4 > f.maxKiB {
+		n := uint64(1) << order
+		if (f.nextPFN+n)*4 > f.maxKiB || (order == 9 && f.superLeft == 0) {
 			return i, &xenctrl.Error{Op: "populate", Errno: syscall.ENOMEM}
 		}
 		m := fakeMFN(f.nextPFN)
-		f.nextPFN++
-		f.frames[m] = bytes.Repeat([]byte{0xcc}, pageSize) // not scrubbed
+		if order == 9 {
+			m = fakeSuperBase + f.superUsed<<9
+			f.superUsed++
+			f.superLeft--
+		}
+		for j := uint64(0); j < n; j++ {
+			f.frames[m+j] = bytes.Repeat([]byte{0xcc}, pageSize) // not scrubbed
+			f.assigned[gpfns[i]+j] = m + j
+		}
+		f.nextPFN += n
 		gpfns[i] = m
 	}
 	return len(gpfns), nil
@@ -227,8 +242,20 @@ func pvSpec(t *testing.T, hypercall uint64) (domain.Spec, []byte, []byte) {
 	}, text, initrd
 }
 
+// TestBuildPV builds with 2 MiB extents for all RAM, for some of it (Xen
+// runs out of them), and for none.
 func TestBuildPV(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		superLeft uint64
+	}{{"superpages", 1 << 20}, {"some-superpages", 10}, {"4k-pages", 0}} {
+		t.Run(c.name, func(t *testing.T) { testBuildPV(t, c.superLeft) })
+	}
+}
+
+func testBuildPV(t *testing.T, superLeft uint64) {
 	f := newFakePV()
+	f.superLeft = superLeft
 	spec, text, initrd := pvSpec(t, testVirtBase+0x1002000)
 	res, err := NewPV(Config{BackendDomid: 0}).Build(context.Background(), f, 5, spec)
 	if err != nil {
@@ -237,6 +264,9 @@ func TestBuildPV(t *testing.T) {
 	le := binary.LittleEndian
 	if f.nextPFN != 64<<8 {
 		t.Errorf("populated %d pages, want %d", f.nextPFN, 64<<8)
+	}
+	if want := min(superLeft, 64<<20>>21); f.superUsed != want {
+		t.Errorf("%d 2 MiB extents used, want %d", f.superUsed, want)
 	}
 	if len(f.e820) != 1 || f.e820[0].Size != 64<<20 {
 		t.Errorf("memory map %+v", f.e820)
@@ -308,9 +338,9 @@ func TestBuildPV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for pfn := uint64(0); pfn < 64<<8; pfn += 97 {
-		if m := le.Uint64(p2m[pfn*8:]); m != fakeMFN(pfn) {
-			t.Fatalf("p2m[%#x] = %#x, want %#x", pfn, m, fakeMFN(pfn))
+	for pfn := uint64(0); pfn < 64<<8; pfn++ {
+		if m := le.Uint64(p2m[pfn*8:]); m != f.assigned[pfn] || m == 0 {
+			t.Fatalf("p2m[%#x] = %#x, want %#x", pfn, m, f.assigned[pfn])
 		}
 	}
 	if m, _, _ := f.walk(f.pinned, testVirtBase+0x1000000); m != le.Uint64(p2m[0x1000*8:]) {
@@ -464,8 +494,8 @@ type limitedPV struct {
 }
 
 func (l *limitedPV) PopulatePhysmapAt(ctx context.Context, d xenctrl.Domid, order uint32, gpfns []uint64) (int, error) {
-	if l.nextPFN+uint64(len(gpfns)) > l.limitPages {
-		n := int(l.limitPages - l.nextPFN)
+	if l.nextPFN+uint64(len(gpfns))<<order > l.limitPages {
+		n := int((l.limitPages - l.nextPFN) >> order)
 		k, _ := l.fakePV.PopulatePhysmapAt(ctx, d, order, gpfns[:n])
 		return k, &xenctrl.Error{Op: "populate", Errno: syscall.ENOMEM}
 	}

@@ -287,6 +287,11 @@ func guestLifecycle(t *testing.T, e *env, typ string) {
 		t.Logf("NOTE: the xenopsd-ng %s boot needed a retry (%d attempts)", typ, api.attempts)
 	}
 
+	// The console through the API: what xenconsoled logged.
+	if out, err := e.ctl("vm", "console", name, "--tail", "8192"); err != nil || !bytes.Contains(out, []byte("GUEST-BOOTED")) {
+		t.Errorf("xopsctl vm console --tail 8192: %v; no GUEST-BOOTED in:\n%s", err, tail(out, 1000))
+	}
+
 	// Re-adoption of a real, running guest: kill -9, restart, same domain,
 	// and the guest kept running (its heartbeat goes on).
 	e.kill9()
@@ -374,6 +379,10 @@ func guestLifecycle(t *testing.T, e *env, typ string) {
 						t.Errorf("VM halted, but the daemon log shows no crash")
 					}
 					t.Logf("guest crashed; VM halted (on_crash=destroy)")
+					// Post-mortem: the last output outlives the domain.
+					if out, err := e.ctl("vm", "console", vmName, "--tail", "16384"); err != nil || !bytes.Contains(out, []byte("GUEST-CRASHING")) {
+						t.Errorf("vm console of the halted VM: %v; no GUEST-CRASHING in:\n%s", err, tail(out, 1500))
+					}
 					checkGone(t, "crashed domain", first, "")
 					return
 				}
