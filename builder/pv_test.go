@@ -59,6 +59,7 @@ func (f *fakePV) SetMaxMem(_ context.Context, _ xenctrl.Domid, kib uint64) error
 	f.maxKiB = kib
 	return nil
 }
+
 // PopulatePhysmapAt hands out scattered 4 KiB frames, or contiguous 2 MiB
 // extents (from a separate range) for order 9 until superLeft runs out.
 func (f *fakePV) PopulatePhysmapAt(_ context.Context, _ xenctrl.Domid, order uint32, gpfns []uint64) (int, error) {
