@@ -72,11 +72,13 @@ func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 // buildDomain creates, builds and introduces a paused domain for spec.
 // On any failure everything it did is undone before it returns.
 func (m *Manager) buildDomain(ctx context.Context, spec Spec, te *taskEntry) (xenctrl.Domid, error) {
+	t0 := time.Now()
 	d, err := m.hv.CreateDomain(ctx, domainConfig(spec))
 	if err != nil {
 		return 0, hvError("create domain", err)
 	}
 	m.progress(te, 0.3)
+	tCreate := time.Now()
 	fail := func(err error) (xenctrl.Domid, error) {
 		cctx, cancel := cleanupCtx(ctx)
 		defer cancel()
@@ -90,6 +92,7 @@ func (m *Manager) buildDomain(ctx context.Context, spec Spec, te *taskEntry) (xe
 		return fail(hvError(fmt.Sprintf("build domain %d", d), err))
 	}
 	m.progress(te, 0.6)
+	tBuild := time.Now()
 	if err := m.writeLayout(ctx, spec, d, res); err != nil {
 		return fail(&Error{Code: CodeInternal, Message: fmt.Sprintf("write xenstore layout of domain %d: %v", d, err)})
 	}
@@ -105,6 +108,8 @@ func (m *Manager) buildDomain(ctx context.Context, spec Spec, te *taskEntry) (xe
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
+	m.log.Info("domain built", "vm", spec.UUID, "domid", d, "create", tCreate.Sub(t0),
+		"build", tBuild.Sub(tCreate), "xenstore", time.Since(tBuild), "total", time.Since(t0))
 	return d, nil
 }
 
