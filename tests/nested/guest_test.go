@@ -3,11 +3,8 @@ package nested
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"hash/crc32"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,83 +88,6 @@ func checkGone(t *testing.T, what, domid, uuid string) {
 			t.Errorf("%s: xenstore node %s still exists", what, p)
 		}
 	}
-}
-
-// marker is what waitMarker found.
-type marker struct {
-	booted, alive time.Time // when GUEST-BOOTED and the first GUEST-ALIVE were seen
-	line          string
-}
-
-// waitMarker polls a guest's console log until GUEST-BOOTED and a
-// GUEST-ALIVE line are there, until the deadline, or until gone reports the
-// guest is no longer running as it was (then it returns what it saw).
-func waitMarker(logPath string, from int64, deadline time.Time, gone func() string) (marker, string) {
-	var m marker
-	lastCheck := time.Now()
-	for time.Now().Before(deadline) {
-		b := readFrom(logPath, from)
-		if m.booted.IsZero() {
-			if j := bytes.Index(b, []byte("GUEST-BOOTED")); j >= 0 {
-				m.booted = time.Now()
-				line := b[j:]
-				if k := bytes.IndexByte(line, '\n'); k >= 0 {
-					line = line[:k]
-				}
-				m.line = string(bytes.TrimSpace(line))
-			}
-		}
-		if !m.booted.IsZero() && bytes.Contains(b, []byte("GUEST-ALIVE")) {
-			m.alive = time.Now()
-			return m, ""
-		}
-		if time.Since(lastCheck) > 3*time.Second {
-			lastCheck = time.Now()
-			if why := gone(); why != "" {
-				return m, why
-			}
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	return m, "no marker within " + markerWait.String()
-}
-
-// readFrom returns a file's bytes from offset from (nil if absent).
-func readFrom(path string, from int64) []byte {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	if _, err := f.Seek(from, io.SeekStart); err != nil {
-		return nil
-	}
-	b, _ := io.ReadAll(io.LimitReader(f, 16<<20))
-	return b
-}
-
-func fileSize(path string) int64 {
-	if fi, err := os.Stat(path); err == nil {
-		return fi.Size()
-	}
-	return 0
-}
-
-// aliveCount is the last GUEST-ALIVE number in b (-1: none).
-func aliveCount(b []byte) int {
-	i := bytes.LastIndex(b, []byte("GUEST-ALIVE "))
-	if i < 0 {
-		return -1
-	}
-	f := strings.Fields(string(b[i+len("GUEST-ALIVE "):]))
-	if len(f) == 0 {
-		return -1
-	}
-	n, err := strconv.Atoi(f[0])
-	if err != nil {
-		return -1
-	}
-	return n
 }
 
 // bootTimes is one guest start: API (or xl) call -> domain running, and
@@ -568,87 +488,4 @@ func malformedKernel(t *testing.T, e *env) {
 	if _, err := e.ctl("vm", "delete", "badkernel"); err != nil {
 		t.Errorf("vm delete: %v", err)
 	}
-}
-
-func tail(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
-}
-
-// crashes counts dom0 probe processes that died of a Go runtime crash.
-type crashes struct {
-	what      string
-	probes, n int
-	first     string
-}
-
-func (c *crashes) note(t *testing.T, what string, err error) {
-	c.what = what
-	c.probes++
-	if err == nil {
-		return
-	}
-	msg := err.Error()
-	if strings.Contains(msg, "panic:") || strings.Contains(msg, "fatal error:") || strings.Contains(msg, "SIGSEGV") {
-		c.n++
-		if c.first == "" {
-			c.first = tail([]byte(msg), 600)
-		}
-		return
-	}
-	t.Logf("probe during the %s failed: %v", what, err)
-}
-
-// integrityCheck copies a buffer of random bytes and compares the copy in a
-// loop on its own goroutine, the way Go code moves memory (SSE registers),
-// until stop is called. Under QEMU's TCG with Xen's lazy FPU switching
-// this failed within a second of any guest starting to run (see the
-// README); a failure means dom0 computes wrong results.
-type integrityCheck struct {
-	stopC       chan struct{}
-	done        chan struct{}
-	rounds, bad int
-	firstBad    string
-}
-
-func startIntegrityCheck() *integrityCheck {
-	c := &integrityCheck{stopC: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		a := make([]byte, 4<<20)
-		rand.Read(a)
-		sum := crc32.ChecksumIEEE(a)
-		b := make([]byte, len(a))
-		for {
-			select {
-			case <-c.stopC:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-			clear(b)
-			copy(b, a)
-			c.rounds++
-			if !bytes.Equal(a, b) || crc32.ChecksumIEEE(b) != sum {
-				c.bad++
-				if c.firstBad == "" {
-					c.firstBad = fmt.Sprintf("round %d at %s", c.rounds, time.Now().Format(time.TimeOnly))
-				}
-			}
-		}
-	}()
-	return c
-}
-
-// stop ends the check and fails t if any round went wrong.
-func (c *integrityCheck) stop(t *testing.T, during string) {
-	t.Helper()
-	close(c.stopC)
-	<-c.done
-	if c.bad > 0 {
-		t.Errorf("DOM0 COMPUTED WRONG RESULTS during the %s: %d of %d copy-and-compare rounds failed, first %s (lazy FPU switching under TCG? see tests/nested/README.md)", during, c.bad, c.rounds, c.firstBad)
-		return
-	}
-	t.Logf("dom0 integrity check during the %s: %d copy-and-compare rounds, all correct", during, c.rounds)
 }
