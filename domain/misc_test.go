@@ -174,3 +174,32 @@ func TestCancelRunningStartUndoesEverything(t *testing.T) {
 	close(bb.release)
 	e.run(e.m.Start(e.ctx, vm.ID, false))
 }
+
+// badKernelBuilder refuses every spec the way the real builder refuses a
+// malformed kernel.
+type badKernelBuilder struct{}
+
+func (badKernelBuilder) Build(context.Context, xenctrl.Hypervisor, xenctrl.Domid, Spec) (BuildResult, error) {
+	return BuildResult{}, InvalidField("spec.kernel", "/boot/vmlinuz: kernel: truncated")
+}
+
+// A builder's InvalidArgument reaches the task with its code and field, and
+// the failed start leaves no domain.
+func TestBuilderErrorKeepsCodeAndField(t *testing.T) {
+	e := newEnv(t, envOpts{builder: badKernelBuilder{}})
+	vm := e.create("badkernel")
+	tk, err := e.m.Start(e.ctx, vm.ID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := e.wait(tk)
+	if got.State != TaskFailed || got.Err == nil || got.Err.Code != CodeInvalidArgument || got.Err.Field != "spec.kernel" {
+		t.Fatalf("start with a bad kernel: %s %+v, want InvalidArgument on spec.kernel", got.State, got.Err)
+	}
+	if n := len(e.guestDomains()); n != 0 {
+		t.Fatalf("%d domains left after a refused build", n)
+	}
+	if v := e.vm(vm.ID); v.Power != Halted {
+		t.Fatalf("VM after a refused build: %s", v.Power)
+	}
+}

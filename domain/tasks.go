@@ -388,6 +388,12 @@ func toError(err error) *Error {
 }
 
 func hvError(what string, err error) error {
+	// A builder's own verdict (a bad kernel is InvalidArgument on
+	// spec.kernel) keeps its code and field.
+	var de *Error
+	if errors.As(err, &de) {
+		return &Error{Code: de.Code, Field: de.Field, Message: fmt.Sprintf("%s: %s", what, de.Message)}
+	}
 	if errors.Is(err, syscall.ENOMEM) {
 		return &Error{Code: CodeResourceExhausted, Message: fmt.Sprintf("%s: host out of memory: %v", what, err)}
 	}
