@@ -46,8 +46,10 @@ func OpenEvtchn() (*Evtchn, error) {
 // Close unbinds every port and closes the device.
 func (e *Evtchn) Close() error { return e.f.Close() }
 
+// ioctl goes through the package's ioctl helper (inside RawConn.Control,
+// so a concurrent Close cannot recycle the descriptor under it).
 func (e *Evtchn) ioctl(op string, req uintptr, arg []uint32) (uint32, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, e.f.Fd(), req, uintptr(unsafe.Pointer(&arg[0])))
+	r, errno := ioctl(e.f, req, unsafe.Pointer(&arg[0]))
 	runtime.KeepAlive(arg)
 	if errno != 0 {
 		return 0, &Error{Op: "evtchn " + op, Errno: errno}
@@ -87,27 +89,45 @@ func (e *Evtchn) Notify(port uint32) error {
 // Unmask to receive it again. It polls the device so that it returns
 // ctx.Err() once ctx ends.
 func (e *Evtchn) Wait(ctx context.Context) (uint32, error) {
-	fd := int(e.f.Fd())
+	rc, err := e.f.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("xenctrl: evtchn wait: %w", err)
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return 0, err
 		}
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, 100)
-		if err == unix.EINTR || n == 0 {
-			continue
-		}
-		if err != nil {
-			return 0, fmt.Errorf("xenctrl: evtchn poll: %w", err)
-		}
 		var b [4]byte
-		if _, err := unix.Read(fd, b[:]); err != nil {
-			if err == unix.EAGAIN || err == unix.EINTR {
-				continue
+		var got bool
+		var werr error
+		// One bounded poll (100 ms) per Control, so ctx is checked and a
+		// Close is not held up for long.
+		if err := rc.Control(func(fd uintptr) {
+			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, err := unix.Poll(fds, 100)
+			if err == unix.EINTR || n == 0 {
+				return
 			}
-			return 0, fmt.Errorf("xenctrl: evtchn read: %w", err)
+			if err != nil {
+				werr = fmt.Errorf("xenctrl: evtchn poll: %w", err)
+				return
+			}
+			if _, err := unix.Read(int(fd), b[:]); err != nil {
+				if err != unix.EAGAIN && err != unix.EINTR {
+					werr = fmt.Errorf("xenctrl: evtchn read: %w", err)
+				}
+				return
+			}
+			got = true
+		}); err != nil {
+			return 0, fmt.Errorf("xenctrl: evtchn wait: %w", err)
 		}
-		return binary.LittleEndian.Uint32(b[:]), nil
+		if werr != nil {
+			return 0, werr
+		}
+		if got {
+			return binary.LittleEndian.Uint32(b[:]), nil
+		}
 	}
 }
 
@@ -162,7 +182,7 @@ func (g *Gntdev) Map(d Domid, refs []uint32, writable bool) (*GrantMapping, erro
 		return nil, errors.New("xenctrl: gntdev map: refs: empty")
 	}
 	arg := encodeMapGrantRef(d, refs)
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, g.f.Fd(), ioctlGntdevMapGrantRef, uintptr(unsafe.Pointer(&arg[0])))
+	_, errno := ioctl(g.f, ioctlGntdevMapGrantRef, unsafe.Pointer(&arg[0]))
 	runtime.KeepAlive(arg)
 	if errno != 0 {
 		return nil, &Error{Op: "gntdev map_grant_ref", Domid: d, Errno: errno}
@@ -186,7 +206,7 @@ func (m *GrantMapping) unmapRef() error {
 	arg := make([]byte, 16) // struct ioctl_gntdev_unmap_grant_ref: index@0 count@8
 	le.PutUint64(arg[0:], m.index)
 	le.PutUint32(arg[8:], m.count)
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, m.g.f.Fd(), ioctlGntdevUnmapGrantRef, uintptr(unsafe.Pointer(&arg[0])))
+	_, errno := ioctl(m.g.f, ioctlGntdevUnmapGrantRef, unsafe.Pointer(&arg[0]))
 	runtime.KeepAlive(arg)
 	if errno != 0 {
 		return &Error{Op: "gntdev unmap_grant_ref", Errno: errno}
