@@ -253,7 +253,7 @@ func populatePV(ctx context.Context, ops PVOps, d xenctrl.Domid, nrPages uint64)
 		}
 		n, err := ops.PopulatePhysmapAt(ctx, d, superOrder, starts)
 		if err != nil && !errors.Is(err, syscall.ENOMEM) {
-			return nil, domain.Errorf(domain.CodeResourceExhausted, "builder: populate guest RAM (2 MiB extents): %d of %d: %v", n, nSuper, err)
+			return nil, fmt.Errorf("builder: populate guest RAM (2 MiB extents): %d of %d: %w", n, nSuper, err)
 		}
 		for i := 0; i < n; i++ {
 			if starts[i]%superPages != 0 {

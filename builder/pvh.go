@@ -105,12 +105,9 @@ func (b *Builder) buildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenct
 	if err != nil {
 		return domain.BuildResult{}, tm, err
 	}
-	if vcpus > MaxACPIVCPUs {
-		return domain.BuildResult{}, tm, domain.InvalidField("spec.vcpus_max", "%d: a PVH guest can have at most %d vCPUs", vcpus, MaxACPIVCPUs)
-	}
 	acpi, err := acpiTables(vcpus, spec.VCPUsAtStartup)
-	if err != nil {
-		return domain.BuildResult{}, tm, fmt.Errorf("builder: %w", err)
+	if err != nil { // more vCPUs than a MADT can describe
+		return domain.BuildResult{}, tm, domain.InvalidField("spec.vcpus_max", "%v", err)
 	}
 
 	t0 := time.Now()

@@ -212,3 +212,19 @@ func TestBuildNeedsRealXen(t *testing.T) {
 type notXen struct{ xenctrl.Hypervisor }
 
 func (notXen) Kind() string { return "sim" }
+
+// More vCPUs than a MADT can describe is the spec's fault, named, and
+// nothing is asked of the hypervisor.
+func TestBuildPVHTooManyVCPUs(t *testing.T) {
+	f := newFake()
+	spec, _, _ := testSpec(t)
+	spec.VCPUsMax = MaxACPIVCPUs + 1
+	_, err := New(Config{}).Build(context.Background(), f, 7, spec)
+	var de *domain.Error
+	if !errors.As(err, &de) || de.Code != domain.CodeInvalidArgument || de.Field != "spec.vcpus_max" {
+		t.Fatalf("got %v, want InvalidArgument on spec.vcpus_max", err)
+	}
+	if len(f.frames) != 0 || f.maxVCPUs != 0 {
+		t.Errorf("the hypervisor was touched: %d frames, max_vcpus %d", len(f.frames), f.maxVCPUs)
+	}
+}
