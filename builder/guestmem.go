@@ -2,8 +2,11 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"syscall"
 
+	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
@@ -56,4 +59,15 @@ func (g guestMem) write(ctx context.Context, addr uint64, data []byte, size uint
 		}
 	}
 	return nil
+}
+
+// populateFailed describes a populate that failed. Host memory running out
+// (ENOMEM) is a ResourceExhausted the caller can act on; any other failure
+// (a cancelled build, a hypervisor error) keeps its own meaning.
+func populateFailed(err error, format string, args ...any) error {
+	what := fmt.Sprintf(format, args...)
+	if errors.Is(err, syscall.ENOMEM) {
+		return domain.Errorf(domain.CodeResourceExhausted, "%s: %v", what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }

@@ -274,7 +274,7 @@ func populatePV(ctx context.Context, ops PVOps, d xenctrl.Domid, nrPages uint64)
 		}
 		chunk := p2m[off:min(nrPages, off+batch)]
 		if n, err := ops.PopulatePhysmapAt(ctx, d, 0, chunk); err != nil {
-			return nil, domain.Errorf(domain.CodeResourceExhausted, "builder: populate guest RAM: %d of %d pages: %v", off+uint64(n), nrPages, err)
+			return nil, populateFailed(err, "builder: populate guest RAM: %d of %d pages", off+uint64(n), nrPages)
 		}
 	}
 	for pfn, mfn := range p2m {

@@ -474,31 +474,45 @@ func TestBuildPVRejects(t *testing.T) {
 	}
 }
 
-func TestBuildPVOutOfMemory(t *testing.T) {
-	f := newFakePV()
+func TestBuildPVPopulateFailure(t *testing.T) {
 	spec, _, _ := pvSpec(t, 0)
-	f2 := &limitedPV{fakePV: f, limitPages: 1000}
-	_, err := NewPV(Config{}).Build(context.Background(), f2, 3, spec)
-	var de *domain.Error
-	if !errors.As(err, &de) || de.Code != domain.CodeResourceExhausted {
-		t.Fatalf("got %v, want ResourceExhausted", err)
-	}
-	if f.vgc != nil {
-		t.Error("vCPU context set after a failed populate")
+	for _, c := range []struct {
+		errno     syscall.Errno
+		exhausted bool
+	}{{syscall.ENOMEM, true}, {syscall.EIO, false}} {
+		t.Run(c.errno.Error(), func(t *testing.T) {
+			f := newFakePV()
+			_, err := NewPV(Config{}).Build(context.Background(), &limitedPV{fakePV: f, limitPages: 1000, errno: c.errno}, 3, spec)
+			if err == nil {
+				t.Fatal("build succeeded past a failed populate")
+			}
+			var de *domain.Error
+			if exhausted := errors.As(err, &de) && de.Code == domain.CodeResourceExhausted; exhausted != c.exhausted {
+				t.Errorf("got %v: ResourceExhausted = %v, want %v", err, exhausted, c.exhausted)
+			}
+			if !c.exhausted && !errors.Is(err, c.errno) {
+				t.Errorf("got %v, want it to wrap %v", err, c.errno)
+			}
+			if f.vgc != nil {
+				t.Error("vCPU context set after a failed populate")
+			}
+		})
 	}
 }
 
-// limitedPV runs out of host memory after limitPages.
+// limitedPV fails populating with errno (out of host memory, say) after
+// limitPages.
 type limitedPV struct {
 	*fakePV
 	limitPages uint64
+	errno      syscall.Errno
 }
 
 func (l *limitedPV) PopulatePhysmapAt(ctx context.Context, d xenctrl.Domid, order uint32, gpfns []uint64) (int, error) {
 	if l.nextPFN+uint64(len(gpfns))<<order > l.limitPages {
 		n := int((l.limitPages - l.nextPFN) >> order)
 		k, _ := l.fakePV.PopulatePhysmapAt(ctx, d, order, gpfns[:n])
-		return k, &xenctrl.Error{Op: "populate", Errno: syscall.ENOMEM}
+		return k, &xenctrl.Error{Op: "populate", Errno: l.errno}
 	}
 	return l.fakePV.PopulatePhysmapAt(ctx, d, order, gpfns)
 }

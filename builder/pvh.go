@@ -152,7 +152,7 @@ func (b *Builder) buildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenct
 	}
 	special := []uint64{storePFN, consolePFN}
 	if n, err := ops.PopulatePhysmapAt(ctx, d, 0, append(special[:len(special):len(special)], acpiBase>>pageShift)); err != nil {
-		return domain.BuildResult{}, tm, domain.Errorf(domain.CodeResourceExhausted, "builder: populate ring and ACPI pages: %d of %d: %v", n, len(special)+1, err)
+		return domain.BuildResult{}, tm, populateFailed(err, "builder: populate ring and ACPI pages: %d of %d", n, len(special)+1)
 	}
 	tm.Populate = time.Since(t0)
 
@@ -283,7 +283,7 @@ func populateRAM(ctx context.Context, ops Ops, d xenctrl.Domid, pages uint64) er
 			continue
 		}
 		if err != nil {
-			return domain.Errorf(domain.CodeResourceExhausted, "builder: populate guest RAM at frame %#x: %v", gpfns[min(n, len(gpfns)-1)], err)
+			return populateFailed(err, "builder: populate guest RAM at frame %#x", gpfns[min(n, len(gpfns)-1)])
 		}
 	}
 	return nil

@@ -129,11 +129,21 @@ func awaitGone(hv xenctrl.Hypervisor, d xenctrl.Domid) error {
 	}
 }
 
-// waitNoneDying waits until no domain on the host is dying, so that free
-// memory stops growing under a test that measures it.
-func waitNoneDying(t *testing.T, hv xenctrl.Hypervisor) {
+// asyncFreeSlack is how many pages the host's free count may move under a
+// test without anything of the test's doing: Xen frees a destroyed domain's
+// last structures (vCPUs, grant table, the domain itself) after an RCU grace
+// period, once the domain has already left the domain list, and dom0's
+// balloon driver gives and takes single pages for its grant mappings.
+const asyncFreeSlack = 256
+
+// waitQuiet waits until no domain on the host is dying and the host's free
+// page count has stopped moving, so that a test can measure memory.
+func waitQuiet(t *testing.T, hv xenctrl.Hypervisor) {
 	t.Helper()
-	deadline := time.Now().Add(goneTimeout)
+	start := time.Now()
+	deadline := start.Add(goneTimeout)
+	var first, last uint64
+	steady := 0
 	for {
 		ds, err := hv.ListDomains(ctxFor(t))
 		if err != nil {
@@ -145,13 +155,31 @@ func waitNoneDying(t *testing.T, hv xenctrl.Hypervisor) {
 				dying = append(dying, di.Domid)
 			}
 		}
-		if len(dying) == 0 {
+		free := physinfo(t, hv).FreePages
+		if first == 0 {
+			first = free
+		}
+		switch {
+		case len(dying) > 0 || free != last:
+			steady = 0
+		default:
+			steady++
+		}
+		last = free
+		if steady == 3 {
+			if free != first {
+				t.Logf("host free memory settled in %v: %d -> %d pages", time.Since(start).Round(time.Millisecond), first, free)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("domains %v still dying after %v", dying, goneTimeout)
+			if len(dying) > 0 {
+				t.Fatalf("domains %v still dying after %v", dying, goneTimeout)
+			}
+			t.Logf("host free memory still moving after %v (now %d pages); measuring anyway", goneTimeout, free)
+			return
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -244,6 +272,7 @@ func testCreateZeroVCPUs(t *testing.T, hv xenctrl.Hypervisor) {
 func testMemoryAccounting(t *testing.T, hv xenctrl.Hypervisor) {
 	ctx := ctxFor(t)
 	d := create(t, hv, handleFor(t, 3))
+	waitQuiet(t, hv)
 	const limitKiB = 16 << 10 // 16 MiB = 4096 pages
 	if err := hv.SetMaxMem(ctx, d, limitKiB); err != nil {
 		t.Fatalf("SetMaxMem: %v", err)
@@ -259,8 +288,8 @@ func testMemoryAccounting(t *testing.T, hv xenctrl.Hypervisor) {
 		t.Errorf("TotPages after populating 1024 = %d", di.TotPages)
 	}
 	free1 := physinfo(t, hv).FreePages
-	if free0 < free1 || free0-free1 < 1024 {
-		t.Errorf("host free pages went %d -> %d after populating 1024 pages: want a drop of at least 1024", free0, free1)
+	if free0 < free1 || free0-free1+asyncFreeSlack < 1024 {
+		t.Errorf("host free pages went %d -> %d after populating 1024 pages: want a drop of about 1024 (at least %d)", free0, free1, 1024-asyncFreeSlack)
 	}
 	// Past the domain's limit: Xen populates up to max_pages, then stops;
 	// the pages populated so far stay with the domain.
@@ -430,7 +459,7 @@ const maxExhaustPages = 4 << 30 / xenctrl.PageSize
 
 func testHostOutOfMemory(t *testing.T, hv xenctrl.Hypervisor) {
 	ctx := ctxFor(t)
-	waitNoneDying(t, hv)
+	waitQuiet(t, hv)
 	pi := physinfo(t, hv)
 	if hv.Kind() == "xen" && pi.FreePages > maxExhaustPages {
 		t.Skipf("host has %d MiB free: too much to exhaust in a test", pi.FreePages*xenctrl.PageSize>>20)
@@ -446,11 +475,20 @@ func testHostOutOfMemory(t *testing.T, hv xenctrl.Hypervisor) {
 	di := info(t, hv, d)
 	after := physinfo(t, hv)
 	t.Logf("host free %d pages; domain got %d before ENOMEM; free after %d", pi.FreePages, di.TotPages, after.FreePages)
-	if di.TotPages == 0 || di.TotPages > pi.FreePages {
+	// Other frees and allocations on the host (asyncFreeSlack) may move the
+	// figures by a few pages either way while the domain fills memory.
+	if di.TotPages == 0 || di.TotPages > pi.FreePages+asyncFreeSlack {
 		t.Errorf("domain holds %d pages after exhausting %d free", di.TotPages, pi.FreePages)
+	}
+	if after.FreePages > asyncFreeSlack {
+		t.Errorf("host still has %d pages free after a populate past its free memory failed", after.FreePages)
 	}
 	if err := hv.DestroyDomain(ctx, d); err != nil {
 		t.Fatalf("DestroyDomain: %v", err)
 	}
 	waitGone(t, hv, d)
+	waitQuiet(t, hv)
+	if back := physinfo(t, hv).FreePages; back+asyncFreeSlack < pi.FreePages {
+		t.Errorf("host free pages %d after destroying the domain, %d before it: memory not given back", back, pi.FreePages)
+	}
 }
