@@ -7,6 +7,8 @@ import (
 	"syscall"
 
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+
+	"github.com/xenopsd-ng/xenopsd-ng/internal/elftest"
 )
 
 // fakeXen is an in-memory stand-in for the hypervisor calls the builder
@@ -167,38 +169,8 @@ func (f *fakeXen) read(addr, n uint64) ([]byte, error) {
 // testKernel writes a small PVH-capable ELF: one executable segment at
 // 1 MiB physical (text then bss) and a PT_NOTE with XEN_ELFNOTE_PHYS32_ENTRY.
 func testKernel(entry uint32, text []byte, bss uint64) []byte {
-	le := binary.LittleEndian
-	note := make([]byte, 12)
-	le.PutUint32(note[0:], 4)
-	le.PutUint32(note[4:], 4)
-	le.PutUint32(note[8:], 18)
-	note = append(note, "Xen\x00"...)
-	note = le.AppendUint32(note, entry)
-	hdr := make([]byte, 64)
-	copy(hdr, "\x7fELF")
-	hdr[4], hdr[5], hdr[6] = 2, 1, 1
-	le.PutUint16(hdr[16:], 2)
-	le.PutUint16(hdr[18:], 62)
-	le.PutUint32(hdr[20:], 1)
-	le.PutUint64(hdr[32:], 64)
-	le.PutUint16(hdr[52:], 64)
-	le.PutUint16(hdr[54:], 56)
-	le.PutUint16(hdr[56:], 2)
-	noteOff := uint64(64 + 2*56)
-	textOff := noteOff + uint64(len(note))
-	ph := make([]byte, 112)
-	le.PutUint32(ph[0:], 4)
-	le.PutUint64(ph[8:], noteOff)
-	le.PutUint64(ph[32:], uint64(len(note)))
-	le.PutUint64(ph[40:], uint64(len(note)))
-	p := ph[56:]
-	le.PutUint32(p[0:], 1)
-	le.PutUint32(p[4:], 5)
-	le.PutUint64(p[8:], textOff)
-	le.PutUint64(p[16:], 0xffffffff80100000)
-	le.PutUint64(p[24:], 0x100000)
-	le.PutUint64(p[32:], uint64(len(text)))
-	le.PutUint64(p[40:], uint64(len(text))+bss)
-	out := append(append(hdr, ph...), note...)
-	return append(out, text...)
+	return elftest.Image{
+		Segments: []elftest.Segment{{Paddr: 0x100000, Vaddr: 0xffffffff80100000, Data: text, Memsz: uint64(len(text)) + bss, Flags: 5}},
+		Notes:    []elftest.Note{elftest.XenNote(18, elftest.U32(entry))},
+	}.Build()
 }

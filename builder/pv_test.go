@@ -13,6 +13,8 @@ import (
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/kernel"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+
+	"github.com/xenopsd-ng/xenopsd-ng/internal/elftest"
 )
 
 // fakePV stands in for a PV domain: populate hands out scattered machine
@@ -181,54 +183,20 @@ const testVirtBase = 0xffffffff80000000
 // Linux PV kernel has: XEN_VERSION, VIRT_BASE, PADDR_OFFSET, ENTRY and,
 // when hypercall is non-zero, HYPERCALL_PAGE.
 func pvTestKernel(entry, hypercall uint64, text []byte, bss uint64) []byte {
-	le := binary.LittleEndian
-	var notes []byte
-	note := func(typ uint32, desc []byte) {
-		h := make([]byte, 12)
-		le.PutUint32(h[0:], 4)
-		le.PutUint32(h[4:], uint32(len(desc)))
-		le.PutUint32(h[8:], typ)
-		notes = append(append(notes, h...), "Xen\x00"...)
-		notes = append(notes, desc...)
-		for len(notes)%4 != 0 {
-			notes = append(notes, 0)
-		}
+	notes := []elftest.Note{
+		elftest.XenNote(5, elftest.CString("xen-3.0")), // XEN_VERSION
+		elftest.XenNote(3, elftest.U64(testVirtBase)),  // VIRT_BASE
+		elftest.XenNote(4, elftest.U64(0)),             // PADDR_OFFSET
+		elftest.XenNote(1, elftest.U64(entry)),         // ENTRY
 	}
-	note(5, []byte("xen-3.0\x00"))
-	note(3, le.AppendUint64(nil, testVirtBase))
-	note(4, le.AppendUint64(nil, 0))
-	note(1, le.AppendUint64(nil, entry))
 	if hypercall != 0 {
-		note(2, le.AppendUint64(nil, hypercall))
+		notes = append(notes, elftest.XenNote(2, elftest.U64(hypercall))) // HYPERCALL_PAGE
 	}
-	hdr := make([]byte, 64)
-	copy(hdr, "\x7fELF")
-	hdr[4], hdr[5], hdr[6] = 2, 1, 1
-	le.PutUint16(hdr[16:], 2)
-	le.PutUint16(hdr[18:], 62)
-	le.PutUint32(hdr[20:], 1)
-	le.PutUint64(hdr[24:], 0x1000000)
-	le.PutUint64(hdr[32:], 64)
-	le.PutUint16(hdr[52:], 64)
-	le.PutUint16(hdr[54:], 56)
-	le.PutUint16(hdr[56:], 2)
-	noteOff := uint64(64 + 2*56)
-	textOff := noteOff + uint64(len(notes))
-	ph := make([]byte, 112)
-	le.PutUint32(ph[0:], 4)
-	le.PutUint64(ph[8:], noteOff)
-	le.PutUint64(ph[32:], uint64(len(notes)))
-	le.PutUint64(ph[40:], uint64(len(notes)))
-	p := ph[56:]
-	le.PutUint32(p[0:], 1)
-	le.PutUint32(p[4:], 5)
-	le.PutUint64(p[8:], textOff)
-	le.PutUint64(p[16:], testVirtBase+0x1000000)
-	le.PutUint64(p[24:], 0x1000000)
-	le.PutUint64(p[32:], uint64(len(text)))
-	le.PutUint64(p[40:], uint64(len(text))+bss)
-	out := append(append(hdr, ph...), notes...)
-	return append(out, text...)
+	return elftest.Image{
+		Entry:    0x1000000,
+		Segments: []elftest.Segment{{Paddr: 0x1000000, Vaddr: testVirtBase + 0x1000000, Data: text, Memsz: uint64(len(text)) + bss, Flags: 5}},
+		Notes:    notes,
+	}.Build()
 }
 
 func pvSpec(t *testing.T, hypercall uint64) (domain.Spec, []byte, []byte) {

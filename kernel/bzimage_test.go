@@ -101,7 +101,7 @@ func makeBzImage(payload []byte, setupSects int, version uint16) []byte {
 }
 
 func TestBzImageCompressions(t *testing.T) {
-	elf := linuxLike().build()
+	elf := linuxLike().Build()
 	cases := []struct {
 		format  string
 		payload func(t testing.TB) []byte
@@ -142,7 +142,7 @@ func TestBzImageCompressions(t *testing.T) {
 }
 
 func TestBzImageMalformed(t *testing.T) {
-	elf := linuxLike().build()
+	elf := linuxLike().Build()
 	good := makeBzImage(withSize(gzipBytes(t, elf), len(elf)), 3, 0x020f)
 	le := binary.LittleEndian
 	cases := []struct {
@@ -221,7 +221,7 @@ func TestDecompressionBombs(t *testing.T) {
 }
 
 func TestTruncatedPayloads(t *testing.T) {
-	elf := linuxLike().build()
+	elf := linuxLike().Build()
 	for name, p := range map[string][]byte{
 		CompressionGzip: gzipBytes(t, elf),
 		CompressionZstd: zstdBytes(t, elf),
@@ -260,7 +260,7 @@ func TestLoadInitrd(t *testing.T) {
 
 func TestOpenFile(t *testing.T) {
 	dir := t.TempDir()
-	elf := linuxLike().build()
+	elf := linuxLike().Build()
 	for name, content := range map[string][]byte{
 		"vmlinux":    elf,
 		"vmlinux.gz": gzipBytes(t, elf),

@@ -6,10 +6,12 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/xenopsd-ng/xenopsd-ng/internal/elftest"
 )
 
 func TestParseELFLinuxLike(t *testing.T) {
-	img, err := ParseELF(linuxLike().build(), Limits{})
+	img, err := ParseELF(linuxLike().Build(), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,8 +48,8 @@ func TestParseELFLinuxLike(t *testing.T) {
 
 func TestSectionNotesFallback(t *testing.T) {
 	e := linuxLike()
-	e.secNotes, e.notes = e.notes, nil
-	img, err := ParseELF(e.build(), Limits{})
+	e.SectionNotes, e.Notes = e.Notes, nil
+	img, err := ParseELF(e.Build(), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +61,7 @@ func TestSectionNotesFallback(t *testing.T) {
 // TestMalformedELF corrupts one field at a time and expects an error naming it.
 func TestMalformedELF(t *testing.T) {
 	le := binary.LittleEndian
-	good := linuxLike().build()
+	good := linuxLike().Build()
 	phoff := uint64(64)
 	seg1 := phoff + 56 // first PT_LOAD (after PT_NOTE)
 	cases := []struct {
@@ -114,20 +116,20 @@ func TestMalformedELF(t *testing.T) {
 func TestBadNotes(t *testing.T) {
 	cases := []struct {
 		name string
-		note testNote
+		note elftest.Note
 		want string
 	}{
-		{"numeric 3 bytes", testNote{"Xen", NoteEntry, []byte{1, 2, 3}}, "n_descsz 3"},
-		{"phys32 above 4G", testNote{"Xen", NotePhys32Entry, u64(1 << 33)}, "above 4 GiB"},
-		{"control byte", testNote{"Xen", NoteGuestOS, []byte("li\x01nux\x00")}, "control byte"},
-		{"bad utf8", testNote{"Xen", NoteLoader, []byte{0xff, 0xfe, 0}}, "UTF-8"},
-		{"reloc 5 bytes", testNote{"Xen", NotePhys32Reloc, make([]byte, 5)}, "PHYS32_RELOC"},
-		{"huge string", testNote{"Xen", NoteFeatures, bytes.Repeat([]byte("a"), 5000)}, "limit"},
+		{"numeric 3 bytes", elftest.XenNote(NoteEntry, []byte{1, 2, 3}), "n_descsz 3"},
+		{"phys32 above 4G", elftest.XenNote(NotePhys32Entry, elftest.U64(1<<33)), "above 4 GiB"},
+		{"control byte", elftest.XenNote(NoteGuestOS, []byte("li\x01nux\x00")), "control byte"},
+		{"bad utf8", elftest.XenNote(NoteLoader, []byte{0xff, 0xfe, 0}), "UTF-8"},
+		{"reloc 5 bytes", elftest.XenNote(NotePhys32Reloc, make([]byte, 5)), "PHYS32_RELOC"},
+		{"huge string", elftest.XenNote(NoteFeatures, bytes.Repeat([]byte("a"), 5000)), "limit"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var n XenNotes
-			err := ParseNotes(encodeNotes([]testNote{c.note}), &n, 16, "test")
+			err := ParseNotes(elftest.EncodeNotes([]elftest.Note{c.note}), &n, 16, "test")
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err = %v, want mention of %q", err, c.want)
 			}
@@ -135,23 +137,23 @@ func TestBadNotes(t *testing.T) {
 	}
 	// A non-Xen note with a bad size is not our business; it is skipped.
 	var n XenNotes
-	if err := ParseNotes(encodeNotes([]testNote{{"GNU", NoteEntry, []byte{1}}}), &n, 16, "test"); err != nil || n.Count != 0 {
+	if err := ParseNotes(elftest.EncodeNotes([]elftest.Note{{Name: "GNU", Type: NoteEntry, Desc: []byte{1}}}), &n, 16, "test"); err != nil || n.Count != 0 {
 		t.Fatalf("GNU note: err %v count %d", err, n.Count)
 	}
 	// Too many notes.
-	many := make([]testNote, 20)
+	many := make([]elftest.Note, 20)
 	for i := range many {
-		many[i] = testNote{"Xen", NoteInfo, nil}
+		many[i] = elftest.XenNote(NoteInfo, nil)
 	}
-	if err := ParseNotes(encodeNotes(many), &n, 16, "test"); !errors.Is(err, ErrTooLarge) {
+	if err := ParseNotes(elftest.EncodeNotes(many), &n, 16, "test"); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("20 notes with limit 16: %v", err)
 	}
 }
 
 func TestCheckPVH(t *testing.T) {
 	e := linuxLike()
-	e.notes = e.notes[:len(e.notes)-2] // drop PHYS32_ENTRY
-	img, err := ParseELF(e.build(), Limits{})
+	e.Notes = e.Notes[:len(e.Notes)-2] // drop PHYS32_ENTRY
+	img, err := ParseELF(e.Build(), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,16 +161,16 @@ func TestCheckPVH(t *testing.T) {
 		t.Fatalf("no PHYS32_ENTRY: %v", err)
 	}
 	e = linuxLike()
-	e.notes[len(e.notes)-2].desc = u32(0x1004800) // in the data segment
-	img, err = ParseELF(e.build(), Limits{})
+	e.Notes[len(e.Notes)-2].Desc = elftest.U32(0x1004800) // in the data segment
+	img, err = ParseELF(e.Build(), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := img.CheckPVH(); err == nil || !strings.Contains(err.Error(), "non-executable") {
-		t.Fatalf("entry in data: %v", err)
+		t.Fatalf("entry in Data: %v", err)
 	}
-	e.notes[len(e.notes)-2].desc = u32(0x2000000) // outside
-	img, _ = ParseELF(e.build(), Limits{})
+	e.Notes[len(e.Notes)-2].Desc = elftest.U32(0x2000000) // outside
+	img, _ = ParseELF(e.Build(), Limits{})
 	if err := img.CheckPVH(); err == nil || !strings.Contains(err.Error(), "not inside") {
 		t.Fatalf("entry outside: %v", err)
 	}

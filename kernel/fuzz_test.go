@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/xenopsd-ng/xenopsd-ng/internal/elftest"
 )
 
 var fuzzLimits = Limits{MaxDecompressed: 1 << 20, MaxLoadSize: 64 << 20, MaxImageSize: 16 << 20}
@@ -39,7 +41,7 @@ func computeRealSeeds(t testing.TB) (bz, elfHead, notes []byte) {
 			head = head[:n]
 			if IsBzImage(head) {
 				if setup := (int(head[bzSetupSects]) + 1) * 512; setup <= len(head) {
-					elf := linuxLike().build()
+					elf := linuxLike().Build()
 					payload := withSize(gzipBytes(t, elf), len(elf))
 					bz = append(bytes.Clone(head[:setup]), payload...)
 					binary.LittleEndian.PutUint32(bz[bzPayloadOff:], 0)
@@ -94,19 +96,19 @@ func openVmlinux() (*os.File, error) {
 	return nil, os.ErrNotExist
 }
 
-// smallLinuxLike is linuxLike with little file data: small inputs fuzz faster.
-func smallLinuxLike() testELF {
+// smallLinuxLike is linuxLike with little file Data: small inputs fuzz faster.
+func smallLinuxLike() elftest.Image {
 	e := linuxLike()
-	e.segs[0].data = e.segs[0].data[:0x800]
-	e.segs[1].data = e.segs[1].data[:64]
+	e.Segments[0].Data = e.Segments[0].Data[:0x800]
+	e.Segments[1].Data = e.Segments[1].Data[:64]
 	return e
 }
 
 func FuzzParseELF(f *testing.F) {
-	f.Add(smallLinuxLike().build())
+	f.Add(smallLinuxLike().Build())
 	e := smallLinuxLike()
-	e.secNotes, e.notes = e.notes, nil
-	f.Add(e.build())
+	e.SectionNotes, e.Notes = e.Notes, nil
+	f.Add(e.Build())
 	if _, head, _ := realSeeds(f); head != nil {
 		f.Add(head)
 	}
@@ -136,8 +138,8 @@ func FuzzParseELF(f *testing.F) {
 }
 
 func FuzzParseNotes(f *testing.F) {
-	f.Add(encodeNotes(linuxLike().notes))
-	f.Add(encodeNotes([]testNote{{"Xen", NotePhys32Reloc, append(u32(0x200000), u32(0x1000000)...)}}))
+	f.Add(elftest.EncodeNotes(linuxLike().Notes))
+	f.Add(elftest.EncodeNotes([]elftest.Note{elftest.XenNote(NotePhys32Reloc, append(elftest.U32(0x200000), elftest.U32(0x1000000)...))}))
 	if _, _, notes := realSeeds(f); notes != nil {
 		f.Add(notes)
 	}
@@ -154,7 +156,7 @@ func FuzzParseNotes(f *testing.F) {
 }
 
 func FuzzUnwrapBzImage(f *testing.F) {
-	elf := linuxLike().build()
+	elf := linuxLike().Build()
 	f.Add(makeBzImage(withSize(gzipBytes(f, elf), len(elf)), 3, 0x020f))
 	f.Add(makeBzImage(withSize(zstdBytes(f, elf), len(elf)), 1, 0x020c))
 	f.Add(makeBzImage(withSize(lz4LegacyBytes(f, elf), len(elf)), 0, 0x0208))

@@ -12,9 +12,9 @@ import (
 func TestReadGuardTruncatedFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "vmlinux")
 	k := linuxLike()
-	k.segs = k.segs[:1]
-	k.segs[0].data = make([]byte, 256<<10) // pages well past the ELF headers
-	if err := os.WriteFile(path, k.build(), 0o644); err != nil {
+	k.Segments = k.Segments[:1]
+	k.Segments[0].Data = make([]byte, 256<<10) // pages well past the ELF headers
+	if err := os.WriteFile(path, k.Build(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	img, release, err := OpenFile(path, Limits{})
