@@ -19,13 +19,18 @@
 // its local APICs: without it the guest runs without a clock event device
 // and with one vCPU.
 //
-// PV (x86_64, 4-level paging; see pv.go) follows libxenguest's layout:
-// all RAM is populated and recorded in a p2m array, the kernel is loaded at
-// its virtual base, followed by the initrd, the p2m, start_info, the
-// xenstore and console pages, the initial page tables and a boot stack; the
-// L4 is pinned on the guest's behalf, the ring grants are seeded and vCPU 0
-// starts at XEN_ELFNOTE_ENTRY with %rsi pointing at start_info. ByType
-// sends PV specs to it and everything else to the PVH builder.
+// PV (x86_64, 4-level paging; see pv.go and pv_layout.go) follows
+// libxenguest's layout: all RAM is populated and recorded in a p2m array,
+// the kernel is loaded at its virtual base, followed by the initrd, the
+// p2m, start_info, the xenstore and console pages, the initial page tables
+// and a boot stack, all in one initial mapping; the L4 is pinned on the
+// guest's behalf, the ring grants are seeded and vCPU 0 starts at
+// XEN_ELFNOTE_ENTRY with %rsi pointing at start_info. A kernel that asks
+// for it (Linux does) gets the p2m at its XEN_ELFNOTE_INIT_P2M address and
+// the initrd by frame number (XEN_ELFNOTE_MOD_START_PFN), both in frames
+// past the initial mapping, so that the guest can unmap all of that
+// mapping it does not need. ByType sends PV specs to it and everything
+// else to the PVH builder.
 //
 // The kernel and initrd are untrusted: package kernel parses them, and
 // every address the image asks for is checked against the guest's memory
@@ -36,8 +41,7 @@
 // with the BuildResult). On error the domain is left as it is, for the
 // caller to destroy.
 //
-// Not yet: the p2m at the address the kernel asks for
-// (XEN_ELFNOTE_INIT_P2M), memory above 3.75 GiB, PoD (memory_dynamic_max
+// Not yet: memory above 3.75 GiB, PoD (memory_dynamic_max
 // below static_max is populated to dynamic_max), vCPU hot-plug for PVH
 // (the DSDT has no processor objects).
 package builder

@@ -168,14 +168,7 @@ func (b *PV) buildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Do
 	}
 	res.StoreMFN, res.ConsoleMFN = p2m[l.StorePFN], p2m[l.ConsolePFN]
 	si := make([]byte, pageSize)
-	if err := xenctrl.EncodeStartInfo(si, xenctrl.StartInfo{
-		NrPages: l.NrPages, SharedInfoMFN: shinfo,
-		StoreMFN: res.StoreMFN, StoreEvtchn: res.StorePort,
-		ConsoleMFN: res.ConsoleMFN, ConsoleEvtchn: res.ConsolePort,
-		PTBase: l.virt(l.PTPFN), NrPTFrames: l.PTPages(),
-		MFNList: l.virt(l.P2MPFN), ModStart: initrdVirt(l), ModLen: l.InitrdLen,
-		Cmdline: spec.Cmdline,
-	}); err != nil {
+	if err := xenctrl.EncodeStartInfo(si, startInfo(l, spec.Cmdline, shinfo, res)); err != nil {
 		return domain.BuildResult{}, tm, domain.InvalidField("spec.cmdline", "%v", err)
 	}
 	if err := mem.write(ctx, l.StartInfoPFN<<pageShift, si, pageSize); err != nil {
@@ -186,7 +179,7 @@ func (b *PV) buildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Do
 			return domain.BuildResult{}, tm, fmt.Errorf("builder: clear page %#x: %w", pfn, err)
 		}
 	}
-	pt, err := l.pageTables(p2m)
+	pt, p2mTables, err := l.pageTables(p2m)
 	if err != nil {
 		return domain.BuildResult{}, tm, err
 	}
@@ -194,6 +187,11 @@ func (b *PV) buildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Do
 	// when the L4 is pinned.
 	if err := mem.write(ctx, l.PTPFN<<pageShift, pt, uint64(len(pt))); err != nil {
 		return domain.BuildResult{}, tm, fmt.Errorf("builder: page tables: %w", err)
+	}
+	if l.P2M != nil {
+		if err := mem.write(ctx, l.P2M.TablePFN<<pageShift, p2mTables, uint64(len(p2mTables))); err != nil {
+			return domain.BuildResult{}, tm, fmt.Errorf("builder: p2m page tables: %w", err)
+		}
 	}
 	if img.Notes.HasHypercallPage {
 		hp := img.Notes.HypercallPage
@@ -230,11 +228,28 @@ func (b *PV) buildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Do
 	return res, tm, nil
 }
 
-func initrdVirt(l *pvLayout) uint64 {
-	if l.InitrdLen == 0 {
-		return 0
+// startInfo is what the guest finds in its start_info page.
+func startInfo(l *pvLayout, cmdline string, shinfo uint64, res domain.BuildResult) xenctrl.StartInfo {
+	si := xenctrl.StartInfo{
+		NrPages: l.NrPages, SharedInfoMFN: shinfo,
+		StoreMFN: res.StoreMFN, StoreEvtchn: res.StorePort,
+		ConsoleMFN: res.ConsoleMFN, ConsoleEvtchn: res.ConsolePort,
+		PTBase: l.virt(l.PTPFN), NrPTFrames: l.PTPages(),
+		MFNList: l.P2MVirt, ModLen: l.InitrdLen,
+		Cmdline: cmdline,
 	}
-	return l.virt(l.InitrdPFN)
+	switch {
+	case l.InitrdLen == 0:
+	case l.InitrdUnmapped:
+		si.ModStart = l.InitrdPFN
+		si.Flags |= xenctrl.SIFModStartPFN
+	default:
+		si.ModStart = l.virt(l.InitrdPFN)
+	}
+	if l.P2M != nil {
+		si.FirstP2MPFN, si.NrP2MFrames = l.P2MPFN, l.P2MFrames()
+	}
+	return si
 }
 
 // populatePV gives d nrPages of RAM and returns the p2m: the machine frame

@@ -37,6 +37,15 @@ const (
 // pvLayout is where everything goes in a PV guest: guest frames (pfns)
 // counted from the start of the initial mapping at VirtBase, which maps
 // pfn p at VirtBase + p*4096.
+//
+// A kernel that names XEN_ELFNOTE_INIT_P2M gets its p2m array outside
+// that mapping, at the address the note gives and in frames after the
+// mapping's end, with page tables of its own; one that names
+// XEN_ELFNOTE_MOD_START_PFN gets its initrd there too, found by frame
+// number. That is what libxenguest does for Linux, and it matters: Linux
+// unmaps everything in the initial mapping past its own image up to the
+// first p2m frame, so a p2m inside the mapping leaves the mapping's last
+// 2 MiB writable and executable for the guest's lifetime.
 type pvLayout struct {
 	NrPages     uint64
 	VirtBase    uint64
@@ -45,7 +54,10 @@ type pvLayout struct {
 
 	KernelPFN, KernelEnd uint64 // [KernelPFN, KernelEnd) in pfns
 	InitrdPFN, InitrdLen uint64 // InitrdLen bytes, 0 when none
+	InitrdUnmapped       bool   // past MapEnd, start_info.mod_start is its pfn
 	P2MPFN, P2MPages     uint64
+	P2MVirt              uint64    // where the guest sees the p2m (start_info.mfn_list)
+	P2M                  *pvTables // the p2m's own tables when it is outside the mapping
 	StartInfoPFN         uint64
 	StorePFN, ConsolePFN uint64
 	PTPFN                uint64 // L4 first, then the L3, L2 and L1 tables
@@ -53,6 +65,26 @@ type pvLayout struct {
 	StackPFN             uint64
 	MapEnd               uint64 // virtual end (exclusive) of the initial mapping
 }
+
+// pvTables are the L3, L2 and L1 tables mapping one more virtual range
+// [From, To) linearly onto guest frames from PFN, in frames from TablePFN
+// on (L3s, then L2s, then L1s). The range has L4 slots of its own.
+type pvTables struct {
+	From, To         uint64
+	PFN, TablePFN    uint64
+	NrL3, NrL2, NrL1 uint64
+}
+
+func (t *pvTables) pages() uint64 {
+	if t == nil {
+		return 0
+	}
+	return t.NrL3 + t.NrL2 + t.NrL1
+}
+
+// P2MFrames is start_info.nr_p2m_frames: the p2m and its tables, when the
+// p2m is outside the initial mapping.
+func (l *pvLayout) P2MFrames() uint64 { return l.P2MPages + l.P2M.pages() }
 
 // PTPages is how many page-table frames the initial mapping needs.
 func (l *pvLayout) PTPages() uint64 { return 1 + l.NrL3 + l.NrL2 + l.NrL1 }
@@ -120,11 +152,19 @@ func planPV(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint6
 		next += alignUp(bytes) >> pageShift
 		return p
 	}
-	if initrdSize > 0 {
+	l.InitrdUnmapped = n.HasModStartPFN && n.ModStartPFN != 0
+	if initrdSize > 0 && !l.InitrdUnmapped {
 		l.InitrdPFN, l.InitrdLen = take(initrdSize), initrdSize
 	}
 	l.P2MPages = alignUp(l.NrPages*8) >> pageShift
-	l.P2MPFN = take(l.P2MPages << pageShift)
+	var p2m *pvTables
+	if n.HasInitP2M {
+		p2m = p2mOutside(n.InitP2M, l.P2MPages, l.VirtBase)
+	}
+	if p2m == nil {
+		l.P2MPFN = take(l.P2MPages << pageShift)
+		l.P2MVirt = l.virt(l.P2MPFN)
+	}
 	l.StartInfoPFN = take(pageSize)
 	l.StorePFN = take(pageSize)
 	l.ConsolePFN = take(pageSize)
@@ -155,11 +195,39 @@ func planPV(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint6
 	if err := checkVirtRange(l.VirtBase, l.MapEnd); err != nil {
 		return nil, domain.InvalidField("spec.kernel", "kernel at [%#x, %#x): %v", kvStart, kvEnd, err)
 	}
-	if mapped := (l.MapEnd - l.VirtBase) >> pageShift; mapped > l.NrPages {
-		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB is too small: the kernel, initrd (%d bytes) and boot structures need an initial mapping of %d MiB",
-			memBytes>>20, initrdSize, mapped*pageSize>>20)
+
+	// Past the mapping: the unmapped initrd, then the p2m and its tables.
+	next = (l.MapEnd - l.VirtBase) >> pageShift
+	if initrdSize > 0 && l.InitrdUnmapped {
+		l.InitrdPFN, l.InitrdLen = take(initrdSize), initrdSize
+	}
+	if p2m != nil {
+		l.P2MPFN = take(l.P2MPages << pageShift)
+		l.P2MVirt = p2m.From
+		p2m.PFN = l.P2MPFN
+		p2m.TablePFN = take(p2m.pages() << pageShift)
+		l.P2M = p2m
+	}
+	if next > l.NrPages {
+		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB is too small: the kernel, initrd (%d bytes) and boot structures need %d MiB",
+			memBytes>>20, initrdSize, next*pageSize>>20)
 	}
 	return l, nil
+}
+
+// p2mOutside sizes the tables for a p2m of p2mPages at the virtual address
+// a kernel's XEN_ELFNOTE_INIT_P2M asks for, or returns nil when the p2m
+// goes inside the initial mapping instead: like libxenguest, only for an
+// aligned address below virtBase, and (our own rule, which keeps the two
+// sets of tables apart) in L4 slots the initial mapping does not use.
+func p2mOutside(at, p2mPages, virtBase uint64) *pvTables {
+	end := at + p2mPages<<pageShift
+	if at%pageSize != 0 || at >= virtBase || end < at || (end-1)>>39 >= virtBase>>39 || checkVirtRange(at, end) != nil {
+		return nil
+	}
+	t := &pvTables{From: at, To: end}
+	t.NrL3, t.NrL2, t.NrL1 = tablesFor(at, end)
+	return t
 }
 
 // entryExecutable reports whether the virtual entry point lies in the file
@@ -191,42 +259,60 @@ func checkVirtRange(start, end uint64) error {
 	return nil
 }
 
-// pageTables renders the initial page tables (PTPages frames, L4 first)
-// mapping [VirtBase, MapEnd) onto the guest frames in p2m. The frames of
-// the tables themselves are mapped read-only, as Xen requires.
-func (l *pvLayout) pageTables(p2m []uint64) ([]byte, error) {
+// pageTables renders the initial page tables mapping [VirtBase, MapEnd)
+// onto the guest frames in p2m: PTPages frames from PTPFN, L4 first, and
+// (for a p2m outside that mapping) l.P2M.pages() frames from
+// l.P2M.TablePFN, returned as p2mTables. The frames of the tables are
+// never mapped writable, as Xen requires.
+func (l *pvLayout) pageTables(p2m []uint64) (pt, p2mTables []byte, err error) {
 	if uint64(len(p2m)) < (l.MapEnd-l.VirtBase)>>pageShift {
-		return nil, fmt.Errorf("builder: p2m has %d entries, the initial mapping needs %d", len(p2m), (l.MapEnd-l.VirtBase)>>pageShift)
+		return nil, nil, fmt.Errorf("builder: p2m has %d entries, the initial mapping needs %d", len(p2m), (l.MapEnd-l.VirtBase)>>pageShift)
 	}
-	pt := make([]byte, l.PTPages()<<pageShift)
-	le := binary.LittleEndian
-	l3Base := l.PTPFN + 1
-	l2Base := l3Base + l.NrL3
-	l1Base := l2Base + l.NrL2
+	pt = make([]byte, l.PTPages()<<pageShift)
+	l4 := pt[:pageSize]
 	ptEnd := l.PTPFN + l.PTPages()
-	put := func(table, idx, v uint64) { // table: pfn of a table frame
-		le.PutUint64(pt[(table-l.PTPFN)<<pageShift+idx*8:], v)
+	kernel := pvTables{From: l.VirtBase, To: l.MapEnd, TablePFN: l.PTPFN + 1, NrL3: l.NrL3, NrL2: l.NrL2, NrL1: l.NrL1}
+	kernel.fill(l4, pt[pageSize:], p2m, func(pfn uint64) bool { return pfn >= l.PTPFN && pfn < ptEnd })
+	if l.P2M != nil {
+		if l.P2M.TablePFN+l.P2M.pages() > uint64(len(p2m)) {
+			return nil, nil, fmt.Errorf("builder: p2m tables end at frame %#x, past the guest's %d pages", l.P2M.TablePFN+l.P2M.pages(), len(p2m))
+		}
+		p2mTables = make([]byte, l.P2M.pages()<<pageShift)
+		l.P2M.fill(l4, p2mTables, p2m, func(uint64) bool { return false })
 	}
-	b := l.VirtBase
-	for va := l.VirtBase; va < l.MapEnd; va += pageSize {
-		pfn := (va - b) >> pageShift
+	return pt, p2mTables, nil
+}
+
+// fill writes t's L3, L2 and L1 tables into tables (t.pages() frames) and
+// points the L4 at them. readOnly says which guest frames to map without
+// write access.
+func (t *pvTables) fill(l4, tables []byte, p2m []uint64, readOnly func(pfn uint64) bool) {
+	le := binary.LittleEndian
+	l3Base := t.TablePFN
+	l2Base := l3Base + t.NrL3
+	l1Base := l2Base + t.NrL2
+	put := func(table, idx, v uint64) { // table: pfn of one of t's frames
+		le.PutUint64(tables[(table-t.TablePFN)<<pageShift+idx*8:], v)
+	}
+	b := t.From
+	for va := t.From; va < t.To; va += pageSize {
+		pfn := t.PFN + (va-b)>>pageShift
 		t3 := l3Base + (va>>39 - b>>39)
 		t2 := l2Base + (va>>30 - b>>30)
 		t1 := l1Base + (va>>21 - b>>21)
-		put(l.PTPFN, va>>39&(pteEntries-1), p2m[t3]<<pageShift|upperPTE)
+		le.PutUint64(l4[(va>>39&(pteEntries-1))*8:], p2m[t3]<<pageShift|upperPTE)
 		put(t3, va>>30&(pteEntries-1), p2m[t2]<<pageShift|upperPTE)
 		put(t2, va>>21&(pteEntries-1), p2m[t1]<<pageShift|upperPTE)
 		prot := uint64(l1Prot)
-		if pfn >= l.PTPFN && pfn < ptEnd {
+		if readOnly(pfn) {
 			prot &^= pteRW
 		}
 		put(t1, va>>12&(pteEntries-1), p2m[pfn]<<pageShift|prot)
 	}
-	return pt, nil
 }
 
 func (l *pvLayout) String() string {
-	return fmt.Sprintf("pages %d virt_base %#x kernel pfn [%#x,%#x) initrd pfn %#x+%#x p2m pfn %#x (%d) start_info %#x store %#x console %#x pt %#x (%d) stack %#x map_end %#x entry %#x",
-		l.NrPages, l.VirtBase, l.KernelPFN, l.KernelEnd, l.InitrdPFN, l.InitrdLen, l.P2MPFN, l.P2MPages,
+	return fmt.Sprintf("pages %d virt_base %#x kernel pfn [%#x,%#x) initrd pfn %#x+%#x (unmapped %v) p2m pfn %#x (%d, +%d tables) at %#x start_info %#x store %#x console %#x pt %#x (%d) stack %#x map_end %#x entry %#x",
+		l.NrPages, l.VirtBase, l.KernelPFN, l.KernelEnd, l.InitrdPFN, l.InitrdLen, l.InitrdUnmapped, l.P2MPFN, l.P2MPages, l.P2M.pages(), l.P2MVirt,
 		l.StartInfoPFN, l.StorePFN, l.ConsolePFN, l.PTPFN, l.PTPages(), l.StackPFN, l.MapEnd, l.Entry)
 }

@@ -141,6 +141,19 @@ func (f *fakePV) SetVCPUContext(_ context.Context, _ xenctrl.Domid, vcpu uint32,
 	return nil
 }
 
+// readPFN reads n bytes of guest pseudo-physical memory from frame pfn on.
+func (f *fakePV) readPFN(pfn, n uint64) ([]byte, error) {
+	var out []byte
+	for p := pfn; uint64(len(out)) < n; p++ {
+		fr := f.frames[f.assigned[p]]
+		if fr == nil {
+			return nil, fmt.Errorf("guest frame %#x not populated", p)
+		}
+		out = append(out, fr[:min(uint64(pageSize), n-uint64(len(out)))]...)
+	}
+	return out, nil
+}
+
 // walk translates a guest virtual address through the page tables rooted
 // at l4 (a machine frame) like the MMU, returning the machine frame and
 // whether the final mapping is writable.
@@ -182,7 +195,7 @@ const testVirtBase = 0xffffffff80000000
 // physical 16 MiB (virtual base + 16 MiB), text then bss, and the notes a
 // Linux PV kernel has: XEN_VERSION, VIRT_BASE, PADDR_OFFSET, ENTRY and,
 // when hypercall is non-zero, HYPERCALL_PAGE.
-func pvTestKernel(entry, hypercall uint64, text []byte, bss uint64) []byte {
+func pvTestKernel(entry, hypercall uint64, text []byte, bss uint64, extra ...elftest.Note) []byte {
 	notes := []elftest.Note{
 		elftest.XenNote(5, elftest.CString("xen-3.0")), // XEN_VERSION
 		elftest.XenNote(3, elftest.U64(testVirtBase)),  // VIRT_BASE
@@ -192,6 +205,7 @@ func pvTestKernel(entry, hypercall uint64, text []byte, bss uint64) []byte {
 	if hypercall != 0 {
 		notes = append(notes, elftest.XenNote(2, elftest.U64(hypercall))) // HYPERCALL_PAGE
 	}
+	notes = append(notes, extra...)
 	return elftest.Image{
 		Entry:    0x1000000,
 		Segments: []elftest.Segment{{Paddr: 0x1000000, Vaddr: testVirtBase + 0x1000000, Data: text, Memsz: uint64(len(text)) + bss, Flags: 5}},
@@ -199,9 +213,9 @@ func pvTestKernel(entry, hypercall uint64, text []byte, bss uint64) []byte {
 	}.Build()
 }
 
-func pvSpec(t *testing.T, hypercall uint64) (domain.Spec, []byte, []byte) {
+func pvSpec(t *testing.T, hypercall uint64, extra ...elftest.Note) (domain.Spec, []byte, []byte) {
 	text := bytes.Repeat([]byte("PVKERNEL"), 2000)
-	k := pvTestKernel(testVirtBase+0x1000010, hypercall, text, 0x5000)
+	k := pvTestKernel(testVirtBase+0x1000010, hypercall, text, 0x5000, extra...)
 	initrd := bytes.Repeat([]byte{0x5a, 0xa5, 0x11}, 40000)
 	return domain.Spec{
 		Name: "pv", Type: domain.TypePV,
@@ -211,21 +225,36 @@ func pvSpec(t *testing.T, hypercall uint64) (domain.Spec, []byte, []byte) {
 	}, text, initrd
 }
 
+// linuxP2MNotes are the notes with which Linux asks for its p2m outside
+// the initial mapping (XEN_ELFNOTE_INIT_P2M) and its initrd by frame
+// number (XEN_ELFNOTE_MOD_START_PFN).
+var linuxP2MNotes = []elftest.Note{
+	elftest.XenNote(15, elftest.U64(0x8000000000)),
+	elftest.XenNote(16, elftest.U32(1)),
+}
+
 // TestBuildPV builds with 2 MiB extents for all RAM, for some of it (Xen
-// runs out of them), and for none.
+// runs out of them), and for none; and for a kernel that takes its p2m
+// and initrd outside the initial mapping.
 func TestBuildPV(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		superLeft uint64
-	}{{"superpages", 1 << 20}, {"some-superpages", 10}, {"4k-pages", 0}} {
-		t.Run(c.name, func(t *testing.T) { testBuildPV(t, c.superLeft) })
+		notes     []elftest.Note
+	}{
+		{"superpages", 1 << 20, nil},
+		{"some-superpages", 10, nil},
+		{"4k-pages", 0, nil},
+		{"p2m-and-initrd-outside", 1 << 20, linuxP2MNotes},
+	} {
+		t.Run(c.name, func(t *testing.T) { testBuildPV(t, c.superLeft, c.notes) })
 	}
 }
 
-func testBuildPV(t *testing.T, superLeft uint64) {
+func testBuildPV(t *testing.T, superLeft uint64, notes []elftest.Note) {
 	f := newFakePV()
 	f.superLeft = superLeft
-	spec, text, initrd := pvSpec(t, testVirtBase+0x1002000)
+	spec, text, initrd := pvSpec(t, testVirtBase+0x1002000, notes...)
 	res, err := NewPV(Config{BackendDomid: 0}).Build(context.Background(), f, 5, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -316,9 +345,40 @@ func testBuildPV(t *testing.T, superLeft uint64) {
 		t.Errorf("kernel start maps mfn %#x, p2m says %#x", m, le.Uint64(p2m[0x1000*8:]))
 	}
 	// The initrd and the bss.
-	modStart, modLen := le.Uint64(si[112:]), le.Uint64(si[120:])
-	if got, err := f.readVirt(f.pinned, modStart, modLen); err != nil || !bytes.Equal(got, initrd) {
+	modStart, modLen, flags := le.Uint64(si[112:]), le.Uint64(si[120:]), le.Uint32(si[48:])
+	outside := notes != nil
+	if outside != (flags&xenctrl.SIFModStartPFN != 0) {
+		t.Errorf("start_info flags %#x: SIF_MOD_START_PFN %v, want %v", flags, !outside, outside)
+	}
+	if outside {
+		got, err = f.readPFN(modStart, modLen)
+	} else {
+		got, err = f.readVirt(f.pinned, modStart, modLen)
+	}
+	if err != nil || !bytes.Equal(got, initrd) {
 		t.Errorf("initrd at %#x+%d: %v", modStart, modLen, err)
+	}
+	// Outside the initial mapping: the p2m and its tables in frames after
+	// the mapping's last one (Linux unmaps everything below the first of
+	// them), apart from the initrd, within the guest.
+	firstP2M, nrP2M := le.Uint64(si[1152:]), le.Uint64(si[1160:])
+	if outside {
+		mapEnd := (le.Uint64(si[88:]) + nrPT*pageSize) >> pageShift // a lower bound: the tables end inside the mapping
+		switch {
+		case mfnList != 0x8000000000:
+			t.Errorf("mfn_list %#x, want the INIT_P2M address", mfnList)
+		case firstP2M < mapEnd-testVirtBase>>pageShift || nrP2M < 64<<8*8/pageSize+3:
+			t.Errorf("first_p2m_pfn %#x nr_p2m_frames %d", firstP2M, nrP2M)
+		case firstP2M+nrP2M > 64<<8:
+			t.Errorf("p2m frames [%#x, +%d) past the guest's end", firstP2M, nrP2M)
+		case modStart < firstP2M && modStart+(modLen+pageSize-1)/pageSize > firstP2M:
+			t.Errorf("initrd frames [%#x, +%d bytes) overlap the p2m at %#x", modStart, modLen, firstP2M)
+		}
+		if m, _, _ := f.walk(f.pinned, testVirtBase+modStart<<pageShift); m != 0 {
+			t.Errorf("the unmapped initrd's frame %#x is mapped at its linear address", modStart)
+		}
+	} else if firstP2M != 0 || nrP2M != 0 {
+		t.Errorf("first_p2m_pfn %#x nr_p2m_frames %d with the p2m inside the mapping", firstP2M, nrP2M)
 	}
 	bss, err := f.readVirt(f.pinned, testVirtBase+0x1000000+uint64(len(text)), 0x5000)
 	if err != nil || !bytes.Equal(bss, make([]byte, 0x5000)) {
@@ -510,5 +570,29 @@ func TestByTypeDispatch(t *testing.T) {
 	spec.Type = domain.TypePVH
 	if _, err := NewByType(Config{}).Build(context.Background(), newFakePV(), 2, spec); err == nil {
 		t.Error("PVH spec on a PV-only fake succeeded")
+	}
+}
+
+func TestP2MOutside(t *testing.T) {
+	const pages = 128 // a 256 MiB guest's p2m
+	for _, c := range []struct {
+		name string
+		at   uint64
+		want bool
+	}{
+		{"linux", 0x8000000000, true},
+		{"unaligned", 0x8000000800, false},
+		{"above virt_base", testVirtBase + 0x40000000, false},
+		{"in the kernel's L4 slot", testVirtBase - 0x40000000, false},
+		{"in Xen's range", 0xffff800000000000, false},
+		{"non-canonical", 0x0000800000000000 - 0x1000, false},
+	} {
+		got := p2mOutside(c.at, pages, testVirtBase)
+		if (got != nil) != c.want {
+			t.Errorf("%s (%#x): outside = %v, want %v", c.name, c.at, got != nil, c.want)
+		}
+		if got != nil && (got.NrL3 != 1 || got.NrL2 != 1 || got.NrL1 != 1 || got.To != c.at+pages*pageSize) {
+			t.Errorf("%s: tables %+v", c.name, got)
+		}
 	}
 }

@@ -50,6 +50,10 @@ const (
 	vcpuInfoUpcallMsk = 1  // vcpu_info.evtchn_upcall_mask
 )
 
+// SIFModStartPFN (SIF_MOD_START_PFN) in StartInfo.Flags: ModStart is the
+// initrd's first guest frame, not its virtual address.
+const SIFModStartPFN = 1 << 3
+
 // StartInfo is struct start_info for a 64-bit PV domU. Frame numbers are
 // machine frames; addresses marked virtual are guest virtual addresses in
 // the initial mapping.
@@ -64,10 +68,10 @@ type StartInfo struct {
 	PTBase        uint64 // virtual address of the L4 table
 	NrPTFrames    uint64
 	MFNList       uint64 // virtual address of the p2m array
-	ModStart      uint64 // virtual address of the initrd, 0 if none
+	ModStart      uint64 // virtual address (or, with SIFModStartPFN, guest frame) of the initrd, 0 if none
 	ModLen        uint64
 	Cmdline       string // at most MaxGuestCmdline-1 bytes
-	FirstP2MPFN   uint64 // only with a p2m outside the initial mapping
+	FirstP2MPFN   uint64 // guest frame; only with a p2m outside the initial mapping
 	NrP2MFrames   uint64
 }
 
