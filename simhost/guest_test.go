@@ -290,3 +290,27 @@ func TestUnbootedDomainHasNoGuest(t *testing.T) {
 	}
 	ts.waitInfo(t, d, "released", func(_ xenctrl.DomainInfo, gone bool) bool { return gone })
 }
+
+// TestDestroyAmongManyReleasesOnlyThatDomain: with several guests, the
+// embedded xenstored's sweep on a domain exception releases the destroyed
+// one and keeps the others introduced.
+func TestDestroyAmongManyReleasesOnlyThatDomain(t *testing.T) {
+	ts := newToolstack(t, Config{})
+	ctx := testCtx(t)
+	ds := []xenctrl.Domid{ts.boot(t), ts.boot(t), ts.boot(t)}
+	rel := ts.releaseWatch(t)
+	if err := ts.hv.DestroyDomain(ctx, ds[1]); err != nil {
+		t.Fatal(err)
+	}
+	ts.wantEvent(t, rel, "destroy")
+	ts.waitInfo(t, ds[1], "released", func(_ xenctrl.DomainInfo, gone bool) bool { return gone })
+	for i, d := range ds {
+		in, err := ts.xs.IsDomainIntroduced(ctx, uint32(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := i != 1; in != want {
+			t.Errorf("domain %d introduced = %v, want %v", d, in, want)
+		}
+	}
+}

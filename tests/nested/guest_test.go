@@ -196,6 +196,13 @@ func guestLifecycle(t *testing.T, e *env, typ string) {
 			if want := fmt.Sprintf("cpus=%d", guestVCPUs); !strings.Contains(m.line, want) {
 				t.Errorf("the guest did not bring up all its vCPUs: marker %q, want %s", m.line, want)
 			}
+			// Linux checks its page tables once booted: a builder that
+			// leaves writable, executable mappings behind fails here.
+			if wx := wxCheck(readFrom(logPath, from)); strings.Contains(wx, "FAILED") {
+				t.Errorf("the guest found writable and executable mappings: %s", wx)
+			} else {
+				t.Logf("xenopsd-ng's guest: %s", wx)
+			}
 			api = bootTimes{running: tRun.Sub(t0), marker: m.booted.Sub(t0), attempts: attempt}
 			t.Logf("xenopsd-ng: domain %s running %v after the API call, marker %v after (attempt %d): %s",
 				domid, api.running.Round(time.Millisecond), api.marker.Round(time.Millisecond), attempt, m.line)
@@ -468,6 +475,7 @@ func xlBoot(t *testing.T, typ string, probe func()) bootTimes {
 			bt := bootTimes{running: tRun.Sub(t0), marker: m.booted.Sub(t0), attempts: attempt, consoleLog: logPath}
 			t.Logf("xl: domain %s running %v after xl create, marker %v after (attempt %d): %s",
 				domid, bt.running.Round(time.Millisecond), bt.marker.Round(time.Millisecond), attempt, m.line)
+			t.Logf("xl's guest: %s", wxCheck(readFrom(logPath, 0)))
 			if attempt > 1 {
 				t.Logf("NOTE: the xl %s boot needed a retry", typ)
 			}

@@ -94,3 +94,18 @@ func tail(b []byte, n int) string {
 	}
 	return string(b)
 }
+
+// wxCheck returns Linux's verdict on its own page tables once booted
+// ("x86/mm: Checked W+X mappings: passed, ..." or "... FAILED, ..."), empty
+// if the console has none.
+func wxCheck(b []byte) string {
+	i := bytes.Index(b, []byte("Checked W+X mappings: "))
+	if i < 0 {
+		return ""
+	}
+	line := b[i:]
+	if j := bytes.IndexByte(line, '\n'); j >= 0 {
+		line = line[:j]
+	}
+	return string(bytes.TrimSpace(line))
+}
