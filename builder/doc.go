@@ -4,7 +4,8 @@
 //
 // PVH (an HVM container with hardware-assisted paging, XEN_DOMCTL_CDF_hvm |
 // XEN_DOMCTL_CDF_hap, emulation flags XEN_X86_EMU_LAPIC) is supported: the
-// guest's RAM is populated from physical address 0, the kernel's loadable
+// guest's RAM is populated from physical address 0 up to libxl's MMIO hole
+// at 0xF0000000 and, for the rest, from 4 GiB on; the kernel's loadable
 // segments are copied to their physical addresses, the initrd follows the
 // kernel, and one page after it holds struct hvm_start_info (version 1)
 // with the module list, the memory map and the command line. Two "special"
@@ -41,7 +42,6 @@
 // with the BuildResult). On error the domain is left as it is, for the
 // caller to destroy.
 //
-// Not yet: memory above 3.75 GiB, PoD (memory_dynamic_max
-// below static_max is populated to dynamic_max), vCPU hot-plug for PVH
-// (the DSDT has no processor objects).
+// Not yet: PoD (memory_dynamic_max below static_max is populated to
+// dynamic_max), vCPU hot-plug for PVH (the DSDT has no processor objects).
 package builder

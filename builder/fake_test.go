@@ -32,6 +32,10 @@ type fakeXen struct {
 	populateOps        int
 }
 
+// untouched stands for every populated frame nothing has written yet
+// (all zero): a guest of several GiB costs a map entry a frame, no more.
+var untouched = make([]byte, 4096)
+
 func newFake() *fakeXen {
 	return &fakeXen{frames: map[uint64][]byte{}, params: map[uint32]uint64{}, gntFrame: make([]byte, 4096)}
 }
@@ -72,7 +76,7 @@ func (f *fakeXen) PopulatePhysmapAt(_ context.Context, _ xenctrl.Domid, order ui
 			if f.frames[p] != nil {
 				return i, &xenctrl.Error{Op: "populate", Errno: syscall.EEXIST}
 			}
-			f.frames[p] = make([]byte, 4096)
+			f.frames[p] = untouched
 		}
 	}
 	return len(gpfns), nil
@@ -96,6 +100,9 @@ func (f *fakeXen) MapGuest(_ context.Context, _ xenctrl.Domid, gfns []uint64) ([
 			dst := f.frames[g]
 			if g == f.gntAt && f.gntAt != 0 {
 				dst = f.gntFrame
+			} else if &dst[0] == &untouched[0] {
+				dst = make([]byte, 4096)
+				f.frames[g] = dst
 			}
 			copy(dst, mem[i*4096:(i+1)*4096])
 		}

@@ -21,9 +21,14 @@ const (
 	consolePFN     = specialBase + 7
 	grantScratchPF = specialEnd // where the grant table frame is mapped briefly
 
-	// maxLowMem is the most RAM a PVH guest gets below the special pages
-	// and the LAPIC; memory above 4 GiB is not laid out yet.
-	maxLowMem = 0xF0000000
+	// lowMemEnd is where a PVH guest's RAM below 4 GiB ends: libxl's
+	// default MMIO hole [0xF0000000, 4 GiB) holds the ACPI tables, the
+	// special pages and the LAPIC. RAM beyond it continues at 4 GiB.
+	lowMemEnd  = 0xF0000000
+	highMemGPA = 1 << 32
+	// maxGuestRAM bounds a PVH guest's RAM: Xen 4.17 supports HVM guests up
+	// to 16 TiB.
+	maxGuestRAM = 16 << 40
 
 	// maxCmdline is x86 COMMAND_LINE_SIZE, including the NUL.
 	maxCmdline = 2048
@@ -38,7 +43,9 @@ const (
 
 // pvhLayout is where everything goes in a PVH guest's physical memory.
 type pvhLayout struct {
-	MemBytes      uint64 // RAM is [0, MemBytes)
+	MemBytes      uint64 // RAM in all
+	LowEnd        uint64 // RAM is [0, LowEnd)
+	HighEnd       uint64 // and, above lowMemEnd's worth, [4 GiB, HighEnd)
 	KernelStart   uint64
 	KernelEnd     uint64
 	InitrdAddr    uint64 // 0 when there is no initrd
@@ -68,11 +75,12 @@ func planPVH(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint
 	if memBytes%pageSize != 0 {
 		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d bytes is not a multiple of the page size", memBytes)
 	}
-	if memBytes > maxLowMem {
-		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB: PVH guests above %d MiB are not supported yet", memBytes>>20, uint64(maxLowMem)>>20)
+	if memBytes > maxGuestRAM {
+		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB: a PVH guest can have at most %d MiB", memBytes>>20, uint64(maxGuestRAM)>>20)
 	}
 	l := &pvhLayout{
 		MemBytes:    memBytes,
+		LowEnd:      min(memBytes, lowMemEnd),
 		KernelStart: img.PhysStart,
 		KernelEnd:   img.PhysEnd,
 		Entry:       img.Notes.Phys32Entry,
@@ -81,7 +89,10 @@ func planPVH(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint
 	if l.LegacyRSDP && img.PhysStart < acpiLegacyPtr+64 {
 		return nil, domain.InvalidField("spec.kernel", "loads at %#x, over the legacy RSDP location %#x its notes ask for", img.PhysStart, acpiLegacyPtr)
 	}
-	if img.PhysEnd > memBytes {
+	if memBytes > lowMemEnd {
+		l.HighEnd = highMemGPA + memBytes - lowMemEnd
+	}
+	if img.PhysEnd > l.LowEnd {
 		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB is too small: the kernel loads at [%#x, %#x)", memBytes>>20, img.PhysStart, img.PhysEnd)
 	}
 	next := alignUp(img.PhysEnd)
@@ -92,13 +103,16 @@ func planPVH(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint
 	l.StartInfoAddr = next
 	l.StartInfoSize = alignUp(siCmdlineOff + uint64(len(cmdline)) + 1)
 	end := l.StartInfoAddr + l.StartInfoSize
-	if end > memBytes || end < l.StartInfoAddr {
+	if end > l.LowEnd || end < l.StartInfoAddr {
 		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d MiB is too small for the kernel, the initrd (%d bytes) and the start info (they end at %#x)", memBytes>>20, initrdSize, end)
 	}
 	l.E820 = []xenctrl.E820Entry{
-		{Addr: 0, Size: memBytes, Type: xenctrl.E820RAM},
+		{Addr: 0, Size: l.LowEnd, Type: xenctrl.E820RAM},
 		{Addr: acpiBase, Size: pageSize, Type: xenctrl.E820NVS},
 		{Addr: specialBase << pageShift, Size: (specialEnd - specialBase) << pageShift, Type: xenctrl.E820Reserved},
+	}
+	if l.HighEnd != 0 {
+		l.E820 = append(l.E820, xenctrl.E820Entry{Addr: highMemGPA, Size: l.HighEnd - highMemGPA, Type: xenctrl.E820RAM})
 	}
 	return l, nil
 }
@@ -129,6 +143,6 @@ func (l *pvhLayout) startInfo(cmdline string) []byte {
 func alignUp(x uint64) uint64 { return (x + pageSize - 1) &^ (pageSize - 1) }
 
 func (l *pvhLayout) String() string {
-	return fmt.Sprintf("ram [0,%#x) kernel [%#x,%#x) initrd %#x+%#x start_info %#x entry %#x",
-		l.MemBytes, l.KernelStart, l.KernelEnd, l.InitrdAddr, l.InitrdSize, l.StartInfoAddr, l.Entry)
+	return fmt.Sprintf("ram [0,%#x) [%#x,%#x) kernel [%#x,%#x) initrd %#x+%#x start_info %#x entry %#x",
+		l.LowEnd, uint64(highMemGPA), max(l.HighEnd, highMemGPA), l.KernelStart, l.KernelEnd, l.InitrdAddr, l.InitrdSize, l.StartInfoAddr, l.Entry)
 }

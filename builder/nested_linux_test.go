@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,32 +50,69 @@ func guestFile(t *testing.T, env, def string) string {
 }
 
 // TestNestedPVHBoot boots the Debian kernel and the busybox initramfs as a
-// PVH guest. One retry is allowed: about 1 PVH boot in 18 triple-faults at
-// start under QEMU's emulated SVM, with xl as with us (nested-xen.md).
+// PVH guest.
 func TestNestedPVHBoot(t *testing.T) {
+	bootPVH(t, 256<<20)
+}
+
+// TestNestedPVHHighMemory boots a PVH guest with more RAM than fits below
+// the MMIO hole: the rest is above 4 GiB, and the guest must see it all.
+func TestNestedPVHHighMemory(t *testing.T) {
+	const mem = 4<<30 + 256<<20
+	pi, err := nestedXen(t).PhysInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if free := pi.FreePages * pageSize; free < mem+64<<20 {
+		// tests/nested/run boots a host with room for it ("bigmem").
+		if os.Getenv("NX_BOOT") == "bigmem" {
+			t.Fatalf("the bigmem boot has %d MiB free, the guest needs %d MiB", free>>20, uint64(mem)>>20)
+		}
+		t.Skipf("host has %d MiB free, the guest needs %d MiB: runs in the harness's bigmem boot", free>>20, uint64(mem)>>20)
+	}
+	marker := bootPVH(t, mem)
+	var kib uint64
+	for _, f := range strings.Fields(marker) {
+		if v, ok := strings.CutPrefix(f, "mem_kib="); ok {
+			kib, _ = strconv.ParseUint(v, 10, 64)
+		}
+	}
+	// MemTotal is the RAM less what the kernel keeps for itself (its
+	// image, page structures): well above 4 GiB, well below the total.
+	if kib < 4<<20 || kib > mem>>10 {
+		t.Errorf("the guest sees %d KiB of RAM, given %d KiB: marker %q", kib, uint64(mem>>10), marker)
+	}
+}
+
+// bootPVH boots a PVH guest with memBytes of RAM and returns its marker
+// line. One retry is allowed: about 1 PVH boot in 18 triple-faults at
+// start under QEMU's emulated SVM, with xl as with us (nested-xen.md).
+func bootPVH(t *testing.T, memBytes uint64) string {
 	x := nestedXen(t)
 	for attempt := 1; attempt <= 2; attempt++ {
-		if !bootGuest(t, x, domain.TypePVH, attempt) {
-			return
+		marker, died := bootGuest(t, x, domain.TypePVH, memBytes, attempt)
+		if !died {
+			return marker
 		}
 		t.Logf("attempt %d: guest died at start; retrying once", attempt)
 	}
 	t.Fatal("PVH guest did not reach its marker in 2 attempts")
+	return ""
 }
 
 // TestNestedPV boots the same guest as a 64-bit PV guest.
 func TestNestedPV(t *testing.T) {
-	if bootGuest(t, nestedXen(t), domain.TypePV, 1) {
+	if _, died := bootGuest(t, nestedXen(t), domain.TypePV, 256<<20, 1); died {
 		t.Fatal("PV guest died at start")
 	}
 }
 
-// bootGuest creates a domain, builds it, introduces it to xenstored with
-// its console like a toolstack, unpauses it and waits for its GUEST-BOOTED
-// marker in xenconsoled's log, then for the guest to power itself off. It
-// reports whether the guest died before its marker (a retry may help);
-// every other failure fails t.
-func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, attempt int) (diedAtStart bool) {
+// bootGuest creates a domain with memBytes of RAM, builds it, introduces it
+// to xenstored with its console like a toolstack, unpauses it and waits for
+// its GUEST-BOOTED marker in xenconsoled's log, then for the guest to power
+// itself off. It returns the marker line, or reports that the guest died
+// before it (a retry may help); every other failure fails t.
+func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, memBytes uint64, attempt int) (marker string, diedAtStart bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	xs, err := xenstore.Dial(ctx, "")
@@ -83,7 +121,8 @@ func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, attempt int) (died
 	}
 	defer xs.Close()
 
-	name := fmt.Sprintf("nx-%s-%d-%d", typ, os.Getpid(), attempt)
+	// A name (and so a console log) of its own for every boot.
+	name := fmt.Sprintf("nx-%s-%dm-%d-%d", typ, memBytes>>20, os.Getpid(), attempt)
 	cfg := xenctrl.DomainConfig{MaxVCPUs: 1}
 	if typ == domain.TypePVH {
 		cfg.Flags = xenctrl.CreateHVM | xenctrl.CreateHAP
@@ -107,7 +146,7 @@ func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, attempt int) (died
 
 	spec := domain.Spec{
 		Name: name, Type: typ,
-		MemoryStaticMax: 256 << 20, MemoryDynamicMax: 256 << 20, VCPUsMax: 1,
+		MemoryStaticMax: memBytes, MemoryDynamicMax: memBytes, VCPUsMax: 1,
 		Kernel:  guestFile(t, "NX_GUEST_KERNEL", "/guest/vmlinux"),
 		Ramdisk: guestFile(t, "NX_GUEST_INITRD", "/guest/initrd.gz"),
 		Cmdline: "console=hvc0 earlyprintk=xen nxmode=poweroff",
@@ -126,7 +165,7 @@ func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, attempt int) (died
 		d, time.Since(tStart).Round(time.Millisecond), tm.Load.Round(time.Millisecond), tm.Populate.Round(time.Millisecond),
 		tm.Copy.Round(time.Millisecond), tm.Setup.Round(time.Millisecond), res)
 
-	introduce(ctx, t, xs, d, name, res)
+	introduce(ctx, t, xs, d, name, memBytes, res)
 	if err := x.UnpauseDomain(ctx, d); err != nil {
 		t.Fatalf("unpause: %v", err)
 	}
@@ -158,7 +197,7 @@ func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, attempt int) (died
 					}
 				}
 				waitPoweroff(ctx, t, x, d, now, logPath)
-				return false
+				return string(bytes.TrimSpace(line)), false
 			}
 		}
 		di, err := x.DomainInfo(ctx, d)
@@ -169,18 +208,18 @@ func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, attempt int) (died
 			dumpDiag(t, logPath)
 			// A triple fault shuts an HVM domain down with "reboot".
 			t.Logf("domain %d shut down (%v) before the marker", d, di.ShutdownReason)
-			return true
+			return "", true
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	dumpDiag(t, logPath)
 	t.Fatalf("no GUEST-BOOTED marker within %v of unpausing", deadline.Sub(tRun))
-	return false
+	return "", false
 }
 
 // introduce writes what a toolstack writes for xenconsoled and the guest,
 // then introduces the domain to xenstored.
-func introduce(ctx context.Context, t *testing.T, xs *xenstore.Client, d xenctrl.Domid, name string, res domain.BuildResult) {
+func introduce(ctx context.Context, t *testing.T, xs *xenstore.Client, d xenctrl.Domid, name string, memBytes uint64, res domain.BuildResult) {
 	t.Helper()
 	dom := "/local/domain/" + strconv.Itoa(int(d))
 	own := []xenstore.Perm{{Domid: uint32(d), Access: xenstore.AccessNone}}
@@ -193,8 +232,8 @@ func introduce(ctx context.Context, t *testing.T, xs *xenstore.Client, d xenctrl
 	for _, kv := range [][2]string{
 		{"name", name},
 		{"domid", strconv.Itoa(int(d))},
-		{"memory/static-max", strconv.Itoa(256 << 10)},
-		{"memory/target", strconv.Itoa(256 << 10)},
+		{"memory/static-max", strconv.FormatUint(memBytes>>10, 10)},
+		{"memory/target", strconv.FormatUint(memBytes>>10, 10)},
 		{"console/ring-ref", strconv.FormatUint(res.ConsoleMFN, 10)},
 		{"console/port", strconv.Itoa(int(res.ConsolePort))},
 		{"console/type", "xenconsoled"},

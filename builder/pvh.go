@@ -147,8 +147,13 @@ func (b *Builder) buildTimed(ctx context.Context, hv xenctrl.Hypervisor, d xenct
 	}
 
 	t0 = time.Now()
-	if err := populateRAM(ctx, ops, d, memBytes>>pageShift); err != nil {
+	if err := populateRAM(ctx, ops, d, 0, l.LowEnd>>pageShift); err != nil {
 		return domain.BuildResult{}, tm, err
+	}
+	if l.HighEnd != 0 {
+		if err := populateRAM(ctx, ops, d, highMemGPA>>pageShift, l.HighEnd>>pageShift); err != nil {
+			return domain.BuildResult{}, tm, err
+		}
 	}
 	special := []uint64{storePFN, consolePFN}
 	if n, err := ops.PopulatePhysmapAt(ctx, d, 0, append(special[:len(special):len(special)], acpiBase>>pageShift)); err != nil {
@@ -246,12 +251,11 @@ func tscModeOf(p map[string]string) (uint32, error) {
 	}
 }
 
-// populateRAM populates guest frames [0, pages): 2 MiB extents where
+// populateRAM populates guest frames [next, pages): 2 MiB extents where
 // aligned, 4 KiB pages elsewhere or when Xen has no free superpage.
-func populateRAM(ctx context.Context, ops Ops, d xenctrl.Domid, pages uint64) error {
+func populateRAM(ctx context.Context, ops Ops, d xenctrl.Domid, next, pages uint64) error {
 	const order = 9
 	const batch = 512
-	var next uint64
 	super := true
 	for next < pages {
 		if err := ctx.Err(); err != nil {

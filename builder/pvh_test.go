@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -33,6 +34,51 @@ func testSpec(t *testing.T) (domain.Spec, []byte, []byte) {
 		Kernel:   writeFile(t, "vmlinux", k), Ramdisk: writeFile(t, "initrd", initrd),
 		Cmdline: "console=hvc0 nxmode=poweroff",
 	}, text, initrd
+}
+
+// TestBuildPVHHighMemory: RAM past libxl's MMIO hole start continues at
+// 4 GiB, in the memory map Xen keeps and in the one the guest reads.
+func TestBuildPVHHighMemory(t *testing.T) {
+	f := newFake()
+	spec, _, _ := testSpec(t)
+	spec.MemoryStaticMax, spec.MemoryDynamicMax = 4<<30+64<<20, 4<<30+64<<20
+	if _, err := New(Config{}).Build(context.Background(), f, 7, spec); err != nil {
+		t.Fatal(err)
+	}
+	const low, high = 0xF0000000, 1 << 32
+	wantHigh := uint64(4<<30+64<<20) - low
+	ramFrames := 0
+	for pfn := range f.frames {
+		switch a := pfn << pageShift; {
+		case a < low || (a >= high && a < high+wantHigh):
+			ramFrames++
+		case a == acpiBase || pfn == storePFN || pfn == consolePFN:
+		default:
+			t.Fatalf("frame %#x populated in the MMIO hole or past the guest's RAM", pfn)
+		}
+	}
+	if want := (4<<30 + 64<<20) >> pageShift; ramFrames != want {
+		t.Errorf("%d RAM frames populated, want %d", ramFrames, want)
+	}
+	want := []xenctrl.E820Entry{
+		{Addr: 0, Size: low, Type: xenctrl.E820RAM},
+		{Addr: acpiBase, Size: pageSize, Type: xenctrl.E820NVS},
+		{Addr: specialBase << pageShift, Size: (specialEnd - specialBase) << pageShift, Type: xenctrl.E820Reserved},
+		{Addr: high, Size: wantHigh, Type: xenctrl.E820RAM},
+	}
+	if !slices.Equal(f.e820, want) {
+		t.Errorf("e820 %+v, want %+v", f.e820, want)
+	}
+	le := binary.LittleEndian
+	rbx := le.Uint64(findRecord(t, f.hvmSet, 2)[520:])
+	si, err := f.read(rbx, 56)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mm, _ := f.read(le.Uint64(si[40:]), 24*uint64(le.Uint32(si[48:])))
+	if len(mm) != 4*24 || le.Uint64(mm[72:]) != high || le.Uint64(mm[80:]) != wantHigh || le.Uint32(mm[88:]) != xenctrl.E820RAM {
+		t.Errorf("the guest's memory map % x", mm)
+	}
 }
 
 func TestBuildPVH(t *testing.T) {
@@ -166,7 +212,7 @@ func TestBuildRejects(t *testing.T) {
 		want  string
 	}{
 		{"too little memory", func(t *testing.T, s *domain.Spec) { s.MemoryDynamicMax, s.MemoryStaticMax = 1<<20, 1<<20 }, "spec.memory_dynamic_max", "too small"},
-		{"too much memory", func(t *testing.T, s *domain.Spec) { s.MemoryDynamicMax, s.MemoryStaticMax = 8<<30, 8<<30 }, "spec.memory_dynamic_max", "not supported yet"},
+		{"too much memory", func(t *testing.T, s *domain.Spec) { s.MemoryDynamicMax, s.MemoryStaticMax = 32<<40, 32<<40 }, "spec.memory_dynamic_max", "at most"},
 		{"no kernel", func(t *testing.T, s *domain.Spec) { s.Kernel = "" }, "spec.kernel", "needs a kernel"},
 		{"missing kernel", func(t *testing.T, s *domain.Spec) { s.Kernel = "/nonexistent/vmlinux" }, "spec.kernel", "no such file"},
 		{"not a kernel", func(t *testing.T, s *domain.Spec) { s.Kernel = writeFile(t, "k", []byte("hello world, not a kernel")) }, "spec.kernel", "neither ELF"},

@@ -158,7 +158,7 @@ kver() { basename "$(ls -d "$EXT"/lib/modules/*/ | head -1)"; }
 # heartbeat, then reboot: every boot reboots again) or nxmode=crash (marker,
 # one heartbeat, then a kernel panic through sysrq). GUEST_INITRD_VERSION names
 # the cached image: bump it when the script below changes.
-GUEST_INITRD_VERSION=3
+GUEST_INITRD_VERSION=4
 build_guest_initrd() {
   [ -f "$IMG/guest-initrd.gz" ] && [ "$(cat "$IMG/guest-initrd.version" 2>/dev/null)" = "$GUEST_INITRD_VERSION" ] && return 0
   local d=$IMG/guest-root
@@ -177,7 +177,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mode=poweroff
 for w in $(cat /proc/cmdline); do case $w in nxmode=*) mode=${w#nxmode=} ;; esac; done
-echo "GUEST-BOOTED kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) mode=$mode cpus=$(grep -c ^processor /proc/cpuinfo)"
+read -r _ memkib _ </proc/meminfo
+echo "GUEST-BOOTED kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) mode=$mode cpus=$(grep -c ^processor /proc/cpuinfo) mem_kib=$memkib"
 case $mode in
 loop) i=0; while :; do i=$((i+1)); echo "GUEST-ALIVE $i"; sleep 1; done ;;
 reboot) echo "GUEST-ALIVE 1"; sleep 1; echo GUEST-REBOOTING; reboot -f ;;
