@@ -165,6 +165,7 @@ func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, memBytes uint64, a
 		d, time.Since(tStart).Round(time.Millisecond), tm.Load.Round(time.Millisecond), tm.Populate.Round(time.Millisecond),
 		tm.Copy.Round(time.Millisecond), tm.Setup.Round(time.Millisecond), res)
 
+	checkRingGrants(ctx, t, x, d, res)
 	introduce(ctx, t, xs, d, name, memBytes, res)
 	if err := x.UnpauseDomain(ctx, d); err != nil {
 		t.Fatalf("unpause: %v", err)
@@ -215,6 +216,46 @@ func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, memBytes uint64, a
 	dumpDiag(t, logPath)
 	t.Fatalf("no GUEST-BOOTED marker within %v of unpausing", deadline.Sub(tRun))
 	return "", false
+}
+
+// checkRingGrants maps the console and xenstore rings through the grants
+// the builder seeded for dom0 (references 0 and 1), as their backends may,
+// and checks that they are the very frames the build result names: what is
+// written through the grant mapping reads back through a foreign mapping
+// of the frame. The rings are left zeroed, as the builder left them.
+func checkRingGrants(ctx context.Context, t *testing.T, x *xenctrl.Xen, d xenctrl.Domid, res domain.BuildResult) {
+	t.Helper()
+	g, err := xenctrl.OpenGntdev()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	m, err := g.Map(d, []uint32{xenctrl.GrantRefConsole, xenctrl.GrantRefXenstore}, true)
+	if err != nil {
+		t.Fatalf("map the ring grants of domain %d: %v", d, err)
+	}
+	defer func() {
+		if err := m.Unmap(); err != nil {
+			t.Errorf("unmap the ring grants: %v", err)
+		}
+	}()
+	for i, frame := range []uint64{res.ConsoleMFN, res.StoreMFN} {
+		page := m.Mem[i*pageSize : (i+1)*pageSize]
+		if !bytes.Equal(page, make([]byte, pageSize)) {
+			t.Errorf("grant %d: the ring page is not zeroed", i)
+		}
+		pattern := fmt.Appendf(nil, "grant %d of domain %d", i, d)
+		copy(page, pattern)
+		fm, err := x.MapForeign(ctx, d, []uint64{frame}, false)
+		if err != nil {
+			t.Fatalf("foreign map of frame %#x: %v", frame, err)
+		}
+		if !bytes.HasPrefix(fm.Mem, pattern) {
+			t.Errorf("grant %d does not reference frame %#x: wrote %q through the grant, the frame holds %q", i, frame, pattern, fm.Mem[:len(pattern)])
+		}
+		fm.Unmap()
+		clear(page)
+	}
 }
 
 // introduce writes what a toolstack writes for xenconsoled and the guest,
