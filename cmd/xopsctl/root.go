@@ -169,3 +169,15 @@ func (a *app) clients() (*clients, error) {
 		event: apiv1.NewEventServiceClient(conn),
 	}, nil
 }
+
+// call runs do with the daemon's API clients and the command's context
+// (bounded by --timeout).
+func (a *app) call(cmd *cobra.Command, do func(ctx context.Context, c *clients) error) error {
+	c, err := a.clients()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := a.ctx(cmd)
+	defer cancel()
+	return do(ctx, c)
+}

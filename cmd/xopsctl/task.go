@@ -106,34 +106,30 @@ func (a *app) taskCmd() *cobra.Command {
 		Short:   "List tasks (all, or one VM's with --vm)",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.clients()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			vmID := vmRef
-			if vmID != "" {
-				// Resolve a name to the VM's id (and fail clearly for an
-				// unknown VM rather than list nothing).
-				g, err := c.vm.GetVM(ctx, &apiv1.GetVMRequest{Id: vmRef})
+			return a.call(cmd, func(ctx context.Context, c *clients) error {
+				vmID := vmRef
+				if vmID != "" {
+					// Resolve a name to the VM's id (and fail clearly for an
+					// unknown VM rather than list nothing).
+					g, err := c.vm.GetVM(ctx, &apiv1.GetVMRequest{Id: vmRef})
+					if err != nil {
+						return err
+					}
+					vmID = g.GetVm().GetId()
+				}
+				resp, err := c.task.ListTasks(ctx, &apiv1.ListTasksRequest{VmId: vmID})
 				if err != nil {
 					return err
 				}
-				vmID = g.GetVm().GetId()
-			}
-			resp, err := c.task.ListTasks(ctx, &apiv1.ListTasksRequest{VmId: vmID})
-			if err != nil {
-				return err
-			}
-			if a.output != "table" {
-				return a.printMessage(resp)
-			}
-			rows := make([][]string, 0, len(resp.GetTasks()))
-			for _, t := range resp.GetTasks() {
-				rows = append(rows, taskRow(t))
-			}
-			return a.table(taskHeader, rows)
+				if a.output != "table" {
+					return a.printMessage(resp)
+				}
+				rows := make([][]string, 0, len(resp.GetTasks()))
+				for _, t := range resp.GetTasks() {
+					rows = append(rows, taskRow(t))
+				}
+				return a.table(taskHeader, rows)
+			})
 		},
 	}
 	list.Flags().StringVar(&vmRef, "vm", "", "only this VM's tasks (id or name)")
@@ -144,17 +140,13 @@ func (a *app) taskCmd() *cobra.Command {
 			Short: short,
 			Args:  cobra.ExactArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
-				c, err := a.clients()
-				if err != nil {
-					return err
-				}
-				ctx, cancel := a.ctx(cmd)
-				defer cancel()
-				t, err := do(ctx, c, args[0])
-				if err != nil {
-					return err
-				}
-				return a.printTask(t)
+				return a.call(cmd, func(ctx context.Context, c *clients) error {
+					t, err := do(ctx, c, args[0])
+					if err != nil {
+						return err
+					}
+					return a.printTask(t)
+				})
 			},
 		}
 	}
@@ -171,27 +163,23 @@ func (a *app) taskCmd() *cobra.Command {
 		Short: "Wait until a task has finished (exit status 1 unless it succeeded)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.clients()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			g, err := c.task.GetTask(ctx, &apiv1.GetTaskRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			t, err := a.waitTask(ctx, c, g.GetTask())
-			if err != nil {
-				return err
-			}
-			if err := a.printTask(t); err != nil {
-				return err
-			}
-			if t.GetState() != apiv1.TaskState_TASK_STATE_SUCCEEDED {
-				return &taskError{t}
-			}
-			return nil
+			return a.call(cmd, func(ctx context.Context, c *clients) error {
+				g, err := c.task.GetTask(ctx, &apiv1.GetTaskRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				t, err := a.waitTask(ctx, c, g.GetTask())
+				if err != nil {
+					return err
+				}
+				if err := a.printTask(t); err != nil {
+					return err
+				}
+				if t.GetState() != apiv1.TaskState_TASK_STATE_SUCCEEDED {
+					return &taskError{t}
+				}
+				return nil
+			})
 		},
 	}
 	task.AddCommand(list, get, cancelCmd, wait)

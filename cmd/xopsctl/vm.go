@@ -49,21 +49,17 @@ binary K, M, G, T suffixes (256M = 256 MiB).`,
 			if err != nil {
 				return err
 			}
-			c, err := a.clients()
-			if err != nil {
+			return a.call(cmd, func(ctx context.Context, c *clients) error {
+				resp, err := c.vm.CreateVM(ctx, &apiv1.CreateVMRequest{Spec: spec, RequestId: f.requestID})
+				if err != nil {
+					return err
+				}
+				if a.output != "table" {
+					return a.printMessage(resp.GetVm())
+				}
+				_, err = fmt.Fprintln(a.stdout, resp.GetVm().GetId())
 				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.vm.CreateVM(ctx, &apiv1.CreateVMRequest{Spec: spec, RequestId: f.requestID})
-			if err != nil {
-				return err
-			}
-			if a.output != "table" {
-				return a.printMessage(resp.GetVm())
-			}
-			_, err = fmt.Fprintln(a.stdout, resp.GetVm().GetId())
-			return err
+			})
 		},
 	}
 	fl := cmd.Flags()
@@ -175,24 +171,20 @@ func (a *app) vmListCmd() *cobra.Command {
 		Short:   "List VMs",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.clients()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.vm.ListVMs(ctx, &apiv1.ListVMsRequest{})
-			if err != nil {
-				return err
-			}
-			if a.output != "table" {
-				return a.printMessage(resp)
-			}
-			rows := make([][]string, 0, len(resp.GetVms()))
-			for _, vm := range resp.GetVms() {
-				rows = append(rows, vmRow(vm))
-			}
-			return a.table(vmHeader, rows)
+			return a.call(cmd, func(ctx context.Context, c *clients) error {
+				resp, err := c.vm.ListVMs(ctx, &apiv1.ListVMsRequest{})
+				if err != nil {
+					return err
+				}
+				if a.output != "table" {
+					return a.printMessage(resp)
+				}
+				rows := make([][]string, 0, len(resp.GetVms()))
+				for _, vm := range resp.GetVms() {
+					rows = append(rows, vmRow(vm))
+				}
+				return a.table(vmHeader, rows)
+			})
 		},
 	}
 }
@@ -203,20 +195,16 @@ func (a *app) vmGetCmd() *cobra.Command {
 		Short: "Show one VM",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.clients()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			resp, err := c.vm.GetVM(ctx, &apiv1.GetVMRequest{Id: args[0]})
-			if err != nil {
-				return err
-			}
-			if a.output != "table" {
-				return a.printMessage(resp.GetVm())
-			}
-			return a.printVMDetail(resp.GetVm())
+			return a.call(cmd, func(ctx context.Context, c *clients) error {
+				resp, err := c.vm.GetVM(ctx, &apiv1.GetVMRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				if a.output != "table" {
+					return a.printMessage(resp.GetVm())
+				}
+				return a.printVMDetail(resp.GetVm())
+			})
 		},
 	}
 }
@@ -228,19 +216,15 @@ func (a *app) vmDeleteCmd() *cobra.Command {
 		Short:   "Remove a Halted VM's record",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.clients()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctx(cmd)
-			defer cancel()
-			if _, err := c.vm.DeleteVM(ctx, &apiv1.DeleteVMRequest{Id: args[0]}); err != nil {
-				return err
-			}
-			if a.output == "table" {
-				fmt.Fprintf(a.stderr, "deleted %s\n", args[0])
-			}
-			return nil
+			return a.call(cmd, func(ctx context.Context, c *clients) error {
+				if _, err := c.vm.DeleteVM(ctx, &apiv1.DeleteVMRequest{Id: args[0]}); err != nil {
+					return err
+				}
+				if a.output == "table" {
+					fmt.Fprintf(a.stderr, "deleted %s\n", args[0])
+				}
+				return nil
+			})
 		},
 	}
 }
