@@ -271,8 +271,8 @@ func (l *pvLayout) pageTables(p2m []uint64) (pt, p2mTables []byte, err error) {
 	pt = make([]byte, l.PTPages()<<pageShift)
 	l4 := pt[:pageSize]
 	ptEnd := l.PTPFN + l.PTPages()
-	kernel := pvTables{From: l.VirtBase, To: l.MapEnd, TablePFN: l.PTPFN + 1, NrL3: l.NrL3, NrL2: l.NrL2, NrL1: l.NrL1}
-	kernel.fill(l4, pt[pageSize:], p2m, func(pfn uint64) bool { return pfn >= l.PTPFN && pfn < ptEnd })
+	initial := pvTables{From: l.VirtBase, To: l.MapEnd, TablePFN: l.PTPFN + 1, NrL3: l.NrL3, NrL2: l.NrL2, NrL1: l.NrL1}
+	initial.fill(l4, pt[pageSize:], p2m, func(pfn uint64) bool { return pfn >= l.PTPFN && pfn < ptEnd })
 	if l.P2M != nil {
 		if l.P2M.TablePFN+l.P2M.pages() > uint64(len(p2m)) {
 			return nil, nil, fmt.Errorf("builder: p2m tables end at frame %#x, past the guest's %d pages", l.P2M.TablePFN+l.P2M.pages(), len(p2m))
