@@ -2,15 +2,16 @@ package domain
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/xenopsd-ng/xenopsd-ng/store"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
@@ -202,8 +203,22 @@ func (m *Manager) Host(ctx context.Context) (HostInfo, error) {
 	if err != nil {
 		return HostInfo{}, hvError("read host physinfo", err)
 	}
-	return HostInfo{Backend: m.hv.Kind(), Version: v, Phys: p,
-		FreeMemory: p.FreePages * xenctrl.PageSize, TotalMemory: p.TotalPages * xenctrl.PageSize}, nil
+	h := HostInfo{
+		Backend:      m.hv.Kind(),
+		VersionMajor: v.Major, VersionMinor: v.Minor, VersionExtra: v.Extra,
+		NrCPUs: p.NrCPUs, NrNodes: p.NrNodes, CoresPerSocket: p.CoresPerSocket,
+		ThreadsPerCore: p.ThreadsPerCore, CPUkHz: p.CPUkHz,
+		FreeMemory: p.FreePages * xenctrl.PageSize, TotalMemory: p.TotalPages * xenctrl.PageSize,
+	}
+	for _, c := range []struct {
+		bit  uint32
+		name string
+	}{{xenctrl.PhysCapHVM, "hvm"}, {xenctrl.PhysCapPV, "pv"}, {xenctrl.PhysCapHAP, "hap"}} {
+		if p.Capabilities&c.bit != 0 {
+			h.Capabilities = append(h.Capabilities, c.name)
+		}
+	}
+	return h, nil
 }
 
 // Close stops accepting work, marks queued tasks interrupted, waits for the
@@ -429,57 +444,24 @@ func (m *Manager) vmSnapshot(e *vmEntry) vmRecord {
 	return e.rec
 }
 
-func newUUID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-}
+func newUUID() string { return uuid.NewString() }
 
 func cloneSpec(s Spec) Spec {
 	c := s
-	if s.Platform != nil {
-		c.Platform = make(map[string]string, len(s.Platform))
-		for k, v := range s.Platform {
-			c.Platform[k] = v
-		}
-	}
-	if s.XenstoreData != nil {
-		c.XenstoreData = make(map[string]string, len(s.XenstoreData))
-		for k, v := range s.XenstoreData {
-			c.XenstoreData[k] = v
-		}
-	}
-	c.Disks = append([]Disk(nil), s.Disks...)
-	c.NICs = append([]NIC(nil), s.NICs...)
+	c.Platform = maps.Clone(s.Platform)
+	c.XenstoreData = maps.Clone(s.XenstoreData)
+	c.Disks = slices.Clone(s.Disks)
+	c.NICs = slices.Clone(s.NICs)
 	return c
 }
 
 // uuidHandle converts a UUID into a domain handle (zero if malformed).
 func uuidHandle(id string) xenctrl.Handle {
-	var h xenctrl.Handle
-	var buf [32]byte
-	n := 0
-	for i := 0; i < len(id); i++ {
-		if id[i] == '-' {
-			continue
-		}
-		if n == len(buf) {
-			return xenctrl.Handle{}
-		}
-		buf[n] = id[i]
-		n++
-	}
-	if n != len(buf) {
+	u, err := uuid.Parse(id)
+	if err != nil || len(id) != 36 {
 		return xenctrl.Handle{}
 	}
-	if _, err := hex.Decode(h[:], buf[:]); err != nil {
-		return xenctrl.Handle{}
-	}
-	return h
+	return xenctrl.Handle(u)
 }
 
-func handleUUID(h xenctrl.Handle) string {
-	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
-}
+func handleUUID(h xenctrl.Handle) string { return uuid.UUID(h).String() }

@@ -15,7 +15,7 @@ func TestHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Backend != "sim" || h.TotalMemory != 8<<30 || h.FreeMemory == 0 || h.FreeMemory >= h.TotalMemory || h.Phys.NrCPUs != 8 || h.Version.Major != 4 {
+	if h.Backend != "sim" || h.TotalMemory != 8<<30 || h.FreeMemory == 0 || h.FreeMemory >= h.TotalMemory || h.NrCPUs != 8 || h.VersionMajor != 4 || h.Version() != "4.17-sim" {
 		t.Fatalf("host %+v", h)
 	}
 	vm := e.create("h")

@@ -1,9 +1,8 @@
 package domain
 
 import (
+	"fmt"
 	"time"
-
-	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
 // Type is the guest virtualisation mode.
@@ -156,13 +155,28 @@ type Event struct {
 	Time     time.Time
 }
 
-// HostInfo describes the host the daemon manages.
+// HostInfo describes the host the daemon manages, in the core's own terms
+// (no hypervisor ABI types).
 type HostInfo struct {
-	Backend     string // "xen" or "sim"
-	Version     xenctrl.Version
-	Phys        xenctrl.PhysInfo
-	FreeMemory  uint64 // bytes
-	TotalMemory uint64 // bytes
+	Backend string // "xen" or "sim"
+	// Hypervisor version: Major.Minor and the extra part (e.g. ".7").
+	VersionMajor, VersionMinor int
+	VersionExtra               string
+	NrCPUs                     uint32
+	NrNodes                    uint32
+	CoresPerSocket             uint32
+	ThreadsPerCore             uint32
+	CPUkHz                     uint32
+	// Capabilities are the virtualisation modes the host offers, in this
+	// order where present: "hvm", "pv", "hap".
+	Capabilities []string
+	FreeMemory   uint64 // bytes
+	TotalMemory  uint64 // bytes
+}
+
+// Version is the hypervisor's version as Xen prints it, e.g. "4.17.7".
+func (h HostInfo) Version() string {
+	return fmt.Sprintf("%d.%d%s", h.VersionMajor, h.VersionMinor, h.VersionExtra)
 }
 
 // ShutdownOptions tune Shutdown and Reboot.

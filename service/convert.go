@@ -2,13 +2,13 @@ package service
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
-	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
 // This file is the one place where API (protobuf) and core (domain) types
@@ -212,25 +212,18 @@ func EventToPB(e domain.Event) (*pb.WatchResponse, error) {
 func HostToPB(h domain.HostInfo, version string) *pb.Host {
 	out := &pb.Host{
 		DaemonVersion:          version,
-		HypervisorVersion:      h.Version.String(),
-		HypervisorVersionMajor: uint32(max(h.Version.Major, 0)),
-		HypervisorVersionMinor: uint32(max(h.Version.Minor, 0)),
+		HypervisorVersion:      h.Version(),
+		HypervisorVersionMajor: uint32(max(h.VersionMajor, 0)),
+		HypervisorVersionMinor: uint32(max(h.VersionMinor, 0)),
 		Backend:                BackendToPB(h.Backend),
 		TotalMemoryBytes:       h.TotalMemory,
 		FreeMemoryBytes:        h.FreeMemory,
-		NrCpus:                 h.Phys.NrCPUs,
-		CpuKhz:                 h.Phys.CPUkHz,
-		ThreadsPerCore:         h.Phys.ThreadsPerCore,
-		CoresPerSocket:         h.Phys.CoresPerSocket,
-		NrNodes:                h.Phys.NrNodes,
-	}
-	for _, c := range []struct {
-		bit  uint32
-		name string
-	}{{xenctrl.PhysCapHVM, "hvm"}, {xenctrl.PhysCapPV, "pv"}, {xenctrl.PhysCapHAP, "hap"}} {
-		if h.Phys.Capabilities&c.bit != 0 {
-			out.Capabilities = append(out.Capabilities, c.name)
-		}
+		NrCpus:                 h.NrCPUs,
+		CpuKhz:                 h.CPUkHz,
+		ThreadsPerCore:         h.ThreadsPerCore,
+		CoresPerSocket:         h.CoresPerSocket,
+		NrNodes:                h.NrNodes,
+		Capabilities:           slices.Clone(h.Capabilities),
 	}
 	return out
 }

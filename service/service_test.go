@@ -21,7 +21,6 @@ import (
 
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
-	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
 // clients are the four API clients on one connection.
@@ -310,8 +309,8 @@ func TestLifecycleWait(t *testing.T) {
 func TestTasksAndHost(t *testing.T) {
 	f := newFake()
 	f.host = domain.HostInfo{
-		Backend: "sim", Version: xenctrl.Version{Major: 4, Minor: 17, Extra: ".3"},
-		Phys:        xenctrl.PhysInfo{NrCPUs: 8, CPUkHz: 2400000, ThreadsPerCore: 2, CoresPerSocket: 4, NrNodes: 1, Capabilities: xenctrl.PhysCapHVM | xenctrl.PhysCapPV},
+		Backend: "sim", VersionMajor: 4, VersionMinor: 17, VersionExtra: ".3",
+		NrCPUs: 8, CPUkHz: 2400000, ThreadsPerCore: 2, CoresPerSocket: 4, NrNodes: 1, Capabilities: []string{"hvm", "pv"},
 		TotalMemory: 16 << 30, FreeMemory: 15 << 30,
 	}
 	c := serve(t, f, Options{Version: "v0.1.0-test"})
