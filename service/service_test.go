@@ -393,6 +393,14 @@ func TestWatch(t *testing.T) {
 	if r := recv(s); r.GetEvent().GetRevision() != 6 || r.GetEvent().GetVmChanged().GetDomid() != 3 {
 		t.Errorf("live event %v", r)
 	}
+	// Live task progress: a task_progress case carrying the revision of the
+	// persisted event it follows.
+	f.live <- domain.Event{Revision: 6, Kind: domain.EventTaskProgress, VMID: "vm-1",
+		Progress: &domain.TaskProgress{TaskID: "t-1", VMID: "vm-1", Progress: 0.75}}
+	want := &pb.TaskProgress{TaskId: "t-1", VmId: "vm-1", Progress: 0.75}
+	if r := recv(s); r.GetEvent().GetRevision() != 6 || !proto.Equal(r.GetEvent().GetTaskProgress(), want) {
+		t.Errorf("live progress %v, want revision 6 and %v", r, want)
+	}
 	cancel()
 	if _, err := s.Recv(); status.Code(err) != codes.Canceled {
 		t.Errorf("after cancel: %v", err)
