@@ -31,39 +31,53 @@ func scanGap(lastCost time.Duration) time.Duration {
 	return min(max(minScanGap, scanGapFactor*lastCost), maxScanGap)
 }
 
+// WatchOptions choose what Watch sends besides the persisted events.
+type WatchOptions struct {
+	// TaskProgress: also send the live progress of running tasks
+	// (EventTaskProgress).
+	TaskProgress bool
+}
+
 // Watch delivers every event with Revision > after, in order, then live
 // ones as they are committed, until ctx ends (nil is returned) or send
 // fails (its error is returned). If events after `after` were compacted
 // away it first sends Event{Kind: EventResync, Revision: head} and goes on
 // from head. after > head is CodeInvalidArgument (field "after_revision").
 //
-// Between the persisted events it sends the live progress of running tasks
-// (EventTaskProgress): first the latest report of every task running when
-// Watch starts, then new reports as they are made, each after the persisted
-// events that preceded it and with the revision of the last one sent. Only
-// the latest report per task waits for a slow watcher; reports are never
-// replayed on a later Watch.
-func (m *Manager) Watch(ctx context.Context, after uint64, send func(Event) error) error {
+// With opts.TaskProgress it also sends, between the persisted events, the
+// progress of running tasks: first the latest report of every task running
+// when Watch starts, then new reports as they are made, each after the
+// persisted events that preceded it and with the revision of the last one
+// sent. Only the latest report per task waits for a slow watcher; reports
+// are never replayed on a later Watch.
+func (m *Manager) Watch(ctx context.Context, after uint64, opts WatchOptions, send func(Event) error) error {
 	head := m.st.Head()
 	if after > head {
 		return InvalidField("after_revision", "revision %d is beyond the newest revision %d", after, head)
 	}
-	box := m.hub.subscribe()
-	defer m.hub.unsubscribe(box)
+	var box *progressBox
+	var progressReady <-chan struct{} // nil (never ready) without progress
+	if opts.TaskProgress {
+		box = m.hub.subscribe()
+		defer m.hub.unsubscribe(box)
+		progressReady = box.ready
+	}
 	w := &watcher{m: m, last: after, send: send}
 	for {
 		changed := m.st.Changed()
 		if err := w.sendPersisted(0); err != nil {
 			return err
 		}
-		for _, r := range m.hub.take(box) {
-			if err := w.sendProgress(r); err != nil {
-				return err
+		if box != nil {
+			for _, r := range m.hub.take(box) {
+				if err := w.sendProgress(r); err != nil {
+					return err
+				}
 			}
 		}
 		select {
 		case <-changed:
-		case <-box.ready:
+		case <-progressReady:
 		case <-ctx.Done():
 			return nil
 		case <-m.baseCtx.Done():

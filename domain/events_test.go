@@ -32,23 +32,12 @@ func (c *collector) lastRev() uint64 {
 	return c.last
 }
 
-// persisted returns evs without the live progress events.
-func persisted(evs []Event) []Event {
-	var out []Event
-	for _, ev := range evs {
-		if ev.Kind != EventTaskProgress {
-			out = append(out, ev)
-		}
-	}
-	return out
-}
-
 // watchUntil runs Watch from after until the collector reached rev.
 func (e *env) watchUntil(c *collector, after, rev uint64) {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
-	go func() { done <- e.m.Watch(ctx, after, c.send) }()
+	go func() { done <- e.m.Watch(ctx, after, WatchOptions{}, c.send) }()
 	e.eventually(fmt.Sprintf("watcher reaches revision %d", rev), func() bool { return c.lastRev() >= rev })
 	cancel()
 	if err := <-done; err != nil {
@@ -62,7 +51,7 @@ func TestWatchResumeSeesEverythingOnce(t *testing.T) {
 	// Phase 1: a watcher follows live changes.
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
-	go func() { done <- e.m.Watch(ctx, 0, c.send) }()
+	go func() { done <- e.m.Watch(ctx, 0, WatchOptions{}, c.send) }()
 	vm := e.create("w")
 	e.run(e.m.Start(e.ctx, vm.ID, false))
 	head1 := e.st.Head()
@@ -82,7 +71,7 @@ func TestWatchResumeSeesEverythingOnce(t *testing.T) {
 	head := e.st.Head()
 	e.watchUntil(c, resumeFrom, head)
 	seen := map[uint64]int{}
-	for i, ev := range persisted(c.evs) {
+	for i, ev := range c.evs {
 		seen[ev.Revision]++
 		if ev.Revision != uint64(i+1) {
 			t.Fatalf("event %d has revision %d: gap or reorder", i, ev.Revision)
@@ -134,7 +123,7 @@ func TestWatchCompactedGetsResync(t *testing.T) {
 	c3 := &collector{}
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
-	go func() { done <- e.m.Watch(ctx, 1, c3.send) }()
+	go func() { done <- e.m.Watch(ctx, 1, WatchOptions{}, c3.send) }()
 	e.eventually("resync", func() bool { return c3.lastRev() == head })
 	e.create("late")
 	e.eventually("live after resync", func() bool { return c3.lastRev() == head+1 })
@@ -146,7 +135,7 @@ func TestWatchSendErrorStops(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.create("x")
 	boom := errors.New("client gone")
-	if err := e.m.Watch(e.ctx, 0, func(Event) error { return boom }); !errors.Is(err, boom) {
+	if err := e.m.Watch(e.ctx, 0, WatchOptions{}, func(Event) error { return boom }); !errors.Is(err, boom) {
 		t.Fatalf("watch returned %v", err)
 	}
 }

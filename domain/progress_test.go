@@ -7,13 +7,24 @@ import (
 	"time"
 )
 
-// watchLive runs Watch(after) into c until the test ends it with the
-// returned stop function.
+// persisted returns evs without the live progress events.
+func persisted(evs []Event) []Event {
+	var out []Event
+	for _, ev := range evs {
+		if ev.Kind != EventTaskProgress {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// watchLive runs Watch(after), progress included, into c until the test
+// ends it with the returned stop function.
 func (e *env) watchLive(c *collector, after uint64) (stop func()) {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
-	go func() { done <- e.m.Watch(ctx, after, c.send) }()
+	go func() { done <- e.m.Watch(ctx, after, WatchOptions{TaskProgress: true}, c.send) }()
 	return func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -125,7 +136,7 @@ func TestSlowWatcherDoesNotBlockTasks(t *testing.T) {
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- e.m.Watch(ctx, 0, func(Event) error {
+		done <- e.m.Watch(ctx, 0, WatchOptions{TaskProgress: true}, func(Event) error {
 			select {
 			case stuck <- struct{}{}:
 			default:
@@ -212,8 +223,34 @@ func TestResumeDoesNotReplayProgress(t *testing.T) {
 	e.run(tk, nil)
 	head = e.st.Head()
 	c = &collector{}
-	e.watchUntil(c, from, head)
+	stop = e.watchLive(c, from)
+	e.eventually("replay up to the head", func() bool { return c.lastRev() >= head })
+	stop()
 	if p := persisted(c.events()); len(p) != len(c.events()) || len(p) != int(head-from) {
 		t.Fatalf("resume after the task: %d events, %d persisted, want %d persisted only", len(c.events()), len(p), head-from)
+	}
+}
+
+// A watcher that did not ask for progress gets persisted events only.
+func TestWatchWithoutProgress(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	vm := e.create("q")
+	c := &collector{}
+	after := e.st.Head()
+	ctx, cancel := context.WithCancel(e.ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.m.Watch(ctx, after, WatchOptions{}, c.send) }()
+	e.run(e.m.Start(e.ctx, vm.ID, false))
+	e.run(e.m.Destroy(e.ctx, vm.ID))
+	head := e.st.Head()
+	e.eventually("persisted events", func() bool { return c.lastRev() >= head })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i, ev := range c.events() {
+		if ev.Kind == EventTaskProgress || ev.Revision != after+uint64(i)+1 {
+			t.Fatalf("event %d: %+v", i, ev)
+		}
 	}
 }

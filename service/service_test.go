@@ -381,7 +381,7 @@ func TestWatch(t *testing.T) {
 	}
 	// Resuming from a compacted revision: resync to the head first.
 	wctx, cancel := context.WithCancel(ctx)
-	s, err := c.event.Watch(wctx, &pb.WatchRequest{AfterRevision: 1})
+	s, err := c.event.Watch(wctx, &pb.WatchRequest{AfterRevision: 1, TaskProgress: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,8 +393,11 @@ func TestWatch(t *testing.T) {
 	if r := recv(s); r.GetEvent().GetRevision() != 6 || r.GetEvent().GetVmChanged().GetDomid() != 3 {
 		t.Errorf("live event %v", r)
 	}
-	// Live task progress: a task_progress case carrying the revision of the
-	// persisted event it follows.
+	// Live task progress (asked for): a task_progress case carrying the
+	// revision of the persisted event it follows.
+	if calls := f.Calls(); len(calls) == 0 || calls[len(calls)-1] != "Watch 1 progress=true" {
+		t.Errorf("calls %q: want the request's after_revision and task_progress passed on", calls)
+	}
 	f.live <- domain.Event{Revision: 6, Kind: domain.EventTaskProgress, VMID: "vm-1",
 		Progress: &domain.TaskProgress{TaskID: "t-1", VMID: "vm-1", Progress: 0.75}}
 	want := &pb.TaskProgress{TaskId: "t-1", VmId: "vm-1", Progress: 0.75}

@@ -25,6 +25,9 @@ const (
 type WatchRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AfterRevision uint64                 `protobuf:"varint,1,opt,name=after_revision,json=afterRevision,proto3" json:"after_revision,omitempty"`
+	// task_progress: also send task_progress events (see EventService).
+	// Without it every event has a new revision, one above the previous.
+	TaskProgress  bool `protobuf:"varint,2,opt,name=task_progress,json=taskProgress,proto3" json:"task_progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -64,6 +67,13 @@ func (x *WatchRequest) GetAfterRevision() uint64 {
 		return x.AfterRevision
 	}
 	return 0
+}
+
+func (x *WatchRequest) GetTaskProgress() bool {
+	if x != nil {
+		return x.TaskProgress
+	}
+	return false
 }
 
 // WatchResponse is either an event or a resync signal.
@@ -445,9 +455,10 @@ var File_xenopsd_v1_event_proto protoreflect.FileDescriptor
 const file_xenopsd_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"\x16xenopsd/v1/event.proto\x12\n" +
-	"xenopsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15xenopsd/v1/task.proto\x1a\x13xenopsd/v1/vm.proto\"5\n" +
+	"xenopsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15xenopsd/v1/task.proto\x1a\x13xenopsd/v1/vm.proto\"Z\n" +
 	"\fWatchRequest\x12%\n" +
-	"\x0eafter_revision\x18\x01 \x01(\x04R\rafterRevision\"p\n" +
+	"\x0eafter_revision\x18\x01 \x01(\x04R\rafterRevision\x12#\n" +
+	"\rtask_progress\x18\x02 \x01(\bR\ftaskProgress\"p\n" +
 	"\rWatchResponse\x12)\n" +
 	"\x05event\x18\x01 \x01(\v2\x11.xenopsd.v1.EventH\x00R\x05event\x12,\n" +
 	"\x06resync\x18\x02 \x01(\v2\x12.xenopsd.v1.ResyncH\x00R\x06resyncB\x06\n" +
