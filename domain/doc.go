@@ -31,8 +31,10 @@
 // survive restarts. ListVMs returns the revision its snapshot is consistent
 // with; Watch(after) replays every later event exactly once, then follows
 // live ones; if retention compacted the events a watcher needs, it gets
-// EventResync first. Task progress between the persisted states is kept in
-// memory only.
+// EventResync first. Task progress between the persisted states is not
+// persisted: it reaches watchers live as EventTaskProgress, after the
+// persisted events that preceded it, coalesced to the latest report per task
+// for a watcher that lags (progressHub), and is never replayed.
 //
 // # Building a domain
 //

@@ -31,29 +31,82 @@ func scanGap(lastCost time.Duration) time.Duration {
 	return min(max(minScanGap, scanGapFactor*lastCost), maxScanGap)
 }
 
+// WatchOptions choose what Watch sends besides the persisted events.
+type WatchOptions struct {
+	// TaskProgress: also send the live progress of running tasks
+	// (EventTaskProgress).
+	TaskProgress bool
+}
+
 // Watch delivers every event with Revision > after, in order, then live
 // ones as they are committed, until ctx ends (nil is returned) or send
 // fails (its error is returned). If events after `after` were compacted
 // away it first sends Event{Kind: EventResync, Revision: head} and goes on
 // from head. after > head is CodeInvalidArgument (field "after_revision").
-func (m *Manager) Watch(ctx context.Context, after uint64, send func(Event) error) error {
+//
+// With opts.TaskProgress it also sends, between the persisted events, the
+// progress of running tasks: first the latest report of every task running
+// when Watch starts, then new reports as they are made, each after the
+// persisted events that preceded it and with the revision of the last one
+// sent. Only the latest report per task waits for a slow watcher; reports
+// are never replayed on a later Watch.
+func (m *Manager) Watch(ctx context.Context, after uint64, opts WatchOptions, send func(Event) error) error {
 	head := m.st.Head()
 	if after > head {
 		return InvalidField("after_revision", "revision %d is beyond the newest revision %d", after, head)
 	}
-	last := after
+	var box *progressBox
+	var progressReady <-chan struct{} // nil (never ready) without progress
+	if opts.TaskProgress {
+		box = m.hub.subscribe()
+		defer m.hub.unsubscribe(box)
+		progressReady = box.ready
+	}
+	w := &watcher{m: m, last: after, send: send}
 	for {
 		changed := m.st.Changed()
-		err := m.st.Events(last, 0, func(rev uint64, v []byte) error {
+		if err := w.sendPersisted(0); err != nil {
+			return err
+		}
+		if box != nil {
+			for _, r := range m.hub.take(box) {
+				if err := w.sendProgress(r); err != nil {
+					return err
+				}
+			}
+		}
+		select {
+		case <-changed:
+		case <-progressReady:
+		case <-ctx.Done():
+			return nil
+		case <-m.baseCtx.Done():
+			return errClosing()
+		}
+	}
+}
+
+// watcher is one Watch call's position in the event log.
+type watcher struct {
+	m    *Manager
+	last uint64 // revision of the last persisted event sent (or resynced to)
+	send func(Event) error
+}
+
+// sendPersisted sends the persisted events after w.last up to upTo (0: up
+// to the head), or a resync if they were compacted away.
+func (w *watcher) sendPersisted(upTo uint64) error {
+	for {
+		err := w.m.st.Events(w.last, upTo, func(rev uint64, v []byte) error {
 			var er eventRecord
 			if err := json.Unmarshal(v, &er); err != nil {
 				return fmt.Errorf("decode event %d: %w", rev, err)
 			}
 			ev := Event{Revision: rev, Kind: er.Kind, VMID: er.VMID, VM: er.VM, Task: er.Task, Time: er.Time}
-			if err := send(ev); err != nil {
+			if err := w.send(ev); err != nil {
 				return sendError{err}
 			}
-			last = rev
+			w.last = rev
 			return nil
 		})
 		var se sendError
@@ -61,23 +114,30 @@ func (m *Manager) Watch(ctx context.Context, after uint64, send func(Event) erro
 		case errors.As(err, &se):
 			return se.err
 		case errors.Is(err, store.ErrCompacted):
-			head := m.st.Head()
-			if err := send(Event{Kind: EventResync, Revision: head, Time: time.Now().UTC()}); err != nil {
+			head := w.m.st.Head()
+			if err := w.send(Event{Kind: EventResync, Revision: head, Time: time.Now().UTC()}); err != nil {
 				return err
 			}
-			last = head
+			w.last = head
 			continue
 		case err != nil:
-			return &Error{Code: CodeInternal, Message: fmt.Sprintf("read events after %d: %v", last, err)}
+			return &Error{Code: CodeInternal, Message: fmt.Sprintf("read events after %d: %v", w.last, err)}
 		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return nil
-		case <-m.baseCtx.Done():
-			return errClosing()
+		return nil
+	}
+}
+
+// sendProgress sends a progress report after the persisted events that
+// preceded it (reports are taken in publication order, so catching up only
+// to the report's revision sends nothing that came after it).
+func (w *watcher) sendProgress(r progressReport) error {
+	if r.rev > w.last {
+		if err := w.sendPersisted(r.rev); err != nil {
+			return err
 		}
 	}
+	p := r.TaskProgress
+	return w.send(Event{Revision: w.last, Kind: EventTaskProgress, VMID: p.VMID, Progress: &p, Time: r.time})
 }
 
 type sendError struct{ err error }

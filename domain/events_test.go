@@ -37,7 +37,7 @@ func (e *env) watchUntil(c *collector, after, rev uint64) {
 	e.t.Helper()
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
-	go func() { done <- e.m.Watch(ctx, after, c.send) }()
+	go func() { done <- e.m.Watch(ctx, after, WatchOptions{}, c.send) }()
 	e.eventually(fmt.Sprintf("watcher reaches revision %d", rev), func() bool { return c.lastRev() >= rev })
 	cancel()
 	if err := <-done; err != nil {
@@ -51,7 +51,7 @@ func TestWatchResumeSeesEverythingOnce(t *testing.T) {
 	// Phase 1: a watcher follows live changes.
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
-	go func() { done <- e.m.Watch(ctx, 0, c.send) }()
+	go func() { done <- e.m.Watch(ctx, 0, WatchOptions{}, c.send) }()
 	vm := e.create("w")
 	e.run(e.m.Start(e.ctx, vm.ID, false))
 	head1 := e.st.Head()
@@ -123,7 +123,7 @@ func TestWatchCompactedGetsResync(t *testing.T) {
 	c3 := &collector{}
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
-	go func() { done <- e.m.Watch(ctx, 1, c3.send) }()
+	go func() { done <- e.m.Watch(ctx, 1, WatchOptions{}, c3.send) }()
 	e.eventually("resync", func() bool { return c3.lastRev() == head })
 	e.create("late")
 	e.eventually("live after resync", func() bool { return c3.lastRev() == head+1 })
@@ -135,7 +135,7 @@ func TestWatchSendErrorStops(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	e.create("x")
 	boom := errors.New("client gone")
-	if err := e.m.Watch(e.ctx, 0, func(Event) error { return boom }); !errors.Is(err, boom) {
+	if err := e.m.Watch(e.ctx, 0, WatchOptions{}, func(Event) error { return boom }); !errors.Is(err, boom) {
 		t.Fatalf("watch returned %v", err)
 	}
 }

@@ -261,7 +261,7 @@ func TestBadInput(t *testing.T) {
 		{"unknown task", func() error { _, err := e.m.GetTask(e.ctx, "nope"); return err }, CodeNotFound, "id"},
 		{"cancel unknown task", func() error { _, err := e.m.CancelTask(e.ctx, "nope"); return err }, CodeNotFound, "id"},
 		{"wait unknown task", func() error { _, err := e.m.WaitTask(e.ctx, "nope"); return err }, CodeNotFound, "id"},
-		{"watch beyond head", func() error { return e.m.Watch(e.ctx, e.st.Head()+5, func(Event) error { return nil }) }, CodeInvalidArgument, "after_revision"},
+		{"watch beyond head", func() error { return e.m.Watch(e.ctx, e.st.Head()+5, WatchOptions{}, func(Event) error { return nil }) }, CodeInvalidArgument, "after_revision"},
 		{"update changes uuid", func() error {
 			s := spec("halted")
 			s.UUID = running.ID

@@ -68,6 +68,8 @@ type Manager struct {
 	ready    []*vmEntry // VMs with queued ops and no worker, FIFO
 	rev      uint64     // last event revision applied to memory
 
+	hub *progressHub // live task progress for watchers
+
 	excMu sync.Mutex
 	exc   chan struct{} // closed and replaced on every domain exception
 }
@@ -112,7 +114,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		hv: cfg.Hypervisor, xs: cfg.Xenstore, st: cfg.Store, builder: cfg.Builder, log: cfg.Logger,
 		vms: map[string]*vmEntry{}, names: map[string]string{}, pending: map[string]bool{},
 		reqs: map[string]string{}, inflight: map[string]chan struct{}{}, tasks: map[string]*taskEntry{},
-		exc: make(chan struct{}),
+		exc: make(chan struct{}), hub: newProgressHub(),
 	}
 	if m.builder == nil {
 		m.builder = EmptyBuilder{}
@@ -362,6 +364,11 @@ func (m *Manager) commit(ctx context.Context, t txn) error {
 		if err := addEvent(eventRecord{Kind: EventTaskChanged, VMID: task.VMID, Task: &task}); err != nil {
 			return err
 		}
+	}
+	// The snapshots supersede the tasks' live progress reports that watchers
+	// have not taken yet (see progressHub).
+	for _, tp := range t.tasks {
+		m.hub.forget(tp.t.ID)
 	}
 	err := m.st.Commit(ctx, c, func(first uint64) {
 		m.mu.Lock()

@@ -247,7 +247,7 @@ func (m *Manager) setRunning(ctx context.Context, e *vmEntry, te *taskEntry, mut
 // operation that changes no VM record before its work (destroy), a synced
 // Running write would cost an fsync and tell a restart nothing (Pending and
 // Running tasks both become TaskInterrupted). Watchers see the task go from
-// Pending to its final state.
+// Pending to a live progress report to its final state.
 func (m *Manager) markRunning(te *taskEntry) error {
 	if te == nil {
 		return nil
@@ -258,22 +258,31 @@ func (m *Manager) markRunning(te *taskEntry) error {
 		return &Error{Code: CodeAborted, Message: "task already finished"}
 	}
 	te.t.State = TaskRunning
-	te.t.Progress = 0.1
 	te.t.UpdatedAt = time.Now().UTC()
+	m.setProgressLocked(te, 0.1)
 	return nil
 }
 
-// progress updates a running task's progress in memory only (not persisted,
-// no event: a restart turns the task into TaskInterrupted anyway).
+// progress updates a running task's progress in memory and reports it to
+// event watchers live (EventTaskProgress), without persisting it: a restart
+// turns the task into TaskInterrupted anyway.
 func (m *Manager) progress(te *taskEntry, p float64) {
 	if te == nil {
 		return
 	}
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if !te.final {
-		te.t.Progress = p
+		m.setProgressLocked(te, p)
 	}
-	m.mu.Unlock()
+}
+
+// setProgressLocked sets and publishes te's progress. m.mu held (so that
+// reports carry non-decreasing revisions, and none follows te's final state:
+// see progressHub).
+func (m *Manager) setProgressLocked(te *taskEntry, p float64) {
+	te.t.Progress = p
+	m.hub.publish(TaskProgress{TaskID: te.t.ID, VMID: te.t.VMID, Progress: p}, m.rev)
 }
 
 // GetTask returns a task by id.

@@ -142,17 +142,31 @@ const (
 	// away; Revision is the head the stream continues from. The watcher
 	// must re-list (ListVMs, ListTasks) to catch up.
 	EventResync
+	// EventTaskProgress: a running task's progress, live only (not
+	// persisted, never replayed); Progress is set. Its Revision is not a new
+	// one but that of the last persisted event sent before it.
+	EventTaskProgress
 )
 
 // Event is one change, numbered by a revision that increases by one with
 // every event the daemon ever records (persisted, so it survives restarts).
+// EventTaskProgress is the exception: it is not recorded, and it carries the
+// revision of the persisted event it follows.
 type Event struct {
 	Revision uint64
 	Kind     EventKind
 	VMID     string
 	VM       *VM
 	Task     *Task
+	Progress *TaskProgress
 	Time     time.Time
+}
+
+// TaskProgress is a live progress report of a running task.
+type TaskProgress struct {
+	TaskID   string
+	VMID     string
+	Progress float64 // 0..1
 }
 
 // HostInfo describes the host the daemon manages, in the core's own terms

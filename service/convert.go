@@ -202,6 +202,9 @@ func EventToPB(e domain.Event) (*pb.WatchResponse, error) {
 		ev.Change = &pb.Event_VmDeleted{VmDeleted: &pb.VMDeleted{Id: e.VMID}}
 	case e.Kind == domain.EventTaskChanged && e.Task != nil:
 		ev.Change = &pb.Event_TaskChanged{TaskChanged: TaskToPB(*e.Task)}
+	case e.Kind == domain.EventTaskProgress && e.Progress != nil:
+		p := e.Progress
+		ev.Change = &pb.Event_TaskProgress{TaskProgress: &pb.TaskProgress{TaskId: p.TaskID, VmId: p.VMID, Progress: p.Progress}}
 	default:
 		return nil, fmt.Errorf("event %d: kind %d without its payload", e.Revision, e.Kind)
 	}

@@ -24,7 +24,7 @@ func (e errSend) Unwrap() error { return e.err }
 
 func (s eventServer) Watch(req *pb.WatchRequest, stream pb.EventService_WatchServer) error {
 	ctx := stream.Context()
-	err := s.m.Watch(ctx, req.GetAfterRevision(), func(e domain.Event) error {
+	err := s.m.Watch(ctx, req.GetAfterRevision(), domain.WatchOptions{TaskProgress: req.GetTaskProgress()}, func(e domain.Event) error {
 		resp, err := EventToPB(e)
 		if err != nil {
 			return err

@@ -259,8 +259,8 @@ func (f *fakeManager) WaitTask(ctx context.Context, id string) (domain.Task, err
 }
 
 // Watch follows the domain.Manager contract on the fake's event log.
-func (f *fakeManager) Watch(ctx context.Context, after uint64, send func(domain.Event) error) error {
-	if err := f.record(fmt.Sprintf("Watch %d", after)); err != nil {
+func (f *fakeManager) Watch(ctx context.Context, after uint64, opts domain.WatchOptions, send func(domain.Event) error) error {
+	if err := f.record(fmt.Sprintf("Watch %d progress=%v", after, opts.TaskProgress)); err != nil {
 		return err
 	}
 	f.mu.Lock()

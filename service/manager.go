@@ -30,5 +30,5 @@ type Manager interface {
 	CancelTask(ctx context.Context, id string) (domain.Task, error)
 	WaitTask(ctx context.Context, id string) (domain.Task, error)
 
-	Watch(ctx context.Context, after uint64, send func(domain.Event) error) error
+	Watch(ctx context.Context, after uint64, opts domain.WatchOptions, send func(domain.Event) error) error
 }

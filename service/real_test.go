@@ -21,6 +21,12 @@ import (
 // memory and returns it with the sim host's client; all is stopped at cleanup.
 func realManager(t *testing.T) (*domain.Manager, *simhost.Client) {
 	t.Helper()
+	return realManagerWith(t, nil)
+}
+
+// realManagerWith is realManager with the core's builder (nil: default).
+func realManagerWith(t *testing.T, b domain.Builder) (*domain.Manager, *simhost.Client) {
+	t.Helper()
 	dir := t.TempDir()
 	simDir := filepath.Join(dir, "sim")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -59,7 +65,7 @@ func realManager(t *testing.T) (*domain.Manager, *simhost.Client) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	m, err := domain.New(dctx, domain.Config{Hypervisor: hc, Xenstore: xs, Store: st, Workers: 4})
+	m, err := domain.New(dctx, domain.Config{Hypervisor: hc, Xenstore: xs, Store: st, Workers: 4, Builder: b})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -380,7 +380,7 @@ func TestWatch(t *testing.T) {
 	}
 	// Resuming from a compacted revision: resync to the head first.
 	wctx, cancel := context.WithCancel(ctx)
-	s, err := c.event.Watch(wctx, &pb.WatchRequest{AfterRevision: 1})
+	s, err := c.event.Watch(wctx, &pb.WatchRequest{AfterRevision: 1, TaskProgress: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,6 +391,17 @@ func TestWatch(t *testing.T) {
 	f.live <- domain.Event{Revision: 6, Kind: domain.EventVMChanged, VMID: "vm-1", VM: &vm}
 	if r := recv(s); r.GetEvent().GetRevision() != 6 || r.GetEvent().GetVmChanged().GetDomid() != 3 {
 		t.Errorf("live event %v", r)
+	}
+	// Live task progress (asked for): a task_progress case carrying the
+	// revision of the persisted event it follows.
+	if calls := f.Calls(); len(calls) == 0 || calls[len(calls)-1] != "Watch 1 progress=true" {
+		t.Errorf("calls %q: want the request's after_revision and task_progress passed on", calls)
+	}
+	f.live <- domain.Event{Revision: 6, Kind: domain.EventTaskProgress, VMID: "vm-1",
+		Progress: &domain.TaskProgress{TaskID: "t-1", VMID: "vm-1", Progress: 0.75}}
+	want := &pb.TaskProgress{TaskId: "t-1", VmId: "vm-1", Progress: 0.75}
+	if r := recv(s); r.GetEvent().GetRevision() != 6 || !proto.Equal(r.GetEvent().GetTaskProgress(), want) {
+		t.Errorf("live progress %v, want revision 6 and %v", r, want)
 	}
 	cancel()
 	if _, err := s.Recv(); status.Code(err) != codes.Canceled {

@@ -22,6 +22,7 @@ func (a *app) eventsCmd() *cobra.Command {
 	events := &cobra.Command{Use: "events", Short: "Follow changes to VMs and tasks"}
 	var after uint64
 	var count int
+	var progress bool
 	watch := &cobra.Command{
 		Use:   "watch",
 		Short: "Print events as they happen",
@@ -31,7 +32,9 @@ Without --after, it starts from now; --after REV replays every event after
 revision REV first (--after 0: all retained history). If the daemon restarts
 the watch reconnects from the last revision it printed, so nothing is missed
 or printed twice. If the events wanted were compacted away, it says so (a
-resync) and continues from the daemon's head revision.
+resync) and continues from the daemon's head revision. --progress adds the
+live progress of running tasks (task-progress lines, with the revision of the
+event before them); progress is not kept, so it is never replayed.
 
 -o json prints one JSON object (a WatchResponse) per line.`,
 		Args: cobra.NoArgs,
@@ -53,7 +56,7 @@ resync) and continues from the daemon's head revision.
 				}
 				after = resp.GetRevision()
 			}
-			err = a.watch(ctx, c, after, count)
+			err = a.watch(ctx, c, after, progress, count)
 			if errors.Is(err, context.DeadlineExceeded) || (ctx.Err() != nil && cmd.Context().Err() == nil) {
 				return nil // --timeout ended the watch: not an error
 			}
@@ -65,66 +68,111 @@ resync) and continues from the daemon's head revision.
 	}
 	watch.Flags().Uint64Var(&after, "after", 0, "start after this revision (default: now)")
 	watch.Flags().IntVar(&count, "count", 0, "stop after this many events (0 = never)")
+	watch.Flags().BoolVar(&progress, "progress", false, "also print running tasks' progress (live only, never replayed)")
 	events.AddCommand(watch)
 	return events
 }
 
-// watch streams events after rev, resuming from the last one printed when
-// the stream breaks because the daemon went away.
-func (a *app) watch(ctx context.Context, c *clients, rev uint64, count int) error {
+// watch prints the events after rev (task progress too if asked), resuming
+// from the last one printed when the stream breaks because the daemon went
+// away.
+func (a *app) watch(ctx context.Context, c *clients, rev uint64, progress bool, count int) error {
 	printed := 0
 	if a.output == "table" {
 		fmt.Fprintf(a.stdout, "%-10s %-20s %-14s %-36s %s\n", "REVISION", "TIME", "KIND", "ID", "DETAIL")
 	}
+	return a.follow(ctx, c, rev, progress, eventHandler{
+		event: func(r *apiv1.WatchResponse, prev uint64) (bool, error) {
+			if rs := r.GetResync(); rs != nil {
+				fmt.Fprintf(a.stderr, "xopsctl: resync: events after revision %d were compacted away; "+
+					"re-read state (vm list, task list); continuing from revision %d\n", prev, rs.GetHeadRevision())
+			}
+			if err := a.printEvent(r); err != nil {
+				return false, err
+			}
+			if r.GetEvent() != nil {
+				printed++
+			}
+			return count > 0 && printed >= count, nil
+		},
+	})
+}
+
+// eventHandler is what follow does with a stream.
+type eventHandler struct {
+	// event handles one message; prev is the revision the stream was at
+	// before it. Returning true ends follow.
+	event func(r *apiv1.WatchResponse, prev uint64) (bool, error)
+	// reconnected, if set, runs before each reconnection (a Watch after a
+	// broken stream). Returning true ends follow.
+	reconnected func() (bool, error)
+}
+
+// follow streams the events after rev (task progress too if asked) to h
+// until h says stop, ctx ends, or the stream fails other than by the daemon
+// going away. Then it reconnects from the last revision seen, once a second
+// and at most reconnectAttempts times in a row.
+func (a *app) follow(ctx context.Context, c *clients, rev uint64, progress bool, h eventHandler) error {
 	failures := 0
 	for {
-		stream, err := c.event.Watch(ctx, &apiv1.WatchRequest{AfterRevision: rev})
-		if err == nil {
-			for {
-				var r *apiv1.WatchResponse
-				r, err = stream.Recv()
-				if err != nil {
-					break
-				}
-				failures = 0
-				if rs := r.GetResync(); rs != nil {
-					fmt.Fprintf(a.stderr, "xopsctl: resync: events after revision %d were compacted away; "+
-						"re-read state (vm list, task list); continuing from revision %d\n", rev, rs.GetHeadRevision())
-					rev = rs.GetHeadRevision()
-				}
-				if ev := r.GetEvent(); ev != nil {
-					rev = ev.GetRevision()
-				}
-				if err := a.printEvent(r); err != nil {
-					return err
-				}
-				if r.GetEvent() != nil {
-					printed++
-					if count > 0 && printed >= count {
-						return nil
-					}
-				}
-			}
+		var err error
+		stop, received := false, false
+		if failures > 0 && h.reconnected != nil {
+			stop, err = h.reconnected()
+		}
+		if err == nil && !stop {
+			stop, received, err = a.followOnce(ctx, c, &rev, progress, h)
+		}
+		if received {
+			failures = 0
+		}
+		if stop {
+			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if err == io.EOF || status.Code(err) == codes.Unavailable {
-			failures++
-			if failures > reconnectAttempts {
-				return fmt.Errorf("gave up reconnecting after %d attempts: %w", reconnectAttempts, err)
-			}
-			if failures == 1 {
-				fmt.Fprintf(a.stderr, "xopsctl: event stream ended (%v); reconnecting from revision %d\n", err, rev)
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
-			}
-			continue
+		if err != io.EOF && status.Code(err) != codes.Unavailable {
+			return err
 		}
-		return err
+		failures++
+		if failures > reconnectAttempts {
+			return fmt.Errorf("gave up reconnecting after %d attempts: %w", reconnectAttempts, err)
+		}
+		if failures == 1 {
+			fmt.Fprintf(a.stderr, "xopsctl: event stream ended (%v); reconnecting from revision %d\n", err, rev)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// followOnce reads one stream after *rev until h says stop or the stream
+// fails; *rev follows the stream. received says whether a message came.
+func (a *app) followOnce(ctx context.Context, c *clients, rev *uint64, progress bool, h eventHandler) (stop, received bool, err error) {
+	stream, err := c.event.Watch(ctx, &apiv1.WatchRequest{AfterRevision: *rev, TaskProgress: progress})
+	if err != nil {
+		return false, false, err
+	}
+	for {
+		r, err := stream.Recv()
+		if err != nil {
+			return false, received, err
+		}
+		received = true
+		prev := *rev
+		if rs := r.GetResync(); rs != nil {
+			*rev = rs.GetHeadRevision()
+		}
+		if ev := r.GetEvent(); ev != nil {
+			*rev = ev.GetRevision()
+		}
+		if stop, err := h.event(r, prev); stop || err != nil {
+			return stop, true, err
+		}
 	}
 }
 
@@ -151,6 +199,10 @@ func (a *app) printEvent(r *apiv1.WatchResponse) error {
 			domidString(vm), vm.GetGeneration())
 	case *apiv1.Event_VmDeleted:
 		kind, id = "vm-deleted", ch.VmDeleted.GetId()
+	case *apiv1.Event_TaskProgress:
+		p := ch.TaskProgress
+		kind, id = "task-progress", p.GetTaskId()
+		detail = fmt.Sprintf("vm=%s progress=%.0f%%", p.GetVmId(), p.GetProgress()*100)
 	case *apiv1.Event_TaskChanged:
 		t := ch.TaskChanged
 		kind, id = "task-changed", t.GetId()

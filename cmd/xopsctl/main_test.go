@@ -34,9 +34,12 @@ type fakeServer struct {
 	created  []*apiv1.CreateVMRequest
 	shutdown []*apiv1.ShutdownVMRequest
 	vms      map[string]*apiv1.VM
-	tasks    map[string]*apiv1.Task
-	final    map[string]*apiv1.Task // what WaitTask returns
+	tasks    map[string]*apiv1.Task // what lifecycle calls return; GetTask returns them running at 50%
 	events   []*apiv1.WatchResponse
+	watches  []*apiv1.WatchRequest
+	// breakAfter > 0: the next Watch sends that many messages and then
+	// fails as a daemon going away does.
+	breakAfter int
 }
 
 func (f *fakeServer) GetHost(context.Context, *apiv1.GetHostRequest) (*apiv1.GetHostResponse, error) {
@@ -98,6 +101,8 @@ func (f *fakeServer) ShutdownVM(_ context.Context, r *apiv1.ShutdownVMRequest) (
 }
 
 func (f *fakeServer) GetTask(_ context.Context, r *apiv1.GetTaskRequest) (*apiv1.GetTaskResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if t, ok := f.tasks[r.GetId()]; ok {
 		running := proto.Clone(t).(*apiv1.Task)
 		running.State, running.Progress = apiv1.TaskState_TASK_STATE_RUNNING, 0.5
@@ -106,24 +111,28 @@ func (f *fakeServer) GetTask(_ context.Context, r *apiv1.GetTaskRequest) (*apiv1
 	return nil, status.Errorf(codes.NotFound, "no task %q", r.GetId())
 }
 
-func (f *fakeServer) WaitTask(ctx context.Context, r *apiv1.WaitTaskRequest) (*apiv1.WaitTaskResponse, error) {
-	// Long enough for at least one progress poll.
-	select {
-	case <-time.After(3 * progressInterval):
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	return &apiv1.WaitTaskResponse{Task: f.final[r.GetId()]}, nil
-}
-
+// Watch sends the events after the request's revision (progress only if
+// asked for), then waits for the client to go.
 func (f *fakeServer) Watch(r *apiv1.WatchRequest, s grpc.ServerStreamingServer[apiv1.WatchResponse]) error {
-	for _, ev := range f.events {
-		if ev.GetEvent() != nil && ev.GetEvent().GetRevision() <= r.GetAfterRevision() {
+	f.mu.Lock()
+	f.watches = append(f.watches, r)
+	events := f.events
+	breakAfter := f.breakAfter
+	f.breakAfter = 0
+	f.mu.Unlock()
+	sent := 0
+	for _, ev := range events {
+		e := ev.GetEvent()
+		if e != nil && (e.GetRevision() <= r.GetAfterRevision() || (e.GetTaskProgress() != nil && !r.GetTaskProgress())) {
 			continue
+		}
+		if breakAfter > 0 && sent == breakAfter {
+			return status.Error(codes.Unavailable, "daemon restarting")
 		}
 		if err := s.Send(ev); err != nil {
 			return err
 		}
+		sent++
 	}
 	<-s.Context().Done()
 	return nil
@@ -131,7 +140,7 @@ func (f *fakeServer) Watch(r *apiv1.WatchRequest, s grpc.ServerStreamingServer[a
 
 func startFake(t *testing.T) (*fakeServer, string) {
 	t.Helper()
-	f := &fakeServer{vms: map[string]*apiv1.VM{}, tasks: map[string]*apiv1.Task{}, final: map[string]*apiv1.Task{}}
+	f := &fakeServer{vms: map[string]*apiv1.VM{}, tasks: map[string]*apiv1.Task{}}
 	sock := filepath.Join(t.TempDir(), "x.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -247,20 +256,50 @@ func TestCreateFromFlagsAndFile(t *testing.T) {
 	}
 }
 
+func taskEvent(rev uint64, t *apiv1.Task) *apiv1.WatchResponse {
+	return &apiv1.WatchResponse{Kind: &apiv1.WatchResponse_Event{Event: &apiv1.Event{Revision: rev,
+		Change: &apiv1.Event_TaskChanged{TaskChanged: t}}}}
+}
+
+func progressEvent(rev uint64, taskID string, p float64) *apiv1.WatchResponse {
+	return &apiv1.WatchResponse{Kind: &apiv1.WatchResponse_Event{Event: &apiv1.Event{Revision: rev,
+		Change: &apiv1.Event_TaskProgress{TaskProgress: &apiv1.TaskProgress{TaskId: taskID, VmId: "vm1", Progress: p}}}}}
+}
+
+func vmEvent(rev uint64) *apiv1.WatchResponse {
+	return &apiv1.WatchResponse{Kind: &apiv1.WatchResponse_Event{Event: &apiv1.Event{Revision: rev,
+		Change: &apiv1.Event_VmChanged{VmChanged: &apiv1.VM{Id: "vm1"}}}}}
+}
+
+// A lifecycle command waits for its task through the event stream: from the
+// current revision (ListVMs' 41), the task re-read once, then its own
+// progress and final state; other tasks' events are not its business.
 func TestLifecycleWaitsWithProgress(t *testing.T) {
 	f, sock := startFake(t)
 	f.tasks["t-start"] = &apiv1.Task{Id: "t-start", VmId: "vm1", Op: "start", State: apiv1.TaskState_TASK_STATE_PENDING}
-	f.final["t-start"] = &apiv1.Task{Id: "t-start", VmId: "vm1", Op: "start", State: apiv1.TaskState_TASK_STATE_SUCCEEDED, Progress: 1}
+	f.tasks["t-shutdown"] = &apiv1.Task{Id: "t-shutdown", VmId: "vm1", Op: "shutdown", State: apiv1.TaskState_TASK_STATE_RUNNING}
+	f.events = []*apiv1.WatchResponse{
+		taskEvent(40, &apiv1.Task{Id: "t-start", Op: "start", State: apiv1.TaskState_TASK_STATE_FAILED}), // before the wait: not seen
+		taskEvent(42, &apiv1.Task{Id: "t-other", Op: "pause", State: apiv1.TaskState_TASK_STATE_FAILED}),
+		progressEvent(42, "t-start", 0.8),
+		taskEvent(43, &apiv1.Task{Id: "t-start", VmId: "vm1", Op: "start", State: apiv1.TaskState_TASK_STATE_SUCCEEDED, Progress: 1}),
+		taskEvent(44, &apiv1.Task{Id: "t-shutdown", VmId: "vm1", Op: "shutdown", State: apiv1.TaskState_TASK_STATE_FAILED,
+			Error: &apiv1.TaskError{Code: "DEADLINE_EXCEEDED", Message: "guest did not shut down within 2s"}}),
+	}
 	out, errOut, code := xops(t, sock, "vm", "start", "vm1")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	if !strings.Contains(errOut, "start pending 0%") || !strings.Contains(errOut, "start running 50%") ||
-		!strings.Contains(errOut, "start succeeded 100%") {
-		t.Errorf("progress on stderr:\n%s", errOut)
+	want := "task t-start: start pending 0%\ntask t-start: start running 50%\ntask t-start: start running 80%\n" +
+		"task t-start: start succeeded 100%\n"
+	if errOut != want {
+		t.Errorf("progress on stderr:\n%s\nwant:\n%s", errOut, want)
 	}
 	if strings.TrimSpace(out) != "start vm1: succeeded" {
 		t.Errorf("stdout %q", out)
+	}
+	if w := f.watches[0]; w.GetAfterRevision() != 41 || !w.GetTaskProgress() {
+		t.Errorf("watch request %v, want after 41 with task progress", w)
 	}
 
 	out, _, code = xops(t, sock, "vm", "start", "vm1", "--no-wait")
@@ -269,9 +308,6 @@ func TestLifecycleWaitsWithProgress(t *testing.T) {
 	}
 
 	// A task that fails: exit 1 with the task's error.
-	f.tasks["t-shutdown"] = &apiv1.Task{Id: "t-shutdown", VmId: "vm1", Op: "shutdown", State: apiv1.TaskState_TASK_STATE_RUNNING}
-	f.final["t-shutdown"] = &apiv1.Task{Id: "t-shutdown", VmId: "vm1", Op: "shutdown", State: apiv1.TaskState_TASK_STATE_FAILED,
-		Error: &apiv1.TaskError{Code: "DEADLINE_EXCEEDED", Message: "guest did not shut down within 2s"}}
 	_, errOut, code = xops(t, sock, "vm", "shutdown", "vm1", "--timeout", "2s", "--force")
 	if code != 1 || !strings.Contains(errOut, "DEADLINE_EXCEEDED: guest did not shut down within 2s") {
 		t.Errorf("failed task: exit %d, stderr %q", code, errOut)
@@ -285,6 +321,32 @@ func TestLifecycleWaitsWithProgress(t *testing.T) {
 	}
 }
 
+// task wait survives the stream breaking (a daemon restart): it reconnects
+// from the last revision it saw, re-reads the task, and sees it finish.
+func TestTaskWaitReconnects(t *testing.T) {
+	f, sock := startFake(t)
+	f.tasks["t-long"] = &apiv1.Task{Id: "t-long", VmId: "vm1", Op: "start", State: apiv1.TaskState_TASK_STATE_RUNNING}
+	f.events = []*apiv1.WatchResponse{
+		vmEvent(42),
+		progressEvent(42, "t-long", 0.7),
+		taskEvent(43, &apiv1.Task{Id: "t-long", VmId: "vm1", Op: "start", State: apiv1.TaskState_TASK_STATE_SUCCEEDED, Progress: 1}),
+	}
+	f.breakAfter = 2
+	out, errOut, code := xops(t, sock, "task", "wait", "t-long")
+	if code != 0 || !strings.Contains(out, "succeeded") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	want := "task t-long: start running 50%\ntask t-long: start running 70%\n" +
+		"xopsctl: event stream ended (rpc error: code = Unavailable desc = daemon restarting); reconnecting from revision 42\n" +
+		"task t-long: start running 50%\ntask t-long: start succeeded 100%\n"
+	if errOut != want {
+		t.Errorf("stderr:\n%s\nwant:\n%s", errOut, want)
+	}
+	if len(f.watches) != 2 || f.watches[1].GetAfterRevision() != 42 {
+		t.Errorf("watch requests %v, want a second one after 42", f.watches)
+	}
+}
+
 func TestEventsWatch(t *testing.T) {
 	f, sock := startFake(t)
 	f.events = []*apiv1.WatchResponse{
@@ -292,6 +354,7 @@ func TestEventsWatch(t *testing.T) {
 		{Kind: &apiv1.WatchResponse_Event{Event: &apiv1.Event{Revision: 10, Change: &apiv1.Event_VmDeleted{VmDeleted: &apiv1.VMDeleted{Id: "gone"}}}}},
 		{Kind: &apiv1.WatchResponse_Event{Event: &apiv1.Event{Revision: 11, Change: &apiv1.Event_TaskChanged{TaskChanged: &apiv1.Task{
 			Id: "t1", VmId: "v1", Op: "start", State: apiv1.TaskState_TASK_STATE_RUNNING, Progress: 0.25}}}}},
+		progressEvent(11, "t1", 0.4),
 	}
 	out, errOut, code := xops(t, sock, "events", "watch", "--after", "3", "--count", "2")
 	if code != 0 {
@@ -312,6 +375,14 @@ func TestEventsWatch(t *testing.T) {
 	if code != 0 || len(lines) != 2 || protojson.Unmarshal([]byte(lines[1]), wr) != nil || wr.GetEvent().GetRevision() != 11 {
 		t.Errorf("-o json: exit %d\n%s", code, out)
 	}
+	// Progress only when asked for.
+	if strings.Contains(out, "taskProgress") || f.watches[len(f.watches)-1].GetTaskProgress() {
+		t.Errorf("progress without --progress:\n%s", out)
+	}
+	out, _, code = xops(t, sock, "events", "watch", "--after", "10", "--count", "2", "--progress")
+	if code != 0 || !strings.Contains(out, "task-progress") || !strings.Contains(out, "vm=vm1 progress=40%") {
+		t.Errorf("--progress: exit %d\n%s", code, out)
+	}
 }
 
 func TestNoDaemon(t *testing.T) {
@@ -324,5 +395,15 @@ func TestNoDaemon(t *testing.T) {
 	code = run(context.Background(), []string{"host", "info"}, &o, &e)
 	if code != 1 || !strings.Contains(e.String(), "/nonexistent/env.sock") {
 		t.Errorf("XOPSCTL_SOCKET not used: exit %d, stderr %q", code, e.String())
+	}
+}
+
+// A task that outlives --timeout: the wait ends with a hint, the task goes on.
+func TestTaskWaitTimeLimit(t *testing.T) {
+	f, sock := startFake(t)
+	f.tasks["t-stuck"] = &apiv1.Task{Id: "t-stuck", VmId: "vm1", Op: "shutdown", State: apiv1.TaskState_TASK_STATE_RUNNING}
+	_, errOut, code := xops(t, sock, "task", "wait", "t-stuck", "--timeout", "200ms")
+	if code != 1 || !strings.Contains(errOut, "task t-stuck still running after the command's time limit; follow it with: xopsctl task wait t-stuck") {
+		t.Errorf("exit %d, stderr %q", code, errOut)
 	}
 }

@@ -3,18 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 )
-
-// progressInterval is how often a waiting command polls the task for
-// progress to show on stderr.
-const progressInterval = 250 * time.Millisecond
 
 func done(s apiv1.TaskState) bool {
 	switch s {
@@ -26,52 +22,95 @@ func done(s apiv1.TaskState) bool {
 }
 
 // waitTask waits until the task has finished or ctx ends, printing its state
-// and progress on stderr whenever they change. WaitTask does the waiting; a
-// ticker polls GetTask only to show progress.
+// and progress on stderr whenever they change. It follows the event stream
+// (progress included) from the current revision: the task's own events and
+// progress, and a re-read of the task at the start, after a resync and
+// after a reconnection, so that a completion is never missed.
 func (a *app) waitTask(ctx context.Context, c *clients, task *apiv1.Task) (*apiv1.Task, error) {
-	last := ""
-	show := func(t *apiv1.Task) {
-		line := fmt.Sprintf("task %s: %s %s %.0f%%", t.GetId(), t.GetOp(), stateName(t.GetState()), t.GetProgress()*100)
-		if line != last {
-			fmt.Fprintln(a.stderr, line)
-			last = line
-		}
-	}
-	show(task)
+	w := &taskWaiter{a: a, c: c, ctx: ctx, cur: task}
+	w.show(task)
 	if done(task.GetState()) {
 		return task, nil
 	}
-	type result struct {
-		t   *apiv1.Task
-		err error
+	err := w.wait()
+	switch {
+	case w.final != nil:
+		return w.final, nil
+	case ctx.Err() != nil || status.Code(err) == codes.DeadlineExceeded:
+		return nil, fmt.Errorf("task %s still running after the command's time limit; follow it with: xopsctl task wait %s",
+			task.GetId(), task.GetId())
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ch := make(chan result, 1)
-	go func() {
-		r, err := c.task.WaitTask(wctx, &apiv1.WaitTaskRequest{Id: task.GetId()})
-		ch <- result{r.GetTask(), err}
-	}()
-	tick := time.NewTicker(progressInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case r := <-ch:
-			if r.err != nil {
-				if ctx.Err() != nil || status.Code(r.err) == codes.DeadlineExceeded {
-					return nil, fmt.Errorf("task %s still running after the command's time limit; follow it with: xopsctl task wait %s",
-						task.GetId(), task.GetId())
-				}
-				return nil, r.err
+	return nil, err
+}
+
+// taskWaiter follows one task through the event stream.
+type taskWaiter struct {
+	a     *app
+	c     *clients
+	ctx   context.Context
+	cur   *apiv1.Task // the task as last seen
+	final *apiv1.Task // set once it has finished
+	last  string      // the progress line last printed
+}
+
+func (w *taskWaiter) wait() error {
+	// The task exists before this revision, so its end is either visible to
+	// the re-read below or an event after the revision.
+	l, err := w.c.vm.ListVMs(w.ctx, &apiv1.ListVMsRequest{})
+	if err != nil {
+		return err
+	}
+	if finished, err := w.reread(); finished || err != nil {
+		return err
+	}
+	return w.a.follow(w.ctx, w.c, l.GetRevision(), true, eventHandler{
+		event: func(r *apiv1.WatchResponse, _ uint64) (bool, error) {
+			if r.GetResync() != nil {
+				return w.reread()
 			}
-			show(r.t)
-			return r.t, nil
-		case <-tick.C:
-			g, err := c.task.GetTask(wctx, &apiv1.GetTaskRequest{Id: task.GetId()})
-			if err == nil {
-				show(g.GetTask())
-			}
-		}
+			return w.event(r.GetEvent()), nil
+		},
+		reconnected: w.reread,
+	})
+}
+
+// event takes in one event and reports whether the task has finished.
+func (w *taskWaiter) event(ev *apiv1.Event) bool {
+	id := w.cur.GetId()
+	if p := ev.GetTaskProgress(); p != nil && p.GetTaskId() == id {
+		t := proto.Clone(w.cur).(*apiv1.Task)
+		t.State, t.Progress = apiv1.TaskState_TASK_STATE_RUNNING, p.GetProgress()
+		w.see(t)
+	}
+	if t := ev.GetTaskChanged(); t != nil && t.GetId() == id {
+		w.see(t)
+	}
+	return w.final != nil
+}
+
+// reread reads the task once and reports whether it has finished.
+func (w *taskWaiter) reread() (bool, error) {
+	g, err := w.c.task.GetTask(w.ctx, &apiv1.GetTaskRequest{Id: w.cur.GetId()})
+	if err != nil {
+		return false, err
+	}
+	w.see(g.GetTask())
+	return w.final != nil, nil
+}
+
+func (w *taskWaiter) see(t *apiv1.Task) {
+	w.cur = t
+	w.show(t)
+	if done(t.GetState()) {
+		w.final = t
+	}
+}
+
+func (w *taskWaiter) show(t *apiv1.Task) {
+	line := fmt.Sprintf("task %s: %s %s %.0f%%", t.GetId(), t.GetOp(), stateName(t.GetState()), t.GetProgress()*100)
+	if line != w.last {
+		fmt.Fprintln(w.a.stderr, line)
+		w.last = line
 	}
 }
 

@@ -25,6 +25,9 @@ const (
 type WatchRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AfterRevision uint64                 `protobuf:"varint,1,opt,name=after_revision,json=afterRevision,proto3" json:"after_revision,omitempty"`
+	// task_progress: also send task_progress events (see EventService).
+	// Without it every event has a new revision, one above the previous.
+	TaskProgress  bool `protobuf:"varint,2,opt,name=task_progress,json=taskProgress,proto3" json:"task_progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -64,6 +67,13 @@ func (x *WatchRequest) GetAfterRevision() uint64 {
 		return x.AfterRevision
 	}
 	return 0
+}
+
+func (x *WatchRequest) GetTaskProgress() bool {
+	if x != nil {
+		return x.TaskProgress
+	}
+	return false
 }
 
 // WatchResponse is either an event or a resync signal.
@@ -159,6 +169,7 @@ type Event struct {
 	//	*Event_VmChanged
 	//	*Event_VmDeleted
 	//	*Event_TaskChanged
+	//	*Event_TaskProgress
 	Change        isEvent_Change `protobuf_oneof:"change"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -242,6 +253,15 @@ func (x *Event) GetTaskChanged() *Task {
 	return nil
 }
 
+func (x *Event) GetTaskProgress() *TaskProgress {
+	if x != nil {
+		if x, ok := x.Change.(*Event_TaskProgress); ok {
+			return x.TaskProgress
+		}
+	}
+	return nil
+}
+
 type isEvent_Change interface {
 	isEvent_Change()
 }
@@ -261,11 +281,83 @@ type Event_TaskChanged struct {
 	TaskChanged *Task `protobuf:"bytes,5,opt,name=task_changed,json=taskChanged,proto3,oneof"`
 }
 
+type Event_TaskProgress struct {
+	// task_progress: a running task made progress. Not persisted (see
+	// EventService): revision is that of the last persisted event before
+	// it. A client that falls behind gets only the latest progress of each
+	// task, never a backlog.
+	TaskProgress *TaskProgress `protobuf:"bytes,6,opt,name=task_progress,json=taskProgress,proto3,oneof"`
+}
+
 func (*Event_VmChanged) isEvent_Change() {}
 
 func (*Event_VmDeleted) isEvent_Change() {}
 
 func (*Event_TaskChanged) isEvent_Change() {}
+
+func (*Event_TaskProgress) isEvent_Change() {}
+
+// TaskProgress is a running task's progress, reported live.
+type TaskProgress struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	VmId   string                 `protobuf:"bytes,2,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	// progress is 0..1; the task is RUNNING.
+	Progress      float64 `protobuf:"fixed64,3,opt,name=progress,proto3" json:"progress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskProgress) Reset() {
+	*x = TaskProgress{}
+	mi := &file_xenopsd_v1_event_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskProgress) ProtoMessage() {}
+
+func (x *TaskProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_event_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskProgress.ProtoReflect.Descriptor instead.
+func (*TaskProgress) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_event_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TaskProgress) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *TaskProgress) GetVmId() string {
+	if x != nil {
+		return x.VmId
+	}
+	return ""
+}
+
+func (x *TaskProgress) GetProgress() float64 {
+	if x != nil {
+		return x.Progress
+	}
+	return 0
+}
 
 // VMDeleted identifies a deleted VM.
 type VMDeleted struct {
@@ -277,7 +369,7 @@ type VMDeleted struct {
 
 func (x *VMDeleted) Reset() {
 	*x = VMDeleted{}
-	mi := &file_xenopsd_v1_event_proto_msgTypes[3]
+	mi := &file_xenopsd_v1_event_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +381,7 @@ func (x *VMDeleted) String() string {
 func (*VMDeleted) ProtoMessage() {}
 
 func (x *VMDeleted) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_event_proto_msgTypes[3]
+	mi := &file_xenopsd_v1_event_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +394,7 @@ func (x *VMDeleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMDeleted.ProtoReflect.Descriptor instead.
 func (*VMDeleted) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_event_proto_rawDescGZIP(), []int{3}
+	return file_xenopsd_v1_event_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *VMDeleted) GetId() string {
@@ -323,7 +415,7 @@ type Resync struct {
 
 func (x *Resync) Reset() {
 	*x = Resync{}
-	mi := &file_xenopsd_v1_event_proto_msgTypes[4]
+	mi := &file_xenopsd_v1_event_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +427,7 @@ func (x *Resync) String() string {
 func (*Resync) ProtoMessage() {}
 
 func (x *Resync) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_event_proto_msgTypes[4]
+	mi := &file_xenopsd_v1_event_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +440,7 @@ func (x *Resync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resync.ProtoReflect.Descriptor instead.
 func (*Resync) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_event_proto_rawDescGZIP(), []int{4}
+	return file_xenopsd_v1_event_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Resync) GetHeadRevision() uint64 {
@@ -363,13 +455,14 @@ var File_xenopsd_v1_event_proto protoreflect.FileDescriptor
 const file_xenopsd_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"\x16xenopsd/v1/event.proto\x12\n" +
-	"xenopsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15xenopsd/v1/task.proto\x1a\x13xenopsd/v1/vm.proto\"5\n" +
+	"xenopsd.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15xenopsd/v1/task.proto\x1a\x13xenopsd/v1/vm.proto\"Z\n" +
 	"\fWatchRequest\x12%\n" +
-	"\x0eafter_revision\x18\x01 \x01(\x04R\rafterRevision\"p\n" +
+	"\x0eafter_revision\x18\x01 \x01(\x04R\rafterRevision\x12#\n" +
+	"\rtask_progress\x18\x02 \x01(\bR\ftaskProgress\"p\n" +
 	"\rWatchResponse\x12)\n" +
 	"\x05event\x18\x01 \x01(\v2\x11.xenopsd.v1.EventH\x00R\x05event\x12,\n" +
 	"\x06resync\x18\x02 \x01(\v2\x12.xenopsd.v1.ResyncH\x00R\x06resyncB\x06\n" +
-	"\x04kind\"\xfd\x01\n" +
+	"\x04kind\"\xbe\x02\n" +
 	"\x05Event\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12/\n" +
@@ -377,8 +470,13 @@ const file_xenopsd_v1_event_proto_rawDesc = "" +
 	"vm_changed\x18\x03 \x01(\v2\x0e.xenopsd.v1.VMH\x00R\tvmChanged\x126\n" +
 	"\n" +
 	"vm_deleted\x18\x04 \x01(\v2\x15.xenopsd.v1.VMDeletedH\x00R\tvmDeleted\x125\n" +
-	"\ftask_changed\x18\x05 \x01(\v2\x10.xenopsd.v1.TaskH\x00R\vtaskChangedB\b\n" +
-	"\x06change\"\x1b\n" +
+	"\ftask_changed\x18\x05 \x01(\v2\x10.xenopsd.v1.TaskH\x00R\vtaskChanged\x12?\n" +
+	"\rtask_progress\x18\x06 \x01(\v2\x18.xenopsd.v1.TaskProgressH\x00R\ftaskProgressB\b\n" +
+	"\x06change\"X\n" +
+	"\fTaskProgress\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x13\n" +
+	"\x05vm_id\x18\x02 \x01(\tR\x04vmId\x12\x1a\n" +
+	"\bprogress\x18\x03 \x01(\x01R\bprogress\"\x1b\n" +
 	"\tVMDeleted\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"-\n" +
 	"\x06Resync\x12#\n" +
@@ -398,31 +496,33 @@ func file_xenopsd_v1_event_proto_rawDescGZIP() []byte {
 	return file_xenopsd_v1_event_proto_rawDescData
 }
 
-var file_xenopsd_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_xenopsd_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_xenopsd_v1_event_proto_goTypes = []any{
 	(*WatchRequest)(nil),          // 0: xenopsd.v1.WatchRequest
 	(*WatchResponse)(nil),         // 1: xenopsd.v1.WatchResponse
 	(*Event)(nil),                 // 2: xenopsd.v1.Event
-	(*VMDeleted)(nil),             // 3: xenopsd.v1.VMDeleted
-	(*Resync)(nil),                // 4: xenopsd.v1.Resync
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
-	(*VM)(nil),                    // 6: xenopsd.v1.VM
-	(*Task)(nil),                  // 7: xenopsd.v1.Task
+	(*TaskProgress)(nil),          // 3: xenopsd.v1.TaskProgress
+	(*VMDeleted)(nil),             // 4: xenopsd.v1.VMDeleted
+	(*Resync)(nil),                // 5: xenopsd.v1.Resync
+	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*VM)(nil),                    // 7: xenopsd.v1.VM
+	(*Task)(nil),                  // 8: xenopsd.v1.Task
 }
 var file_xenopsd_v1_event_proto_depIdxs = []int32{
 	2, // 0: xenopsd.v1.WatchResponse.event:type_name -> xenopsd.v1.Event
-	4, // 1: xenopsd.v1.WatchResponse.resync:type_name -> xenopsd.v1.Resync
-	5, // 2: xenopsd.v1.Event.time:type_name -> google.protobuf.Timestamp
-	6, // 3: xenopsd.v1.Event.vm_changed:type_name -> xenopsd.v1.VM
-	3, // 4: xenopsd.v1.Event.vm_deleted:type_name -> xenopsd.v1.VMDeleted
-	7, // 5: xenopsd.v1.Event.task_changed:type_name -> xenopsd.v1.Task
-	0, // 6: xenopsd.v1.EventService.Watch:input_type -> xenopsd.v1.WatchRequest
-	1, // 7: xenopsd.v1.EventService.Watch:output_type -> xenopsd.v1.WatchResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	5, // 1: xenopsd.v1.WatchResponse.resync:type_name -> xenopsd.v1.Resync
+	6, // 2: xenopsd.v1.Event.time:type_name -> google.protobuf.Timestamp
+	7, // 3: xenopsd.v1.Event.vm_changed:type_name -> xenopsd.v1.VM
+	4, // 4: xenopsd.v1.Event.vm_deleted:type_name -> xenopsd.v1.VMDeleted
+	8, // 5: xenopsd.v1.Event.task_changed:type_name -> xenopsd.v1.Task
+	3, // 6: xenopsd.v1.Event.task_progress:type_name -> xenopsd.v1.TaskProgress
+	0, // 7: xenopsd.v1.EventService.Watch:input_type -> xenopsd.v1.WatchRequest
+	1, // 8: xenopsd.v1.EventService.Watch:output_type -> xenopsd.v1.WatchResponse
+	8, // [8:9] is the sub-list for method output_type
+	7, // [7:8] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_xenopsd_v1_event_proto_init() }
@@ -440,6 +540,7 @@ func file_xenopsd_v1_event_proto_init() {
 		(*Event_VmChanged)(nil),
 		(*Event_VmDeleted)(nil),
 		(*Event_TaskChanged)(nil),
+		(*Event_TaskProgress)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -447,7 +548,7 @@ func file_xenopsd_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_v1_event_proto_rawDesc), len(file_xenopsd_v1_event_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,11 +34,24 @@ const (
 // twice. If the events after that revision have been compacted away, the
 // first message is a Resync: the client must re-read state (ListVMs,
 // ListTasks) and carry on with the events that follow.
+//
+// Task progress is the exception to "every change gets a revision": a
+// watcher that asks for it (WatchRequest.task_progress) also gets the
+// progress of running tasks live, as task_progress events, which are not
+// persisted. Such an event has no revision of its own: its revision is that
+// of the last persisted event sent before it on the stream (so resuming
+// after it, as after any event, misses nothing and repeats nothing).
+// Progress is never replayed: a client resuming from revision R gets the
+// persisted events after R, then the latest progress of each task still
+// running, then live updates. A task's final state (SUCCEEDED, FAILED,
+// CANCELLED, INTERRUPTED) is always a persisted task_changed event, and no
+// progress of that task follows it.
 type EventServiceClient interface {
 	// Watch sends every event with a revision above after_revision, in order,
-	// then live events until the caller cancels. after_revision above the
-	// current head is INVALID_ARGUMENT. after_revision 0 replays all retained
-	// history (or starts with a Resync if some was compacted).
+	// then live events (and task progress if asked) until the caller cancels.
+	// after_revision above the current head is INVALID_ARGUMENT.
+	// after_revision 0 replays all retained history (or starts with a Resync
+	// if some was compacted).
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error)
 }
 
@@ -81,11 +94,24 @@ type EventService_WatchClient = grpc.ServerStreamingClient[WatchResponse]
 // twice. If the events after that revision have been compacted away, the
 // first message is a Resync: the client must re-read state (ListVMs,
 // ListTasks) and carry on with the events that follow.
+//
+// Task progress is the exception to "every change gets a revision": a
+// watcher that asks for it (WatchRequest.task_progress) also gets the
+// progress of running tasks live, as task_progress events, which are not
+// persisted. Such an event has no revision of its own: its revision is that
+// of the last persisted event sent before it on the stream (so resuming
+// after it, as after any event, misses nothing and repeats nothing).
+// Progress is never replayed: a client resuming from revision R gets the
+// persisted events after R, then the latest progress of each task still
+// running, then live updates. A task's final state (SUCCEEDED, FAILED,
+// CANCELLED, INTERRUPTED) is always a persisted task_changed event, and no
+// progress of that task follows it.
 type EventServiceServer interface {
 	// Watch sends every event with a revision above after_revision, in order,
-	// then live events until the caller cancels. after_revision above the
-	// current head is INVALID_ARGUMENT. after_revision 0 replays all retained
-	// history (or starts with a Resync if some was compacted).
+	// then live events (and task progress if asked) until the caller cancels.
+	// after_revision above the current head is INVALID_ARGUMENT.
+	// after_revision 0 replays all retained history (or starts with a Resync
+	// if some was compacted).
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error
 	mustEmbedUnimplementedEventServiceServer()
 }
