@@ -39,7 +39,8 @@ const (
 // host anew (so BootID tells a restart). A call in flight when it broke
 // fails, since whether it took effect is unknown.
 type Client struct {
-	dir string
+	dir     string
+	started bool // Ensure started the host
 
 	mu   sync.Mutex
 	cur  *conn             // nil: dial on the next call
@@ -184,6 +185,10 @@ func (c *Client) BootID() string { return c.hello().GetBootId() }
 
 // PID is the process id of the sim host this client last connected to.
 func (c *Client) PID() int { return int(c.hello().GetPid()) }
+
+// Started reports whether the host was started by the Ensure call that
+// returned this client, rather than found running.
+func (c *Client) Started() bool { return c.started }
 
 // Kind implements xenctrl.Hypervisor.
 func (c *Client) Kind() string { return "sim" }
