@@ -100,7 +100,9 @@ func greet(ctx context.Context, dir string, nc net.Conn) (*conn, error) {
 	}
 	cc, err := grpc.NewClient("passthrough:///simhost",
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(dialer))
+		grpc.WithContextDialer(dialer),
+		grpc.WithInitialWindowSize(streamWindow),
+		grpc.WithInitialConnWindowSize(connWindow))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("sim host %s: %w", dir, err)

@@ -32,9 +32,20 @@ type services struct {
 	guest      *guestServer
 }
 
+// Both ends of the hypervisor socket use fixed HTTP/2 flow-control windows
+// large enough for a 10,000-domain list (560 KB): the socket is local, so
+// there is no bandwidth to probe, and a list then needs no window updates.
+const (
+	streamWindow = 4 << 20
+	connWindow   = 16 << 20
+)
+
 // newRPCServer returns a gRPC server with every service registered.
 func newRPCServer(s services) *grpc.Server {
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
+	)
 	pb.RegisterSimHostServiceServer(srv, s.host)
 	pb.RegisterHypervisorServiceServer(srv, s.hypervisor)
 	pb.RegisterGuestServiceServer(srv, s.guest)
