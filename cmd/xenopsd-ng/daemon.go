@@ -18,10 +18,14 @@ import (
 func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(addrs []string)) error {
 	log.Info("xenopsd-ng starting", "version", daemonVersion(), "backend", cfg.backend,
 		"socket", cfg.socket, "state_dir", cfg.stateDir, "workers", cfg.workers, "console_log_dir", cfg.consoleLogDir)
+	// The backend comes first: a daemon that cannot reach its hypervisor
+	// leaves no state directory behind.
 	be, err := openBackend(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
+	// Until the API is served, a failure also undoes what opening the
+	// backend set up for this run alone (a sim host it started).
 	serving := false
 	defer func() { be.close(!serving) }()
 
