@@ -32,13 +32,16 @@ type BuildResult struct {
 	ConsolePort uint32
 }
 
+// DefaultWorkers is the worker pool size when Config.Workers is 0.
+const DefaultWorkers = 16
+
 // Config is what New needs.
 type Config struct {
 	Hypervisor xenctrl.Hypervisor
 	Xenstore   *xenstore.Client
 	Store      *store.Store
 	Builder    Builder // nil => EmptyBuilder
-	Workers    int     // worker pool size (default 16)
+	Workers    int     // worker pool size (0: DefaultWorkers)
 	Logger     *slog.Logger
 }
 
@@ -134,7 +137,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	workers := cfg.Workers
 	if workers <= 0 {
-		workers = 16
+		workers = DefaultWorkers
 	}
 	for i := 0; i < workers; i++ {
 		m.workersWG.Add(1)

@@ -4,13 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/rpc"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl/sim"
 )
@@ -24,20 +29,44 @@ const (
 	lockFile         = "simhost.lock"
 )
 
-// Client talks to a sim host over its hypervisor socket. It implements
-// xenctrl.Hypervisor. Calls from many goroutines share one connection.
-// When the connection breaks (the host stopped or restarted), the next
-// call dials again; a call that was in flight when it broke fails, since
-// whether it took effect is unknown.
+// Client talks to a sim host over its hypervisor socket (gRPC,
+// xenopsd.simhost.v1). It implements xenctrl.Hypervisor. Calls from many
+// goroutines share one connection, and each call's context travels to the
+// host: a deadline or a cancel ends the call there too.
+//
+// One connection is one sim host boot: when it breaks (the host stopped or
+// restarted), calls fail until the next one dials again and greets the
+// host anew (so BootID tells a restart). A call in flight when it broke
+// fails, since whether it took effect is unknown.
 type Client struct {
-	dir string
+	dir     string
+	started bool // Ensure started the host
 
-	mu    sync.Mutex
-	rpc   *rpc.Client
-	hello Hello
+	mu   sync.Mutex
+	cur  *conn             // nil: dial on the next call
+	last *pb.HelloResponse // the host's answer on the last connection
 }
 
 var _ xenctrl.Hypervisor = (*Client)(nil)
+
+// conn is one connection to one sim host boot.
+type conn struct {
+	nc    net.Conn
+	cc    *grpc.ClientConn
+	host  pb.SimHostServiceClient
+	hv    pb.HypervisorServiceClient
+	guest pb.GuestServiceClient
+	hello *pb.HelloResponse
+}
+
+func (cn *conn) close() {
+	cn.cc.Close()
+	cn.nc.Close() // in case gRPC never took it
+}
+
+// errConnLost is what a connection's dialer answers when gRPC tries to
+// reconnect: a new connection belongs to a new Client conn, with its Hello.
+var errConnLost = errors.New("sim host connection lost")
 
 // Dial connects to the sim host serving dir.
 func Dial(ctx context.Context, dir string) (*Client, error) {
@@ -48,67 +77,102 @@ func Dial(ctx context.Context, dir string) (*Client, error) {
 	return c, nil
 }
 
-// conn returns the live rpc client, dialling if there is none.
-func (c *Client) conn(ctx context.Context) (*rpc.Client, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.rpc != nil {
-		return c.rpc, nil
-	}
-	path := filepath.Join(c.dir, HypervisorSocket)
+// dialSocket connects to the hypervisor socket; its error is the system's
+// (ENOENT, ECONNREFUSED when no host serves dir).
+func dialSocket(ctx context.Context, dir string) (net.Conn, error) {
+	path := filepath.Join(dir, HypervisorSocket)
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("sim host: dial %s: %w", path, err)
 	}
-	rc := rpc.NewClient(nc)
-	var r Reply
-	if err := callCtx(ctx, rc, "Hello", Args{}, &r); err != nil {
-		rc.Close()
-		return nil, fmt.Errorf("sim host: hello on %s: %w", path, err)
-	}
-	c.rpc, c.hello = rc, r.Hello
-	return rc, nil
+	return nc, nil
 }
 
-// broken forgets rc if it is still the current connection.
-func (c *Client) broken(rc *rpc.Client) {
+// greet runs gRPC over nc, which it owns from now on, and asks who answers.
+func greet(ctx context.Context, dir string, nc net.Conn) (*conn, error) {
+	var used atomic.Bool
+	dialer := func(context.Context, string) (net.Conn, error) {
+		if used.Swap(true) {
+			return nil, errConnLost
+		}
+		return nc, nil
+	}
+	cc, err := grpc.NewClient("passthrough:///simhost",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(dialer),
+		grpc.WithInitialWindowSize(streamWindow),
+		grpc.WithInitialConnWindowSize(connWindow))
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("sim host %s: %w", dir, err)
+	}
+	cn := &conn{nc: nc, cc: cc, host: pb.NewSimHostServiceClient(cc),
+		hv: pb.NewHypervisorServiceClient(cc), guest: pb.NewGuestServiceClient(cc)}
+	if cn.hello, err = cn.host.Hello(ctx, &pb.HelloRequest{}); err != nil {
+		cn.close()
+		return nil, fmt.Errorf("sim host: hello on %s: %w", filepath.Join(dir, HypervisorSocket), err)
+	}
+	return cn, nil
+}
+
+// conn returns the live connection, dialling if there is none.
+func (c *Client) conn(ctx context.Context) (*conn, error) {
 	c.mu.Lock()
-	if c.rpc == rc {
-		c.rpc = nil
+	defer c.mu.Unlock()
+	if c.cur != nil {
+		return c.cur, nil
+	}
+	nc, err := dialSocket(ctx, c.dir)
+	if err != nil {
+		return nil, err
+	}
+	cn, err := greet(ctx, c.dir, nc)
+	if err != nil {
+		return nil, err
+	}
+	c.cur, c.last = cn, cn.hello
+	return cn, nil
+}
+
+// broken forgets cn if it is still the current connection.
+func (c *Client) broken(cn *conn) {
+	c.mu.Lock()
+	if c.cur == cn {
+		c.cur = nil
 	}
 	c.mu.Unlock()
-	rc.Close()
+	cn.close()
 }
 
-func callCtx(ctx context.Context, rc *rpc.Client, method string, args Args, r *Reply) error {
-	call := rc.Go(serviceName+"."+method, args, r, make(chan *rpc.Call, 1))
-	select {
-	case <-call.Done:
-		return call.Error
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// call runs one method; a transport failure drops the connection.
-func (c *Client) call(ctx context.Context, method string, args Args) (Reply, error) {
-	var r Reply
+// call runs one RPC on the current connection. A transport failure drops
+// the connection; a hypervisor error comes back as the simulator's error.
+func (c *Client) call(ctx context.Context, method string, rpc func(context.Context, *conn) error) error {
 	if err := ctx.Err(); err != nil {
-		return r, err
+		return err
 	}
-	rc, err := c.conn(ctx)
+	cn, err := c.conn(ctx)
 	if err != nil {
-		return r, err
+		return err
 	}
-	if err := callCtx(ctx, rc, method, args, &r); err != nil {
-		if errors.Is(err, rpc.ErrShutdown) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			c.broken(rc)
-			return r, fmt.Errorf("sim host %s: %s: connection lost: %w", c.dir, method, err)
-		}
-		return r, err
+	err = rpc(ctx, cn)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("sim host: %s: %w", method, ctx.Err())
+	case status.Code(err) == codes.Unavailable:
+		c.broken(cn)
+		return fmt.Errorf("sim host %s: %s: connection lost: %w", c.dir, method, err)
 	}
-	return r, r.Err.err()
+	return errorFromRPC(err)
+}
+
+// hello is what the host answered on the last connection.
+func (c *Client) hello() *pb.HelloResponse {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
 }
 
 // XenstoredPath is the unix socket of the sim host's xenstored.
@@ -119,18 +183,14 @@ func (c *Client) Dir() string { return c.dir }
 
 // BootID identifies the host process this client last connected to; it
 // changes when the sim host is restarted (a "host reboot").
-func (c *Client) BootID() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.hello.BootID
-}
+func (c *Client) BootID() string { return c.hello().GetBootId() }
 
 // PID is the process id of the sim host this client last connected to.
-func (c *Client) PID() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.hello.PID
-}
+func (c *Client) PID() int { return int(c.hello().GetPid()) }
+
+// Started reports whether the host was started by the Ensure call that
+// returned this client, rather than found running.
+func (c *Client) Started() bool { return c.started }
 
 // Kind implements xenctrl.Hypervisor.
 func (c *Client) Kind() string { return "sim" }
@@ -138,82 +198,113 @@ func (c *Client) Kind() string { return "sim" }
 // Close closes the connection; the sim host and its domains live on.
 func (c *Client) Close() error {
 	c.mu.Lock()
-	rc := c.rpc
-	c.rpc = nil
+	cn := c.cur
+	c.cur = nil
 	c.mu.Unlock()
-	if rc != nil {
-		return rc.Close()
+	if cn != nil {
+		cn.close()
 	}
 	return nil
 }
 
 // Version implements xenctrl.Hypervisor.
-func (c *Client) Version(ctx context.Context) (xenctrl.Version, error) {
-	r, err := c.call(ctx, "Version", Args{})
-	return r.Version, err
+func (c *Client) Version(ctx context.Context) (v xenctrl.Version, err error) {
+	err = c.call(ctx, "Version", func(ctx context.Context, cn *conn) error {
+		r, err := cn.hv.Version(ctx, &pb.VersionRequest{})
+		v = versionFromRPC(r)
+		return err
+	})
+	return v, err
 }
 
 // PhysInfo implements xenctrl.Hypervisor.
-func (c *Client) PhysInfo(ctx context.Context) (xenctrl.PhysInfo, error) {
-	r, err := c.call(ctx, "PhysInfo", Args{})
-	return r.Phys, err
+func (c *Client) PhysInfo(ctx context.Context) (p xenctrl.PhysInfo, err error) {
+	err = c.call(ctx, "PhysInfo", func(ctx context.Context, cn *conn) error {
+		r, err := cn.hv.PhysInfo(ctx, &pb.PhysInfoRequest{})
+		p = physInfoFromRPC(r)
+		return err
+	})
+	return p, err
 }
 
 // CreateDomain implements xenctrl.Hypervisor.
-func (c *Client) CreateDomain(ctx context.Context, cfg xenctrl.DomainConfig) (xenctrl.Domid, error) {
-	r, err := c.call(ctx, "CreateDomain", Args{Config: cfg})
-	return r.Domid, err
+func (c *Client) CreateDomain(ctx context.Context, cfg xenctrl.DomainConfig) (d xenctrl.Domid, err error) {
+	err = c.call(ctx, "CreateDomain", func(ctx context.Context, cn *conn) error {
+		r, err := cn.hv.CreateDomain(ctx, &pb.CreateDomainRequest{Config: domainConfigToRPC(cfg)})
+		d = xenctrl.Domid(r.GetDomid())
+		return err
+	})
+	return d, err
 }
 
 // SetMaxMem implements xenctrl.Hypervisor.
 func (c *Client) SetMaxMem(ctx context.Context, d xenctrl.Domid, kib uint64) error {
-	_, err := c.call(ctx, "SetMaxMem", Args{Domid: d, KiB: kib})
-	return err
+	return c.call(ctx, "SetMaxMem", func(ctx context.Context, cn *conn) error {
+		_, err := cn.hv.SetMaxMem(ctx, &pb.SetMaxMemRequest{Domid: uint32(d), Kib: kib})
+		return err
+	})
 }
 
 // SetMaxVCPUs is XEN_DOMCTL_max_vcpus (as (*xenctrl.Xen).SetMaxVCPUs).
 func (c *Client) SetMaxVCPUs(ctx context.Context, d xenctrl.Domid, n uint32) error {
-	_, err := c.call(ctx, "SetMaxVCPUs", Args{Domid: d, VCPUs: n})
-	return err
+	return c.call(ctx, "SetMaxVCPUs", func(ctx context.Context, cn *conn) error {
+		_, err := cn.hv.SetMaxVCPUs(ctx, &pb.SetMaxVCPUsRequest{Domid: uint32(d), Vcpus: n})
+		return err
+	})
 }
 
 // PopulatePhysmap implements xenctrl.Hypervisor.
 func (c *Client) PopulatePhysmap(ctx context.Context, d xenctrl.Domid, nrPages uint64) error {
-	_, err := c.call(ctx, "PopulatePhysmap", Args{Domid: d, Pages: nrPages})
-	return err
+	return c.call(ctx, "PopulatePhysmap", func(ctx context.Context, cn *conn) error {
+		_, err := cn.hv.PopulatePhysmap(ctx, &pb.PopulatePhysmapRequest{Domid: uint32(d), Pages: nrPages})
+		return err
+	})
 }
 
 // PauseDomain implements xenctrl.Hypervisor.
 func (c *Client) PauseDomain(ctx context.Context, d xenctrl.Domid) error {
-	_, err := c.call(ctx, "PauseDomain", Args{Domid: d})
-	return err
+	return c.call(ctx, "PauseDomain", func(ctx context.Context, cn *conn) error {
+		_, err := cn.hv.PauseDomain(ctx, &pb.PauseDomainRequest{Domid: uint32(d)})
+		return err
+	})
 }
 
 // UnpauseDomain implements xenctrl.Hypervisor.
 func (c *Client) UnpauseDomain(ctx context.Context, d xenctrl.Domid) error {
-	_, err := c.call(ctx, "UnpauseDomain", Args{Domid: d})
-	return err
+	return c.call(ctx, "UnpauseDomain", func(ctx context.Context, cn *conn) error {
+		_, err := cn.hv.UnpauseDomain(ctx, &pb.UnpauseDomainRequest{Domid: uint32(d)})
+		return err
+	})
 }
 
 // ShutdownDomain implements xenctrl.Hypervisor.
 func (c *Client) ShutdownDomain(ctx context.Context, d xenctrl.Domid, reason xenctrl.ShutdownReason) error {
-	_, err := c.call(ctx, "ShutdownDomain", Args{Domid: d, Reason: reason})
-	return err
+	return c.call(ctx, "ShutdownDomain", func(ctx context.Context, cn *conn) error {
+		_, err := cn.hv.ShutdownDomain(ctx, &pb.ShutdownDomainRequest{Domid: uint32(d), Reason: uint32(reason)})
+		return err
+	})
 }
 
 // DestroyDomain implements xenctrl.Hypervisor.
 func (c *Client) DestroyDomain(ctx context.Context, d xenctrl.Domid) error {
-	_, err := c.call(ctx, "DestroyDomain", Args{Domid: d})
-	return err
+	return c.call(ctx, "DestroyDomain", func(ctx context.Context, cn *conn) error {
+		_, err := cn.hv.DestroyDomain(ctx, &pb.DestroyDomainRequest{Domid: uint32(d)})
+		return err
+	})
 }
 
 // DomainInfo implements xenctrl.Hypervisor.
 func (c *Client) DomainInfo(ctx context.Context, d xenctrl.Domid) (xenctrl.DomainInfo, error) {
-	r, err := c.call(ctx, "DomainInfo", Args{Domid: d})
+	var recs []byte
+	err := c.call(ctx, "DomainInfo", func(ctx context.Context, cn *conn) error {
+		r, err := cn.hv.DomainInfo(ctx, &pb.DomainInfoRequest{Domid: uint32(d)})
+		recs = r.GetDomain().GetRecords()
+		return err
+	})
 	if err != nil {
 		return xenctrl.DomainInfo{}, err
 	}
-	ds, err := decodeInfos(r.List)
+	ds, err := decodeInfos(recs)
 	if err == nil && len(ds) != 1 {
 		err = fmt.Errorf("sim host: DomainInfo(%d) answered %d records", d, len(ds))
 	}
@@ -225,59 +316,65 @@ func (c *Client) DomainInfo(ctx context.Context, d xenctrl.Domid) (xenctrl.Domai
 
 // ListDomains implements xenctrl.Hypervisor.
 func (c *Client) ListDomains(ctx context.Context) ([]xenctrl.DomainInfo, error) {
-	r, err := c.call(ctx, "ListDomains", Args{})
+	var recs []byte
+	err := c.call(ctx, "ListDomains", func(ctx context.Context, cn *conn) error {
+		r, err := cn.hv.ListDomains(ctx, &pb.ListDomainsRequest{})
+		recs = r.GetDomains().GetRecords()
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	return decodeInfos(r.List)
+	return decodeInfos(recs)
 }
 
 // GuestShutdown makes the guest inside d shut itself down with reason, as
 // its kernel would with SCHEDOP_shutdown (crash, reboot, poweroff, ...).
 // EBUSY unless the guest is running.
 func (c *Client) GuestShutdown(ctx context.Context, d xenctrl.Domid, reason xenctrl.ShutdownReason) error {
-	_, err := c.call(ctx, "GuestShutdown", Args{Domid: d, Reason: reason})
-	return err
+	return c.call(ctx, "GuestShutdown", func(ctx context.Context, cn *conn) error {
+		_, err := cn.guest.GuestShutdown(ctx, &pb.GuestShutdownRequest{Domid: uint32(d), Reason: uint32(reason)})
+		return err
+	})
 }
 
 // SetGuestBehaviour changes how the simulated guest inside d behaves.
 func (c *Client) SetGuestBehaviour(ctx context.Context, d xenctrl.Domid, b sim.GuestBehaviour) error {
-	_, err := c.call(ctx, "SetGuestBehaviour", Args{Domid: d, Behaviour: b})
-	return err
+	return c.call(ctx, "SetGuestBehaviour", func(ctx context.Context, cn *conn) error {
+		_, err := cn.guest.SetGuestBehaviour(ctx, &pb.SetGuestBehaviourRequest{Domid: uint32(d), Behaviour: guestBehaviourToRPC(b)})
+		return err
+	})
 }
 
 // Stop asks the sim host to exit and waits (until ctx ends) until it no
 // longer answers. Its domains vanish with it, as on a host power-off.
 func (c *Client) Stop(ctx context.Context) error {
-	rc, err := c.conn(ctx)
+	cn, err := c.conn(ctx)
 	if err != nil {
 		return err
 	}
-	boot := c.BootID()
-	var r Reply
-	err = callCtx(ctx, rc, "Stop", Args{}, &r)
-	c.broken(rc)
+	boot := cn.hello.GetBootId()
+	_, err = cn.host.Stop(ctx, &pb.StopRequest{})
+	c.broken(cn)
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("sim host %s: stop: %w", c.dir, err)
 	}
 	// The reply may be lost as the host closes its connections; either way
 	// wait until nothing answers as this host (a new one may already run).
-	path := filepath.Join(c.dir, HypervisorSocket)
 	for {
-		var d net.Dialer
-		nc, derr := d.DialContext(ctx, "unix", path)
-		if derr != nil {
+		nc, err := dialSocket(ctx, c.dir)
+		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("sim host %s did not exit: %w", c.dir, ctx.Err())
 			}
 			return nil
 		}
-		probe := rpc.NewClient(nc)
-		var hr Reply
-		herr := callCtx(ctx, probe, "Hello", Args{}, &hr)
-		probe.Close()
-		if herr == nil && hr.Hello.BootID != boot {
-			return nil
+		if probe, err := greet(ctx, c.dir, nc); err == nil {
+			other := probe.hello.GetBootId() != boot
+			probe.close()
+			if other {
+				return nil
+			}
 		}
 		select {
 		case <-time.After(5 * time.Millisecond):

@@ -27,7 +27,8 @@ const DefaultEnsureWait = 30 * time.Second
 // <dir>/simhost.log, so it outlives the caller as a Xen host outlives its
 // toolstack. Ensure waits until the host answers, ctx ends, or
 // DefaultEnsureWait passes (when ctx has no deadline), and reports the log's
-// tail if the host exits first.
+// tail if the host exits first. The client's Started says whether this
+// call started the host.
 func Ensure(ctx context.Context, dir string, command []string) (*Client, error) {
 	if c, err := Dial(ctx, dir); err == nil {
 		return c, nil
@@ -67,6 +68,8 @@ func Ensure(ctx context.Context, dir string, command []string) (*Client, error) 
 	defer tick.Stop()
 	for {
 		if c, err := Dial(ctx, dir); err == nil {
+			// Another Ensure may have won the race for the directory.
+			c.started = c.PID() == cmd.Process.Pid
 			return c, nil
 		}
 		select {

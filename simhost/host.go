@@ -6,8 +6,9 @@
 //
 // A sim host owns a directory:
 //
-//	hypervisor.sock  net/rpc (gob) service "Hypervisor": every
-//	                 xenctrl.Hypervisor method, guest controls, Stop
+//	hypervisor.sock  gRPC, xenopsd.simhost.v1 (api/xenopsd/simhost/v1):
+//	                 every xenctrl.Hypervisor method, guest controls,
+//	                 Hello and Stop (the rpc_*.go files, one per service)
 //	xenstored.sock   the embedded xenstored (privileged dom0 connections)
 //	simhost.pid      the host's pid while it runs
 //	simhost.lock     flock held while it runs: one host per directory
@@ -35,7 +36,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/rpc"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -46,6 +46,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl/sim"
 )
@@ -92,9 +93,6 @@ type host struct {
 	gwg    sync.WaitGroup
 
 	console *consoled // xenconsoled's part: guest console logs (console.go)
-
-	cmu   sync.Mutex
-	conns map[net.Conn]struct{}
 }
 
 // Run runs a sim host until ctx ends, a client calls Stop, or it has been
@@ -128,7 +126,6 @@ func Run(ctx context.Context, cfg Config) error {
 		stopped: make(chan struct{}),
 		kick:    make(chan struct{}, 1),
 		guests:  make(map[xenctrl.Domid]*guest),
-		conns:   make(map[net.Conn]struct{}),
 	}
 	h.idleFrom.Store(time.Now().UnixNano())
 	h.hv = sim.New(sim.Config{
@@ -139,24 +136,25 @@ func Run(ctx context.Context, cfg Config) error {
 		Logger:            log,
 	})
 	h.xs = newXenstored(log, h.domainState)
-	h.console = newConsoled(filepath.Join(cfg.Dir, ConsoleDir), h.xs, log)
 
 	hvPath := filepath.Join(cfg.Dir, HypervisorSocket)
 	xsPath := filepath.Join(cfg.Dir, XenstoredSocket)
-	srv := rpc.NewServer()
-	svc := &service{
-		hv:    h.hv,
-		hello: Hello{PID: os.Getpid(), BootID: h.bootID, XenstoredPath: xsPath},
-		stop:  func() { h.stop("stop requested by a client") },
-		// A guest shutting itself down prints why, as Linux does.
-		onGuestShutdown: func(d xenctrl.Domid, r xenctrl.ShutdownReason) {
-			h.console.print(d, shutdownLine(time.Time{}, r), false)
+	consoleDir := filepath.Join(cfg.Dir, ConsoleDir)
+	h.console = newConsoled(consoleDir, h.xs, log)
+	srv := newRPCServer(services{
+		host: &hostServer{
+			hello: &pb.HelloResponse{Pid: int64(os.Getpid()), BootId: h.bootID, XenstoredPath: xsPath, ConsoleDir: consoleDir},
+			stop:  func() { h.stop("stop requested by a client") },
 		},
-	}
-	if err := srv.RegisterName(serviceName, svc); err != nil {
-		_ = h.xs.Close()
-		return fmt.Errorf("simhost: register rpc service: %w", err)
-	}
+		hypervisor: &hypervisorServer{hv: h.hv},
+		guest: &guestServer{
+			hv: h.hv,
+			// A guest shutting itself down prints why, as Linux does.
+			onShutdown: func(d xenctrl.Domid, r xenctrl.ShutdownReason) {
+				h.console.print(d, shutdownLine(time.Time{}, r), false)
+			},
+		},
+	})
 
 	pidPath := filepath.Join(cfg.Dir, PIDFile)
 	var hvl, xsl net.Listener
@@ -184,7 +182,12 @@ func Run(ctx context.Context, cfg Config) error {
 
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { defer wg.Done(); h.serveRPC(hvl, srv) }()
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(&countingListener{Listener: hvl, h: h}); err != nil && !errors.Is(err, net.ErrClosed) {
+			log.Warn("simhost: hypervisor socket stopped serving", "err", err)
+		}
+	}()
 	go func() {
 		defer wg.Done()
 		if err := h.xs.Serve(&countingListener{Listener: xsl, h: h}); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -207,7 +210,7 @@ func Run(ctx context.Context, cfg Config) error {
 	os.Remove(xsPath)
 	os.Remove(pidPath)
 	unlock()
-	h.closeConns()
+	srv.Stop() // closes the clients' connections
 	wg.Wait()
 	h.gwg.Wait()
 	log.Info("simhost: stopped")
@@ -298,43 +301,8 @@ func (h *host) clientDown() {
 	}
 }
 
-func (h *host) serveRPC(l net.Listener, srv *rpc.Server) {
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			return
-		}
-		h.cmu.Lock()
-		select {
-		case <-h.stopped:
-			h.cmu.Unlock()
-			nc.Close()
-			return
-		default:
-		}
-		h.conns[nc] = struct{}{}
-		h.cmu.Unlock()
-		h.clientUp()
-		go func() {
-			srv.ServeConn(nc)
-			h.cmu.Lock()
-			delete(h.conns, nc)
-			h.cmu.Unlock()
-			h.clientDown()
-		}()
-	}
-}
-
-func (h *host) closeConns() {
-	h.cmu.Lock()
-	defer h.cmu.Unlock()
-	for nc := range h.conns {
-		nc.Close()
-	}
-}
-
-// countingListener counts xenstored's client connections for the idle
-// safety net.
+// countingListener counts the client connections of either socket for the
+// idle safety net.
 type countingListener struct {
 	net.Listener
 	h *host

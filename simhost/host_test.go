@@ -249,8 +249,8 @@ func TestEnsureStartsDetachedHost(t *testing.T) {
 		}
 	})
 	pid := c.PID()
-	if pid == os.Getpid() || pid <= 0 {
-		t.Fatalf("host pid %d", pid)
+	if pid == os.Getpid() || pid <= 0 || !c.Started() {
+		t.Fatalf("host pid %d, started by Ensure %v", pid, c.Started())
 	}
 	sid, err := unix.Getsid(pid)
 	if err != nil || sid != pid {
@@ -270,8 +270,8 @@ func TestEnsureStartsDetachedHost(t *testing.T) {
 		t.Fatalf("second Ensure: %v", err)
 	}
 	defer c2.Close()
-	if c2.PID() != pid {
-		t.Fatalf("second Ensure reached pid %d, want %d", c2.PID(), pid)
+	if c2.PID() != pid || c2.Started() {
+		t.Fatalf("second Ensure reached pid %d (started it: %v), want the running %d", c2.PID(), c2.Started(), pid)
 	}
 }
 

@@ -10,13 +10,14 @@ import (
 	"strings"
 	"time"
 
+	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/console"
+	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 )
 
 // Defaults.
 const (
-	defaultSocket       = "/run/xenopsd-ng/xenopsd.sock"
 	defaultStateDir     = "/var/lib/xenopsd-ng"
 	defaultDrainTimeout = 30 * time.Second
 )
@@ -47,7 +48,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("xenopsd-ng", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.backend, "backend", "", "hypervisor backend: sim (simulated machine) or xen (/dev/xen/privcmd) (required)")
-	fs.StringVar(&c.socket, "socket", defaultSocket, "unix socket of the gRPC API (created mode 0600)")
+	fs.StringVar(&c.socket, "socket", apiv1.DefaultSocket, "unix socket of the gRPC API (created mode 0600)")
 	fs.StringVar(&c.stateDir, "state-dir", defaultStateDir, "directory of the daemon's database")
 	fs.StringVar(&c.simDir, "sim-dir", "", "sim backend: the simulated machine's directory (default <state-dir>/sim)")
 	fs.StringVar(&c.consoleLogDir, "console-log-dir", "", "directory of the guest console logs (guest-<name>.log) StreamConsole serves (default: /var/log/xen/console for xen, <sim-dir>/console for sim)")
@@ -56,7 +57,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key for --listen")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require --listen clients to present a certificate it signed")
 	fs.BoolVar(&c.insecureListen, "insecure-listen", false, "allow --listen without TLS (testing on loopback only)")
-	fs.IntVar(&c.workers, "workers", 16, "size of the worker pool running VM operations")
+	fs.IntVar(&c.workers, "workers", domain.DefaultWorkers, "size of the worker pool running VM operations")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrainTimeout, "on SIGTERM, how long in-flight tasks may run before they are recorded as interrupted")

@@ -8,6 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/domain"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -46,7 +49,7 @@ func TestParseFlags(t *testing.T) {
 		})
 	}
 	c, err := parseFlags([]string{"--backend=sim", "--state-dir=/s"}, io.Discard)
-	if err != nil || c.simDir != "/s/sim" || c.socket != defaultSocket || c.workers != 16 {
+	if err != nil || c.simDir != "/s/sim" || c.socket != apiv1.DefaultSocket || c.workers != domain.DefaultWorkers {
 		t.Errorf("defaults: %+v, %v", c, err)
 	}
 }

@@ -12,7 +12,8 @@
 // simhost), starting it as `xenopsd-ng sim-host --dir <sim-dir>` if none is
 // running; that process outlives the daemon as a Xen host outlives its
 // toolstack. With --backend=xen it needs /dev/xen/privcmd and never falls
-// back to the simulator.
+// back to the simulator. One daemon at a time uses a state directory (it
+// flocks <state-dir>/xenopsd-ng.lock; a second one is told the holder's pid).
 //
 // Exit status: 0 after a clean stop (SIGTERM or SIGINT), 2 for a bad command
 // line, 3 when the chosen backend is not usable on this machine, 1 for any

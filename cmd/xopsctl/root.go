@@ -16,9 +16,6 @@ import (
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 )
 
-// defaultSocket is where the daemon listens unless told otherwise.
-const defaultSocket = "/run/xenopsd-ng/xenopsd.sock"
-
 // app holds what every subcommand shares: the global flags, the output
 // streams and, once a command needs it, the connection to the daemon.
 type app struct {
@@ -87,7 +84,7 @@ shutdown, reboot, destroy) wait for their task and print progress on stderr;
 	}
 	socket := os.Getenv("XOPSCTL_SOCKET")
 	if socket == "" {
-		socket = defaultSocket
+		socket = apiv1.DefaultSocket
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.socket, "socket", socket, "daemon's unix socket (env XOPSCTL_SOCKET)")

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/xenopsd-ng/xenopsd-ng/builder"
+	"github.com/xenopsd-ng/xenopsd-ng/domain"
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
+)
+
+// backendError marks a failure to reach the chosen hypervisor backend
+// (exit status 3).
+type backendError struct{ err error }
+
+func (e *backendError) Error() string { return e.err.Error() }
+func (e *backendError) Unwrap() error { return e.err }
+
+// startTimeout bounds start-up steps that wait for another process (the
+// sim host, xenstored).
+const startTimeout = 60 * time.Second
+
+// backend is an open hypervisor and xenstore connection.
+type backend struct {
+	hv      xenctrl.Hypervisor
+	xs      *xenstore.Client
+	builder domain.Builder // nil: domain.EmptyBuilder (the simulator's guests)
+	// close closes the connections. startFailed says the daemon gives up
+	// before serving: a backend then also undoes what it set up for this
+	// run alone (sim.go).
+	close func(startFailed bool)
+}
+
+// openBackend connects to the hypervisor the command line asks for. It never
+// falls back from xen to sim.
+func openBackend(ctx context.Context, cfg config, log *slog.Logger) (*backend, error) {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	var be *backend
+	var err error
+	switch cfg.backend {
+	case "xen":
+		be, err = openXen(ctx, log)
+	case "sim":
+		be, err = openSim(ctx, cfg.simDir, log)
+	default:
+		return nil, fmt.Errorf("unknown backend %q", cfg.backend)
+	}
+	if err != nil {
+		return nil, err
+	}
+	v, err := be.hv.Version(ctx)
+	if err != nil {
+		be.close(true)
+		return nil, &backendError{fmt.Errorf("%s backend: hypervisor version: %w", cfg.backend, err)}
+	}
+	log.Info("hypervisor", "kind", be.hv.Kind(), "version", v.String())
+	return be, nil
+}
+
+// openXen opens /dev/xen/privcmd and dom0's xenstored.
+func openXen(ctx context.Context, log *slog.Logger) (*backend, error) {
+	x, err := xenctrl.Open(log)
+	if err != nil {
+		return nil, &backendError{fmt.Errorf("--backend=xen: %w (xenopsd-ng does not fall back to the simulator; run with --backend=sim on a machine without Xen)", err)}
+	}
+	xs, err := xenstore.Dial(ctx, "")
+	if err != nil {
+		x.Close()
+		return nil, &backendError{fmt.Errorf("--backend=xen: connect to xenstored: %w", err)}
+	}
+	return &backend{
+		hv:      x,
+		xs:      xs,
+		builder: xenBuilder{guest: builder.NewByType(builder.Config{Logger: log.With("component", "builder")})},
+		close:   func(bool) { xs.Close(); x.Close() },
+	}, nil
+}
+
+// xenBuilder builds VMs on real Xen: a VM with a kernel through the domain
+// builder (PV or PVH by type), a VM without one as an empty domain that has
+// memory but no guest, hence no xenstore or console ring to introduce.
+type xenBuilder struct{ guest domain.Builder }
+
+func (b xenBuilder) Build(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, spec domain.Spec) (domain.BuildResult, error) {
+	if spec.Kernel != "" {
+		return b.guest.Build(ctx, hv, d, spec)
+	}
+	if _, err := (domain.EmptyBuilder{}).Build(ctx, hv, d, spec); err != nil {
+		return domain.BuildResult{}, err
+	}
+	return domain.BuildResult{}, nil
+}

@@ -1,0 +1,53 @@
+package simhost
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+
+	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1"
+)
+
+// hostServer is the server side of SimHostService: the process itself.
+type hostServer struct {
+	pb.UnimplementedSimHostServiceServer
+	hello *pb.HelloResponse
+	stop  func()
+}
+
+func (s *hostServer) Hello(context.Context, *pb.HelloRequest) (*pb.HelloResponse, error) {
+	return s.hello, nil
+}
+
+func (s *hostServer) Stop(context.Context, *pb.StopRequest) (*pb.StopResponse, error) {
+	s.stop()
+	return &pb.StopResponse{}, nil
+}
+
+// services is everything the hypervisor socket serves, one server per
+// service of xenopsd.simhost.v1.
+type services struct {
+	host       *hostServer
+	hypervisor *hypervisorServer
+	guest      *guestServer
+}
+
+// Both ends of the hypervisor socket use fixed HTTP/2 flow-control windows
+// large enough for a 10,000-domain list (560 KB): the socket is local, so
+// there is no bandwidth to probe, and a list then needs no window updates.
+const (
+	streamWindow = 4 << 20
+	connWindow   = 16 << 20
+)
+
+// newRPCServer returns a gRPC server with every service registered.
+func newRPCServer(s services) *grpc.Server {
+	srv := grpc.NewServer(
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
+	)
+	pb.RegisterSimHostServiceServer(srv, s.host)
+	pb.RegisterHypervisorServiceServer(srv, s.hypervisor)
+	pb.RegisterGuestServiceServer(srv, s.guest)
+	return srv
+}
