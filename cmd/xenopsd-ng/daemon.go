@@ -175,11 +175,11 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 		return err
 	}
 	defer removeSocket()
-	servers = append(servers, serving{newServer(), ul, cfg.socket})
+	servers = append(servers, serving{newServer(grpc.Creds(service.UnixPeerCredentials())), ul, cfg.socket})
 	if cfg.listen != "" {
 		var opts []grpc.ServerOption
 		if !cfg.insecureListen {
-			creds, err := serverTLS(cfg)
+			creds, err := serverTLS(cfg, log)
 			if err != nil {
 				ul.Close()
 				return err
