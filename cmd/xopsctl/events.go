@@ -47,7 +47,8 @@ resync) and continues from the daemon's head revision.
 			ctx, cancel := a.ctxWith(cmd, timeout)
 			defer cancel()
 			if !cmd.Flags().Changed("after") {
-				resp, err := c.vm.ListVMs(ctx, &apiv1.ListVMsRequest{})
+				// Only the revision matters: one VM's page is enough.
+				resp, err := c.vm.ListVMs(ctx, &apiv1.ListVMsRequest{PageSize: 1})
 				if err != nil {
 					return err
 				}
