@@ -191,3 +191,36 @@ func TestBadPageRequests(t *testing.T) {
 		t.Errorf("second task page: %v, %v; want t2 and no next page", tr2, err)
 	}
 }
+
+// FuzzDecodeToken: a page token is untrusted input. Decoding never panics;
+// what it accepts re-encodes to an equivalent token, and what it refuses is
+// INVALID_ARGUMENT naming page_token.
+func FuzzDecodeToken(f *testing.F) {
+	f.Add(encodeToken(tokenVMs, "", "00000000-0000-4000-8000-000000000001"), "")
+	f.Add(encodeToken(tokenTasks, "web|1", "2026-01-02T03:04:05.123456789Z", "t1"), "web|1")
+	f.Add("not a token!", "")
+	f.Fuzz(func(t *testing.T, tok, filter string) {
+		for _, kind := range []struct {
+			name  string
+			parts int
+		}{{tokenVMs, 1}, {tokenTasks, 2}} {
+			key, err := decodeToken(tok, kind.name, filter, kind.parts)
+			if err != nil {
+				if code, field, _ := details(t, err); code != codes.InvalidArgument || field != "page_token" {
+					t.Fatalf("refused token %q: %v field %q", tok, code, field)
+				}
+				continue
+			}
+			if len(key) != kind.parts {
+				t.Fatalf("token %q: %d key parts, want %d", tok, len(key), kind.parts)
+			}
+			again, err := decodeToken(encodeToken(kind.name, filter, key...), kind.name, filter, kind.parts)
+			if err != nil || strings.Join(again, "|") != strings.Join(key, "|") {
+				t.Fatalf("token %q: key %q does not survive re-encoding: %q, %v", tok, key, again, err)
+			}
+			if kind.name == tokenTasks {
+				parseTaskTokenKey(key) // must not panic
+			}
+		}
+	})
+}
