@@ -58,8 +58,20 @@ func pageSize(n int32) (int, error) {
 	return int(n), nil
 }
 
-// page returns how many of the records, sized by size, make the next page:
-// at most limit, and no more than MaxPageBytes unless a single record does.
+// takePage converts the first records of rest into a page of at most size
+// records and MaxPageBytes (see page), and reports whether records are
+// left after it.
+func takePage[T any, P proto.Message](rest []T, size int, conv func(T) P) ([]P, bool) {
+	out := make([]P, 0, min(size, len(rest)))
+	for _, r := range rest[:min(size, len(rest))] {
+		out = append(out, conv(r))
+	}
+	n := page(out, size)
+	return out[:n], n < len(rest)
+}
+
+// page returns how many of the records make the next page: at most limit,
+// and no more than MaxPageBytes encoded unless a single record is.
 func page[T proto.Message](records []T, limit int) int {
 	n, bytes := 0, 0
 	for _, r := range records {

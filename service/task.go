@@ -63,14 +63,10 @@ func (s taskServer) ListTasks(ctx context.Context, req *pb.ListTasksRequest) (*p
 		})
 		rest = ts[first:]
 	}
-	out := &pb.ListTasksResponse{Tasks: make([]*pb.Task, 0, min(size, len(rest)))}
-	for _, t := range rest[:min(size, len(rest))] {
-		out.Tasks = append(out.Tasks, TaskToPB(t))
-	}
-	n := page(out.Tasks, size)
-	out.Tasks = out.Tasks[:n]
-	if n < len(rest) {
-		last := rest[n-1]
+	out := &pb.ListTasksResponse{}
+	var more bool
+	if out.Tasks, more = takePage(rest, size, TaskToPB); more {
+		last := rest[len(out.Tasks)-1]
 		out.NextPageToken = encodeToken(tokenTasks, req.GetVmId(), taskTokenKey(last.CreatedAt, last.ID)...)
 	}
 	return out, nil

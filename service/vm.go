@@ -73,15 +73,10 @@ func (s vmServer) ListVMs(ctx context.Context, req *pb.ListVMsRequest) (*pb.List
 	first, _ := slices.BinarySearchFunc(vms, after, func(vm domain.VM, id string) int {
 		return cmp.Or(strings.Compare(vm.ID, id), -1) // the token's VM itself was on the last page
 	})
-	rest := vms[first:]
-	out := &pb.ListVMsResponse{Vms: make([]*pb.VM, 0, min(size, len(rest))), Revision: rev}
-	for _, vm := range rest[:min(size, len(rest))] {
-		out.Vms = append(out.Vms, VMToPB(vm))
-	}
-	n := page(out.Vms, size)
-	out.Vms = out.Vms[:n]
-	if n < len(rest) {
-		out.NextPageToken = encodeToken(tokenVMs, "", out.Vms[n-1].GetId())
+	out := &pb.ListVMsResponse{Revision: rev}
+	var more bool
+	if out.Vms, more = takePage(vms[first:], size, VMToPB); more {
+		out.NextPageToken = encodeToken(tokenVMs, "", out.Vms[len(out.Vms)-1].GetId())
 	}
 	return out, nil
 }
