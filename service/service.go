@@ -56,8 +56,9 @@ func (s *Server) fail(ctx context.Context, method string, err error) error {
 	return st
 }
 
-// UnaryLogger logs every unary call at debug level (method, code, duration)
-// and failed ones at info level.
+// UnaryLogger logs every unary call at debug level (method, caller, code,
+// duration) and failed ones at info level. The caller is who the transport
+// says made the call (see callerAttr).
 func UnaryLogger(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		start := time.Now()
@@ -83,7 +84,7 @@ func logCall(ctx context.Context, log *slog.Logger, method string, start time.Ti
 	if err != nil && code != codes.Canceled {
 		level = slog.LevelInfo
 	}
-	attrs := []any{"method", method, "code", code.String(), "duration", time.Since(start)}
+	attrs := []any{"method", method, callerAttr(ctx), "code", code.String(), "duration", time.Since(start)}
 	if err != nil {
 		attrs = append(attrs, "err", status.Convert(err).Message())
 	}

@@ -1,7 +1,9 @@
 package service
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"strings"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -48,14 +50,33 @@ func (s vmServer) GetVM(ctx context.Context, req *pb.GetVMRequest) (*pb.GetVMRes
 	return &pb.GetVMResponse{Vm: VMToPB(vm)}, nil
 }
 
-func (s vmServer) ListVMs(ctx context.Context, _ *pb.ListVMsRequest) (*pb.ListVMsResponse, error) {
+// ListVMs answers one page of VMs in id order (ids never change, so a VM
+// that exists while the pages are read is listed exactly once); see page.go.
+func (s vmServer) ListVMs(ctx context.Context, req *pb.ListVMsRequest) (*pb.ListVMsResponse, error) {
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	after := ""
+	if tok := req.GetPageToken(); tok != "" {
+		key, err := decodeToken(tok, tokenVMs, "", 1)
+		if err != nil {
+			return nil, err
+		}
+		after = key[0]
+	}
 	vms, rev, err := s.m.ListVMs(ctx)
 	if err != nil {
 		return nil, s.fail(ctx, "ListVMs", err)
 	}
-	out := &pb.ListVMsResponse{Vms: make([]*pb.VM, 0, len(vms)), Revision: rev}
-	for _, vm := range vms {
-		out.Vms = append(out.Vms, VMToPB(vm))
+	slices.SortFunc(vms, func(a, b domain.VM) int { return strings.Compare(a.ID, b.ID) })
+	first, _ := slices.BinarySearchFunc(vms, after, func(vm domain.VM, id string) int {
+		return cmp.Or(strings.Compare(vm.ID, id), -1) // the token's VM itself was on the last page
+	})
+	out := &pb.ListVMsResponse{Revision: rev}
+	var more bool
+	if out.Vms, more = takePage(vms[first:], size, VMToPB); more {
+		out.NextPageToken = encodeToken(tokenVMs, "", out.Vms[len(out.Vms)-1].GetId())
 	}
 	return out, nil
 }

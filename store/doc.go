@@ -36,11 +36,14 @@
 //
 // # Event retention
 //
-// The log keeps the most recent Options.RetainEvents events (default
-// 100000). Older ones are deleted in the background of commits (a range
-// deletion plus meta/floor in one batch). A reader asking for events after a
-// revision below the floor gets ErrCompacted and must resynchronise from a
-// full listing.
+// The log keeps the most recent events within two bounds: a count
+// (Options.RetainEvents, default 100000) and a size (Options.RetainEventBytes,
+// the sum of the events' values, default 128 MiB), whichever is reached
+// first; the newest event is always kept. Once the log is an eighth past
+// either bound, the oldest events are deleted after a commit (a range deletion
+// plus meta/floor in one batch). The size is not stored: Open sums it from
+// the retained events. A reader asking for events after a revision below the
+// floor gets ErrCompacted and must resynchronise from a full listing.
 //
 // # Versioning
 //

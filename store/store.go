@@ -20,6 +20,13 @@ const SchemaVersion = 1
 // DefaultRetainEvents is how many events the log keeps by default.
 const DefaultRetainEvents = 100000
 
+// DefaultRetainEventBytes is how many bytes of events the log keeps by
+// default. A typical event (a VM record) is about a kilobyte, so this rarely
+// cuts below DefaultRetainEvents; but an event can be as large as the largest
+// VM (about 1.4 MiB), and without a byte bound 100,000 of those would be
+// 140 GB of log.
+const DefaultRetainEventBytes = 128 << 20
+
 // Kind is a record keyspace.
 type Kind string
 
@@ -54,6 +61,10 @@ type Options struct {
 	Logger *slog.Logger
 	// RetainEvents is how many recent events to keep (<= 0: DefaultRetainEvents).
 	RetainEvents int
+	// RetainEventBytes is how many bytes of recent events (their encoded
+	// values) to keep (<= 0: DefaultRetainEventBytes). The newest event is
+	// kept whatever its size.
+	RetainEventBytes int64
 }
 
 // Op writes (Value set) or deletes (Delete) one record.
@@ -78,12 +89,14 @@ type commitReq struct {
 
 // Store is the Pebble database. Safe for concurrent use.
 type Store struct {
-	db     *pebble.DB
-	log    *slog.Logger
-	retain uint64
+	db          *pebble.DB
+	log         *slog.Logger
+	retain      uint64 // events
+	retainBytes uint64
 
-	head  atomic.Uint64 // last committed event revision
-	floor atomic.Uint64 // highest compacted revision
+	head     atomic.Uint64 // last committed event revision
+	floor    atomic.Uint64 // highest compacted revision
+	logBytes atomic.Uint64 // bytes of the event values after floor
 
 	reqs      chan *commitReq
 	stop      chan struct{}
@@ -109,6 +122,10 @@ func OpenWithOptions(dir string, opts Options) (*Store, error) {
 	if retain <= 0 {
 		retain = DefaultRetainEvents
 	}
+	retainBytes := opts.RetainEventBytes
+	if retainBytes <= 0 {
+		retainBytes = DefaultRetainEventBytes
+	}
 	db, err := pebble.Open(dir, &pebble.Options{
 		Logger:             pebbleLogger{log},
 		FormatMajorVersion: pebble.FormatNewest,
@@ -120,7 +137,7 @@ func OpenWithOptions(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open state database %s: %w", dir, err)
 	}
 	s := &Store{
-		db: db, log: log, retain: uint64(retain),
+		db: db, log: log, retain: uint64(retain), retainBytes: uint64(retainBytes),
 		reqs: make(chan *commitReq, maxGroup), stop: make(chan struct{}),
 		stopped: make(chan struct{}), notify: make(chan struct{}),
 	}
@@ -192,7 +209,14 @@ func (s *Store) loadRevisions() error {
 		}
 		s.head.Store(rev)
 	}
-	return nil
+	// The log's size is not stored: it is summed once here (the log is
+	// bounded, so this reads at most about RetainEventBytes).
+	var bytes uint64
+	for it.First(); it.Valid(); it.Next() {
+		bytes += uint64(len(it.Value()))
+	}
+	s.logBytes.Store(bytes)
+	return it.Error()
 }
 
 // Close stops the committer and closes the database. Commits still queued
@@ -212,6 +236,9 @@ func (s *Store) Head() uint64 { return s.head.Load() }
 
 // Floor is the highest revision compacted away: events <= Floor are gone.
 func (s *Store) Floor() uint64 { return s.floor.Load() }
+
+// EventBytes is the size of the retained events' values.
+func (s *Store) EventBytes() uint64 { return s.logBytes.Load() }
 
 // Changed returns a channel closed at the next commit.
 func (s *Store) Changed() <-chan struct{} {
@@ -299,6 +326,7 @@ func (s *Store) failPending() {
 func (s *Store) commitGroup(group []*commitReq) {
 	b := s.db.NewBatch()
 	rev := s.head.Load()
+	var added uint64
 	firsts := make([]uint64, len(group))
 	for i, r := range group {
 		firsts[i] = rev + 1
@@ -316,6 +344,7 @@ func (s *Store) commitGroup(group []*commitReq) {
 		for _, ev := range r.change.Events {
 			rev++
 			b.Set(eventKey(rev), ev, nil)
+			added += uint64(len(ev))
 		}
 	}
 	err := b.Commit(pebble.Sync)
@@ -329,6 +358,7 @@ func (s *Store) commitGroup(group []*commitReq) {
 		return
 	}
 	s.head.Store(rev)
+	s.logBytes.Add(added)
 	for i, r := range group {
 		if r.apply != nil {
 			r.apply(firsts[i])
@@ -342,18 +372,29 @@ func (s *Store) commitGroup(group []*commitReq) {
 	s.maybeCompact(rev)
 }
 
-// maybeCompact deletes events older than the retention window once it has
-// been exceeded by a slack, so range deletions stay infrequent.
+// maybeCompact deletes the oldest events once the log is over either bound
+// (RetainEvents, RetainEventBytes) by a slack of an eighth, so that range
+// deletions stay infrequent: it keeps the newest events that fit both
+// bounds, and always the newest one.
 func (s *Store) maybeCompact(head uint64) {
-	floor := s.floor.Load()
-	slack := s.retain / 8
-	if slack < 1 {
-		slack = 1
-	}
-	if head <= s.retain || head-floor <= s.retain+slack-1 {
+	floor, bytes := s.floor.Load(), s.logBytes.Load()
+	overCount := head > s.retain && head-floor > s.retain+max(s.retain/8, 1)-1
+	overBytes := bytes > s.retainBytes+s.retainBytes/8
+	if !overCount && !overBytes {
 		return
 	}
-	newFloor := head - s.retain
+	countFloor := floor
+	if head > s.retain {
+		countFloor = max(floor, head-s.retain)
+	}
+	newFloor, freed, err := s.compactionPoint(floor, countFloor, head, bytes)
+	if err != nil {
+		s.log.Warn("event log compaction: reading the oldest events failed", "err", err)
+		return
+	}
+	if newFloor == floor {
+		return
+	}
 	b := s.db.NewBatch()
 	defer b.Close()
 	b.DeleteRange(eventKey(floor+1), eventKey(newFloor+1), nil)
@@ -364,6 +405,32 @@ func (s *Store) maybeCompact(head uint64) {
 		return
 	}
 	s.floor.Store(newFloor)
+	s.logBytes.Add(-freed)
+}
+
+// compactionPoint walks the events from the oldest and returns the new
+// floor: past countFloor, and past as many more events as must go for the
+// rest to fit in RetainEventBytes, never past the newest event (head). freed
+// is the size of the events it passes.
+func (s *Store) compactionPoint(floor, countFloor, head, bytes uint64) (newFloor, freed uint64, err error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: eventKey(floor + 1), UpperBound: eventKey(head)})
+	if err != nil {
+		return floor, 0, err
+	}
+	defer it.Close()
+	newFloor = floor
+	for it.First(); it.Valid(); it.Next() {
+		rev, err := parseEventKey(it.Key())
+		if err != nil {
+			return floor, 0, err
+		}
+		if rev > countFloor && bytes-freed <= s.retainBytes {
+			break
+		}
+		newFloor = rev
+		freed += uint64(len(it.Value()))
+	}
+	return newFloor, freed, it.Error()
 }
 
 // Get returns a copy of the record's value, or ErrNotFound.

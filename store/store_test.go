@@ -143,12 +143,88 @@ func TestRetentionCompacts(t *testing.T) {
 	if err := s.Events(45, 0, func(rev uint64, _ []byte) error { got = append(got, rev); return nil }); err != nil || len(got) != 5 || got[0] != 46 {
 		t.Fatalf("events after 45: %v %v", got, err)
 	}
+	// An empty commit waits for the compaction that followed the last one.
+	if err := s.Commit(context.Background(), Change{}, nil); err != nil {
+		t.Fatal(err)
+	}
 	floor := s.Floor()
 	s.Close()
 	s = openT(t, dir, 10)
 	defer s.Close()
 	if s.Floor() != floor || s.Head() != 50 {
 		t.Fatalf("after reopen floor %d head %d, want %d 50", s.Floor(), s.Head(), floor)
+	}
+}
+
+// TestRetentionBoundsBytes: large events are compacted by the byte bound
+// long before the count bound; a reader from before the floor must resync;
+// the size is recounted on reopen.
+func TestRetentionBoundsBytes(t *testing.T) {
+	const (
+		eventSize = 1 << 10
+		maxBytes  = 10 << 10 // ten events' worth
+	)
+	dir := t.TempDir()
+	open := func() *Store {
+		s, err := OpenWithOptions(dir, Options{RetainEvents: 1000, RetainEventBytes: maxBytes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	ev := func(i int) []byte { return []byte(fmt.Sprintf("%0*d", eventSize, i)) }
+	// settle waits for the compaction that follows the last commit: the
+	// committer compacts after answering a commit, before the next one.
+	settle := func() {
+		t.Helper()
+		if err := s.Commit(context.Background(), Change{}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 100; i++ {
+		if err := s.Commit(context.Background(), Change{Events: [][]byte{ev(i)}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		settle()
+		if b := s.EventBytes(); b > maxBytes+maxBytes/8 {
+			t.Fatalf("after %d events of %d bytes: %d bytes retained, bound %d (+1/8 slack)", i, eventSize, b, maxBytes)
+		}
+	}
+	floor := s.Floor()
+	if floor < 100-11 || floor > 100-10 {
+		t.Fatalf("floor %d, want 89..90: 10 events of 1 KiB fit in 10 KiB (the count bound, 1000, is far)", floor)
+	}
+	if want := (100 - floor) * eventSize; s.EventBytes() != want {
+		t.Errorf("EventBytes %d, want %d (%d events)", s.EventBytes(), want, 100-floor)
+	}
+	if err := s.Events(floor-1, 0, func(uint64, []byte) error { return nil }); !errors.Is(err, ErrCompacted) {
+		t.Fatalf("events after %d (below the floor %d): %v, want ErrCompacted", floor-1, floor, err)
+	}
+	next := floor + 1
+	if err := s.Events(floor, 0, func(rev uint64, v []byte) error {
+		if rev != next || string(v) != string(ev(int(rev))) {
+			return fmt.Errorf("event %d %.8q..., want %d", rev, v, next)
+		}
+		next++
+		return nil
+	}); err != nil || next != 101 {
+		t.Fatalf("events after the floor: %v, up to %d", err, next-1)
+	}
+	// One event larger than the bound is kept while it is the newest.
+	if err := s.Commit(context.Background(), Change{Events: [][]byte{make([]byte, 3*maxBytes)}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	settle()
+	if s.Floor() != 100 || s.EventBytes() != 3*maxBytes {
+		t.Errorf("after a %d-byte event: floor %d, %d bytes; want 100 and only that event", 3*maxBytes, s.Floor(), s.EventBytes())
+	}
+	bytes := s.EventBytes()
+	s.Close()
+	s = open()
+	defer s.Close()
+	if s.EventBytes() != bytes || s.Floor() != 100 || s.Head() != 101 {
+		t.Errorf("after reopen: %d bytes, floor %d, head %d; want %d, 100, 101", s.EventBytes(), s.Floor(), s.Head(), bytes)
 	}
 }
 

@@ -2,17 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/internal/testcert"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 )
 
@@ -125,9 +118,10 @@ func TestDaemonOnSimulator(t *testing.T) {
 	state := filepath.Join(dir, "state")
 	simDir := filepath.Join(state, "sim")
 	t.Cleanup(func() { stopSimHost(t, simDir) })
-	certFile, keyFile, pool := selfSignedCert(t, dir)
+	ca := testcert.NewCA(t, dir)
+	server, client := ca.Server(t, "daemon"), ca.Client(t, "operator")
 	args := []string{"--backend=sim", "--socket", sock, "--state-dir", state, "--workers", "4",
-		"--listen", "127.0.0.1:0", "--tls-cert", certFile, "--tls-key", keyFile}
+		"--listen", "127.0.0.1:0", "--tls-cert", server.CertFile, "--tls-key", server.KeyFile, "--tls-client-ca", ca.File}
 	d := startDaemon(t, args...)
 	if len(d.addrs) != 2 || d.addrs[0] != sock {
 		t.Fatalf("serving %q", d.addrs)
@@ -216,8 +210,10 @@ func TestDaemonOnSimulator(t *testing.T) {
 	succeeded(ur.GetTask(), err)
 	expect(pb.PowerState_POWER_STATE_RUNNING)
 
-	// TLS listener: works with the CA, refuses plaintext.
-	tlsConn, err := grpc.NewClient(d.addrs[1], grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	// TLS listener: works with the CA and a client certificate it signed,
+	// refuses a client without a certificate and plaintext.
+	tlsConn, err := grpc.NewClient(d.addrs[1], grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: ca.Pool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{client.TLS(t)}})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,15 +221,20 @@ func TestDaemonOnSimulator(t *testing.T) {
 	if _, err := pb.NewHostServiceClient(tlsConn).GetHost(ctx, &pb.GetHostRequest{}); err != nil {
 		t.Errorf("GetHost over TLS: %v", err)
 	}
-	plain, err := grpc.NewClient(d.addrs[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer plain.Close()
-	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-	defer pcancel()
-	if _, err := pb.NewHostServiceClient(plain).GetHost(pctx, &pb.GetHostRequest{}); err == nil {
-		t.Error("plaintext call on the TLS listener succeeded")
+	for name, creds := range map[string]credentials.TransportCredentials{
+		"plaintext":                 insecure.NewCredentials(),
+		"TLS without a client cert": credentials.NewTLS(&tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1"}),
+	} {
+		c, err := grpc.NewClient(d.addrs[1], grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer pcancel()
+		if _, err := pb.NewHostServiceClient(c).GetHost(pctx, &pb.GetHostRequest{}); err == nil {
+			t.Errorf("%s call on the TLS listener succeeded", name)
+		}
 	}
 
 	// Restart (as after SIGTERM): the running VM and its domain are still there.
@@ -317,41 +318,4 @@ func badField(err error) string {
 		}
 	}
 	return ""
-}
-
-// selfSignedCert writes a self-signed certificate for 127.0.0.1 and its key.
-func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "xenopsd-ng test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
 }

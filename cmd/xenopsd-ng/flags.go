@@ -1,13 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
-	"strings"
 	"time"
 
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
@@ -36,11 +37,14 @@ type config struct {
 	tlsKey         string
 	tlsClientCA    string
 	insecureListen bool
-	workers        int
-	logLevel       slog.Level
-	logFormat      string
-	drainTimeout   time.Duration
-	showVersion    bool
+	// anyClient: serve TLS without verifying client certificates
+	// (--insecure-no-client-cert); warned about at start-up.
+	anyClient    bool
+	workers      int
+	logLevel     slog.Level
+	logFormat    string
+	drainTimeout time.Duration
+	showVersion  bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -56,7 +60,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate for --listen")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key for --listen")
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require --listen clients to present a certificate it signed")
-	fs.BoolVar(&c.insecureListen, "insecure-listen", false, "allow --listen without TLS (testing on loopback only)")
+	fs.BoolVar(&c.anyClient, "insecure-no-client-cert", false, "serve --listen over TLS without --tls-client-ca: any client that reaches the port controls the host")
+	fs.BoolVar(&c.insecureListen, "insecure-listen", false, "allow --listen without TLS (testing; only on a loopback address)")
 	fs.IntVar(&c.workers, "workers", domain.DefaultWorkers, "size of the worker pool running VM operations")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
@@ -113,23 +118,52 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	default:
 		return c, fmt.Errorf("--log-format %q: want text or json", c.logFormat)
 	}
-	hasTLS := c.tlsCert != "" || c.tlsKey != ""
-	switch {
-	case c.listen == "" && (hasTLS || c.tlsClientCA != "" || c.insecureListen):
-		return c, errors.New("--tls-cert, --tls-key, --tls-client-ca and --insecure-listen need --listen")
-	case c.listen != "" && hasTLS && (c.tlsCert == "" || c.tlsKey == ""):
-		return c, errors.New("--listen with TLS needs both --tls-cert and --tls-key")
-	case c.listen != "" && hasTLS && c.insecureListen:
-		return c, errors.New("--insecure-listen contradicts --tls-cert/--tls-key")
-	case c.listen != "" && !hasTLS && !c.insecureListen:
-		return c, errors.New("--listen needs --tls-cert and --tls-key (or --insecure-listen to serve plaintext, for tests)")
-	case c.insecureListen && c.tlsClientCA != "":
-		return c, errors.New("--tls-client-ca needs TLS, not --insecure-listen")
+	if err := checkListen(c); err != nil {
+		return c, err
 	}
-	if c.listen != "" && !strings.Contains(c.listen, ":") {
-		return c, fmt.Errorf("--listen %q: want HOST:PORT", c.listen)
+	if c.insecureListen {
+		ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+		defer cancel()
+		addr, err := loopbackOnly(ctx, net.DefaultResolver, c.listen)
+		if err != nil {
+			return c, err
+		}
+		c.listen = addr
 	}
 	return c, nil
+}
+
+// checkListen checks that the --listen flags make one of three listeners:
+// TLS with client certificates checked against --tls-client-ca, TLS that
+// lets any client in (--insecure-no-client-cert, said explicitly), or
+// plaintext on loopback (--insecure-listen, for tests).
+func checkListen(c config) error {
+	hasTLS := c.tlsCert != "" || c.tlsKey != ""
+	switch {
+	case c.listen == "" && (hasTLS || c.tlsClientCA != "" || c.insecureListen || c.anyClient):
+		return errors.New("--tls-cert, --tls-key, --tls-client-ca, --insecure-no-client-cert and --insecure-listen need --listen")
+	case c.listen == "":
+		return nil
+	case hasTLS && (c.tlsCert == "" || c.tlsKey == ""):
+		return errors.New("--listen with TLS needs both --tls-cert and --tls-key")
+	case hasTLS && c.insecureListen:
+		return errors.New("--insecure-listen contradicts --tls-cert/--tls-key")
+	case !hasTLS && !c.insecureListen:
+		return errors.New("--listen needs --tls-cert and --tls-key (or --insecure-listen to serve plaintext on loopback, for tests)")
+	case c.insecureListen && c.tlsClientCA != "":
+		return errors.New("--tls-client-ca needs TLS, not --insecure-listen")
+	case c.insecureListen && c.anyClient:
+		return errors.New("--insecure-no-client-cert is for TLS listeners; --insecure-listen has no TLS at all")
+	case hasTLS && c.tlsClientCA != "" && c.anyClient:
+		return errors.New("--insecure-no-client-cert contradicts --tls-client-ca")
+	case hasTLS && c.tlsClientCA == "" && !c.anyClient:
+		return errors.New("--listen with TLS needs --tls-client-ca (clients must present a certificate it signed); " +
+			"to let any client that reaches the port in, say so with --insecure-no-client-cert")
+	}
+	if _, _, err := net.SplitHostPort(c.listen); err != nil {
+		return fmt.Errorf("--listen %q: want HOST:PORT", c.listen)
+	}
+	return nil
 }
 
 func isSet(fs *flag.FlagSet, name string) bool {

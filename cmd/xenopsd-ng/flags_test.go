@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
+	"github.com/xenopsd-ng/xenopsd-ng/internal/testcert"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -19,12 +21,23 @@ func TestParseFlags(t *testing.T) {
 		wantErr string // substring; "" => valid
 	}{
 		{[]string{"--backend=sim", "--state-dir=/s"}, ""},
-		{[]string{"--backend=xen", "--state-dir=/s", "--listen=127.0.0.1:0", "--tls-cert=c", "--tls-key=k"}, ""},
+		{[]string{"--backend=xen", "--state-dir=/s", "--listen=0.0.0.0:0", "--tls-cert=c", "--tls-key=k", "--tls-client-ca=ca"}, ""},
+		{[]string{"--backend=xen", "--state-dir=/s", "--listen=:0", "--tls-cert=c", "--tls-key=k", "--insecure-no-client-cert"}, ""},
 		{[]string{"--backend=sim", "--listen=127.0.0.1:0", "--insecure-listen"}, ""},
+		{[]string{"--backend=sim", "--listen=127.1.2.3:0", "--insecure-listen"}, ""},
+		{[]string{"--backend=sim", "--listen=[::1]:0", "--insecure-listen"}, ""},
+		{[]string{"--backend=sim", "--listen=0.0.0.0:0", "--insecure-listen"}, "--insecure-listen: --listen host \"0.0.0.0\" is 0.0.0.0, not a loopback address"},
+		{[]string{"--backend=sim", "--listen=[::]:0", "--insecure-listen"}, "not a loopback address"},
+		{[]string{"--backend=sim", "--listen=192.0.2.1:0", "--insecure-listen"}, "not a loopback address"},
+		{[]string{"--backend=sim", "--listen=:8080", "--insecure-listen"}, "every interface"},
+		{[]string{"--backend=sim", "--listen=127.0.0.1:0", "--tls-cert=c", "--tls-key=k"}, "needs --tls-client-ca"},
+		{[]string{"--backend=sim", "--listen=127.0.0.1:0", "--tls-cert=c", "--tls-key=k", "--tls-client-ca=ca", "--insecure-no-client-cert"}, "contradicts --tls-client-ca"},
+		{[]string{"--backend=sim", "--listen=127.0.0.1:0", "--insecure-listen", "--insecure-no-client-cert"}, "no TLS at all"},
+		{[]string{"--backend=sim", "--insecure-no-client-cert"}, "need --listen"},
 		{[]string{}, "--backend is required"},
 		{[]string{"--backend=kvm"}, `--backend "kvm"`},
 		{[]string{"--backend=sim", "--listen=127.0.0.1:0"}, "--listen needs --tls-cert"},
-		{[]string{"--backend=sim", "--listen=127.0.0.1:0", "--tls-cert=c"}, "both --tls-cert and --tls-key"},
+		{[]string{"--backend=sim", "--listen=127.0.0.1:0", "--tls-cert=c", "--tls-client-ca=ca"}, "both --tls-cert and --tls-key"},
 		{[]string{"--backend=sim", "--tls-cert=c", "--tls-key=k"}, "need --listen"},
 		{[]string{"--backend=sim", "--insecure-listen"}, "need --listen"},
 		{[]string{"--backend=sim", "--listen=127.0.0.1:0", "--insecure-listen", "--tls-client-ca=x"}, "--tls-client-ca needs TLS"},
@@ -51,6 +64,54 @@ func TestParseFlags(t *testing.T) {
 	c, err := parseFlags([]string{"--backend=sim", "--state-dir=/s"}, io.Discard)
 	if err != nil || c.simDir != "/s/sim" || c.socket != apiv1.DefaultSocket || c.workers != domain.DefaultWorkers {
 		t.Errorf("defaults: %+v, %v", c, err)
+	}
+}
+
+// fakeResolver answers host look-ups from a table.
+type fakeResolver map[string][]string
+
+func (f fakeResolver) LookupIPAddr(_ context.Context, host string) ([]net.IPAddr, error) {
+	ips, ok := f[host]
+	if !ok {
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}
+	var out []net.IPAddr
+	for _, ip := range ips {
+		out = append(out, net.IPAddr{IP: net.ParseIP(ip)})
+	}
+	return out, nil
+}
+
+func TestInsecureListenOnlyOnLoopback(t *testing.T) {
+	r := fakeResolver{
+		"localhost":  {"127.0.0.1", "::1"},
+		"myhost":     {"127.0.1.1"},
+		"dual":       {"127.0.0.1", "198.51.100.7"},
+		"public":     {"198.51.100.7"},
+		"127.0.0.1":  {"127.0.0.1"},
+		"0.0.0.0":    {"0.0.0.0"},
+		"empty-name": {},
+	}
+	tests := []struct{ addr, want, wantErr string }{
+		{"localhost:7000", "127.0.0.1:7000", ""},
+		{"myhost:7000", "127.0.1.1:7000", ""},
+		{"127.0.0.1:0", "127.0.0.1:0", ""},
+		{"dual:7000", "", `--listen host "dual" is 198.51.100.7, not a loopback address`},
+		{"public:7000", "", "not a loopback address"},
+		{"0.0.0.0:7000", "", "not a loopback address"},
+		{":7000", "", "every interface"},
+		{"nosuchhost:7000", "", `cannot resolve --listen host "nosuchhost"`},
+		{"empty-name:7000", "", "resolves to no address"},
+		{"7000", "", "HOST:PORT"},
+	}
+	for _, tt := range tests {
+		got, err := loopbackOnly(context.Background(), r, tt.addr)
+		switch {
+		case tt.wantErr == "" && (err != nil || got != tt.want):
+			t.Errorf("%s: %q, %v; want %q", tt.addr, got, err, tt.want)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "--")):
+			t.Errorf("%s: %q, %v; want an error containing %q", tt.addr, got, err, tt.wantErr)
+		}
 	}
 }
 
@@ -138,5 +199,24 @@ func TestListenUnix(t *testing.T) {
 	}
 	if b, err := os.ReadFile(path); err != nil || string(b) != "x" {
 		t.Errorf("regular file changed: %q %v", b, err)
+	}
+}
+
+func TestServerTLSWarnsWithoutClientCA(t *testing.T) {
+	dir := t.TempDir()
+	ca := testcert.NewCA(t, dir)
+	server := ca.Server(t, "daemon")
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	cfg := config{listen: "127.0.0.1:0", tlsCert: server.CertFile, tlsKey: server.KeyFile, tlsClientCA: ca.File}
+	if _, err := serverTLS(cfg, log); err != nil || logs.Len() != 0 {
+		t.Fatalf("with a client CA: %v, logged %q", err, logs.String())
+	}
+	cfg.tlsClientCA, cfg.anyClient = "", true
+	if _, err := serverTLS(cfg, log); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "level=WARN") || !strings.Contains(logs.String(), "--insecure-no-client-cert") {
+		t.Errorf("no start-up warning for a TLS listener without client certificates: %q", logs.String())
 	}
 }

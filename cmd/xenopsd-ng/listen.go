@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -59,8 +61,46 @@ func listenUnix(path string) (net.Listener, func(), error) {
 	return l, func() { _ = os.Remove(path) }, nil
 }
 
-// serverTLS builds the TLS credentials of the TCP listener.
-func serverTLS(cfg config) (credentials.TransportCredentials, error) {
+// resolveTimeout bounds the look-up of the --listen host name.
+const resolveTimeout = 10 * time.Second
+
+// resolver looks host names up; *net.Resolver is one.
+type resolver interface {
+	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
+}
+
+// loopbackOnly checks that the --insecure-listen address hostPort is on
+// loopback: its host must be a loopback IP or a name that resolves to
+// loopback addresses only (an empty host means every interface). It returns
+// HOST:PORT with the host replaced by the first address it resolved to, so
+// the listener binds exactly the address that was checked.
+func loopbackOnly(ctx context.Context, r resolver, hostPort string) (string, error) {
+	host, port, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return "", fmt.Errorf("--listen %q: want HOST:PORT", hostPort)
+	}
+	if host == "" {
+		return "", fmt.Errorf("--insecure-listen: --listen %q has no host, so it listens on every interface; plaintext is only allowed on loopback (e.g. 127.0.0.1:%s)", hostPort, port)
+	}
+	addrs, err := r.LookupIPAddr(ctx, host)
+	if err != nil {
+		return "", fmt.Errorf("--insecure-listen: cannot resolve --listen host %q to check that it is loopback: %w", host, err)
+	}
+	if len(addrs) == 0 {
+		return "", fmt.Errorf("--insecure-listen: --listen host %q resolves to no address", host)
+	}
+	for _, a := range addrs {
+		if !a.IP.IsLoopback() {
+			return "", fmt.Errorf("--insecure-listen: --listen host %q is %s, not a loopback address; plaintext is only allowed on loopback (use TLS with --tls-cert, --tls-key and --tls-client-ca)", host, a.IP)
+		}
+	}
+	return net.JoinHostPort(addrs[0].IP.String(), port), nil
+}
+
+// serverTLS builds the TLS credentials of the TCP listener. Without a
+// client CA (only with --insecure-no-client-cert, see checkListen) it warns:
+// anyone who reaches the port may drive the host.
+func serverTLS(cfg config, log *slog.Logger) (credentials.TransportCredentials, error) {
 	cert, err := tls.LoadX509KeyPair(cfg.tlsCert, cfg.tlsKey)
 	if err != nil {
 		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
@@ -77,6 +117,9 @@ func serverTLS(cfg config) (credentials.TransportCredentials, error) {
 		}
 		tc.ClientCAs = pool
 		tc.ClientAuth = tls.RequireAndVerifyClientCert
+	} else {
+		log.Warn("the TLS listener does not verify client certificates (--insecure-no-client-cert): any client that reaches it controls this host",
+			"listen", cfg.listen)
 	}
 	return credentials.NewTLS(tc), nil
 }

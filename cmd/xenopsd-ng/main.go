@@ -3,7 +3,8 @@
 // optionally on TCP with TLS).
 //
 //	xenopsd-ng --backend=sim|xen --socket PATH --state-dir DIR [--sim-dir DIR]
-//	           [--listen HOST:PORT --tls-cert F --tls-key F [--tls-client-ca F] | --insecure-listen]
+//	           [--listen HOST:PORT (--tls-cert F --tls-key F (--tls-client-ca F | --insecure-no-client-cert)
+//	                                | --insecure-listen on a loopback HOST)]
 //	           [--workers N] [--log-level debug|info|warn|error] [--log-format text|json]
 //	           [--drain-timeout D]
 //	xenopsd-ng sim-host --dir DIR [--memory 16G] [--cpus 8]

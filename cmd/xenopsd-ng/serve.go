@@ -60,7 +60,7 @@ func serveAPI(cfg config, mgr *domain.Manager, log *slog.Logger) (*apiServers, e
 		return nil, err
 	}
 	a.removeSocket = removeSocket
-	a.servers = append(a.servers, serving{newServer(), ul, cfg.socket})
+	a.servers = append(a.servers, serving{newServer(grpc.Creds(service.UnixPeerCredentials())), ul, cfg.socket})
 	if cfg.listen != "" {
 		s, err := listenTCP(cfg, newServer, log)
 		if err != nil {
@@ -91,7 +91,7 @@ func serveAPI(cfg config, mgr *domain.Manager, log *slog.Logger) (*apiServers, e
 func listenTCP(cfg config, newServer func(...grpc.ServerOption) *grpc.Server, log *slog.Logger) (serving, error) {
 	var opts []grpc.ServerOption
 	if !cfg.insecureListen {
-		creds, err := serverTLS(cfg)
+		creds, err := serverTLS(cfg, log)
 		if err != nil {
 			return serving{}, err
 		}

@@ -50,7 +50,8 @@ event before them); progress is not kept, so it is never replayed.
 			ctx, cancel := a.ctxWith(cmd, timeout)
 			defer cancel()
 			if !cmd.Flags().Changed("after") {
-				resp, err := c.vm.ListVMs(ctx, &apiv1.ListVMsRequest{})
+				// Only the revision matters: one VM's page is enough.
+				resp, err := c.vm.ListVMs(ctx, &apiv1.ListVMsRequest{PageSize: 1})
 				if err != nil {
 					return err
 				}

@@ -156,7 +156,7 @@ func (a *app) taskCmd() *cobra.Command {
 					}
 					vmID = g.GetVm().GetId()
 				}
-				resp, err := c.task.ListTasks(ctx, &apiv1.ListTasksRequest{VmId: vmID})
+				resp, err := listTasks(ctx, c, vmID)
 				if err != nil {
 					return err
 				}

@@ -172,7 +172,7 @@ func (a *app) vmListCmd() *cobra.Command {
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.call(cmd, func(ctx context.Context, c *clients) error {
-				resp, err := c.vm.ListVMs(ctx, &apiv1.ListVMsRequest{})
+				resp, err := listVMs(ctx, c)
 				if err != nil {
 					return err
 				}

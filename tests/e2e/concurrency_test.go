@@ -63,7 +63,7 @@ func TestConcurrency(t *testing.T) {
 	}
 
 	// State: every VM paused, each in its own domain.
-	list, err := main.vm.ListVMs(ctx, &apiv1.ListVMsRequest{})
+	list, err := main.vm.ListVMs(ctx, &apiv1.ListVMsRequest{PageSize: nVMs}) // one page: 200 small VMs
 	if err != nil {
 		t.Fatal(err)
 	}

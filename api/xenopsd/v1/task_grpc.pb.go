@@ -34,7 +34,9 @@ const (
 // running when it stopped ends INTERRUPTED).
 type TaskServiceClient interface {
 	GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*GetTaskResponse, error)
-	// ListTasks lists tasks, optionally only those of one VM.
+	// ListTasks lists tasks, optionally only those of one VM, oldest first,
+	// one page at a time (AIP-158; as ListVMs: a caller that sends no
+	// page_size gets the first page and must follow next_page_token).
 	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
 	// CancelTask asks a pending or running task to stop; it returns the task
 	// as it is after the request (a pending task is CANCELLED at once).
@@ -101,7 +103,9 @@ func (c *taskServiceClient) WaitTask(ctx context.Context, in *WaitTaskRequest, o
 // running when it stopped ends INTERRUPTED).
 type TaskServiceServer interface {
 	GetTask(context.Context, *GetTaskRequest) (*GetTaskResponse, error)
-	// ListTasks lists tasks, optionally only those of one VM.
+	// ListTasks lists tasks, optionally only those of one VM, oldest first,
+	// one page at a time (AIP-158; as ListVMs: a caller that sends no
+	// page_size gets the first page and must follow next_page_token).
 	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
 	// CancelTask asks a pending or running task to stop; it returns the task
 	// as it is after the request (a pending task is CANCELLED at once).

@@ -857,7 +857,15 @@ func (x *GetVMResponse) GetVm() *VM {
 }
 
 type ListVMsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is the most VMs to return: 0 => 100; above 1000 => 1000;
+	// negative => INVALID_ARGUMENT. A page may hold fewer: it also ends before
+	// its VMs would pass 3 MiB encoded, so that it stays below gRPC's default
+	// 4 MiB receive limit whatever the VMs' specs.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is the next_page_token of the previous page; empty => the
+	// first page. A token this API did not issue is INVALID_ARGUMENT.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -892,11 +900,27 @@ func (*ListVMsRequest) Descriptor() ([]byte, []int) {
 	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{8}
 }
 
+func (x *ListVMsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListVMsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListVMsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Vms   []*VM                  `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
-	// revision is the event revision the list is consistent with.
-	Revision      uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// revision is the event revision this page is consistent with.
+	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// next_page_token fetches the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,3,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -943,6 +967,13 @@ func (x *ListVMsResponse) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *ListVMsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type UpdateVMRequest struct {
@@ -1962,11 +1993,15 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\fGetVMRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"/\n" +
 	"\rGetVMResponse\x12\x1e\n" +
-	"\x02vm\x18\x01 \x01(\v2\x0e.xenopsd.v1.VMR\x02vm\"\x10\n" +
-	"\x0eListVMsRequest\"O\n" +
+	"\x02vm\x18\x01 \x01(\v2\x0e.xenopsd.v1.VMR\x02vm\"L\n" +
+	"\x0eListVMsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"w\n" +
 	"\x0fListVMsResponse\x12 \n" +
 	"\x03vms\x18\x01 \x03(\v2\x0e.xenopsd.v1.VMR\x03vms\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\"I\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12&\n" +
+	"\x0fnext_page_token\x18\x03 \x01(\tR\rnextPageToken\"I\n" +
 	"\x0fUpdateVMRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.xenopsd.v1.VMSpecR\x04spec\"2\n" +

@@ -58,8 +58,13 @@ type VMServiceClient interface {
 	// retry with the same request_id returns the VM the first call created.
 	CreateVM(ctx context.Context, in *CreateVMRequest, opts ...grpc.CallOption) (*CreateVMResponse, error)
 	GetVM(ctx context.Context, in *GetVMRequest, opts ...grpc.CallOption) (*GetVMResponse, error)
-	// ListVMs returns every VM and the event revision the list is consistent
-	// with: EventService.Watch from that revision misses nothing.
+	// ListVMs returns the VMs one page at a time (AIP-158), in the order of
+	// their ids, with the event revision each page is consistent with.
+	// EventService.Watch from the revision of the first page misses nothing
+	// (changes made while the pages were read are among the events after it).
+	// A caller that sends no page_size gets the first page of the default size
+	// and must follow next_page_token for the rest; before paging existed it
+	// got every VM in one answer.
 	ListVMs(ctx context.Context, in *ListVMsRequest, opts ...grpc.CallOption) (*ListVMsResponse, error)
 	// UpdateVM replaces the VM's spec. The uuid cannot change.
 	UpdateVM(ctx context.Context, in *UpdateVMRequest, opts ...grpc.CallOption) (*UpdateVMResponse, error)
@@ -248,8 +253,13 @@ type VMServiceServer interface {
 	// retry with the same request_id returns the VM the first call created.
 	CreateVM(context.Context, *CreateVMRequest) (*CreateVMResponse, error)
 	GetVM(context.Context, *GetVMRequest) (*GetVMResponse, error)
-	// ListVMs returns every VM and the event revision the list is consistent
-	// with: EventService.Watch from that revision misses nothing.
+	// ListVMs returns the VMs one page at a time (AIP-158), in the order of
+	// their ids, with the event revision each page is consistent with.
+	// EventService.Watch from the revision of the first page misses nothing
+	// (changes made while the pages were read are among the events after it).
+	// A caller that sends no page_size gets the first page of the default size
+	// and must follow next_page_token for the rest; before paging existed it
+	// got every VM in one answer.
 	ListVMs(context.Context, *ListVMsRequest) (*ListVMsResponse, error)
 	// UpdateVM replaces the VM's spec. The uuid cannot change.
 	UpdateVM(context.Context, *UpdateVMRequest) (*UpdateVMResponse, error)
