@@ -11,10 +11,11 @@ import (
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 )
 
-// ConsoleLogs reads guest console logs by VM name; *console.Logs
-// implements it.
+// ConsoleLogs reads guest console logs by VM name, and removes a deleted
+// VM's; *console.Logs implements it.
 type ConsoleLogs interface {
 	Stream(ctx context.Context, name string, opts console.Options, send func(console.Chunk) error) error
+	Remove(name string) error
 }
 
 // StreamConsole streams the VM's console log (see the proto). The VM is
@@ -36,6 +37,7 @@ func (s vmServer) StreamConsole(req *pb.StreamConsoleRequest, stream pb.VMServic
 		Follow:    req.GetFollow(),
 		TailBytes: req.GetTailBytes(),
 		Offset:    req.GetOffset(),
+		NotBefore: vm.CreatedAt, // an earlier VM's log of the same name is not this one's
 		Alive: func(ctx context.Context) (bool, error) {
 			vm, err := s.m.GetVM(ctx, id)
 			if domain.CodeOf(err) == domain.CodeNotFound {

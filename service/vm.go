@@ -79,10 +79,27 @@ func (s vmServer) DeleteVM(ctx context.Context, req *pb.DeleteVMRequest) (*pb.De
 	if err := requireID("id", req.GetId()); err != nil {
 		return nil, err
 	}
-	if err := s.m.DeleteVM(ctx, req.GetId()); err != nil {
+	vm, err := s.m.GetVM(ctx, req.GetId())
+	if err != nil {
 		return nil, s.fail(ctx, "DeleteVM", err)
 	}
+	if err := s.m.DeleteVM(ctx, vm.ID); err != nil {
+		return nil, s.fail(ctx, "DeleteVM", err)
+	}
+	s.removeConsoleLog(ctx, vm)
 	return &pb.DeleteVMResponse{}, nil
+}
+
+// removeConsoleLog deletes a deleted VM's console log, so that a later VM
+// of the same name does not read it. A failure is logged, not returned: the
+// VM is gone, and StreamConsole refuses a log older than the VM reading it.
+func (s vmServer) removeConsoleLog(ctx context.Context, vm domain.VM) {
+	if s.opts.Console == nil {
+		return
+	}
+	if err := s.opts.Console.Remove(vm.Spec.Name); err != nil {
+		s.log.WarnContext(ctx, "remove the console log of a deleted VM", "vm", vm.ID, "name", vm.Spec.Name, "err", err)
+	}
 }
 
 // lifecycle runs one lifecycle call: validate the id, queue the operation,

@@ -1,0 +1,66 @@
+package service
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// A request whose fields do not decode (a proto3 string holding invalid
+// UTF-8) is the caller's mistake, but grpc-go reports a decoding failure as
+// INTERNAL, and sends that status itself before the handler sees the
+// error. So the services are registered with handlers that receive the
+// request as an Empty message (its fields arrive as unknown fields: only
+// the wire framing is checked) and decode it into the request type
+// themselves, answering INVALID_ARGUMENT when that fails. Bytes that are
+// not protobuf wire format at all still fail inside grpc-go, as INTERNAL.
+
+// registerDecoding registers impl for desc on r, every method receiving its
+// request through decodeRequest.
+func registerDecoding(r grpc.ServiceRegistrar, desc *grpc.ServiceDesc, impl any) {
+	d := *desc
+	d.Methods = make([]grpc.MethodDesc, len(desc.Methods))
+	for i, m := range desc.Methods {
+		h := m.Handler
+		m.Handler = func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+			return h(srv, ctx, func(req any) error { return decodeRequest(dec, req) }, ic)
+		}
+		d.Methods[i] = m
+	}
+	d.Streams = make([]grpc.StreamDesc, len(desc.Streams))
+	for i, s := range desc.Streams {
+		h := s.Handler
+		s.Handler = func(srv any, stream grpc.ServerStream) error { return h(srv, decodingStream{stream}) }
+		d.Streams[i] = s
+	}
+	r.RegisterService(&d, impl)
+}
+
+// decodingStream receives a streaming call's request through decodeRequest.
+type decodingStream struct{ grpc.ServerStream }
+
+func (s decodingStream) RecvMsg(m any) error { return decodeRequest(s.ServerStream.RecvMsg, m) }
+
+// decodeRequest receives a request with recv and decodes it into req; a
+// request that does not decode is INVALID_ARGUMENT saying why.
+func decodeRequest(recv func(any) error, req any) error {
+	msg, ok := req.(proto.Message)
+	if !ok { // not a generated request type: nothing to improve on
+		return recv(req)
+	}
+	var raw emptypb.Empty
+	if err := recv(&raw); err != nil {
+		return err
+	}
+	b, err := proto.Marshal(&raw) // the unknown fields, byte for byte
+	if err != nil {
+		return newStatus(codes.InvalidArgument, "", "malformed request: "+err.Error())
+	}
+	if err := proto.Unmarshal(b, msg); err != nil {
+		return newStatus(codes.InvalidArgument, "", "malformed request: "+err.Error())
+	}
+	return nil
+}
