@@ -13,7 +13,7 @@
 // A log is named after the VM's name, but it belongs to the VM: names are
 // unique among a host's VMs only at one moment, so a later VM may take a
 // deleted VM's name. Logs.Remove deletes a VM's log when the VM is deleted,
-// and Options.NotBefore (the VM's creation time) makes a stream refuse a
+// Logs.Rename follows a VM's change of name, and Options.NotBefore (the VM's creation time) makes a stream refuse a
 // log nothing has written to since the VM existed: one left behind by an
 // earlier VM of that name (e.g. when the daemon stopped between deleting
 // the VM and its log).
@@ -85,6 +85,24 @@ func (l *Logs) Remove(name string) error {
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove console log of VM %q: %w", name, err)
+	}
+	return nil
+}
+
+// Rename moves the log of a VM renamed from one name to another (a missing
+// log is fine), replacing any log left under the new name: it is the
+// renamed VM's output, and a later VM taking the old name must not read it.
+func (l *Logs) Rename(from, to string) error {
+	src, err := l.Path(from)
+	if err != nil {
+		return err
+	}
+	dst, err := l.Path(to)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(src, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("rename console log of VM %q to %q: %w", from, to, err)
 	}
 	return nil
 }

@@ -305,6 +305,19 @@ func TestLogOfAnEarlierVM(t *testing.T) {
 		t.Fatal("Remove accepted a path")
 	}
 
+	// Rename moves a log, replacing one under the new name.
+	writeLog(t, l, "a", "a's\n")
+	writeLog(t, l, "b", "stale b\n")
+	if err := l.Rename("a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := collect(ctx, l, "b", Options{}); err != nil || got != "a's\n" {
+		t.Fatalf("after Rename: %q, %v", got, err)
+	}
+	if err := l.Rename("a", "c"); err != nil {
+		t.Fatalf("Rename of a missing log: %v", err)
+	}
+
 	// Following: the stale log is skipped until the VM writes its own.
 	writeLog(t, l, "web", "stale\n")
 	if err := os.Chtimes(path, old, old); err != nil {

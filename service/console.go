@@ -11,11 +11,12 @@ import (
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 )
 
-// ConsoleLogs reads guest console logs by VM name, and removes a deleted
-// VM's; *console.Logs implements it.
+// ConsoleLogs reads guest console logs by VM name, removes a deleted VM's
+// and renames a renamed VM's; *console.Logs implements it.
 type ConsoleLogs interface {
 	Stream(ctx context.Context, name string, opts console.Options, send func(console.Chunk) error) error
 	Remove(name string) error
+	Rename(from, to string) error
 }
 
 // StreamConsole streams the VM's console log (see the proto). The VM is

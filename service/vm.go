@@ -68,9 +68,21 @@ func (s vmServer) UpdateVM(ctx context.Context, req *pb.UpdateVMRequest) (*pb.Up
 	if err != nil {
 		return nil, err
 	}
-	vm, err := s.m.UpdateVM(ctx, req.GetId(), spec)
+	old, err := s.m.GetVM(ctx, req.GetId())
 	if err != nil {
 		return nil, s.fail(ctx, "UpdateVM", err)
+	}
+	vm, err := s.m.UpdateVM(ctx, old.ID, spec)
+	if err != nil {
+		return nil, s.fail(ctx, "UpdateVM", err)
+	}
+	if s.opts.Console != nil && vm.Spec.Name != old.Spec.Name {
+		// The log follows the VM: a later VM taking the old name starts
+		// without one. A failure is logged; StreamConsole's age check
+		// still keeps the log from that later VM.
+		if err := s.opts.Console.Rename(old.Spec.Name, vm.Spec.Name); err != nil {
+			s.log.WarnContext(ctx, "rename the console log of a renamed VM", "vm", vm.ID, "from", old.Spec.Name, "to", vm.Spec.Name, "err", err)
+		}
 	}
 	return &pb.UpdateVMResponse{Vm: VMToPB(vm)}, nil
 }
