@@ -13,7 +13,8 @@
 // A log is named after the VM's name, but it belongs to the VM: names are
 // unique among a host's VMs only at one moment, so a later VM may take a
 // deleted VM's name. Logs.Remove deletes a VM's log when the VM is deleted,
-// Logs.Rename follows a VM's change of name, and Options.NotBefore (the VM's creation time) makes a stream refuse a
+// Logs.Rename follows a VM's change of name, Logs.RemoveStale clears such a
+// log before a VM's domain is built, and Options.NotBefore (the VM's creation time) makes a stream refuse a
 // log nothing has written to since the VM existed: one left behind by an
 // earlier VM of that name (e.g. when the daemon stopped between deleting
 // the VM and its log).
@@ -85,6 +86,29 @@ func (l *Logs) Remove(name string) error {
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove console log of VM %q: %w", name, err)
+	}
+	return nil
+}
+
+// RemoveStale removes the log of the VM named name if nothing has written
+// it since created, the VM's creation time: it is an earlier VM's of the
+// same name (left when the daemon stopped between deleting that VM and its
+// log), which the VM's guest must not append to. Call it before the VM's
+// domain is built.
+func (l *Logs) RemoveStale(name string, created time.Time) error {
+	path, err := l.Path(name)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && !fi.ModTime().Before(created)) {
+		return nil
+	}
+	if err == nil {
+		err = os.Remove(path)
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale console log of VM %q: %w", name, err)
 	}
 	return nil
 }

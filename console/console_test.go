@@ -305,6 +305,24 @@ func TestLogOfAnEarlierVM(t *testing.T) {
 		t.Fatal("Remove accepted a path")
 	}
 
+	// RemoveStale removes only a log nothing wrote since the VM's creation.
+	writeLog(t, l, "s", "earlier\n")
+	if err := os.Chtimes(filepath.Join(l.Dir, FileName("s")), old, old); err != nil {
+		t.Fatal(err)
+	}
+	writeLog(t, l, "fresh", "mine\n")
+	for _, name := range []string{"s", "fresh", "none"} {
+		if err := l.RemoveStale(name, created); err != nil {
+			t.Fatalf("RemoveStale %s: %v", name, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(l.Dir, FileName("s"))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale log kept: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(l.Dir, FileName("fresh"))); err != nil {
+		t.Errorf("fresh log removed: %v", err)
+	}
+
 	// Rename moves a log, replacing one under the new name.
 	writeLog(t, l, "a", "a's\n")
 	writeLog(t, l, "b", "stale b\n")

@@ -261,4 +261,11 @@ func TestConsoleLogFollowsTheVM(t *testing.T) {
 	if code, _, _ := details(t, err); code != codes.NotFound || got != "" {
 		t.Errorf("console of a VM newer than its log: %q, %v; want NOT_FOUND", got, err)
 	}
+	// Starting the VM clears that log, so its guest does not append to it.
+	if _, err := c.vm.StartVM(ctx, &pb.StartVMRequest{Id: "web-3"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path("web-3")); !os.IsNotExist(err) {
+		t.Errorf("an earlier VM's log is still there after the start: %v", err)
+	}
 }

@@ -102,6 +102,23 @@ func (s vmServer) DeleteVM(ctx context.Context, req *pb.DeleteVMRequest) (*pb.De
 	return &pb.DeleteVMResponse{}, nil
 }
 
+// removeStaleConsoleLog removes an earlier VM's log under the name of the
+// VM ref before its domain is built, so that its guest starts a log of its
+// own. Errors are logged: the start does not depend on it, and the console
+// is then refused rather than mixed (see console.Options.NotBefore).
+func (s vmServer) removeStaleConsoleLog(ctx context.Context, ref string) {
+	if s.opts.Console == nil {
+		return
+	}
+	vm, err := s.m.GetVM(ctx, ref)
+	if err != nil {
+		return // Start reports it
+	}
+	if err := s.opts.Console.RemoveStale(vm.Spec.Name, vm.CreatedAt); err != nil {
+		s.log.WarnContext(ctx, "remove an earlier VM's console log", "vm", vm.ID, "name", vm.Spec.Name, "err", err)
+	}
+}
+
 // removeConsoleLog deletes a deleted VM's console log, so that a later VM
 // of the same name does not read it. A failure is logged, not returned: the
 // VM is gone, and StreamConsole refuses a log older than the VM reading it.
@@ -152,6 +169,7 @@ func shutdownOptions(timeout *durationpb.Duration, force bool) (domain.ShutdownO
 
 func (s vmServer) StartVM(ctx context.Context, req *pb.StartVMRequest) (*pb.StartVMResponse, error) {
 	t, err := s.lifecycle(ctx, "StartVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		s.removeStaleConsoleLog(ctx, req.GetId())
 		return s.m.Start(ctx, req.GetId(), req.GetPaused())
 	})
 	if err != nil {
