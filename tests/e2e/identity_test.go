@@ -148,6 +148,22 @@ func TestIdentityAndOwnership(t *testing.T) {
 			t.Errorf("console of a new VM reusing a deleted VM's name: exit %d, stdout %q, stderr %q; want NOT_FOUND and nothing of the old VM",
 				r.Code, r.Stdout, r.Stderr)
 		}
+
+		// Renamed, a VM keeps its log; a new VM under the old name has none.
+		cli(t, d, "vm", "start", "con-reuse")
+		cli(t, d, "vm", "shutdown", "con-reuse")
+		vm := cliVM(t, d, "con-reuse")
+		vm.Spec.Name = "con-renamed"
+		if _, err := c.vm.UpdateVM(ctx, &apiv1.UpdateVMRequest{Id: vm.GetId(), Spec: vm.GetSpec()}); err != nil {
+			t.Fatal(err)
+		}
+		if got := cli(t, d, "vm", "console", "con-renamed"); !strings.Contains(got, simhost.BootMarker) {
+			t.Errorf("console of the renamed VM: %q", got)
+		}
+		cli(t, d, "vm", "create", "--name", "con-reuse", "--memory", "64M")
+		if r := d.CLI("vm", "console", "con-reuse"); r.Code != 1 || strings.Contains(r.Stdout, simhost.BootMarker) {
+			t.Errorf("console of a new VM under a renamed VM's old name: exit %d, stdout %q, stderr %q", r.Code, r.Stdout, r.Stderr)
+		}
 	})
 
 	t.Run("malformed requests are INVALID_ARGUMENT", func(t *testing.T) {
