@@ -2,21 +2,20 @@ package service
 
 import (
 	"context"
+	"fmt"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/emptypb"
 )
 
-// A request whose fields do not decode (a proto3 string holding invalid
-// UTF-8) is the caller's mistake, but grpc-go reports a decoding failure as
-// INTERNAL, and sends that status itself before the handler sees the
-// error. So the services are registered with handlers that receive the
-// request as an Empty message (its fields arrive as unknown fields: only
-// the wire framing is checked) and decode it into the request type
-// themselves, answering INVALID_ARGUMENT when that fails. Bytes that are
-// not protobuf wire format at all still fail inside grpc-go, as INTERNAL.
+// A request that does not decode (a proto3 string holding invalid UTF-8,
+// bytes that are not the message's wire format) is the caller's mistake,
+// but grpc-go reports a decoding failure as INTERNAL, and sends that status
+// itself before the handler sees the error. So the services are registered
+// with handlers that receive the request's bytes undecoded (rawRequest) and
+// decode them into the request type themselves, answering INVALID_ARGUMENT
+// when that fails.
 
 // registerDecoding registers impl for desc on r, every method receiving its
 // request through decodeRequest.
@@ -51,16 +50,29 @@ func decodeRequest(recv func(any) error, req any) error {
 	if !ok { // not a generated request type: nothing to improve on
 		return recv(req)
 	}
-	var raw emptypb.Empty
+	var raw rawRequest
 	if err := recv(&raw); err != nil {
 		return err
 	}
-	b, err := proto.Marshal(&raw) // the unknown fields, byte for byte
-	if err != nil {
+	if err := proto.Unmarshal(raw.b, msg); err != nil {
 		return newStatus(codes.InvalidArgument, "", "malformed request: "+err.Error())
 	}
-	if err := proto.Unmarshal(b, msg); err != nil {
-		return newStatus(codes.InvalidArgument, "", "malformed request: "+err.Error())
-	}
+	return nil
+}
+
+// rawRequest takes a request's bytes as they are. gRPC's proto codec
+// unmarshals into it through protobuf's support for messages that decode
+// themselves (an Unmarshal([]byte) error method, as pre-APIv2 generated
+// code had), which cannot fail. TestMalformedRequestsAreInvalidArgument
+// notices if a library update changes that.
+type rawRequest struct{ b []byte }
+
+func (r *rawRequest) Reset()         { r.b = nil }
+func (r *rawRequest) String() string { return fmt.Sprintf("request of %d bytes", len(r.b)) }
+func (*rawRequest) ProtoMessage()    {}
+
+// Unmarshal keeps a copy of b (the codec reuses its buffer).
+func (r *rawRequest) Unmarshal(b []byte) error {
+	r.b = append(r.b[:0], b...)
 	return nil
 }

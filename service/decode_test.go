@@ -45,6 +45,8 @@ func TestMalformedRequestsAreInvalidArgument(t *testing.T) {
 		{"invalid UTF-8 in id", "/xenopsd.v1.VMService/GetVM", false, stringField(1, []byte("\xc3\x28")), "UTF-8"},
 		{"invalid UTF-8 deep in a message", "/xenopsd.v1.VMService/CreateVM", false,
 			stringField(1, stringField(13, append(stringField(1, []byte("vm-data/a")), stringField(2, []byte("\xff"))...))), "UTF-8"},
+		{"truncated message", "/xenopsd.v1.VMService/CreateVM", false, badName[:len(badName)-2], "malformed request"},
+		{"not wire format", "/xenopsd.v1.VMService/GetVM", false, []byte{0xff, 0xff, 0xff}, "malformed request"},
 		{"invalid UTF-8, streaming", "/xenopsd.v1.VMService/StreamConsole", true, stringField(1, []byte("\xff")), "UTF-8"},
 		{"invalid UTF-8 in a task id", "/xenopsd.v1.TaskService/GetTask", false, stringField(1, []byte("\xff")), "UTF-8"},
 	} {

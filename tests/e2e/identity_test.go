@@ -170,14 +170,20 @@ func TestIdentityAndOwnership(t *testing.T) {
 		field := func(num protowire.Number, v []byte) []byte {
 			return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
 		}
-		for method, req := range map[string][]byte{
-			"/xenopsd.v1.VMService/CreateVM": field(1, field(2, []byte("web\xff"))), // spec.name
-			"/xenopsd.v1.VMService/GetVM":    field(1, []byte("\xc3\x28")),          // id
+		conn := d.Conn()
+		for _, tc := range []struct {
+			method string
+			req    []byte
+			want   string
+		}{
+			{"/xenopsd.v1.VMService/CreateVM", field(1, field(2, []byte("web\xff"))), "UTF-8"}, // spec.name
+			{"/xenopsd.v1.VMService/GetVM", field(1, []byte("\xc3\x28")), "UTF-8"},             // id
+			{"/xenopsd.v1.VMService/DeleteVM", []byte{0x0a, 0x7f, 'x'}, "malformed request"},   // truncated
 		} {
 			var out []byte
-			err := d.Conn().Invoke(ctx, method, &req, &out, grpc.ForceCodec(rawCodec{}))
-			if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "UTF-8") {
-				t.Errorf("%s with invalid UTF-8: %v %q, want INVALID_ARGUMENT about UTF-8", method, st.Code(), st.Message())
+			err := conn.Invoke(ctx, tc.method, &tc.req, &out, grpc.ForceCodec(rawCodec{}))
+			if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), tc.want) {
+				t.Errorf("%s with %x: %v %q, want INVALID_ARGUMENT mentioning %q", tc.method, tc.req, st.Code(), st.Message(), tc.want)
 			}
 		}
 	})
