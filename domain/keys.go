@@ -17,16 +17,18 @@ import (
 // write them could power the guest off (control/shutdown) or re-point the
 // domain at another VM (vm). So:
 //
-//   - spec.xenstore_data keys must lie below data/ or vm-data/ (as xenopsd
-//     keeps only vm-data/ keys of XAPI's xenstore_data): the subtrees that
-//     carry caller data to the guest and nothing else;
+//   - spec.xenstore_data keys must lie below data/ or vm-data/: the subtrees
+//     that carry caller data to the guest and nothing else (xenopsd keeps
+//     only the vm-data/ and FIST/ keys of XAPI's xenstore_data and drops the
+//     rest silently; we refuse them);
 //   - spec.platform keys are the names the daemon knows, each with the values
 //     it acts on (platformKeys): an unknown key is refused, not written and
 //     ignored.
 //
 // Every accepted key is a path xenstored accepts (xenstore.ValidNodeName:
-// letters, digits, '-', '_', '@' and single '/' separators) and every value
-// fits a guest's node-size quota.
+// letters, digits, '-', '_', '@' and single '/' separators), and every value
+// is at most the node size C xenstored allows a guest (2048 bytes), well
+// within a request's 4096-byte payload.
 
 // xenstoreDataRoots are the subtrees spec.xenstore_data may write.
 var xenstoreDataRoots = []string{"data/", "vm-data/"}
@@ -89,7 +91,7 @@ func validatePlatform(m map[string]string) error {
 }
 
 // validateValue checks a value written to xenstore for the caller: text
-// without NUL that fits a guest's node-size quota.
+// without NUL of at most maxValueLen bytes.
 func validateValue(field, k, v string) error {
 	if len(v) > maxValueLen || strings.ContainsRune(v, 0) || !utf8.ValidString(v) {
 		return InvalidField(fmt.Sprintf("%s[%s]", field, k), "value must be UTF-8 text without NUL of at most %d bytes", maxValueLen)
