@@ -10,6 +10,15 @@
 // domain of the same VM appends to the same file), so the last output of a
 // crashed or halted VM stays available for post-mortem.
 //
+// A log is named after the VM's name, but it belongs to the VM: names are
+// unique among a host's VMs only at one moment, so a later VM may take a
+// deleted VM's name. Logs.Remove deletes a VM's log when the VM is deleted,
+// Logs.Rename follows a VM's change of name, Logs.RemoveStale clears such a
+// log before a VM's domain is built, and Options.NotBefore (the VM's creation time) makes a stream refuse a
+// log nothing has written to since the VM existed: one left behind by an
+// earlier VM of that name (e.g. when the daemon stopped between deleting
+// the VM and its log).
+//
 // Logs.Stream reads a VM's log from an offset or its last N bytes and, in
 // follow mode, keeps polling it for new output (like tail -F: a truncated
 // or replaced log is read again from its start) until the VM's domain is
@@ -68,6 +77,60 @@ func (l *Logs) Path(name string) (string, error) {
 	return filepath.Join(l.Dir, FileName(name)), nil
 }
 
+// Remove deletes the log of the VM named name (a missing log is fine): the
+// VM was deleted, and a later VM of that name must not read its output.
+func (l *Logs) Remove(name string) error {
+	path, err := l.Path(name)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove console log of VM %q: %w", name, err)
+	}
+	return nil
+}
+
+// RemoveStale removes the log of the VM named name if nothing has written
+// it since created, the VM's creation time: it is an earlier VM's of the
+// same name (left when the daemon stopped between deleting that VM and its
+// log), which the VM's guest must not append to. Call it before the VM's
+// domain is built.
+func (l *Logs) RemoveStale(name string, created time.Time) error {
+	path, err := l.Path(name)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && !fi.ModTime().Before(created)) {
+		return nil
+	}
+	if err == nil {
+		err = os.Remove(path)
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove stale console log of VM %q: %w", name, err)
+	}
+	return nil
+}
+
+// Rename moves the log of a VM renamed from one name to another (a missing
+// log is fine), replacing any log left under the new name: it is the
+// renamed VM's output, and a later VM taking the old name must not read it.
+func (l *Logs) Rename(from, to string) error {
+	src, err := l.Path(from)
+	if err != nil {
+		return err
+	}
+	dst, err := l.Path(to)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(src, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("rename console log of VM %q to %q: %w", from, to, err)
+	}
+	return nil
+}
+
 // Options say what part of a log to stream.
 type Options struct {
 	// Follow keeps streaming new output until Alive reports the domain gone
@@ -78,6 +141,10 @@ type Options struct {
 	// Offset starts at that byte offset; beyond the end is an error
 	// naming "offset". Cannot be combined with TailBytes.
 	Offset uint64
+	// NotBefore is when the VM was created (zero: not checked). A log last
+	// written before then is an earlier VM's of the same name, and is
+	// treated as missing.
+	NotBefore time.Time
 	// Alive reports whether the VM still has a domain, i.e. whether its
 	// console can still grow. nil: follow until the context ends. It also
 	// decides whether a follow waits for a log that does not exist yet.
@@ -165,13 +232,13 @@ func (s *stream) alive(ctx context.Context) (bool, error) {
 // NotFound unless following a live VM, in which case open waits for it.
 func (s *stream) open(ctx context.Context) error {
 	for {
-		f, err := os.Open(s.path)
-		if err == nil {
+		f, err := s.openOwn()
+		if f != nil {
 			s.f = f
 			break
 		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("console log of VM %q: %w", s.name, err)
+		if err != nil {
+			return err
 		}
 		notFound := domain.Errorf(domain.CodeNotFound, "VM %q has no console log (%s): its guest has printed nothing yet, or xenconsoled is not logging guests there", s.name, s.path)
 		notFound.Field = "id"
@@ -206,6 +273,28 @@ func (s *stream) open(ctx context.Context) error {
 		s.pos = int64(s.opts.Offset)
 	}
 	return nil
+}
+
+// openOwn opens the log if it exists and is the VM's (see NotBefore);
+// otherwise it returns nil and no error.
+func (s *stream) openOwn() (*os.File, error) {
+	f, err := os.Open(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("console log of VM %q: %w", s.name, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("console log of VM %q: %w", s.name, err)
+	}
+	if fi.ModTime().Before(s.opts.NotBefore) {
+		f.Close()
+		return nil, nil // an earlier VM's of the same name
+	}
+	return f, nil
 }
 
 // run streams until EOF (no follow) or until the domain is gone.

@@ -272,3 +272,80 @@ func TestSendAndAliveErrorsStop(t *testing.T) {
 		t.Fatalf("alive error: got %v", err)
 	}
 }
+
+// TestLogOfAnEarlierVM: a log last written before the VM was created is an
+// earlier VM's of the same name: not found, and a follow waits for the new
+// VM's own output. Remove deletes a log; a missing one is fine.
+func TestLogOfAnEarlierVM(t *testing.T) {
+	l := testLogs(t)
+	ctx := testCtx(t)
+	writeLog(t, l, "web", "old VM's secrets\n")
+	path := filepath.Join(l.Dir, FileName("web"))
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	created := time.Now()
+	_, _, err := collect(ctx, l, "web", Options{NotBefore: created})
+	wantField(t, err, domain.CodeNotFound, "id")
+	if got, _, err := collect(ctx, l, "web", Options{}); err != nil || got != "old VM's secrets\n" {
+		t.Fatalf("without NotBefore: %q, %v", got, err)
+	}
+
+	if err := l.Remove("web"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("log still there after Remove: %v", err)
+	}
+	if err := l.Remove("web"); err != nil {
+		t.Fatalf("Remove of a missing log: %v", err)
+	}
+	if err := l.Remove("../x"); err == nil {
+		t.Fatal("Remove accepted a path")
+	}
+
+	// RemoveStale removes only a log nothing wrote since the VM's creation.
+	writeLog(t, l, "s", "earlier\n")
+	if err := os.Chtimes(filepath.Join(l.Dir, FileName("s")), old, old); err != nil {
+		t.Fatal(err)
+	}
+	writeLog(t, l, "fresh", "mine\n")
+	for _, name := range []string{"s", "fresh", "none"} {
+		if err := l.RemoveStale(name, created); err != nil {
+			t.Fatalf("RemoveStale %s: %v", name, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(l.Dir, FileName("s"))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale log kept: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(l.Dir, FileName("fresh"))); err != nil {
+		t.Errorf("fresh log removed: %v", err)
+	}
+
+	// Rename moves a log, replacing one under the new name.
+	writeLog(t, l, "a", "a's\n")
+	writeLog(t, l, "b", "stale b\n")
+	if err := l.Rename("a", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := collect(ctx, l, "b", Options{}); err != nil || got != "a's\n" {
+		t.Fatalf("after Rename: %q, %v", got, err)
+	}
+	if err := l.Rename("a", "c"); err != nil {
+		t.Fatalf("Rename of a missing log: %v", err)
+	}
+
+	// Following: the stale log is skipped until the VM writes its own.
+	writeLog(t, l, "web", "stale\n")
+	if err := os.Chtimes(path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	s := follow(ctx, l, "web", Options{NotBefore: created, Alive: func(context.Context) (bool, error) { return true, nil }})
+	os.Remove(path)
+	writeLog(t, l, "web", "new VM\n")
+	s.waitFor(t, ctx, "new VM")
+	if strings.Contains(s.text(), "stale") {
+		t.Fatalf("followed the earlier VM's log: %q", s.text())
+	}
+}

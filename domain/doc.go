@@ -60,14 +60,23 @@
 //	                                      guest-owned
 //	    device/, hvmloader/ (HVM)         read-only to the guest
 //	    store/{port,ring-ref}, console/{port,ring-ref,type,limit}
-//	    platform/<key>                    spec.platform
-//	    <key>                             spec.xenstore_data
+//	    platform/<key>                    spec.platform (known keys only)
+//	    {data,vm-data}/<key>              spec.xenstore_data (only below these)
 //	/vm/<uuid>/{uuid,name,domid}          dom0-owned, guest may read
 //	/xenopsd-ng/<uuid>/{domid,type,created}  toolstack-private (dom0 only)
 //
 // The three roots are created first (so that concurrent builds do not
 // conflict on their parents' child lists), everything below them in one
-// transaction. Destroy removes all three subtrees.
+// transaction. Destroy removes all three subtrees. The caller's keys
+// cannot reach the daemon's nodes (see keys.go).
+//
+// # Identity
+//
+// A VM is referred to by id or name; a canonical UUID is only ever an id,
+// and a name may not look like a UUID, so a reference names one VM. A
+// CreateVM request_id repeated with the same spec is a retry (the first
+// VM), with another spec an error. NIC MACs left empty are generated at
+// create (Xen's OUI, unique on the host) and kept in the spec.
 //
 // # Guest-initiated shutdowns and reconciliation
 //

@@ -81,6 +81,9 @@ type Manager struct {
 type vmRecord struct {
 	VM        VM     `json:"vm"`
 	RequestID string `json:"request_id,omitempty"`
+	// RequestSpec is the fingerprint of the spec the request_id's CreateVM
+	// asked for (specFingerprint); empty in records older than it.
+	RequestSpec string `json:"request_spec,omitempty"`
 	// Building is set (and synced) before CreateDomain and cleared in the
 	// batch that records the built domain or the failure: a record found
 	// with Building set after a restart means a half-built domain.

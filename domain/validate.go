@@ -16,7 +16,7 @@ const (
 	MaxDisks       = 64
 	MaxNICs        = 64
 	MaxMapEntries  = 256
-	maxValueLen    = 2048 // xenstore node-size quota for guest-visible values
+	maxValueLen    = 2048 // a guest's xenstore node-size quota (C xenstored's default); below the 4096-byte payload
 	maxPathLen     = 4096
 	maxCmdlineLen  = 2048 // x86 COMMAND_LINE_SIZE
 	maxRequestID   = 128
@@ -28,7 +28,6 @@ var (
 	uuidRE      = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 	deviceRE    = regexp.MustCompile(`^(xvd|hd|sd)[a-z]{1,3}$`)
 	macRE       = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
-	keyRE       = regexp.MustCompile(`^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$`)
 	requestIDRE = regexp.MustCompile(`^[A-Za-z0-9._:-]+$`)
 	bridgeRE    = regexp.MustCompile(`^[A-Za-z0-9._-]{1,15}$`)
 )
@@ -38,6 +37,10 @@ var (
 func ValidUUID(s string) bool {
 	return uuidRE.MatchString(s) && s != "00000000-0000-0000-0000-000000000000"
 }
+
+// looksLikeUUID reports whether s has a UUID's shape in any letter case:
+// such a name could be taken for (another) VM's id.
+func looksLikeUUID(s string) bool { return uuidRE.MatchString(strings.ToLower(s)) }
 
 // normalize fills defaults: dynamic_max = static_max and dynamic_min =
 // dynamic_max when zero, vcpus_at_startup = vcpus_max when zero, type PVH
@@ -78,6 +81,9 @@ func validateSpec(s Spec, hostBytes uint64) error {
 	if !nameRE.MatchString(s.Name) {
 		return InvalidField("spec.name", "%q may contain only letters, digits, '.', '_' and '-', starting with a letter or digit", s.Name)
 	}
+	if looksLikeUUID(s.Name) {
+		return InvalidField("spec.name", "%q is a UUID: a VM is named by id or name, so a name must not look like an id", s.Name)
+	}
 	switch s.Type {
 	case TypePV, TypePVH, TypeHVM:
 	default:
@@ -103,10 +109,10 @@ func validateSpec(s Spec, hostBytes uint64) error {
 	if len(s.Cmdline) > maxCmdlineLen || !printable(s.Cmdline) {
 		return InvalidField("spec.cmdline", "must be printable text of at most %d bytes", maxCmdlineLen)
 	}
-	if err := validateMap("spec.platform", s.Platform, false); err != nil {
+	if err := validatePlatform(s.Platform); err != nil {
 		return err
 	}
-	if err := validateMap("spec.xenstore_data", s.XenstoreData, true); err != nil {
+	if err := validateXenstoreData(s.XenstoreData); err != nil {
 		return err
 	}
 	for _, a := range []struct {
@@ -144,30 +150,6 @@ func validateMemory(s Spec, hostBytes uint64) error {
 	return nil
 }
 
-func validateMap(field string, m map[string]string, paths bool) error {
-	if len(m) > MaxMapEntries {
-		return InvalidField(field, "has %d entries, at most %d allowed", len(m), MaxMapEntries)
-	}
-	for k, v := range m {
-		ok := len(k) <= maxXenstoreKey && keyRE.MatchString(k)
-		if !paths && strings.Contains(k, "/") {
-			ok = false
-		}
-		for _, c := range strings.Split(k, "/") {
-			if c == "." || c == ".." {
-				ok = false
-			}
-		}
-		if !ok {
-			return InvalidField(field, "key %q must be %s of letters, digits, '_', '.', '-'", k, map[bool]string{true: "'/'-separated names", false: "one name"}[paths])
-		}
-		if len(v) > maxValueLen || strings.ContainsRune(v, 0) || !utf8.ValidString(v) {
-			return InvalidField(fmt.Sprintf("%s[%s]", field, k), "value must be UTF-8 text without NUL of at most %d bytes", maxValueLen)
-		}
-	}
-	return nil
-}
-
 func validateDevices(s Spec) error {
 	if len(s.Disks) > MaxDisks {
 		return InvalidField("spec.disks", "%d disks, at most %d allowed", len(s.Disks), MaxDisks)
@@ -198,19 +180,11 @@ func validateDevices(s Spec) error {
 	macs := map[string]int{}
 	for i, n := range s.NICs {
 		f := fmt.Sprintf("spec.nics[%d]", i)
-		if !macRE.MatchString(n.MAC) {
-			return InvalidField(f+".mac", "%q is not a MAC address like 00:16:3e:12:34:56", n.MAC)
+		if n.MAC != "" { // empty: generated at create (fillMACsLocked)
+			if err := validateMAC(f+".mac", n.MAC, i, macs); err != nil {
+				return err
+			}
 		}
-		mac := strings.ToLower(n.MAC)
-		var first byte
-		fmt.Sscanf(mac[:2], "%02x", &first)
-		if first&1 != 0 || mac == "00:00:00:00:00:00" {
-			return InvalidField(f+".mac", "%q is a multicast or zero address", n.MAC)
-		}
-		if j, dup := macs[mac]; dup {
-			return InvalidField(f+".mac", "%q is also used by spec.nics[%d]", n.MAC, j)
-		}
-		macs[mac] = i
 		if n.Bridge != "" && !bridgeRE.MatchString(n.Bridge) {
 			return InvalidField(f+".bridge", "%q is not an interface name (1-15 of letters, digits, '.', '_', '-')", n.Bridge)
 		}
@@ -218,6 +192,24 @@ func validateDevices(s Spec) error {
 			return InvalidField(f+".mtu", "%d is out of range 68..65535", n.MTU)
 		}
 	}
+	return nil
+}
+
+// validateMAC checks the MAC of NIC i and records it in seen (MAC => NIC).
+func validateMAC(field, mac string, i int, seen map[string]int) error {
+	if !macRE.MatchString(mac) {
+		return InvalidField(field, "%q is not a MAC address like 00:16:3e:12:34:56", mac)
+	}
+	lower := strings.ToLower(mac)
+	var first byte
+	fmt.Sscanf(lower[:2], "%02x", &first)
+	if first&1 != 0 || lower == "00:00:00:00:00:00" {
+		return InvalidField(field, "%q is a multicast or zero address", mac)
+	}
+	if j, dup := seen[lower]; dup {
+		return InvalidField(field, "%q is also used by spec.nics[%d]", mac, j)
+	}
+	seen[lower] = i
 	return nil
 }
 

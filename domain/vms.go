@@ -16,9 +16,11 @@ func (m *Manager) hostMemory(ctx context.Context) (uint64, error) {
 }
 
 // CreateVM records a new, Halted VM. With a non-empty requestID the call is
-// idempotent: repeating it returns the VM the first call created (even
-// across restarts) instead of creating another. An empty spec.UUID gets a
-// generated one. Defaults: see normalize.
+// idempotent: repeating it with the same spec returns the VM the first call
+// created (even across restarts) instead of creating another; reusing it
+// with a different spec is AlreadyExists naming request_id. An empty
+// spec.UUID gets a generated one, and so does every NIC without a MAC
+// (recorded in the spec, so it stays). Defaults: see normalize.
 func (m *Manager) CreateVM(ctx context.Context, spec Spec, requestID string) (VM, error) {
 	if err := validateRequestID(requestID); err != nil {
 		return VM{}, err
@@ -31,6 +33,7 @@ func (m *Manager) CreateVM(ctx context.Context, spec Spec, requestID string) (VM
 	if err := validateSpec(spec, host); err != nil {
 		return VM{}, err
 	}
+	fingerprint := specFingerprint(spec)
 	m.mu.Lock()
 	for {
 		if m.closing {
@@ -42,9 +45,13 @@ func (m *Manager) CreateVM(ctx context.Context, spec Spec, requestID string) (VM
 		}
 		if id, ok := m.reqs[requestID]; ok {
 			if e := m.vms[id]; e != nil {
-				vm := e.rec.VM
+				rec := e.rec
 				m.mu.Unlock()
-				return vm, nil
+				if rec.RequestSpec != "" && rec.RequestSpec != fingerprint {
+					return VM{}, &Error{Code: CodeAlreadyExists, Field: "request_id", Message: "request_id " + quote(requestID) +
+						" already created VM " + rec.VM.ID + " from a different spec; a retry must repeat the spec, a new VM needs a new request_id"}
+				}
+				return rec.VM, nil
 			}
 		}
 		ch, busy := m.inflight[requestID]
@@ -72,6 +79,11 @@ func (m *Manager) CreateVM(ctx context.Context, spec Spec, requestID string) (VM
 		m.mu.Unlock()
 		return VM{}, &Error{Code: CodeAlreadyExists, Field: "spec.name", Message: "a VM named " + spec.Name + " already exists"}
 	}
+	if other, taken := m.names[spec.UUID]; taken { // only records older than the rule that names are not UUIDs
+		m.mu.Unlock()
+		return VM{}, &Error{Code: CodeAlreadyExists, Field: "spec.uuid", Message: "VM " + other + " is named " + spec.UUID + "; the uuid would be ambiguous"}
+	}
+	m.fillMACsLocked(&spec, nil)
 	m.names[spec.Name] = spec.UUID
 	m.pending[spec.UUID] = true
 	var done chan struct{}
@@ -83,6 +95,9 @@ func (m *Manager) CreateVM(ctx context.Context, spec Spec, requestID string) (VM
 
 	now := time.Now().UTC()
 	rec := vmRecord{VM: VM{ID: spec.UUID, Spec: spec, Power: Halted, CreatedAt: now, UpdatedAt: now, Generation: 1}, RequestID: requestID}
+	if requestID != "" {
+		rec.RequestSpec = fingerprint
+	}
 	t := txn{vms: []vmRecord{rec}}
 	if requestID != "" {
 		t.reqs = map[string]string{requestID: spec.UUID}
@@ -105,20 +120,26 @@ func (m *Manager) CreateVM(ctx context.Context, spec Spec, requestID string) (VM
 	return rec.VM, nil
 }
 
-// resolveLocked finds a VM by id, then by name. m.mu must be held.
+// resolveLocked finds a VM by reference: a canonical UUID is only ever an
+// id, anything else only ever a name (names cannot look like UUIDs), so a
+// reference can never pick a VM other than the one it names. m.mu must be
+// held.
 func (m *Manager) resolveLocked(ref string) (*vmEntry, error) {
 	if ref == "" {
 		return nil, InvalidField("id", "must name a VM by uuid or name")
 	}
-	if e := m.vms[ref]; e != nil && !e.deleting {
-		return e, nil
+	if ValidUUID(ref) {
+		if e := m.vms[ref]; e != nil && !e.deleting {
+			return e, nil
+		}
+		return nil, &Error{Code: CodeNotFound, Field: "id", Message: "no VM with id " + ref}
 	}
 	if id, ok := m.names[ref]; ok {
 		if e := m.vms[id]; e != nil && !e.deleting {
 			return e, nil
 		}
 	}
-	return nil, &Error{Code: CodeNotFound, Field: "id", Message: "no VM with id or name " + quote(ref)}
+	return nil, &Error{Code: CodeNotFound, Field: "id", Message: "no VM named " + quote(ref)}
 }
 
 func (m *Manager) resolve(ref string) (*vmEntry, error) {
@@ -181,6 +202,7 @@ func (m *Manager) UpdateVM(ctx context.Context, ref string, spec Spec) (VM, erro
 		m.mu.Unlock()
 		return VM{}, &Error{Code: CodeAlreadyExists, Field: "spec.name", Message: "a VM named " + spec.Name + " already exists"}
 	}
+	m.fillMACsLocked(&spec, e.rec.VM.Spec.NICs)
 	m.names[spec.Name] = e.id // reserve; commit's apply settles the index
 	m.mu.Unlock()
 	var out VM

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -11,10 +12,14 @@ import (
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 )
 
-// ConsoleLogs reads guest console logs by VM name; *console.Logs
-// implements it.
+// ConsoleLogs reads guest console logs by VM name, removes a deleted VM's,
+// renames a renamed VM's and clears an earlier VM's before a start;
+// *console.Logs implements it.
 type ConsoleLogs interface {
 	Stream(ctx context.Context, name string, opts console.Options, send func(console.Chunk) error) error
+	Remove(name string) error
+	Rename(from, to string) error
+	RemoveStale(name string, created time.Time) error
 }
 
 // StreamConsole streams the VM's console log (see the proto). The VM is
@@ -36,6 +41,7 @@ func (s vmServer) StreamConsole(req *pb.StreamConsoleRequest, stream pb.VMServic
 		Follow:    req.GetFollow(),
 		TailBytes: req.GetTailBytes(),
 		Offset:    req.GetOffset(),
+		NotBefore: vm.CreatedAt, // an earlier VM's log of the same name is not this one's
 		Alive: func(ctx context.Context) (bool, error) {
 			vm, err := s.m.GetVM(ctx, id)
 			if domain.CodeOf(err) == domain.CodeNotFound {

@@ -220,3 +220,52 @@ func TestStreamConsoleRealSim(t *testing.T) {
 		t.Fatalf("post-mortem read %q, %v; want %q", post, err, got.String())
 	}
 }
+
+// TestConsoleLogFollowsTheVM: renaming a VM moves its log, deleting it
+// removes the log, and a log older than the VM reading it is not served.
+func TestConsoleLogFollowsTheVM(t *testing.T) {
+	f, c, logs := consoleSetup(t)
+	ctx := ctxT(t)
+	path := func(name string) string { return filepath.Join(logs.Dir, console.FileName(name)) }
+	if err := os.WriteFile(path("web-1"), []byte("web-1 output\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.vm.UpdateVM(ctx, &pb.UpdateVMRequest{Id: "web-1", Spec: &pb.VMSpec{Name: "web-2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path("web-1")); !os.IsNotExist(err) {
+		t.Errorf("log under the old name after a rename: %v", err)
+	}
+	if got, _, err := readConsole(ctx, c, &pb.StreamConsoleRequest{Id: "web-2"}); err != nil || got != "web-1 output\n" {
+		t.Errorf("console after a rename: %q, %v", got, err)
+	}
+	if _, err := c.vm.DeleteVM(ctx, &pb.DeleteVMRequest{Id: "web-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path("web-2")); !os.IsNotExist(err) {
+		t.Errorf("log of a deleted VM still there: %v", err)
+	}
+
+	// A log last written before the VM existed is an earlier VM's.
+	if err := os.WriteFile(path("web-3"), []byte("earlier VM\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(path("web-3"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.vms[consoleVMID] = domain.VM{ID: consoleVMID, Spec: domain.Spec{UUID: consoleVMID, Name: "web-3"}, Power: domain.Halted, CreatedAt: time.Now()}
+	f.mu.Unlock()
+	got, _, err := readConsole(ctx, c, &pb.StreamConsoleRequest{Id: "web-3"})
+	if code, _, _ := details(t, err); code != codes.NotFound || got != "" {
+		t.Errorf("console of a VM newer than its log: %q, %v; want NOT_FOUND", got, err)
+	}
+	// Starting the VM clears that log, so its guest does not append to it.
+	if _, err := c.vm.StartVM(ctx, &pb.StartVMRequest{Id: "web-3"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path("web-3")); !os.IsNotExist(err) {
+		t.Errorf("an earlier VM's log is still there after the start: %v", err)
+	}
+}

@@ -19,13 +19,13 @@ import (
 
 // realManager runs the real core on an in-process sim host with 1 GiB of
 // memory and returns it with the sim host's client; all is stopped at cleanup.
-func realManager(t *testing.T) (*domain.Manager, *simhost.Client) {
+func realManager(t testing.TB) (*domain.Manager, *simhost.Client) {
 	t.Helper()
 	return realManagerWith(t, nil)
 }
 
 // realManagerWith is realManager with the core's builder (nil: default).
-func realManagerWith(t *testing.T, b domain.Builder) (*domain.Manager, *simhost.Client) {
+func realManagerWith(t testing.TB, b domain.Builder) (*domain.Manager, *simhost.Client) {
 	t.Helper()
 	dir := t.TempDir()
 	simDir := filepath.Join(dir, "sim")

@@ -38,12 +38,13 @@ func New(m Manager, opts Options) *Server {
 	return &Server{m: m, opts: opts, log: log}
 }
 
-// Register registers the Host, VM, Task and Event services on r.
+// Register registers the Host, VM, Task and Event services on r. A request
+// that cannot be decoded is INVALID_ARGUMENT (see registerDecoding).
 func (s *Server) Register(r grpc.ServiceRegistrar) {
-	pb.RegisterHostServiceServer(r, hostServer{Server: s})
-	pb.RegisterVMServiceServer(r, vmServer{Server: s})
-	pb.RegisterTaskServiceServer(r, taskServer{Server: s})
-	pb.RegisterEventServiceServer(r, eventServer{Server: s})
+	registerDecoding(r, &pb.HostService_ServiceDesc, hostServer{Server: s})
+	registerDecoding(r, &pb.VMService_ServiceDesc, vmServer{Server: s})
+	registerDecoding(r, &pb.TaskService_ServiceDesc, taskServer{Server: s})
+	registerDecoding(r, &pb.EventService_ServiceDesc, eventServer{Server: s})
 }
 
 // fail converts a core error into a status, logging INTERNAL ones (their

@@ -29,6 +29,7 @@ type clients struct {
 	vm    pb.VMServiceClient
 	task  pb.TaskServiceClient
 	event pb.EventServiceClient
+	conn  *grpc.ClientConn
 }
 
 // serve starts the API on m over a real gRPC server listening on a unix
@@ -58,7 +59,7 @@ func serve(t *testing.T, m Manager, opts Options) clients {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return clients{pb.NewHostServiceClient(conn), pb.NewVMServiceClient(conn), pb.NewTaskServiceClient(conn), pb.NewEventServiceClient(conn)}
+	return clients{pb.NewHostServiceClient(conn), pb.NewVMServiceClient(conn), pb.NewTaskServiceClient(conn), pb.NewEventServiceClient(conn), conn}
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -89,9 +89,21 @@ func (s vmServer) UpdateVM(ctx context.Context, req *pb.UpdateVMRequest) (*pb.Up
 	if err != nil {
 		return nil, err
 	}
-	vm, err := s.m.UpdateVM(ctx, req.GetId(), spec)
+	old, err := s.m.GetVM(ctx, req.GetId())
 	if err != nil {
 		return nil, s.fail(ctx, "UpdateVM", err)
+	}
+	vm, err := s.m.UpdateVM(ctx, old.ID, spec)
+	if err != nil {
+		return nil, s.fail(ctx, "UpdateVM", err)
+	}
+	if s.opts.Console != nil && vm.Spec.Name != old.Spec.Name {
+		// The log follows the VM: a later VM taking the old name starts
+		// without one. A failure is logged; StreamConsole's age check
+		// still keeps the log from that later VM.
+		if err := s.opts.Console.Rename(old.Spec.Name, vm.Spec.Name); err != nil {
+			s.log.WarnContext(ctx, "rename the console log of a renamed VM", "vm", vm.ID, "from", old.Spec.Name, "to", vm.Spec.Name, "err", err)
+		}
 	}
 	return &pb.UpdateVMResponse{Vm: VMToPB(vm)}, nil
 }
@@ -100,10 +112,44 @@ func (s vmServer) DeleteVM(ctx context.Context, req *pb.DeleteVMRequest) (*pb.De
 	if err := requireID("id", req.GetId()); err != nil {
 		return nil, err
 	}
-	if err := s.m.DeleteVM(ctx, req.GetId()); err != nil {
+	vm, err := s.m.GetVM(ctx, req.GetId())
+	if err != nil {
 		return nil, s.fail(ctx, "DeleteVM", err)
 	}
+	if err := s.m.DeleteVM(ctx, vm.ID); err != nil {
+		return nil, s.fail(ctx, "DeleteVM", err)
+	}
+	s.removeConsoleLog(ctx, vm)
 	return &pb.DeleteVMResponse{}, nil
+}
+
+// removeStaleConsoleLog removes an earlier VM's log under the name of the
+// VM ref before its domain is built, so that its guest starts a log of its
+// own. Errors are logged: the start does not depend on it, and the console
+// is then refused rather than mixed (see console.Options.NotBefore).
+func (s vmServer) removeStaleConsoleLog(ctx context.Context, ref string) {
+	if s.opts.Console == nil {
+		return
+	}
+	vm, err := s.m.GetVM(ctx, ref)
+	if err != nil {
+		return // Start reports it
+	}
+	if err := s.opts.Console.RemoveStale(vm.Spec.Name, vm.CreatedAt); err != nil {
+		s.log.WarnContext(ctx, "remove an earlier VM's console log", "vm", vm.ID, "name", vm.Spec.Name, "err", err)
+	}
+}
+
+// removeConsoleLog deletes a deleted VM's console log, so that a later VM
+// of the same name does not read it. A failure is logged, not returned: the
+// VM is gone, and StreamConsole refuses a log older than the VM reading it.
+func (s vmServer) removeConsoleLog(ctx context.Context, vm domain.VM) {
+	if s.opts.Console == nil {
+		return
+	}
+	if err := s.opts.Console.Remove(vm.Spec.Name); err != nil {
+		s.log.WarnContext(ctx, "remove the console log of a deleted VM", "vm", vm.ID, "name", vm.Spec.Name, "err", err)
+	}
 }
 
 // lifecycle runs one lifecycle call: validate the id, queue the operation,
@@ -144,6 +190,7 @@ func shutdownOptions(timeout *durationpb.Duration, force bool) (domain.ShutdownO
 
 func (s vmServer) StartVM(ctx context.Context, req *pb.StartVMRequest) (*pb.StartVMResponse, error) {
 	t, err := s.lifecycle(ctx, "StartVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		s.removeStaleConsoleLog(ctx, req.GetId())
 		return s.m.Start(ctx, req.GetId(), req.GetPaused())
 	})
 	if err != nil {

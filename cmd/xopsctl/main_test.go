@@ -407,3 +407,13 @@ func TestTaskWaitTimeLimit(t *testing.T) {
 		t.Errorf("exit %d, stderr %q", code, errOut)
 	}
 }
+
+// TestRelativeSocket: --socket may be relative to the working directory.
+func TestRelativeSocket(t *testing.T) {
+	_, sock := startFake(t)
+	t.Chdir(filepath.Dir(filepath.Dir(sock)))
+	rel := filepath.Join(filepath.Base(filepath.Dir(sock)), filepath.Base(sock))
+	if _, errOut, code := xops(t, rel, "host", "info"); code != 0 {
+		t.Fatalf("--socket %s: exit %d: %s", rel, code, errOut)
+	}
+}

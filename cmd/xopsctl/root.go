@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -126,7 +127,13 @@ func (a *app) dial() (*grpc.ClientConn, error) {
 	if _, err := os.Stat(a.socket); err != nil {
 		return nil, fmt.Errorf("cannot reach xenopsd-ng at %s: %w (is the daemon running? set --socket or XOPSCTL_SOCKET)", a.socket, err)
 	}
-	conn, err := grpc.NewClient("unix://"+a.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// gRPC's unix:// target takes an absolute path ("unix://run/x.sock"
+	// would name the authority "run"): resolve a relative --socket first.
+	path, err := filepath.Abs(a.socket)
+	if err != nil {
+		return nil, fmt.Errorf("--socket %s: %w", a.socket, err)
+	}
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", a.socket, err)
 	}

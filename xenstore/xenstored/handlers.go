@@ -200,7 +200,7 @@ func (s *Server) canon(c *conn, p string, allowSpecial bool) (abs string, relati
 		abs = c.home + p
 		relative = true
 	}
-	if !validNodeName(abs) {
+	if !xenstore.ValidNodeName(abs) {
 		return "", false, syscall.EINVAL
 	}
 	if !c.priv && len(abs)-domainPrefixLen(abs) > s.quota.PathLen {

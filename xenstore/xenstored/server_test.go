@@ -53,7 +53,7 @@ func checkTree(t *testing.T, tr *tree) {
 		if p == "/" {
 			continue
 		}
-		if !validNodeName(p) {
+		if !xenstore.ValidNodeName(p) {
 			t.Fatalf("invalid node name %q in tree", p)
 		}
 		parent := tr.nodes[parentPath(p)]
@@ -224,7 +224,7 @@ func FuzzCanon(f *testing.F) {
 			if e != 0 {
 				continue
 			}
-			if abs[0] != '@' && !validNodeName(abs) {
+			if abs[0] != '@' && !xenstore.ValidNodeName(abs) {
 				t.Fatalf("canon(%q) = %q, invalid", p, abs)
 			}
 			if rel && !strings.HasPrefix(abs, c.home) {

@@ -279,32 +279,3 @@ func childPath(dir, name string) string {
 	}
 	return dir + "/" + name
 }
-
-// validNodeName applies the C daemon's rules: absolute, no trailing or
-// doubled slash, only alphanumerics and -/_@.
-func validNodeName(p string) bool {
-	if p == "" || p[0] != '/' {
-		return false
-	}
-	if p == "/" {
-		return true
-	}
-	if p[len(p)-1] == '/' || len(p) > xenstore.AbsPathMax {
-		return false
-	}
-	prev := byte(0)
-	for i := 0; i < len(p); i++ {
-		c := p[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '@':
-		case c == '/':
-			if prev == '/' {
-				return false
-			}
-		default:
-			return false
-		}
-		prev = c
-	}
-	return true
-}

@@ -318,7 +318,9 @@ func (x *Disk) GetCdrom() bool {
 // NIC is a virtual network interface.
 type NIC struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// mac is "00:16:3e:xx:xx:xx"; empty => generated.
+	// mac is "00:16:3e:xx:xx:xx"; empty => generated in Xen's OUI 00:16:3e,
+	// unique among the host's VMs, and recorded in the spec (stable from then
+	// on; an update leaving it empty keeps the NIC's MAC).
 	Mac           string `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
 	Bridge        string `protobuf:"bytes,2,opt,name=bridge,proto3" json:"bridge,omitempty"`
 	Mtu           uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
@@ -382,7 +384,9 @@ func (x *NIC) GetMtu() uint32 {
 type VMSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uuid is canonical lower-case 8-4-4-4-12; empty on create => generated.
-	Uuid             string     `protobuf:"bytes,1,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Uuid string `protobuf:"bytes,1,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	// name: 1-64 letters, digits, '.', '_', '-', starting with a letter or
+	// digit; unique on the host; not shaped like a UUID (in any case).
 	Name             string     `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Type             DomainType `protobuf:"varint,3,opt,name=type,proto3,enum=xenopsd.v1.DomainType" json:"type,omitempty"`
 	MemoryStaticMax  uint64     `protobuf:"varint,4,opt,name=memory_static_max,json=memoryStaticMax,proto3" json:"memory_static_max,omitempty"`
@@ -394,9 +398,18 @@ type VMSpec struct {
 	Kernel  string `protobuf:"bytes,9,opt,name=kernel,proto3" json:"kernel,omitempty"`
 	Ramdisk string `protobuf:"bytes,10,opt,name=ramdisk,proto3" json:"ramdisk,omitempty"`
 	Cmdline string `protobuf:"bytes,11,opt,name=cmdline,proto3" json:"cmdline,omitempty"`
-	// platform keys (e.g. "tsc_mode"), written under the domain's platform/.
+	// platform: settings the daemon knows, written under the domain's
+	// platform/. Known keys and values: tsc_mode = default, always_emulate,
+	// native (the PVH default) or never_emulate. Other keys are
+	// INVALID_ARGUMENT.
 	Platform map[string]string `protobuf:"bytes,12,rep,name=platform,proto3" json:"platform,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// xenstore_data: extra keys written under the domain's xenstore path.
+	// xenstore_data: keys written for the guest relative to the domain's
+	// xenstore path (/local/domain/<domid>/). Keys must lie below data/ or
+	// vm-data/ (the rest of the tree is the daemon's, the guest's and the
+	// backends'), and be paths xenstored accepts: at most 256 of a-z A-Z 0-9
+	// '-' '_' '@', with single '/' between names. Values: UTF-8 without NUL,
+	// at most 2048 bytes (a guest's xenstore node-size quota). At most 256
+	// entries.
 	XenstoreData  map[string]string `protobuf:"bytes,13,rep,name=xenstore_data,json=xenstoreData,proto3" json:"xenstore_data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	OnPoweroff    LifecycleAction   `protobuf:"varint,14,opt,name=on_poweroff,json=onPoweroff,proto3,enum=xenopsd.v1.LifecycleAction" json:"on_poweroff,omitempty"`
 	OnReboot      LifecycleAction   `protobuf:"varint,15,opt,name=on_reboot,json=onReboot,proto3,enum=xenopsd.v1.LifecycleAction" json:"on_reboot,omitempty"`
@@ -672,8 +685,9 @@ func (x *VM) GetGeneration() uint64 {
 type CreateVMRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Spec  *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	// request_id makes the call idempotent: retries with the same id return
-	// the same VM. Empty => not idempotent.
+	// request_id makes the call idempotent: retries with the same id and
+	// spec return the same VM; a different spec under it is ALREADY_EXISTS.
+	// Empty => not idempotent.
 	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

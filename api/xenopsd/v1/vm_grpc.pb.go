@@ -39,7 +39,10 @@ const (
 //
 // VMService manages VM records and their lifecycle.
 //
-// A VM is addressed by its id (the UUID) or by its name in every `id` field.
+// A VM is addressed by its id (the UUID) or by its name in every `id` field:
+// a canonical UUID is only ever taken as an id, anything else only as a
+// name, and names cannot look like UUIDs, so a reference never picks a VM
+// other than the one it names.
 // Lifecycle RPCs (Start, Pause, Unpause, Shutdown, Reboot, Destroy) queue a
 // Task and return it at once; operations on one VM run in order, different
 // VMs in parallel. With `wait` set, the RPC returns only once the task has
@@ -52,10 +55,13 @@ const (
 // with google.rpc.BadRequest naming the field (e.g. "spec.memory_static_max"),
 // FAILED_PRECONDITION for a wrong power state, NOT_FOUND, ALREADY_EXISTS,
 // RESOURCE_EXHAUSTED for host memory; every error also carries
-// google.rpc.ErrorInfo with domain "xenopsd-ng".
+// google.rpc.ErrorInfo with domain "xenopsd-ng". A request that does not
+// decode (e.g. a string field holding invalid UTF-8) is INVALID_ARGUMENT.
 type VMServiceClient interface {
 	// CreateVM records a new VM (Halted). It is idempotent on request_id: a
-	// retry with the same request_id returns the VM the first call created.
+	// retry with the same request_id and spec returns the VM the first call
+	// created; the same request_id with a different spec is ALREADY_EXISTS
+	// (ErrorInfo field "request_id").
 	CreateVM(ctx context.Context, in *CreateVMRequest, opts ...grpc.CallOption) (*CreateVMResponse, error)
 	GetVM(ctx context.Context, in *GetVMRequest, opts ...grpc.CallOption) (*GetVMResponse, error)
 	// ListVMs returns the VMs one page at a time (AIP-158), in the order of
@@ -68,7 +74,8 @@ type VMServiceClient interface {
 	ListVMs(ctx context.Context, in *ListVMsRequest, opts ...grpc.CallOption) (*ListVMsResponse, error)
 	// UpdateVM replaces the VM's spec. The uuid cannot change.
 	UpdateVM(ctx context.Context, in *UpdateVMRequest, opts ...grpc.CallOption) (*UpdateVMResponse, error)
-	// DeleteVM removes a Halted VM's record.
+	// DeleteVM removes a Halted VM's record and its console log (a later VM
+	// of the same name starts without one).
 	DeleteVM(ctx context.Context, in *DeleteVMRequest, opts ...grpc.CallOption) (*DeleteVMResponse, error)
 	// StartVM builds the VM's domain and runs it (or leaves it paused).
 	StartVM(ctx context.Context, in *StartVMRequest, opts ...grpc.CallOption) (*StartVMResponse, error)
@@ -87,7 +94,9 @@ type VMServiceClient interface {
 	// Without follow the stream ends at the end of the log; with follow it
 	// continues with new output until the VM has no domain any more (halted,
 	// suspended or deleted) or the caller cancels. NOT_FOUND when the VM has no
-	// console log and is not running.
+	// console log and is not running. A log belongs to its VM, not to the name:
+	// one last written before the VM was created (an earlier VM's of the same
+	// name) is not served.
 	StreamConsole(ctx context.Context, in *StreamConsoleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamConsoleResponse], error)
 }
 
@@ -234,7 +243,10 @@ type VMService_StreamConsoleClient = grpc.ServerStreamingClient[StreamConsoleRes
 //
 // VMService manages VM records and their lifecycle.
 //
-// A VM is addressed by its id (the UUID) or by its name in every `id` field.
+// A VM is addressed by its id (the UUID) or by its name in every `id` field:
+// a canonical UUID is only ever taken as an id, anything else only as a
+// name, and names cannot look like UUIDs, so a reference never picks a VM
+// other than the one it names.
 // Lifecycle RPCs (Start, Pause, Unpause, Shutdown, Reboot, Destroy) queue a
 // Task and return it at once; operations on one VM run in order, different
 // VMs in parallel. With `wait` set, the RPC returns only once the task has
@@ -247,10 +259,13 @@ type VMService_StreamConsoleClient = grpc.ServerStreamingClient[StreamConsoleRes
 // with google.rpc.BadRequest naming the field (e.g. "spec.memory_static_max"),
 // FAILED_PRECONDITION for a wrong power state, NOT_FOUND, ALREADY_EXISTS,
 // RESOURCE_EXHAUSTED for host memory; every error also carries
-// google.rpc.ErrorInfo with domain "xenopsd-ng".
+// google.rpc.ErrorInfo with domain "xenopsd-ng". A request that does not
+// decode (e.g. a string field holding invalid UTF-8) is INVALID_ARGUMENT.
 type VMServiceServer interface {
 	// CreateVM records a new VM (Halted). It is idempotent on request_id: a
-	// retry with the same request_id returns the VM the first call created.
+	// retry with the same request_id and spec returns the VM the first call
+	// created; the same request_id with a different spec is ALREADY_EXISTS
+	// (ErrorInfo field "request_id").
 	CreateVM(context.Context, *CreateVMRequest) (*CreateVMResponse, error)
 	GetVM(context.Context, *GetVMRequest) (*GetVMResponse, error)
 	// ListVMs returns the VMs one page at a time (AIP-158), in the order of
@@ -263,7 +278,8 @@ type VMServiceServer interface {
 	ListVMs(context.Context, *ListVMsRequest) (*ListVMsResponse, error)
 	// UpdateVM replaces the VM's spec. The uuid cannot change.
 	UpdateVM(context.Context, *UpdateVMRequest) (*UpdateVMResponse, error)
-	// DeleteVM removes a Halted VM's record.
+	// DeleteVM removes a Halted VM's record and its console log (a later VM
+	// of the same name starts without one).
 	DeleteVM(context.Context, *DeleteVMRequest) (*DeleteVMResponse, error)
 	// StartVM builds the VM's domain and runs it (or leaves it paused).
 	StartVM(context.Context, *StartVMRequest) (*StartVMResponse, error)
@@ -282,7 +298,9 @@ type VMServiceServer interface {
 	// Without follow the stream ends at the end of the log; with follow it
 	// continues with new output until the VM has no domain any more (halted,
 	// suspended or deleted) or the caller cancels. NOT_FOUND when the VM has no
-	// console log and is not running.
+	// console log and is not running. A log belongs to its VM, not to the name:
+	// one last written before the VM was created (an earlier VM's of the same
+	// name) is not served.
 	StreamConsole(*StreamConsoleRequest, grpc.ServerStreamingServer[StreamConsoleResponse]) error
 	mustEmbedUnimplementedVMServiceServer()
 }
