@@ -25,6 +25,7 @@ import (
 // fields 17 and 18 have two-byte tags):
 //
 //	platform       256 entries x (1+3 + key 1+2+256 + value 1+2+2048)  =   592,128
+//	               (an upper bound: validation now allows known keys only)
 //	xenstore_data  the same (keys are paths of at most 256 bytes)      =   592,128
 //	disks          64 x (2+3 + device 1+1+6 + path 1+2+4096 + 2 + 2)   =   263,360
 //	nics           64 x (2+1 + mac 1+1+17 + bridge 1+1+15 + mtu 1+3)   =     2,752

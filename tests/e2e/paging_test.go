@@ -30,9 +30,9 @@ func TestListVMsOverFourMiB(t *testing.T) {
 	var names []string
 	for i := range nVMs {
 		s := spec(fmt.Sprintf("big%d", i), 64<<20)
-		s.Platform = map[string]string{}
+		s.XenstoreData = map[string]string{}
 		for k := range 256 {
-			s.Platform[fmt.Sprintf("key%03d", k)] = value
+			s.XenstoreData[fmt.Sprintf("data/key%03d", k)] = value
 		}
 		r, err := c.vm.CreateVM(ctx, &apiv1.CreateVMRequest{Spec: s})
 		if err != nil {
@@ -61,8 +61,8 @@ func TestListVMsOverFourMiB(t *testing.T) {
 	var listed []string
 	for _, vm := range all.GetVms() {
 		listed = append(listed, vm.GetSpec().GetName())
-		if len(vm.GetSpec().GetPlatform()) != 256 {
-			t.Errorf("%s listed with %d platform keys, want 256", vm.GetSpec().GetName(), len(vm.GetSpec().GetPlatform()))
+		if len(vm.GetSpec().GetXenstoreData()) != 256 {
+			t.Errorf("%s listed with %d xenstore_data keys, want 256", vm.GetSpec().GetName(), len(vm.GetSpec().GetXenstoreData()))
 		}
 	}
 	sort.Strings(listed)
