@@ -35,7 +35,7 @@ const (
 	xenmapspaceGrantTable        = 1
 	domctlHVMContextBufferOff    = 8 // xen_domctl_hvmcontext: size u32@0, buffer@8
 	tscInfoSize                  = 24
-	hvmSaveDescriptorSize        = 8 // typecode u16, instance u16, length u32
+	hvmSaveDescriptorSize        = 8       // typecode u16, instance u16, length u32
 	maxHVMContext                = 1 << 20 // sanity bound on what gethvmcontext may report
 	grantEntryV1Size             = 8
 	gtfPermitAccess              = 1
