@@ -42,9 +42,30 @@
 //     the host's free memory runs out, keeps what it got (Xen does not roll
 //     back) and fails with ENOMEM. A dying domain gets no page (assign_pages)
 //     and ENOMEM too: the hypercall only returns a short count.
+//   - Guest memory is frames (frames.go, memory.go): the host's RAM is
+//     machine frames, handed out in 2 MiB extents (order 9) where an
+//     aligned free run exists, else 4 KiB pages, with the accounting
+//     above. An HVM/PVH domain's physmap maps guest frames to them; a PV
+//     domain gets the machine frames themselves back from populate.
+//     Only frames something wrote hold bytes; the rest read as zeros.
+//     MapForeign maps frames the domain has (guest frames for HVM,
+//     machine frames for PV, plus its shared info and grant frames) and
+//     fails with EINVAL for any other, as Xen's mod_l1_entry does.
+//   - What a domain builder sets up (setup.go, pagetables.go) is kept and
+//     checked: event channels allocated unbound from port 1, HVM params
+//     (HVM only), the memory map, TSC mode, paging pool, the grant table
+//     frame placed in and removed from an HVM physmap, HVM context records
+//     (header, CPU, MTRR; sethvmcontext checks magic, version, sizes and
+//     vCPUs), the hypercall page, and for PV the page tables, validated
+//     at pin and at setvcpucontext like Xen's type system does (tables and
+//     mapped frames the domain's, no table writable), and the vCPU
+//     context (whole size, existing vCPU). Destroy frees all of it.
 //   - Unknown domids: ESRCH.
 //
-// Where the simulator departs from Xen, on purpose: shutting down dom0 is
+// Where the simulator departs from Xen, on purpose: populate takes
+// orders 0 and 9 only (EINVAL otherwise) and refuses a guest frame that
+// is populated already (EEXIST; Xen would replace it); a foreign mapping
+// is a copy written back at unmap; shutting down dom0 is
 // EINVAL (Xen would power off or reboot the host); a shutdown code above
 // SHUTDOWN_soft_reset is EINVAL (Xen stores any byte); the host has no
 // IOMMU, vPMU or TBOOT, so asking for them is EINVAL as on such a host;
