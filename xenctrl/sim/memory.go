@@ -289,3 +289,20 @@ func (h *Hypervisor) MapForeign(ctx context.Context, d xenctrl.Domid, frames []u
 		return nil
 	}), nil
 }
+
+// MachineToPhys is the machine-to-phys entry of machine frame mfn, as Xen
+// keeps it for PV guests (machine_to_phys_mapping): the guest frame domain
+// d populated it at; false if d has no such RAM frame.
+func (h *Hypervisor) MachineToPhys(d xenctrl.Domid, mfn uint64) (uint64, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	dom, ok := h.domains[d]
+	if !ok {
+		return 0, false
+	}
+	if gfn, ok := dom.mem.m2pSuper[mfn&^(superFrames-1)]; ok {
+		return gfn + mfn&(superFrames-1), true
+	}
+	gfn, ok := dom.mem.m2p[mfn]
+	return gfn, ok
+}
