@@ -123,7 +123,14 @@ func TestBuildPVH(t *testing.T) {
 	if legacy := readPhys(t, h, d, acpiLegacyPtr, rsdpLen); !bytes.Equal(legacy, page[:rsdpLen]) {
 		t.Errorf("legacy RSDP copy % x", legacy)
 	}
-	// Rings: PFNs, zeroed, in the HVM params with their unbound ports.
+	checkPVHRings(t, h, d, res, st)
+	checkPVHGrants(t, h, d)
+}
+
+// checkPVHRings: the rings are PFNs, zeroed, named in the HVM params with
+// their event channels, unbound for dom0.
+func checkPVHRings(t *testing.T, h *sim.Hypervisor, d xenctrl.Domid, res domain.BuildResult, st sim.BuildState) {
+	t.Helper()
 	if res.StoreGFN != storePFN || res.ConsoleGFN != consolePFN || res.StorePort == res.ConsolePort {
 		t.Errorf("result %+v", res)
 	}
@@ -138,7 +145,6 @@ func TestBuildPVH(t *testing.T) {
 	if r1, r2 := st.UnboundEvtchns[res.StorePort], st.UnboundEvtchns[res.ConsolePort]; len(st.UnboundEvtchns) != 2 || r1 != 0 || r2 != 0 {
 		t.Errorf("event channels %v", st.UnboundEvtchns)
 	}
-	checkPVHGrants(t, h, d)
 }
 
 // checkPVHGrants maps the guest's grant table frame as the builder did and
