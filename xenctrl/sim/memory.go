@@ -152,8 +152,15 @@ func (h *Hypervisor) releaseMemoryLocked(dom *domain) {
 	dom.totPages = 0
 }
 
-// xenFrame returns *slot, allocating a Xen frame for it on first use.
-func (h *Hypervisor) xenFrame(slot *uint64) (uint64, syscall.Errno) {
+// xenFrame returns the Xen frame shared with dom that slot names,
+// allocating it on first use. A dying domain's frames are gone: EINVAL.
+// h.mu must be held.
+func (h *Hypervisor) xenFrame(dom *domain, which func(*guestMemory) *uint64) (uint64, syscall.Errno) {
+	if dom.dying {
+		return 0, syscall.EINVAL
+	}
+	dom.mem.init()
+	slot := which(&dom.mem)
 	if *slot == 0 {
 		mfn, ok := h.frames().alloc(0)
 		if !ok {

@@ -174,22 +174,20 @@ func (h *Hypervisor) SetHVMParam(ctx context.Context, d xenctrl.Domid, idx uint3
 // (getdomaininfo's shared_info_frame), a Xen frame the guest and its
 // toolstack may map.
 func (h *Hypervisor) SharedInfoFrame(ctx context.Context, d xenctrl.Domid) (uint64, error) {
-	var mfn uint64
-	err := h.locked(ctx, "domctl getdomaininfo", d, func(dom *domain) (e syscall.Errno) {
-		dom.mem.init()
-		mfn, e = h.xenFrame(&dom.mem.sharedInfo)
-		return e
-	})
-	return mfn, err
+	return h.sharedFrame(ctx, "domctl getdomaininfo", d, func(g *guestMemory) *uint64 { return &g.sharedInfo })
 }
 
 // GrantTableFrame is the machine frame of frame 0 of d's grant table
 // (GNTTABOP_setup_table).
 func (h *Hypervisor) GrantTableFrame(ctx context.Context, d xenctrl.Domid) (uint64, error) {
+	return h.sharedFrame(ctx, "grant_table_op setup_table", d, func(g *guestMemory) *uint64 { return &g.grantFrame })
+}
+
+// sharedFrame reports the Xen frame slot names, allocated on first use.
+func (h *Hypervisor) sharedFrame(ctx context.Context, op string, d xenctrl.Domid, slot func(*guestMemory) *uint64) (uint64, error) {
 	var mfn uint64
-	err := h.locked(ctx, "grant_table_op setup_table", d, func(dom *domain) (e syscall.Errno) {
-		dom.mem.init()
-		mfn, e = h.xenFrame(&dom.mem.grantFrame)
+	err := h.locked(ctx, op, d, func(dom *domain) (e syscall.Errno) {
+		mfn, e = h.xenFrame(dom, slot)
 		return e
 	})
 	return mfn, err
@@ -203,8 +201,7 @@ func (h *Hypervisor) MapGrantTableFrame(ctx context.Context, d xenctrl.Domid, gf
 		if e := hvmOnly(dom); e != 0 {
 			return e
 		}
-		dom.mem.init()
-		mfn, e := h.xenFrame(&dom.mem.grantFrame)
+		mfn, e := h.xenFrame(dom, func(g *guestMemory) *uint64 { return &g.grantFrame })
 		if e != 0 {
 			return e
 		}
