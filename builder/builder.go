@@ -91,8 +91,8 @@ func (b *Builder) BuildTimed(ctx context.Context, d xenctrl.Domid, spec domain.S
 	return b.build(ctx, d, spec)
 }
 
-// build is one build in progress: what the steps share.
-type build struct {
+// job is one build in progress: what the steps share.
+type job struct {
 	hv      Hypervisor
 	d       xenctrl.Domid
 	spec    domain.Spec
@@ -104,14 +104,14 @@ type build struct {
 }
 
 // memBytes is the RAM the guest starts with, maxBytes its limit.
-func (s *build) memBytes() uint64 {
+func (s *job) memBytes() uint64 {
 	if s.spec.MemoryDynamicMax != 0 {
 		return s.spec.MemoryDynamicMax
 	}
 	return s.spec.MemoryStaticMax
 }
-func (s *build) maxBytes() uint64 { return max(s.spec.MemoryStaticMax, s.memBytes()) }
-func (s *build) vcpus() uint32    { return max(s.spec.VCPUsMax, 1) }
+func (s *job) maxBytes() uint64 { return max(s.spec.MemoryStaticMax, s.memBytes()) }
+func (s *job) vcpus() uint32    { return max(s.spec.VCPUsMax, 1) }
 
 // A guest is what one guest type (pvh.go, pv.go) does in the steps of a
 // build; build calls them in order. Nothing reaches the hypervisor before
@@ -119,28 +119,28 @@ func (s *build) vcpus() uint32    { return max(s.spec.VCPUsMax, 1) }
 type guest interface {
 	fmt.Stringer // the layout, for logs
 	// plan checks the loaded image against the spec and lays out memory.
-	plan(s *build) error
+	plan(s *job) error
 	// memoryMap is the E820 map Xen keeps for the guest.
 	memoryMap() []xenctrl.E820Entry
 	// limits sets what the type needs beyond vCPUs, max_mem and memory map.
-	limits(ctx context.Context, s *build) error
-	populate(ctx context.Context, s *build) (*guestmem.Memory, error)
+	limits(ctx context.Context, s *job) error
+	populate(ctx context.Context, s *job) (*guestmem.Memory, error)
 	// segmentAddr and initrdAddr are where the kernel's segments and the
 	// initrd go, as guest physical addresses.
 	segmentAddr(seg kernel.Segment) uint64
 	initrdAddr() uint64
 	// writeBoot writes what the guest finds at boot besides kernel,
 	// initrd and rings.
-	writeBoot(ctx context.Context, s *build) error
+	writeBoot(ctx context.Context, s *job) error
 	// ringPFNs are the xenstore and console ring pages.
 	ringPFNs() (store, console uint64)
 	// publishRings tells the guest where its rings are (s.res is filled).
-	publishRings(ctx context.Context, s *build) error
+	publishRings(ctx context.Context, s *job) error
 	// grantTable makes frame 0 of the guest's grant table mappable and
 	// returns its GFN, and what undoes that.
-	grantTable(ctx context.Context, s *build) (gfn uint64, done func() error, err error)
+	grantTable(ctx context.Context, s *job) (gfn uint64, done func() error, err error)
 	// bootVCPU sets vCPU 0 to enter the kernel.
-	bootVCPU(ctx context.Context, s *build) error
+	bootVCPU(ctx context.Context, s *job) error
 }
 
 // newGuest picks the guest type for spec and checks what needs no file.
@@ -166,7 +166,7 @@ func (b *Builder) build(ctx context.Context, d xenctrl.Domid, spec domain.Spec) 
 	if err != nil {
 		return domain.BuildResult{}, tm, err
 	}
-	s := &build{hv: b.hv, d: d, spec: spec, backend: b.cfg.BackendDomid}
+	s := &job{hv: b.hv, d: d, spec: spec, backend: b.cfg.BackendDomid}
 	t0 := time.Now()
 	release, err := s.load(b.cfg.Limits)
 	if err != nil {
@@ -210,7 +210,7 @@ func (b *Builder) build(ctx context.Context, d xenctrl.Domid, spec domain.Spec) 
 }
 
 // load opens the kernel and reads the initrd; release unmaps the kernel.
-func (s *build) load(lim kernel.Limits) (release func() error, err error) {
+func (s *job) load(lim kernel.Limits) (release func() error, err error) {
 	img, release, err := kernel.OpenFile(s.spec.Kernel, lim)
 	if err != nil {
 		return nil, domain.InvalidField("spec.kernel", "%s: %v", s.spec.Kernel, err)
@@ -228,7 +228,7 @@ func (s *build) load(lim kernel.Limits) (release func() error, err error) {
 // setLimits sets the vCPUs, max_mem (with libxl's 1 MiB of slack,
 // LIBXL_MAXMEM_CONSTANT, for the special pages), the memory map and the
 // type's own limits.
-func (s *build) setLimits(ctx context.Context, g guest) error {
+func (s *job) setLimits(ctx context.Context, g guest) error {
 	if err := s.hv.SetMaxVCPUs(ctx, s.d, s.vcpus()); err != nil {
 		return fmt.Errorf("builder: max_vcpus %d: %w", s.vcpus(), err)
 	}
@@ -243,7 +243,7 @@ func (s *build) setLimits(ctx context.Context, g guest) error {
 
 // writeMemory loads the kernel's segments (zeroing their bss) and the
 // initrd, then the type's boot structures.
-func (s *build) writeMemory(ctx context.Context, g guest) error {
+func (s *job) writeMemory(ctx context.Context, g guest) error {
 	for _, seg := range s.img.Segments {
 		if err := s.mem.Write(ctx, g.segmentAddr(seg), seg.Data, seg.MemSize); err != nil {
 			return fmt.Errorf("builder: kernel segment %d at %#x: %w", seg.Index, seg.PAddr, err)
@@ -259,7 +259,7 @@ func (s *build) writeMemory(ctx context.Context, g guest) error {
 
 // setupRings clears the xenstore and console ring pages, allocates their
 // event channels unbound for the backend and tells the guest.
-func (s *build) setupRings(ctx context.Context, g guest) error {
+func (s *job) setupRings(ctx context.Context, g guest) error {
 	store, console := g.ringPFNs()
 	var err error
 	for _, p := range []struct {
@@ -284,7 +284,7 @@ func (s *build) setupRings(ctx context.Context, g guest) error {
 // seedGrants fills the reserved grant entries 0 (console) and 1
 // (xenstore) so that the backends can map the rings by grant, as
 // libxenguest's xc_dom_gnttab_seed does.
-func (s *build) seedGrants(ctx context.Context, g guest) error {
+func (s *job) seedGrants(ctx context.Context, g guest) error {
 	if s.res.ConsoleGFN > 0xffffffff || s.res.StoreGFN > 0xffffffff {
 		return fmt.Errorf("ring frames %#x/%#x above the v1 grant entry limit", s.res.ConsoleGFN, s.res.StoreGFN)
 	}

@@ -30,7 +30,7 @@ type pvGuest struct {
 
 func (g *pvGuest) String() string { return g.l.String() }
 
-func (g *pvGuest) plan(s *build) (err error) {
+func (g *pvGuest) plan(s *job) (err error) {
 	if g.l, err = planPV(s.img, uint64(len(s.initrd)), s.spec.Cmdline, s.memBytes()); err != nil {
 		return err
 	}
@@ -50,9 +50,9 @@ func (g *pvGuest) memoryMap() []xenctrl.E820Entry {
 	return []xenctrl.E820Entry{{Addr: 0, Size: g.maxBytes, Type: xenctrl.E820RAM}}
 }
 
-func (g *pvGuest) limits(context.Context, *build) error { return nil }
+func (g *pvGuest) limits(context.Context, *job) error { return nil }
 
-func (g *pvGuest) populate(ctx context.Context, s *build) (*guestmem.Memory, error) {
+func (g *pvGuest) populate(ctx context.Context, s *job) (*guestmem.Memory, error) {
 	mem := guestmem.PV(s.hv, s.d, g.l.NrPages)
 	return mem, mem.Populate(ctx, 0, g.l.NrPages)
 }
@@ -64,7 +64,7 @@ func (g *pvGuest) initrdAddr() uint64                    { return g.l.InitrdPFN 
 // has Xen fill the hypercall page and initialises the shared info page.
 // The page tables are written (and unmapped) last: no writable mapping of
 // a table may remain when the L4 is pinned.
-func (g *pvGuest) writeBoot(ctx context.Context, s *build) error {
+func (g *pvGuest) writeBoot(ctx context.Context, s *job) error {
 	l, p2m := g.l, s.mem.P2M()
 	p2mBytes := make([]byte, l.P2MPages<<pageShift)
 	for i, m := range p2m {
@@ -105,7 +105,7 @@ func (g *pvGuest) writeBoot(ctx context.Context, s *build) error {
 func (g *pvGuest) ringPFNs() (store, console uint64) { return g.l.StorePFN, g.l.ConsolePFN }
 
 // publishRings writes start_info, which names the rings by MFN.
-func (g *pvGuest) publishRings(ctx context.Context, s *build) error {
+func (g *pvGuest) publishRings(ctx context.Context, s *job) error {
 	si := make([]byte, pageSize)
 	if err := xenctrl.EncodeStartInfo(si, startInfo(g.l, s.spec.Cmdline, g.shinfo, s.res)); err != nil {
 		return domain.InvalidField("spec.cmdline", "%v", err)
@@ -118,13 +118,13 @@ func (g *pvGuest) publishRings(ctx context.Context, s *build) error {
 
 // grantTable is the MFN of grant table frame 0, which a PV toolstack maps
 // directly.
-func (g *pvGuest) grantTable(ctx context.Context, s *build) (uint64, func() error, error) {
+func (g *pvGuest) grantTable(ctx context.Context, s *job) (uint64, func() error, error) {
 	gt, err := s.hv.GrantTableFrame(ctx, s.d)
 	return gt, func() error { return nil }, err
 }
 
 // bootVCPU pins the L4 (Xen validates the tables) and sets vCPU 0.
-func (g *pvGuest) bootVCPU(ctx context.Context, s *build) error {
+func (g *pvGuest) bootVCPU(ctx context.Context, s *job) error {
 	l := g.l
 	l4 := s.mem.P2M()[l.PTPFN]
 	if err := s.hv.PinL4Table(ctx, s.d, l4); err != nil {

@@ -51,7 +51,7 @@ func tscModeOf(p map[string]string) (uint32, error) {
 
 func (g *pvhGuest) String() string { return g.l.String() }
 
-func (g *pvhGuest) plan(s *build) (err error) {
+func (g *pvhGuest) plan(s *job) (err error) {
 	g.l, err = planPVH(s.img, uint64(len(s.initrd)), s.spec.Cmdline, s.memBytes())
 	return err
 }
@@ -60,7 +60,7 @@ func (g *pvhGuest) memoryMap() []xenctrl.E820Entry { return g.l.E820 }
 
 // limits sizes the HAP pool as libxl does, 4 KiB * (256 per vCPU + 2 per
 // MiB of RAM), and sets the TSC mode.
-func (g *pvhGuest) limits(ctx context.Context, s *build) error {
+func (g *pvhGuest) limits(ctx context.Context, s *job) error {
 	pool := 4096 * (256*uint64(s.vcpus()) + 2*(s.maxBytes()>>20))
 	if err := s.hv.SetPagingMempoolSize(ctx, s.d, pool); err != nil {
 		return fmt.Errorf("builder: paging mempool %d bytes: %w", pool, err)
@@ -73,7 +73,7 @@ func (g *pvhGuest) limits(ctx context.Context, s *build) error {
 
 // populate gives the guest its RAM below the MMIO hole and above 4 GiB,
 // then the ring pages and the ACPI page.
-func (g *pvhGuest) populate(ctx context.Context, s *build) (*guestmem.Memory, error) {
+func (g *pvhGuest) populate(ctx context.Context, s *job) (*guestmem.Memory, error) {
 	mem := guestmem.Translated(s.hv, s.d)
 	if err := mem.Populate(ctx, 0, g.l.LowEnd>>pageShift); err != nil {
 		return nil, err
@@ -91,7 +91,7 @@ func (g *pvhGuest) initrdAddr() uint64                    { return g.l.InitrdAdd
 
 // writeBoot writes the start info and the ACPI tables (and the legacy
 // RSDP copy below 1 MiB when the kernel needs it).
-func (g *pvhGuest) writeBoot(ctx context.Context, s *build) error {
+func (g *pvhGuest) writeBoot(ctx context.Context, s *job) error {
 	l := g.l
 	if err := s.mem.Write(ctx, l.StartInfoAddr, l.startInfo(s.spec.Cmdline), l.StartInfoSize); err != nil {
 		return fmt.Errorf("builder: start info at %#x: %w", l.StartInfoAddr, err)
@@ -110,7 +110,7 @@ func (g *pvhGuest) writeBoot(ctx context.Context, s *build) error {
 func (g *pvhGuest) ringPFNs() (store, console uint64) { return storePFN, consolePFN }
 
 // publishRings sets the HVM parameters the guest reads its rings from.
-func (g *pvhGuest) publishRings(ctx context.Context, s *build) error {
+func (g *pvhGuest) publishRings(ctx context.Context, s *job) error {
 	for _, p := range []struct {
 		idx uint32
 		v   uint64
@@ -129,7 +129,7 @@ func (g *pvhGuest) publishRings(ctx context.Context, s *build) error {
 
 // grantTable places grant table frame 0 at a scratch guest frame for the
 // time of the seeding, as libxenguest does for HVM guests.
-func (g *pvhGuest) grantTable(ctx context.Context, s *build) (uint64, func() error, error) {
+func (g *pvhGuest) grantTable(ctx context.Context, s *job) (uint64, func() error, error) {
 	if err := s.hv.MapGrantTableFrame(ctx, s.d, grantScratchPF); err != nil {
 		return 0, nil, err
 	}
@@ -137,7 +137,7 @@ func (g *pvhGuest) grantTable(ctx context.Context, s *build) (uint64, func() err
 }
 
 // bootVCPU loads vCPU 0's start state into the domain's HVM context.
-func (g *pvhGuest) bootVCPU(ctx context.Context, s *build) error {
+func (g *pvhGuest) bootVCPU(ctx context.Context, s *job) error {
 	full, err := s.hv.GetHVMContext(ctx, s.d)
 	if err != nil {
 		return fmt.Errorf("builder: %w", err)
