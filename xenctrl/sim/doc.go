@@ -25,10 +25,11 @@
 //     (XEN_DOMCTL_max_vcpus, EINVAL unless it repeats the createdomain
 //     count) creates them.
 //   - The first unpause finishes creation. A domain that has memory then
-//     "boots": its vCPUs are created if needed and come online (the
-//     interface has no setvcpucontext, so the simulator stands in for the
-//     builder here) and it runs, gaining CPU time, until paused, shut down
-//     or destroyed. A domain without memory never runs.
+//     "boots": its vCPUs are created if needed and come online (whether
+//     or not a builder set vCPU 0's context: the simulator runs no guest
+//     code, so it stands in for a builder that did not) and it runs,
+//     gaining CPU time, until paused, shut down or destroyed. A domain
+//     without memory never runs.
 //   - Shutdown (remote or from the guest) records the first reason only;
 //     later shutdowns succeed and change nothing (domain_shutdown).
 //   - Destroy frees the domain's memory at once and leaves it dying
