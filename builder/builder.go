@@ -146,7 +146,7 @@ type guest interface {
 // newGuest picks the guest type for spec and checks what needs no file.
 func newGuest(spec domain.Spec) (guest, error) {
 	if spec.Kernel == "" {
-		return nil, domain.InvalidField("spec.kernel", "a %s guest needs a kernel to boot directly", spec.Type)
+		return nil, domain.InvalidField("spec.kernel", "a PV or PVH guest needs a kernel to boot directly")
 	}
 	switch spec.Type {
 	case domain.TypePV:
