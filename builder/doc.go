@@ -1,6 +1,16 @@
-// Package builder builds guest domains on real Xen: it turns an empty,
-// paused domain (created by the caller with the right flags) into one that
-// boots its kernel when unpaused. It implements domain.Builder.
+// Package builder builds guest domains: it turns an empty, paused domain
+// (created by the caller with the right flags) into one that boots its
+// kernel when unpaused. A Builder is made for one hypervisor, anything
+// that implements Hypervisor: real Xen (*xenctrl.Xen) or the simulator
+// (*sim.Hypervisor), which checks what a build does as Xen would. It
+// implements domain.Builder.
+//
+// Every guest type goes through one skeleton (builder.go): load the kernel
+// and initrd, plan the layout, set the limits (vCPUs, max_mem, memory
+// map), populate, write guest memory, set up the rings and their event
+// channels, seed the grants, set vCPU 0. What differs per type (pvh.go,
+// pv.go) fills in the steps; guest memory is package guestmem, which also
+// says which frame numbers are PFNs and which MFNs.
 //
 // PVH (an HVM container with hardware-assisted paging, XEN_DOMCTL_CDF_hvm |
 // XEN_DOMCTL_CDF_hap, emulation flags XEN_X86_EMU_LAPIC) is supported: the
@@ -30,8 +40,7 @@
 // for it (Linux does) gets the p2m at its XEN_ELFNOTE_INIT_P2M address and
 // the initrd by frame number (XEN_ELFNOTE_MOD_START_PFN), both in frames
 // past the initial mapping, so that the guest can unmap all of that
-// mapping it does not need. ByType sends PV specs to it and everything
-// else to the PVH builder.
+// mapping it does not need.
 //
 // The kernel and initrd are untrusted: package kernel parses them, and
 // every address the image asks for is checked against the guest's memory

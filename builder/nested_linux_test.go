@@ -25,6 +25,8 @@ import (
 // NX_NESTED=1 a missing hypervisor fails; elsewhere they skip. The daemon's
 // own boots are in tests/nested.
 
+var _ Hypervisor = (*xenctrl.Xen)(nil) // the builder runs on real Xen as it is
+
 func nestedXen(t *testing.T) *xenctrl.Xen {
 	t.Helper()
 	x, err := xenctrl.Open(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
@@ -151,13 +153,7 @@ func bootGuest(t *testing.T, x *xenctrl.Xen, typ domain.Type, memBytes uint64, a
 		Ramdisk: guestFile(t, "NX_GUEST_INITRD", "/guest/initrd.gz"),
 		Cmdline: "console=hvc0 earlyprintk=xen nxmode=poweroff",
 	}
-	var res domain.BuildResult
-	var tm Timings
-	if typ == domain.TypePVH {
-		res, tm, err = New(Config{}).BuildTimed(ctx, x, d, spec)
-	} else {
-		res, tm, err = NewPV(Config{}).BuildTimed(ctx, x, d, spec)
-	}
+	res, tm, err := New(x, Config{}).BuildTimed(ctx, d, spec)
 	if err != nil {
 		t.Fatalf("build: %v", err)
 	}
@@ -239,7 +235,7 @@ func checkRingGrants(ctx context.Context, t *testing.T, x *xenctrl.Xen, d xenctr
 			t.Errorf("unmap the ring grants: %v", err)
 		}
 	}()
-	for i, frame := range []uint64{res.ConsoleMFN, res.StoreMFN} {
+	for i, frame := range []uint64{res.ConsoleGFN, res.StoreGFN} {
 		page := m.Mem[i*pageSize : (i+1)*pageSize]
 		if !bytes.Equal(page, make([]byte, pageSize)) {
 			t.Errorf("grant %d: the ring page is not zeroed", i)
@@ -275,12 +271,12 @@ func introduce(ctx context.Context, t *testing.T, xs *xenstore.Client, d xenctrl
 		{"domid", strconv.Itoa(int(d))},
 		{"memory/static-max", strconv.FormatUint(memBytes>>10, 10)},
 		{"memory/target", strconv.FormatUint(memBytes>>10, 10)},
-		{"console/ring-ref", strconv.FormatUint(res.ConsoleMFN, 10)},
+		{"console/ring-ref", strconv.FormatUint(res.ConsoleGFN, 10)},
 		{"console/port", strconv.Itoa(int(res.ConsolePort))},
 		{"console/type", "xenconsoled"},
 		{"console/output", "pty"},
 		{"console/limit", "1048576"},
-		{"store/ring-ref", strconv.FormatUint(res.StoreMFN, 10)},
+		{"store/ring-ref", strconv.FormatUint(res.StoreGFN, 10)},
 		{"store/port", strconv.Itoa(int(res.StorePort))},
 	} {
 		if err := xs.Write(ctx, dom+"/"+kv[0], []byte(kv[1])); err != nil {
@@ -295,7 +291,7 @@ func introduce(ctx context.Context, t *testing.T, xs *xenstore.Client, d xenctrl
 			t.Fatal(err)
 		}
 	}
-	if err := xs.Introduce(ctx, uint32(d), res.StoreMFN, res.StorePort); err != nil {
+	if err := xs.Introduce(ctx, uint32(d), res.StoreGFN, res.StorePort); err != nil {
 		t.Fatalf("introduce: %v", err)
 	}
 }

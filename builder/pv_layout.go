@@ -106,46 +106,16 @@ func tablesFor(start, end uint64) (l3, l2, l1 uint64) {
 // the stack. Every address is checked against the guest's size.
 func planPV(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint64) (*pvLayout, error) {
 	n := &img.Notes
-	if n.Count == 0 || n.XenVersion != "xen-3.0" {
-		return nil, domain.InvalidField("spec.kernel", "not a Xen PV kernel: XEN_ELFNOTE_XEN_VERSION is %q, want \"xen-3.0\"", n.XenVersion)
-	}
 	if len(cmdline) >= xenctrl.MaxGuestCmdline {
 		return nil, domain.InvalidField("spec.cmdline", "is %d bytes, at most %d allowed for PV guests", len(cmdline), xenctrl.MaxGuestCmdline-1)
 	}
 	if memBytes%pageSize != 0 || memBytes == 0 {
 		return nil, domain.InvalidField("spec.memory_dynamic_max", "%d bytes is not a positive multiple of the page size", memBytes)
 	}
-	if len(img.Segments) == 0 {
-		return nil, domain.InvalidField("spec.kernel", "no loadable segments")
+	l, err := pvKernel(img, memBytes>>pageShift)
+	if err != nil {
+		return nil, err
 	}
-	l := &pvLayout{NrPages: memBytes >> pageShift}
-	// libxenguest's defaults (elf_xen_addr_calc_check): virt_base 0,
-	// paddr_offset = virt_base.
-	if n.HasVirtBase {
-		l.VirtBase = n.VirtBase
-	}
-	l.PaddrOffset = l.VirtBase
-	if n.HasPaddrOffset {
-		l.PaddrOffset = n.PaddrOffset
-	}
-	if l.VirtBase%pageSize != 0 {
-		return nil, domain.InvalidField("spec.kernel", "XEN_ELFNOTE_VIRT_BASE %#x is not page aligned", l.VirtBase)
-	}
-	if img.PhysStart < l.PaddrOffset {
-		return nil, domain.InvalidField("spec.kernel", "segments start at physical %#x, below XEN_ELFNOTE_PADDR_OFFSET %#x", img.PhysStart, l.PaddrOffset)
-	}
-	l.KernelPFN = (img.PhysStart - l.PaddrOffset) >> pageShift
-	l.KernelEnd = alignUp(img.PhysEnd-l.PaddrOffset) >> pageShift
-	kvStart, kvEnd := l.virt(l.KernelPFN), l.virt(l.KernelEnd)
-
-	l.Entry = img.Entry
-	if n.HasEntry {
-		l.Entry = n.Entry
-	}
-	if !entryExecutable(img, l) {
-		return nil, domain.InvalidField("spec.kernel", "entry point %#x is not inside an executable segment's file data", l.Entry)
-	}
-
 	next := l.KernelEnd
 	take := func(bytes uint64) uint64 {
 		p := next
@@ -168,33 +138,11 @@ func planPV(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint6
 	l.StartInfoPFN = take(pageSize)
 	l.StorePFN = take(pageSize)
 	l.ConsolePFN = take(pageSize)
-
-	// Size the page tables for a mapping that must also cover them, the
-	// boot stack and the padding (libxenguest's alloc_pgtables_pv).
-	allocEnd := l.virt(next)
-	extra := uint64(1) + pvPadding/pageSize
-	pages := extra
-	var end uint64
-	for range 16 { // converges in 2 or 3 rounds
-		end = (allocEnd + pages*pageSize + pvMapAlign - 1) &^ (pvMapAlign - 1)
-		if end <= l.VirtBase {
-			return nil, domain.InvalidField("spec.kernel", "initial mapping from %#x wraps the address space", l.VirtBase)
-		}
-		l.NrL3, l.NrL2, l.NrL1 = tablesFor(l.VirtBase, end)
-		pages = l.PTPages() + extra
-		if allocEnd+pages*pageSize <= end {
-			break
-		}
-	}
-	if allocEnd+pages*pageSize > end {
-		return nil, fmt.Errorf("builder: page table sizing did not converge (mapping ends %#x)", end)
+	if err := l.sizeMapping(l.virt(next)); err != nil {
+		return nil, err
 	}
 	l.PTPFN = take(l.PTPages() << pageShift)
 	l.StackPFN = take(pageSize)
-	l.MapEnd = end
-	if err := checkVirtRange(l.VirtBase, l.MapEnd); err != nil {
-		return nil, domain.InvalidField("spec.kernel", "kernel at [%#x, %#x): %v", kvStart, kvEnd, err)
-	}
 
 	// Past the mapping: the unmapped initrd, then the p2m and its tables.
 	next = (l.MapEnd - l.VirtBase) >> pageShift
@@ -213,6 +161,73 @@ func planPV(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint6
 			memBytes>>20, initrdSize, next*pageSize>>20)
 	}
 	return l, nil
+}
+
+// pvKernel starts a layout of nrPages from what the kernel's notes and
+// segments say: where it is linked (virt_base, paddr_offset), the frames
+// it occupies and its entry point.
+func pvKernel(img *kernel.Image, nrPages uint64) (*pvLayout, error) {
+	n := &img.Notes
+	if n.Count == 0 || n.XenVersion != "xen-3.0" {
+		return nil, domain.InvalidField("spec.kernel", "not a Xen PV kernel: XEN_ELFNOTE_XEN_VERSION is %q, want \"xen-3.0\"", n.XenVersion)
+	}
+	if len(img.Segments) == 0 {
+		return nil, domain.InvalidField("spec.kernel", "no loadable segments")
+	}
+	l := &pvLayout{NrPages: nrPages}
+	// libxenguest's defaults (elf_xen_addr_calc_check): virt_base 0,
+	// paddr_offset = virt_base.
+	if n.HasVirtBase {
+		l.VirtBase = n.VirtBase
+	}
+	l.PaddrOffset = l.VirtBase
+	if n.HasPaddrOffset {
+		l.PaddrOffset = n.PaddrOffset
+	}
+	if l.VirtBase%pageSize != 0 {
+		return nil, domain.InvalidField("spec.kernel", "XEN_ELFNOTE_VIRT_BASE %#x is not page aligned", l.VirtBase)
+	}
+	if img.PhysStart < l.PaddrOffset {
+		return nil, domain.InvalidField("spec.kernel", "segments start at physical %#x, below XEN_ELFNOTE_PADDR_OFFSET %#x", img.PhysStart, l.PaddrOffset)
+	}
+	l.KernelPFN = (img.PhysStart - l.PaddrOffset) >> pageShift
+	l.KernelEnd = alignUp(img.PhysEnd-l.PaddrOffset) >> pageShift
+	l.Entry = img.Entry
+	if n.HasEntry {
+		l.Entry = n.Entry
+	}
+	if !entryExecutable(img, l) {
+		return nil, domain.InvalidField("spec.kernel", "entry point %#x is not inside an executable segment's file data", l.Entry)
+	}
+	return l, nil
+}
+
+// sizeMapping sizes the page tables and the end of the initial mapping,
+// which must also cover the tables, the boot stack and the padding from
+// allocEnd on (libxenguest's alloc_pgtables_pv).
+func (l *pvLayout) sizeMapping(allocEnd uint64) error {
+	extra := uint64(1) + pvPadding/pageSize
+	pages := extra
+	var end uint64
+	for range 16 { // converges in 2 or 3 rounds
+		end = (allocEnd + pages*pageSize + pvMapAlign - 1) &^ (pvMapAlign - 1)
+		if end <= l.VirtBase {
+			return domain.InvalidField("spec.kernel", "initial mapping from %#x wraps the address space", l.VirtBase)
+		}
+		l.NrL3, l.NrL2, l.NrL1 = tablesFor(l.VirtBase, end)
+		pages = l.PTPages() + extra
+		if allocEnd+pages*pageSize <= end {
+			break
+		}
+	}
+	if allocEnd+pages*pageSize > end {
+		return fmt.Errorf("builder: page table sizing did not converge (mapping ends %#x)", end)
+	}
+	l.MapEnd = end
+	if err := checkVirtRange(l.VirtBase, l.MapEnd); err != nil {
+		return domain.InvalidField("spec.kernel", "kernel at [%#x, %#x): %v", l.virt(l.KernelPFN), l.virt(l.KernelEnd), err)
+	}
+	return nil
 }
 
 // p2mOutside sizes the tables for a p2m of p2mPages at the virtual address

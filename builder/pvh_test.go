@@ -3,25 +3,16 @@ package builder
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl/sim"
 )
-
-func writeFile(t *testing.T, name string, b []byte) string {
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 func testSpec(t *testing.T) (domain.Spec, []byte, []byte) {
 	text := bytes.Repeat([]byte("KERNEL!!"), 3000)
@@ -36,105 +27,88 @@ func testSpec(t *testing.T) (domain.Spec, []byte, []byte) {
 	}, text, initrd
 }
 
-// TestBuildPVHHighMemory: RAM past libxl's MMIO hole start continues at
-// 4 GiB, in the memory map Xen keeps and in the one the guest reads.
-func TestBuildPVHHighMemory(t *testing.T) {
-	f := newFake()
-	spec, _, _ := testSpec(t)
-	spec.MemoryStaticMax, spec.MemoryDynamicMax = 4<<30+64<<20, 4<<30+64<<20
-	if _, err := New(Config{}).Build(context.Background(), f, 7, spec); err != nil {
+// pvhVCPU0 returns vCPU 0's record from the domain's HVM context.
+func pvhVCPU0(t *testing.T, h *sim.Hypervisor, d xenctrl.Domid) (cpu, mtrr []byte) {
+	t.Helper()
+	blob, err := h.GetHVMContext(context.Background(), d)
+	if err != nil {
 		t.Fatal(err)
 	}
-	const low, high = 0xF0000000, 1 << 32
-	wantHigh := uint64(4<<30+64<<20) - low
-	ramFrames := 0
-	for pfn := range f.frames {
-		switch a := pfn << pageShift; {
-		case a < low || (a >= high && a < high+wantHigh):
-			ramFrames++
-		case a == acpiBase || pfn == storePFN || pfn == consolePFN:
-		default:
-			t.Fatalf("frame %#x populated in the MMIO hole or past the guest's RAM", pfn)
+	recs, err := xenctrl.ParseHVMContext(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		switch {
+		case r.Code == xenctrl.HVMSaveCodeCPU && r.Instance == 0:
+			cpu = r.Body
+		case r.Code == xenctrl.HVMSaveCodeMTRR && r.Instance == 0:
+			mtrr = r.Body
 		}
 	}
-	if want := (4<<30 + 64<<20) >> pageShift; ramFrames != want {
-		t.Errorf("%d RAM frames populated, want %d", ramFrames, want)
+	if cpu == nil || mtrr == nil {
+		t.Fatalf("no CPU or MTRR record for vCPU 0 in the domain's context")
 	}
-	want := []xenctrl.E820Entry{
-		{Addr: 0, Size: low, Type: xenctrl.E820RAM},
-		{Addr: acpiBase, Size: pageSize, Type: xenctrl.E820NVS},
-		{Addr: specialBase << pageShift, Size: (specialEnd - specialBase) << pageShift, Type: xenctrl.E820Reserved},
-		{Addr: high, Size: wantHigh, Type: xenctrl.E820RAM},
-	}
-	if !slices.Equal(f.e820, want) {
-		t.Errorf("e820 %+v, want %+v", f.e820, want)
-	}
-	le := binary.LittleEndian
-	rbx := le.Uint64(findRecord(t, f.hvmSet, 2)[520:])
-	si, err := f.read(rbx, 56)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mm, _ := f.read(le.Uint64(si[40:]), 24*uint64(le.Uint32(si[48:])))
-	if len(mm) != 4*24 || le.Uint64(mm[72:]) != high || le.Uint64(mm[80:]) != wantHigh || le.Uint32(mm[88:]) != xenctrl.E820RAM {
-		t.Errorf("the guest's memory map % x", mm)
-	}
+	return cpu, mtrr
 }
 
+// TestBuildPVH builds a PVH guest on the simulator and reads back what the
+// guest will find: its kernel, initrd, start info, ACPI tables, rings,
+// grants and vCPU 0.
 func TestBuildPVH(t *testing.T) {
-	f := newFake()
+	h, d := simDomain(t, domain.TypePVH, 2, sim.Config{})
 	spec, text, initrd := testSpec(t)
-	res, err := New(Config{}).Build(context.Background(), f, 7, spec)
+	ctx := context.Background()
+	res, err := New(h, Config{}).Build(ctx, d, spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	le := binary.LittleEndian
-	if f.maxVCPUs != 2 || f.maxKiB != 16<<10+1024 || f.tsc != xenctrl.TSCModeNeverEmulate || f.pool == 0 {
-		t.Errorf("limits: vcpus %d maxkib %d tsc %d pool %d", f.maxVCPUs, f.maxKiB, f.tsc, f.pool)
+	st, err := h.BuildState(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	di, _ := h.DomainInfo(ctx, d)
+	if di.MaxVCPUID != 1 || di.MaxPages != (16<<10+1024)/4 || st.TSCMode != xenctrl.TSCModeNeverEmulate || st.PagingMempool == 0 {
+		t.Errorf("limits: max vcpu id %d max pages %d tsc %d pool %d", di.MaxVCPUID, di.MaxPages, st.TSCMode, st.PagingMempool)
 	}
 	// 8 MiB of RAM plus the two ring pages and the ACPI page.
-	if len(f.frames) != 8<<8+3 {
-		t.Errorf("%d frames populated, want %d", len(f.frames), 8<<8+3)
+	if di.TotPages != 8<<8+3 {
+		t.Errorf("%d pages populated, want %d", di.TotPages, 8<<8+3)
 	}
-	got, err := f.read(0x100000, uint64(len(text))+0x3000)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := readPhys(t, h, d, 0x100000, uint64(len(text))+0x3000)
 	if !bytes.Equal(got[:len(text)], text) || !bytes.Equal(got[len(text):], make([]byte, 0x3000)) {
 		t.Error("kernel segment not loaded at its physical address with a zeroed bss")
 	}
-	// start info: find it through %rbx of the vCPU context.
-	cpu := findRecord(t, f.hvmSet, 2)
+	// vCPU 0, and through %rbx the start info.
+	cpu, mtrr := pvhVCPU0(t, h, d)
 	rip, rbx, cr0 := le.Uint64(cpu[640:]), le.Uint64(cpu[520:]), le.Uint64(cpu[656:])
 	if rip != 0x100010 || cr0&1 == 0 || le.Uint32(cpu[888:]) != 0xc9b {
 		t.Errorf("vcpu: rip %#x cr0 %#x cs ar %#x", rip, cr0, le.Uint32(cpu[888:]))
 	}
-	si, err := f.read(rbx, 56)
-	if err != nil {
-		t.Fatal(err)
+	if le.Uint64(mtrr[232:]) != 0x806 {
+		t.Errorf("MTRR default type %#x", le.Uint64(mtrr[232:]))
 	}
+	si := readPhys(t, h, d, rbx, xenctrl.HVMStartInfoSize)
 	if le.Uint32(si[0:]) != 0x336ec578 || le.Uint32(si[4:]) != 1 || le.Uint32(si[12:]) != 1 {
 		t.Fatalf("start info header % x", si[:16])
 	}
-	mod, _ := f.read(le.Uint64(si[16:]), 32)
-	ird, err := f.read(le.Uint64(mod[0:]), le.Uint64(mod[8:]))
-	if err != nil || !bytes.Equal(ird, initrd) {
-		t.Errorf("initrd not where the module list says (%v)", err)
+	mod := readPhys(t, h, d, le.Uint64(si[16:]), 32)
+	if ird := readPhys(t, h, d, le.Uint64(mod[0:]), le.Uint64(mod[8:])); !bytes.Equal(ird, initrd) {
+		t.Error("initrd not where the module list says")
 	}
 	if le.Uint64(mod[0:]) < 0x100000+uint64(len(text))+0x3000 || le.Uint64(mod[0:])%4096 != 0 {
 		t.Errorf("initrd at %#x overlaps the kernel or is unaligned", le.Uint64(mod[0:]))
 	}
-	cl, _ := f.read(le.Uint64(si[24:]), uint64(len(spec.Cmdline))+1)
-	if string(cl) != spec.Cmdline+"\x00" {
+	if cl := readPhys(t, h, d, le.Uint64(si[24:]), uint64(len(spec.Cmdline))+1); string(cl) != spec.Cmdline+"\x00" {
 		t.Errorf("cmdline %q", cl)
 	}
-	mm, _ := f.read(le.Uint64(si[40:]), 24*uint64(le.Uint32(si[48:])))
+	mm := readPhys(t, h, d, le.Uint64(si[40:]), 24*uint64(le.Uint32(si[48:])))
 	if len(mm) != 72 || le.Uint64(mm[8:]) != 8<<20 || le.Uint32(mm[16:]) != 1 ||
 		le.Uint64(mm[24:]) != acpiBase || le.Uint32(mm[24+16:]) != xenctrl.E820NVS || le.Uint32(mm[48+16:]) != 2 {
 		t.Errorf("memmap % x", mm)
 	}
-	if len(f.e820) != 3 || f.e820[0].Size != 8<<20 {
-		t.Errorf("e820 %+v", f.e820)
+	if len(st.MemoryMap) != 3 || st.MemoryMap[0].Size != 8<<20 {
+		t.Errorf("e820 %+v", st.MemoryMap)
 	}
 	// ACPI: the RSDP named in the start info leads to a MADT with both
 	// vCPUs; the test kernel declares no features, so the RSDP is also
@@ -142,64 +116,119 @@ func TestBuildPVH(t *testing.T) {
 	if rsdp := le.Uint64(si[32:]); rsdp != acpiBase {
 		t.Errorf("rsdp_paddr %#x, want %#x", rsdp, acpiBase)
 	}
-	page, err := f.read(acpiBase, pageSize)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tables := parseACPI(t, page, acpiBase)
-	if m := tables["APIC"]; len(m) != 44+16 || m[44+4] != 1 || m[52+3] != 2 || m[52+4] != 1 {
+	page := readPhys(t, h, d, acpiBase, pageSize)
+	if m := parseACPI(t, page, acpiBase)["APIC"]; len(m) != 44+16 || m[44+4] != 1 || m[52+3] != 2 || m[52+4] != 1 {
 		t.Errorf("MADT % x", m)
 	}
-	if legacy, _ := f.read(acpiLegacyPtr, rsdpLen); !bytes.Equal(legacy, page[:rsdpLen]) {
+	if legacy := readPhys(t, h, d, acpiLegacyPtr, rsdpLen); !bytes.Equal(legacy, page[:rsdpLen]) {
 		t.Errorf("legacy RSDP copy % x", legacy)
 	}
-	// Rings, params, grants.
-	if res.StoreMFN != storePFN || res.ConsoleMFN != consolePFN || res.StorePort == res.ConsolePort {
+	checkPVHRings(t, h, d, res, st)
+	checkPVHGrants(t, h, d)
+}
+
+// checkPVHRings: the rings are PFNs, zeroed, named in the HVM params with
+// their event channels, unbound for dom0.
+func checkPVHRings(t *testing.T, h *sim.Hypervisor, d xenctrl.Domid, res domain.BuildResult, st sim.BuildState) {
+	t.Helper()
+	if res.StoreGFN != storePFN || res.ConsoleGFN != consolePFN || res.StorePort == res.ConsolePort {
 		t.Errorf("result %+v", res)
 	}
-	if f.params[xenctrl.HVMParamStorePFN] != storePFN || f.params[xenctrl.HVMParamConsoleEvtchn] != uint64(res.ConsolePort) ||
-		f.params[xenctrl.HVMParamStoreEvtchn] != uint64(res.StorePort) || f.params[xenctrl.HVMParamConsolePFN] != consolePFN {
-		t.Errorf("params %v", f.params)
+	if ring := readFrames(t, h, d, storePFN, consolePFN); !bytes.Equal(ring, make([]byte, 2*pageSize)) {
+		t.Error("ring pages not zeroed")
 	}
-	if le.Uint16(f.gntFrame[0:]) != 1 || le.Uint32(f.gntFrame[4:]) != consolePFN || le.Uint32(f.gntFrame[12:]) != storePFN || f.gntAt != 0 {
-		t.Errorf("grant entries % x (scratch still mapped: %v)", f.gntFrame[:16], f.gntAt != 0)
+	p := st.HVMParams
+	if p[xenctrl.HVMParamStorePFN] != storePFN || p[xenctrl.HVMParamConsoleEvtchn] != uint64(res.ConsolePort) ||
+		p[xenctrl.HVMParamStoreEvtchn] != uint64(res.StorePort) || p[xenctrl.HVMParamConsolePFN] != consolePFN {
+		t.Errorf("params %v", p)
 	}
-	mtrr := findRecord(t, f.hvmSet, 14)
-	if le.Uint64(mtrr[232:]) != 0x806 {
-		t.Errorf("MTRR default type %#x", le.Uint64(mtrr[232:]))
+	if r1, r2 := st.UnboundEvtchns[res.StorePort], st.UnboundEvtchns[res.ConsolePort]; len(st.UnboundEvtchns) != 2 || r1 != 0 || r2 != 0 {
+		t.Errorf("event channels %v", st.UnboundEvtchns)
 	}
 }
 
-func findRecord(t *testing.T, blob []byte, code uint16) []byte {
-	le := binary.LittleEndian
-	for off := 0; off+8 <= len(blob); {
-		c, n := le.Uint16(blob[off:]), int(le.Uint32(blob[off+4:]))
-		if c == code {
-			return blob[off+8 : off+8+n]
-		}
-		if c == 0 {
-			break
-		}
-		off += 8 + n
+// checkPVHGrants maps the guest's grant table frame as the builder did and
+// checks entries 0 and 1 grant dom0 the console and xenstore PFNs, and
+// that the builder's scratch frame is gone from the physmap.
+func checkPVHGrants(t *testing.T, h *sim.Hypervisor, d xenctrl.Domid) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := h.MapForeign(ctx, d, []uint64{grantScratchPF}, false); err == nil {
+		t.Error("the grant table frame is still in the guest's physmap")
 	}
-	t.Fatalf("no record %d in the context set", code)
-	return nil
+	if err := h.MapGrantTableFrame(ctx, d, grantScratchPF); err != nil {
+		t.Fatal(err)
+	}
+	g := readFrames(t, h, d, grantScratchPF)
+	if err := h.RemoveFromPhysmap(ctx, d, grantScratchPF); err != nil {
+		t.Fatal(err)
+	}
+	if le.Uint16(g[0:]) != 1 || le.Uint16(g[2:]) != 0 || le.Uint32(g[4:]) != consolePFN || le.Uint16(g[8:]) != 1 || le.Uint32(g[12:]) != storePFN {
+		t.Errorf("grant entries % x", g[:16])
+	}
 }
 
+// TestBuildPVHHighMemory: RAM past libxl's MMIO hole start continues at
+// 4 GiB, in the memory map Xen keeps and in the one the guest reads.
+func TestBuildPVHHighMemory(t *testing.T) {
+	h, d := simDomain(t, domain.TypePVH, 2, sim.Config{})
+	spec, _, _ := testSpec(t)
+	spec.MemoryStaticMax, spec.MemoryDynamicMax = 4<<30+64<<20, 4<<30+64<<20
+	ctx := context.Background()
+	if _, err := New(h, Config{}).Build(ctx, d, spec); err != nil {
+		t.Fatal(err)
+	}
+	const low, high = 0xF0000000, 1 << 32
+	wantHigh := uint64(4<<30+64<<20) - low
+	if di, _ := h.DomainInfo(ctx, d); di.TotPages != (4<<30+64<<20)>>pageShift+3 {
+		t.Errorf("%d pages populated, want %d", di.TotPages, (4<<30+64<<20)>>pageShift+3)
+	}
+	for _, c := range []struct {
+		pfn uint64
+		ram bool
+	}{{low>>pageShift - 1, true}, {low >> pageShift, false}, {high>>pageShift - 1, false},
+		{high >> pageShift, true}, {(high+wantHigh)>>pageShift - 1, true}, {(high + wantHigh) >> pageShift, false}} {
+		m, err := h.MapForeign(ctx, d, []uint64{c.pfn}, false)
+		if (err == nil) != c.ram {
+			t.Errorf("frame %#x: populated %v, want %v", c.pfn, err == nil, c.ram)
+		}
+		if err == nil {
+			m.Unmap()
+		}
+	}
+	want := []xenctrl.E820Entry{
+		{Addr: 0, Size: low, Type: xenctrl.E820RAM},
+		{Addr: acpiBase, Size: pageSize, Type: xenctrl.E820NVS},
+		{Addr: specialBase << pageShift, Size: (specialEnd - specialBase) << pageShift, Type: xenctrl.E820Reserved},
+		{Addr: high, Size: wantHigh, Type: xenctrl.E820RAM},
+	}
+	if st, _ := h.BuildState(d); !slices.Equal(st.MemoryMap, want) {
+		t.Errorf("e820 %+v, want %+v", st.MemoryMap, want)
+	}
+	cpu, _ := pvhVCPU0(t, h, d)
+	si := readPhys(t, h, d, le.Uint64(cpu[520:]), xenctrl.HVMStartInfoSize)
+	mm := readPhys(t, h, d, le.Uint64(si[40:]), 24*uint64(le.Uint32(si[48:])))
+	if len(mm) != 4*24 || le.Uint64(mm[72:]) != high || le.Uint64(mm[80:]) != wantHigh || le.Uint32(mm[88:]) != xenctrl.E820RAM {
+		t.Errorf("the guest's memory map % x", mm)
+	}
+}
+
+// TestBuildSuperpagesAndFallback builds on a host with 2 MiB extents for
+// all, some and none of the RAM.
 func TestBuildSuperpagesAndFallback(t *testing.T) {
-	for _, noSuper := range []bool{false, true} {
-		f := newFake()
-		f.noSuper = noSuper
-		spec, _, _ := testSpec(t)
+	for _, super := range []uint64{1 << 20, 3, 0} {
+		h, d := simDomain(t, domain.TypePVH, 2, sim.Config{})
+		h.LimitSuperpages(super)
+		spec, text, _ := testSpec(t)
 		spec.MemoryDynamicMax = 16 << 20
-		if _, err := New(Config{}).Build(context.Background(), f, 1, spec); err != nil {
-			t.Fatalf("noSuper=%v: %v", noSuper, err)
+		if _, err := New(h, Config{}).Build(context.Background(), d, spec); err != nil {
+			t.Fatalf("%d superpages: %v", super, err)
 		}
-		if len(f.frames) != 16<<8+3 {
-			t.Errorf("noSuper=%v: %d frames", noSuper, len(f.frames))
+		if di, _ := h.DomainInfo(context.Background(), d); di.TotPages != 16<<8+3 {
+			t.Errorf("%d superpages: %d pages", super, di.TotPages)
 		}
-		if !noSuper && f.populateOps > 3 {
-			t.Errorf("%d populate calls for 8 superpages + rings", f.populateOps)
+		if got := readPhys(t, h, d, 0x100000, uint64(len(text))); !bytes.Equal(got, text) {
+			t.Errorf("%d superpages: kernel not loaded", super)
 		}
 	}
 }
@@ -222,55 +251,29 @@ func TestBuildRejects(t *testing.T) {
 		}, "spec.kernel", "runs past the end"},
 		{"no PVH entry", func(t *testing.T, s *domain.Spec) {
 			b, _ := os.ReadFile(s.Kernel)
-			binary.LittleEndian.PutUint32(b[64+112+8:], 17) // note type 18 -> 17
+			le.PutUint32(b[64+112+8:], 17) // note type 18 -> 17
 			s.Kernel = writeFile(t, "k", b)
 		}, "spec.kernel", "PHYS32_ENTRY"},
 		{"bad tsc", func(t *testing.T, s *domain.Spec) { s.Platform = map[string]string{"tsc_mode": "fast"} }, "spec.platform", "tsc_mode"},
 		{"long cmdline", func(t *testing.T, s *domain.Spec) { s.Cmdline = strings.Repeat("a", 3000) }, "spec.cmdline", "at most"},
 		{"empty initrd", func(t *testing.T, s *domain.Spec) { s.Ramdisk = writeFile(t, "i", nil) }, "spec.ramdisk", "empty"},
-		{"PV", func(t *testing.T, s *domain.Spec) { s.Type = domain.TypePV }, "spec.type", "PVH"},
+		{"HVM", func(t *testing.T, s *domain.Spec) { s.Type = domain.TypeHVM }, "spec.type", "PV and PVH"},
+		{"too many vCPUs for the MADT", func(t *testing.T, s *domain.Spec) { s.VCPUsMax = MaxACPIVCPUs + 1 }, "spec.vcpus_max", "vCPUs"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFake()
+			h, d := simDomain(t, domain.TypePVH, 2, sim.Config{})
 			spec, _, _ := testSpec(t)
 			c.edit(t, &spec)
-			_, err := New(Config{}).Build(context.Background(), f, 1, spec)
+			_, err := New(h, Config{}).Build(context.Background(), d, spec)
 			var de *domain.Error
-			if !errors.As(err, &de) || de.Field != c.field || !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("err = %v, want field %s mentioning %q", err, c.field, c.want)
+			if !errors.As(err, &de) || de.Code != domain.CodeInvalidArgument || de.Field != c.field || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want InvalidArgument on %s mentioning %q", err, c.field, c.want)
 			}
-			if len(f.frames) != 0 || f.maxKiB != 0 {
+			di, _ := h.DomainInfo(context.Background(), d)
+			if st, _ := h.BuildState(d); di.TotPages != 0 || di.MaxPages != 0 || st.MemoryMap != nil {
 				t.Errorf("the domain was changed before the spec was found bad")
 			}
 		})
-	}
-}
-
-func TestBuildNeedsRealXen(t *testing.T) {
-	spec, _, _ := testSpec(t)
-	_, err := New(Config{}).Build(context.Background(), notXen{}, 1, spec)
-	if err == nil || !strings.Contains(err.Error(), "need real Xen") {
-		t.Fatalf("err = %v", err)
-	}
-}
-
-type notXen struct{ xenctrl.Hypervisor }
-
-func (notXen) Kind() string { return "sim" }
-
-// More vCPUs than a MADT can describe is the spec's fault, named, and
-// nothing is asked of the hypervisor.
-func TestBuildPVHTooManyVCPUs(t *testing.T) {
-	f := newFake()
-	spec, _, _ := testSpec(t)
-	spec.VCPUsMax = MaxACPIVCPUs + 1
-	_, err := New(Config{}).Build(context.Background(), f, 7, spec)
-	var de *domain.Error
-	if !errors.As(err, &de) || de.Code != domain.CodeInvalidArgument || de.Field != "spec.vcpus_max" {
-		t.Fatalf("got %v, want InvalidArgument on spec.vcpus_max", err)
-	}
-	if len(f.frames) != 0 || f.maxVCPUs != 0 {
-		t.Errorf("the hypervisor was touched: %d frames, max_vcpus %d", len(f.frames), f.maxVCPUs)
 	}
 }

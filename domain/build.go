@@ -32,18 +32,18 @@ const (
 // EmptyBuilder builds a domain with memory and nothing else: max_mem
 // (static max) and populate_physmap (dynamic max). Its store "ring" is the
 // last page, its port 0: enough for the simulator, not for a real guest.
-type EmptyBuilder struct{}
+type EmptyBuilder struct{ Hypervisor xenctrl.Hypervisor }
 
 // Build implements Builder.
-func (EmptyBuilder) Build(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, spec Spec) (BuildResult, error) {
-	if err := hv.SetMaxMem(ctx, d, spec.MemoryStaticMax/1024); err != nil {
+func (b EmptyBuilder) Build(ctx context.Context, d xenctrl.Domid, spec Spec) (BuildResult, error) {
+	if err := b.Hypervisor.SetMaxMem(ctx, d, spec.MemoryStaticMax/1024); err != nil {
 		return BuildResult{}, err
 	}
 	pages := spec.MemoryDynamicMax / xenctrl.PageSize
-	if err := hv.PopulatePhysmap(ctx, d, pages); err != nil {
+	if err := b.Hypervisor.PopulatePhysmap(ctx, d, pages); err != nil {
 		return BuildResult{}, err
 	}
-	return BuildResult{StoreMFN: pages - 1, ConsoleMFN: pages - 2}, nil
+	return BuildResult{StoreGFN: pages - 1, ConsoleGFN: pages - 2}, nil
 }
 
 func domainConfig(spec Spec) xenctrl.DomainConfig {
@@ -87,7 +87,7 @@ func (m *Manager) buildDomain(ctx context.Context, spec Spec, te *taskEntry) (xe
 		}
 		return 0, err
 	}
-	res, err := m.builder.Build(ctx, m.hv, d, spec)
+	res, err := m.builder.Build(ctx, d, spec)
 	if err != nil {
 		return fail(hvError(fmt.Sprintf("build domain %d", d), err))
 	}
@@ -96,11 +96,11 @@ func (m *Manager) buildDomain(ctx context.Context, spec Spec, te *taskEntry) (xe
 	if err := m.writeLayout(ctx, spec, d, res); err != nil {
 		return fail(&Error{Code: CodeInternal, Message: fmt.Sprintf("write xenstore layout of domain %d: %v", d, err)})
 	}
-	// A domain without a xenstore ring (StoreMFN 0: an empty domain with no
+	// A domain without a xenstore ring (StoreGFN 0: an empty domain with no
 	// guest) has nothing for xenstored to connect to; real xenstored refuses
 	// to introduce it (EINVAL).
-	if res.StoreMFN != 0 {
-		if err := m.xs.Introduce(ctx, uint32(d), res.StoreMFN, res.StorePort); err != nil {
+	if res.StoreGFN != 0 {
+		if err := m.xs.Introduce(ctx, uint32(d), res.StoreGFN, res.StorePort); err != nil {
 			return fail(&Error{Code: CodeInternal, Message: fmt.Sprintf("introduce domain %d to xenstored: %v", d, err)})
 		}
 	}
@@ -190,13 +190,13 @@ func (m *Manager) writeLayout(ctx context.Context, spec Spec, d xenctrl.Domid, r
 		for _, p := range []string{"data", "drivers", "feature", "attr", "error"} {
 			add(dom+"/"+p, "", rwperm)
 		}
-		if res.StoreMFN != 0 { // a guest with a xenstore ring
+		if res.StoreGFN != 0 { // a guest with a xenstore ring
 			add(dom+"/store/port", strconv.FormatUint(uint64(res.StorePort), 10), nil)
-			add(dom+"/store/ring-ref", strconv.FormatUint(res.StoreMFN, 10), nil)
+			add(dom+"/store/ring-ref", strconv.FormatUint(res.StoreGFN, 10), nil)
 		}
-		if res.ConsoleMFN != 0 { // a guest with a console ring, for xenconsoled
+		if res.ConsoleGFN != 0 { // a guest with a console ring, for xenconsoled
 			add(dom+"/console/port", strconv.FormatUint(uint64(res.ConsolePort), 10), nil)
-			add(dom+"/console/ring-ref", strconv.FormatUint(res.ConsoleMFN, 10), nil)
+			add(dom+"/console/ring-ref", strconv.FormatUint(res.ConsoleGFN, 10), nil)
 			add(dom+"/console/type", "xenconsoled", nil)
 			add(dom+"/console/limit", "1048576", nil)
 		}

@@ -44,7 +44,7 @@ type envOpts struct {
 	retain  int
 	workers int
 	noGuest bool
-	builder Builder
+	builder func(xenctrl.Hypervisor) Builder // nil: the Manager's default
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -53,7 +53,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		o.memory = 64 << 30
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, ctx: ctx, cancel: cancel, retain: o.retain, builder: o.builder}
+	e := &env{t: t, ctx: ctx, cancel: cancel, retain: o.retain}
 	var srvMu sync.Mutex
 	var srv *xenstored.Server
 	e.hv = sim.New(sim.Config{
@@ -75,6 +75,9 @@ func newEnv(t testing.TB, o envOpts) *env {
 			}
 		},
 	})
+	if o.builder != nil {
+		e.builder = o.builder(e.hv)
+	}
 	srvMu.Lock()
 	srv = xenstored.New(xenstored.Config{DomainState: func(id uint32) (bool, bool) {
 		info, err := e.hv.DomainInfo(context.Background(), xenctrl.Domid(id))

@@ -17,18 +17,23 @@ import (
 	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
 )
 
-// Builder loads a guest into a freshly created, paused, empty domain: it
-// sets its memory limit, gives it memory and whatever the guest needs to
-// boot, and reports the xenstore and console rings it set up.
+// Builder loads a guest into a freshly created, paused, empty domain d on
+// the hypervisor it was made for: it sets its memory limit, gives it
+// memory and whatever the guest needs to boot, and reports the xenstore
+// and console rings it set up.
 type Builder interface {
-	Build(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, spec Spec) (BuildResult, error)
+	Build(ctx context.Context, d xenctrl.Domid, spec Spec) (BuildResult, error)
 }
 
-// BuildResult is what a Builder set up for the guest.
+// BuildResult is what a Builder set up for the guest. Its rings are named
+// by GFN, the frame number a foreign mapping of the domain takes: what
+// xenstored's INTRODUCE and /local/domain/<d>/store/ring-ref want, and
+// xenconsoled console/ring-ref. For a PVH or HVM guest that is the ring's
+// PFN (Xen translates it); for a PV guest the MFN backing it. 0: no ring.
 type BuildResult struct {
-	StoreMFN    uint64
+	StoreGFN    uint64
 	StorePort   uint32
-	ConsoleMFN  uint64
+	ConsoleGFN  uint64
 	ConsolePort uint32
 }
 
@@ -40,7 +45,7 @@ type Config struct {
 	Hypervisor xenctrl.Hypervisor
 	Xenstore   *xenstore.Client
 	Store      *store.Store
-	Builder    Builder // nil => EmptyBuilder
+	Builder    Builder // nil => EmptyBuilder on Hypervisor
 	Workers    int     // worker pool size (0: DefaultWorkers)
 	Logger     *slog.Logger
 }
@@ -123,7 +128,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		exc: make(chan struct{}), hub: newProgressHub(),
 	}
 	if m.builder == nil {
-		m.builder = EmptyBuilder{}
+		m.builder = EmptyBuilder{Hypervisor: cfg.Hypervisor}
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)

@@ -120,12 +120,19 @@ func errField(err error, de **Error) string {
 // blockingBuilder builds like EmptyBuilder, then blocks until released or
 // cancelled: a build in progress.
 type blockingBuilder struct {
+	empty   EmptyBuilder
 	started chan struct{}
 	release chan struct{}
 }
 
-func (b blockingBuilder) Build(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, s Spec) (BuildResult, error) {
-	res, err := EmptyBuilder{}.Build(ctx, hv, d, s)
+// on returns the builder for the env's hypervisor.
+func (b blockingBuilder) on(hv xenctrl.Hypervisor) Builder {
+	b.empty.Hypervisor = hv
+	return b
+}
+
+func (b blockingBuilder) Build(ctx context.Context, d xenctrl.Domid, s Spec) (BuildResult, error) {
+	res, err := b.empty.Build(ctx, d, s)
 	if err != nil {
 		return res, err
 	}
@@ -140,7 +147,7 @@ func (b blockingBuilder) Build(ctx context.Context, hv xenctrl.Hypervisor, d xen
 
 func TestCancelRunningStartUndoesEverything(t *testing.T) {
 	bb := blockingBuilder{started: make(chan struct{}, 1), release: make(chan struct{})}
-	e := newEnv(t, envOpts{builder: bb})
+	e := newEnv(t, envOpts{builder: bb.on})
 	vm := e.create("slow")
 	tk, err := e.m.Start(e.ctx, vm.ID, false)
 	if err != nil {
@@ -179,14 +186,14 @@ func TestCancelRunningStartUndoesEverything(t *testing.T) {
 // malformed kernel.
 type badKernelBuilder struct{}
 
-func (badKernelBuilder) Build(context.Context, xenctrl.Hypervisor, xenctrl.Domid, Spec) (BuildResult, error) {
+func (badKernelBuilder) Build(context.Context, xenctrl.Domid, Spec) (BuildResult, error) {
 	return BuildResult{}, InvalidField("spec.kernel", "/boot/vmlinuz: kernel: truncated")
 }
 
 // A builder's InvalidArgument reaches the task with its code and field, and
 // the failed start leaves no domain.
 func TestBuilderErrorKeepsCodeAndField(t *testing.T) {
-	e := newEnv(t, envOpts{builder: badKernelBuilder{}})
+	e := newEnv(t, envOpts{builder: func(xenctrl.Hypervisor) Builder { return badKernelBuilder{} }})
 	vm := e.create("badkernel")
 	tk, err := e.m.Start(e.ctx, vm.ID, false)
 	if err != nil {

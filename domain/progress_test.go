@@ -69,7 +69,7 @@ func (e *env) startBlocked(bb blockingBuilder, vmID string) Task {
 // the persisted events that preceded it, and then the task's final state.
 func TestWatchSeesTaskProgress(t *testing.T) {
 	bb := blockingBuilder{started: make(chan struct{}, 1), release: make(chan struct{})}
-	e := newEnv(t, envOpts{builder: bb})
+	e := newEnv(t, envOpts{builder: bb.on})
 	vm := e.create("p")
 	c := &collector{}
 	after := e.st.Head()
@@ -200,7 +200,7 @@ func TestProgressHubCoalesces(t *testing.T) {
 // task is done, no progress at all.
 func TestResumeDoesNotReplayProgress(t *testing.T) {
 	bb := blockingBuilder{started: make(chan struct{}, 1), release: make(chan struct{})}
-	e := newEnv(t, envOpts{builder: bb})
+	e := newEnv(t, envOpts{builder: bb.on})
 	vm := e.create("r")
 	from := e.st.Head()
 	tk := e.startBlocked(bb, vm.ID)

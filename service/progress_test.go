@@ -10,15 +10,18 @@ import (
 )
 
 // gatedBuilder builds like domain.EmptyBuilder once the test opens the gate.
-type gatedBuilder struct{ gate chan struct{} }
+type gatedBuilder struct {
+	gate  chan struct{}
+	empty domain.EmptyBuilder
+}
 
-func (b gatedBuilder) Build(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, s domain.Spec) (domain.BuildResult, error) {
+func (b gatedBuilder) Build(ctx context.Context, d xenctrl.Domid, s domain.Spec) (domain.BuildResult, error) {
 	select {
 	case <-b.gate:
 	case <-ctx.Done():
 		return domain.BuildResult{}, ctx.Err()
 	}
-	return domain.EmptyBuilder{}.Build(ctx, hv, d, s)
+	return b.empty.Build(ctx, d, s)
 }
 
 // The real core's task progress through the API: a watcher that asks for it
@@ -27,7 +30,9 @@ func (b gatedBuilder) Build(ctx context.Context, hv xenctrl.Hypervisor, d xenctr
 // final state.
 func TestRealWatchTaskProgress(t *testing.T) {
 	gate := make(chan struct{})
-	m, _ := realManagerWith(t, gatedBuilder{gate})
+	m, _ := realManagerWith(t, func(hv xenctrl.Hypervisor) domain.Builder {
+		return gatedBuilder{gate: gate, empty: domain.EmptyBuilder{Hypervisor: hv}}
+	})
 	c := serve(t, m, Options{})
 	ctx := ctxT(t)
 	if _, err := c.vm.CreateVM(ctx, &pb.CreateVMRequest{Spec: goodSpec("p", 128<<20)}); err != nil {

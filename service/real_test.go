@@ -14,6 +14,7 @@ import (
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 	"github.com/xenopsd-ng/xenopsd-ng/store"
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
 )
 
@@ -24,8 +25,9 @@ func realManager(t testing.TB) (*domain.Manager, *simhost.Client) {
 	return realManagerWith(t, nil)
 }
 
-// realManagerWith is realManager with the core's builder (nil: default).
-func realManagerWith(t testing.TB, b domain.Builder) (*domain.Manager, *simhost.Client) {
+// realManagerWith is realManager with the core's builder made by newBuilder
+// for the sim host (nil: default).
+func realManagerWith(t testing.TB, newBuilder func(xenctrl.Hypervisor) domain.Builder) (*domain.Manager, *simhost.Client) {
 	t.Helper()
 	dir := t.TempDir()
 	simDir := filepath.Join(dir, "sim")
@@ -65,7 +67,7 @@ func realManagerWith(t testing.TB, b domain.Builder) (*domain.Manager, *simhost.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	m, err := domain.New(dctx, domain.Config{Hypervisor: hc, Xenstore: xs, Store: st, Workers: 4, Builder: b})
+	m, err := domain.New(dctx, domain.Config{Hypervisor: hc, Xenstore: xs, Store: st, Workers: 4, Builder: builderFor(newBuilder, hc)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,4 +238,11 @@ func TestRealManagerHostMemory(t *testing.T) {
 	if err != nil || h.Host.TotalMemoryBytes != 1<<30 || h.Host.FreeMemoryBytes >= 1<<30-640<<20+1 {
 		t.Errorf("host after one 640 MiB VM: %v %v", h, err)
 	}
+}
+
+func builderFor(newBuilder func(xenctrl.Hypervisor) domain.Builder, hv xenctrl.Hypervisor) domain.Builder {
+	if newBuilder == nil {
+		return nil
+	}
+	return newBuilder(hv)
 }

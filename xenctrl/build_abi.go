@@ -35,24 +35,17 @@ const (
 	xenmapspaceGrantTable        = 1
 	domctlHVMContextBufferOff    = 8 // xen_domctl_hvmcontext: size u32@0, buffer@8
 	tscInfoSize                  = 24
-	hvmSaveDescriptorSize        = 8 // typecode u16, instance u16, length u32
-	hvmSaveCodeEnd               = 0
-	hvmSaveCodeHeader            = 1
-	hvmSaveCodeCPU               = 2
-	hvmSaveCodeMTRR              = 14
-	hvmHeaderSize                = 24
+	hvmSaveDescriptorSize        = 8       // typecode u16, instance u16, length u32
 	maxHVMContext                = 1 << 20 // sanity bound on what gethvmcontext may report
 	grantEntryV1Size             = 8
 	gtfPermitAccess              = 1
 	hvmMTRRDefTypeOff            = 232 // hvm_hw_mtrr.msr_mtrr_def_type
-	hvmMTRRSize                  = 240
 	mtrrTypeWriteBack            = 6
 	mtrrDefTypeEnable            = 1 << 11
 	x86CR0PE                     = 1 << 0
 	x86CR0ET                     = 1 << 4
 	x86DR6Default                = 0xffff0ff0
 	x86DR7Default                = 0x00000400
-	hvmCPUSize                   = 1032
 	hvmCPURbx                    = 520
 	hvmCPURip                    = 640
 	hvmCPURflags                 = 648
@@ -173,47 +166,29 @@ func EncodeGrantEntryV1(b []byte, domain Domid, gfn uint32) {
 // to do it), then the end record. It fails if the records it needs are not
 // in full, naming what is missing.
 func PVHBootContext(full []byte, entry uint32, startInfo uint64) ([]byte, error) {
-	var header, mtrr []byte
-	for off := 0; ; {
-		if len(full)-off < hvmSaveDescriptorSize {
-			return nil, fmt.Errorf("xenctrl: HVM context: truncated record descriptor at offset %d", off)
-		}
-		code := le.Uint16(full[off:])
-		inst := le.Uint16(full[off+2:])
-		n := int(le.Uint32(full[off+4:]))
-		body := off + hvmSaveDescriptorSize
-		if n < 0 || n > len(full)-body {
-			return nil, fmt.Errorf("xenctrl: HVM context: record type %d at offset %d claims %d bytes, %d remain", code, off, n, len(full)-body)
-		}
+	recs, err := ParseHVMContext(full)
+	if err != nil {
+		return nil, err
+	}
+	var header, mtrr *HVMRecord
+	for i, r := range recs {
 		switch {
-		case code == hvmSaveCodeEnd:
-			off = -1
-		case code == hvmSaveCodeHeader && header == nil:
-			if n != hvmHeaderSize {
-				return nil, fmt.Errorf("xenctrl: HVM context: header record is %d bytes, want %d", n, hvmHeaderSize)
+		case r.Code == HVMSaveCodeHeader && header == nil:
+			if len(r.Body) != HVMHeaderSize {
+				return nil, fmt.Errorf("xenctrl: HVM context: header record is %d bytes, want %d", len(r.Body), HVMHeaderSize)
 			}
-			header = full[off : body+n]
-		case code == hvmSaveCodeMTRR && inst == 0:
-			if n != hvmMTRRSize {
-				return nil, fmt.Errorf("xenctrl: HVM context: MTRR record is %d bytes, want %d", n, hvmMTRRSize)
+			header = &recs[i]
+		case r.Code == HVMSaveCodeMTRR && r.Instance == 0:
+			if len(r.Body) != HVMMTRRSize {
+				return nil, fmt.Errorf("xenctrl: HVM context: MTRR record is %d bytes, want %d", len(r.Body), HVMMTRRSize)
 			}
-			mtrr = full[off : body+n]
+			mtrr = &recs[i]
 		}
-		if off < 0 {
-			break
-		}
-		off = body + n
 	}
 	if header == nil {
 		return nil, fmt.Errorf("xenctrl: HVM context: no save header record")
 	}
-	out := append([]byte(nil), header...)
-
-	cpu := make([]byte, hvmSaveDescriptorSize+hvmCPUSize)
-	le.PutUint16(cpu[0:], hvmSaveCodeCPU)
-	le.PutUint16(cpu[2:], 0)
-	le.PutUint32(cpu[4:], hvmCPUSize)
-	c := cpu[hvmSaveDescriptorSize:]
+	c := make([]byte, HVMCPUSize)
 	le.PutUint64(c[hvmCPURbx:], startInfo)
 	le.PutUint64(c[hvmCPURip:], uint64(entry))
 	le.PutUint64(c[hvmCPURflags:], 2) // bit 1 is always set
@@ -231,14 +206,11 @@ func PVHBootContext(full []byte, entry uint32, startInfo uint64) ([]byte, error)
 	}
 	le.PutUint32(c[hvmCPUCsLimit+4*hvmSegTR:], 0x67)
 	le.PutUint32(c[hvmCPUCsArbytes+4*hvmSegTR:], 0x8b) // present, busy 32-bit TSS
-	out = append(out, cpu...)
-
+	out := []HVMRecord{*header, {Code: HVMSaveCodeCPU, Body: c}}
 	if mtrr != nil {
-		m := append([]byte(nil), mtrr...)
-		le.PutUint64(m[hvmSaveDescriptorSize+hvmMTRRDefTypeOff:], mtrrTypeWriteBack|mtrrDefTypeEnable)
-		out = append(out, m...)
+		m := append([]byte(nil), mtrr.Body...)
+		le.PutUint64(m[hvmMTRRDefTypeOff:], mtrrTypeWriteBack|mtrrDefTypeEnable)
+		out = append(out, HVMRecord{Code: HVMSaveCodeMTRR, Body: m})
 	}
-	end := make([]byte, hvmSaveDescriptorSize)
-	le.PutUint16(end[0:], hvmSaveCodeEnd)
-	return append(out, end...), nil
+	return EncodeHVMContext(out), nil
 }

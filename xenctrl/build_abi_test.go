@@ -48,7 +48,7 @@ func TestPVHBootContext(t *testing.T) {
 	if len(got) != 4 || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] || got[3] != want[3] {
 		t.Fatalf("records %v, want %v", got, want)
 	}
-	if len(cpu) != hvmCPUSize || le.Uint64(cpu[hvmCPURip:]) != 0x1000850 || le.Uint64(cpu[hvmCPURbx:]) != 0x4a01000 ||
+	if len(cpu) != HVMCPUSize || le.Uint64(cpu[hvmCPURip:]) != 0x1000850 || le.Uint64(cpu[hvmCPURbx:]) != 0x4a01000 ||
 		le.Uint64(cpu[hvmCPUCr0:]) != 0x11 || le.Uint32(cpu[hvmCPUCsArbytes:]) != 0xc9b ||
 		le.Uint32(cpu[hvmCPUCsLimit+4*hvmSegSS:]) != 0xffffffff || le.Uint32(cpu[hvmCPUCsArbytes+4*hvmSegTR:]) != 0x8b {
 		t.Errorf("cpu record wrong")

@@ -184,3 +184,17 @@ func EncodePVVCPUContext(v PVBootVCPU) ([]byte, error) {
 	le.PutUint64(b[vgcCtrlreg+3*8:], v.L4MFN<<x86PageShift) // xen_pfn_to_cr3 on x86_64
 	return b, nil
 }
+
+// DecodePVVCPUContext reads the boot state back out of a
+// vcpu_guest_context (what the simulator checks a setvcpucontext against).
+// Segments and flags are not decoded.
+func DecodePVVCPUContext(vgc []byte) (PVBootVCPU, error) {
+	if len(vgc) != VCPUGuestContextSize {
+		return PVBootVCPU{}, fmt.Errorf("xenctrl: vcpu context is %d bytes, want %d", len(vgc), VCPUGuestContextSize)
+	}
+	r := vgc[vgcUserRegs:]
+	return PVBootVCPU{
+		Entry: le.Uint64(r[urRIP:]), Stack: le.Uint64(r[urRSP:]), StartInfo: le.Uint64(r[urRSI:]),
+		L4MFN: le.Uint64(vgc[vgcCtrlreg+3*8:]) >> x86PageShift,
+	}, nil
+}

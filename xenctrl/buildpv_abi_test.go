@@ -69,6 +69,13 @@ func TestPVVCPUContextLayout(t *testing.T) {
 	if cs, ss, ds := le.Uint16(v[520+136:]), le.Uint16(v[520+160:]), le.Uint16(v[520+176:]); cs != 0xe033 || ss != 0xe02b || ds != 0 {
 		t.Errorf("cs %#x ss %#x ds %#x", cs, ss, ds)
 	}
+	want := PVBootVCPU{Entry: 0xffffffff830791c0, Stack: 0xffffffff84bab000, StartInfo: 0xffffffff84b7c000, L4MFN: 0x4321}
+	if got, err := DecodePVVCPUContext(v); err != nil || got != want {
+		t.Errorf("decoded %+v, %v; want %+v", got, err, want)
+	}
+	if _, err := DecodePVVCPUContext(v[:100]); err == nil {
+		t.Error("a short context decoded")
+	}
 }
 
 func TestInitPVSharedInfo(t *testing.T) {

@@ -225,19 +225,6 @@ func (m *GrantMapping) Unmap() error {
 	return m.unmapRef()
 }
 
-// ForeignMapping is guest memory mapped into this process through privcmd.
-type ForeignMapping struct{ Mem []byte }
-
-// Unmap unmaps it.
-func (m *ForeignMapping) Unmap() error {
-	if m.Mem == nil {
-		return nil
-	}
-	err := unix.Munmap(m.Mem)
-	m.Mem = nil
-	return err
-}
-
 // encodeMmapBatchV2 builds struct privcmd_mmapbatch_v2: num u32@0, dom u16@4,
 // addr@8, arr (xen_pfn_t *)@16, err (int *)@24.
 func encodeMmapBatchV2(num uint32, d Domid, addr, arr, errs uintptr) []byte {
@@ -300,7 +287,7 @@ func (x *Xen) MapForeign(ctx context.Context, d Domid, gfns []uint64, writable b
 		_ = unix.Munmap(mem)
 		return nil, err
 	}
-	return &ForeignMapping{Mem: mem}, nil
+	return NewForeignMapping(mem, func() error { return unix.Munmap(mem) }), nil
 }
 
 // mmapBatchError turns the outcome of IOCTL_PRIVCMD_MMAPBATCH_V2 into an

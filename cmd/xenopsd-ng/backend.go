@@ -75,7 +75,10 @@ func openXen(ctx context.Context, log *slog.Logger) (*backend, error) {
 	return &backend{
 		hv:      x,
 		xs:      xs,
-		builder: xenBuilder{guest: builder.NewByType(builder.Config{Logger: log.With("component", "builder")})},
+		builder: xenBuilder{
+			guest: builder.New(x, builder.Config{Logger: log.With("component", "builder")}),
+			empty: domain.EmptyBuilder{Hypervisor: x},
+		},
 		close:   func(bool) { xs.Close(); x.Close() },
 	}, nil
 }
@@ -83,13 +86,16 @@ func openXen(ctx context.Context, log *slog.Logger) (*backend, error) {
 // xenBuilder builds VMs on real Xen: a VM with a kernel through the domain
 // builder (PV or PVH by type), a VM without one as an empty domain that has
 // memory but no guest, hence no xenstore or console ring to introduce.
-type xenBuilder struct{ guest domain.Builder }
+type xenBuilder struct {
+	guest domain.Builder
+	empty domain.EmptyBuilder
+}
 
-func (b xenBuilder) Build(ctx context.Context, hv xenctrl.Hypervisor, d xenctrl.Domid, spec domain.Spec) (domain.BuildResult, error) {
+func (b xenBuilder) Build(ctx context.Context, d xenctrl.Domid, spec domain.Spec) (domain.BuildResult, error) {
 	if spec.Kernel != "" {
-		return b.guest.Build(ctx, hv, d, spec)
+		return b.guest.Build(ctx, d, spec)
 	}
-	if _, err := (domain.EmptyBuilder{}).Build(ctx, hv, d, spec); err != nil {
+	if _, err := b.empty.Build(ctx, d, spec); err != nil {
 		return domain.BuildResult{}, err
 	}
 	return domain.BuildResult{}, nil

@@ -25,10 +25,11 @@
 //     (XEN_DOMCTL_max_vcpus, EINVAL unless it repeats the createdomain
 //     count) creates them.
 //   - The first unpause finishes creation. A domain that has memory then
-//     "boots": its vCPUs are created if needed and come online (the
-//     interface has no setvcpucontext, so the simulator stands in for the
-//     builder here) and it runs, gaining CPU time, until paused, shut down
-//     or destroyed. A domain without memory never runs.
+//     "boots": its vCPUs are created if needed and come online (whether
+//     or not a builder set vCPU 0's context: the simulator runs no guest
+//     code, so it stands in for a builder that did not) and it runs,
+//     gaining CPU time, until paused, shut down or destroyed. A domain
+//     without memory never runs.
 //   - Shutdown (remote or from the guest) records the first reason only;
 //     later shutdowns succeed and change nothing (domain_shutdown).
 //   - Destroy frees the domain's memory at once and leaves it dying
@@ -42,9 +43,30 @@
 //     the host's free memory runs out, keeps what it got (Xen does not roll
 //     back) and fails with ENOMEM. A dying domain gets no page (assign_pages)
 //     and ENOMEM too: the hypercall only returns a short count.
+//   - Guest memory is frames (frames.go, memory.go): the host's RAM is
+//     machine frames, handed out in 2 MiB extents (order 9) where an
+//     aligned free run exists, else 4 KiB pages, with the accounting
+//     above. An HVM/PVH domain's physmap maps guest frames to them; a PV
+//     domain gets the machine frames themselves back from populate.
+//     Only frames something wrote hold bytes; the rest read as zeros.
+//     MapForeign maps frames the domain has (guest frames for HVM,
+//     machine frames for PV, plus its shared info and grant frames) and
+//     fails with EINVAL for any other, as Xen's mod_l1_entry does.
+//   - What a domain builder sets up (setup.go, pagetables.go) is kept and
+//     checked: event channels allocated unbound from port 1, HVM params
+//     (HVM only), the memory map, TSC mode, paging pool, the grant table
+//     frame placed in and removed from an HVM physmap, HVM context records
+//     (header, CPU, MTRR; sethvmcontext checks magic, version, sizes and
+//     vCPUs), the hypercall page, and for PV the page tables, validated
+//     at pin and at setvcpucontext like Xen's type system does (tables and
+//     mapped frames the domain's, no table writable), and the vCPU
+//     context (whole size, existing vCPU). Destroy frees all of it.
 //   - Unknown domids: ESRCH.
 //
-// Where the simulator departs from Xen, on purpose: shutting down dom0 is
+// Where the simulator departs from Xen, on purpose: populate takes
+// orders 0 and 9 only (EINVAL otherwise) and refuses a guest frame that
+// is populated already (EEXIST; Xen would replace it); a foreign mapping
+// is a copy written back at unmap; shutting down dom0 is
 // EINVAL (Xen would power off or reboot the host); a shutdown code above
 // SHUTDOWN_soft_reset is EINVAL (Xen stores any byte); the host has no
 // IOMMU, vPMU or TBOOT, so asking for them is EINVAL as on such a host;

@@ -173,8 +173,7 @@ func (h *Hypervisor) DestroyDomain(ctx context.Context, d xenctrl.Domid) error {
 	h.dying[d] = dom
 	h.change(dom, func() {
 		dom.dying = true
-		h.usedPages -= dom.totPages
-		dom.totPages = 0
+		h.releaseMemoryLocked(dom)
 	})
 	h.log.Debug("sim: domain dying", "domid", d, "refs", dom.refs)
 	ev.exception = true

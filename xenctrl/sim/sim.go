@@ -96,6 +96,7 @@ type Hypervisor struct {
 	dying     map[xenctrl.Domid]*domain // the dying subset of domains
 	rover     xenctrl.Domid             // last domid handed out (domctl.c's static rover)
 	usedPages uint64                    // pages owned by all domains, dom0 included
+	machine   machineFrames             // the host's RAM, frame by frame (frames.go)
 }
 
 type domain struct {
@@ -116,6 +117,8 @@ type domain struct {
 	cpuNS     uint64
 	runSince  time.Time // zero unless running
 	behaviour GuestBehaviour
+	mem       guestMemory   // its RAM (memory.go)
+	setup     setupState    // what its builder set up (setup.go)
 	changed   chan struct{} // closed and replaced on every state change
 }
 
@@ -330,38 +333,6 @@ func (h *Hypervisor) SetMaxMem(ctx context.Context, d xenctrl.Domid, kib uint64)
 		return err
 	}
 	dom.maxPages = min(kib>>2, maxPagesLimit)
-	return nil
-}
-
-// PopulatePhysmap is XENMEM_populate_physmap with order-0 extents.
-func (h *Hypervisor) PopulatePhysmap(ctx context.Context, d xenctrl.Domid, nrPages uint64) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	const op = "memory_op populate_physmap"
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	dom, err := h.lookup(op, d)
-	if err != nil {
-		return err
-	}
-	if dom.dying {
-		// assign_pages refuses a dying domain (-EINVAL internally), but the
-		// hypercall only reports a short count: the caller sees ENOMEM.
-		return errno(op, d, syscall.ENOMEM)
-	}
-	var room uint64
-	if dom.maxPages > dom.totPages {
-		room = dom.maxPages - dom.totPages
-	}
-	got := min(nrPages, room, h.freePagesLocked())
-	dom.totPages += got
-	h.usedPages += got
-	if got < nrPages {
-		h.log.Debug("sim: populate_physmap short", "domid", d, "asked", nrPages, "got", got,
-			"tot_pages", dom.totPages, "max_pages", dom.maxPages)
-		return errno(op, d, syscall.ENOMEM)
-	}
 	return nil
 }
 
