@@ -64,8 +64,8 @@ type Manager struct {
 	reqs     map[string]string // request id -> VM id
 	inflight map[string]chan struct{}
 	tasks    map[string]*taskEntry
-	ready    []*vmEntry // VMs with queued ops and no worker, FIFO
-	rev      uint64     // last event revision applied to memory
+	ready    []*vmEntry               // VMs with queued ops and no worker, FIFO
+	rev      uint64                   // last event revision applied to memory
 	domids   map[xenctrl.Domid]string // domid -> VM id, for every claim (and reservation)
 	rover    xenctrl.Domid            // last domid reserveDomid picked
 
