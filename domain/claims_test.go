@@ -2,6 +2,7 @@ package domain
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"reflect"
 	"sync"
@@ -310,5 +311,50 @@ func TestReconcileFinishesDestroyOfLiveDomain(t *testing.T) {
 	}
 	if got := e.vm(vm.ID); got.Power != Halted || got.Problem != "" || len(e.claims(vm.ID)) != 0 {
 		t.Fatalf("VM after restart: %+v", got)
+	}
+}
+
+// TestReadsSchema1Records: a record written before claims existed (store
+// schema 1) claims the domain its domid names, so an upgrade re-adopts
+// running VMs.
+func TestReadsSchema1Records(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	vm := e.create("old")
+	e.run(e.m.Start(e.ctx, vm.ID, false))
+	d := xenctrl.Domid(e.vm(vm.ID).Domid)
+	e.close()
+	st, err := store.Open(filepath.Join(e.dir, "db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := st.Get(store.KindVM, vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rec["domains"]; !ok {
+		t.Fatalf("record has no claims: %s", b)
+	}
+	delete(rec, "domains")
+	if b, err = json.Marshal(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Commit(e.ctx, store.Change{Ops: []store.Op{{Kind: store.KindVM, ID: vm.ID, Value: b}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	e.open(0)
+	if got := e.vm(vm.ID); got.Power != Running || got.Domid != uint32(d) || got.Problem != "" {
+		t.Fatalf("VM after restart: %+v", got)
+	}
+	if got, want := e.claims(vm.ID), []domainClaim{{d, rolePrimary, claimLive}}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("claims %+v, want %+v", got, want)
+	}
+	e.run(e.m.Destroy(e.ctx, vm.ID))
+	if e.exists(d) {
+		t.Fatal("domain not destroyed")
 	}
 }
