@@ -114,22 +114,8 @@ var errNoFreeDomid = &Error{Code: CodeResourceExhausted, Message: "no free domid
 // reserved in the index until a claim is committed for it or
 // releaseDomid is called.
 func (m *Manager) reserveDomid(ctx context.Context, id string) (xenctrl.Domid, error) {
-	for tries := 0; tries < int(xenctrl.DomidFirstReserved); {
-		m.mu.Lock()
-		d, ok := xenctrl.Domid(0), false
-		for ; tries < int(xenctrl.DomidFirstReserved) && !ok; tries++ {
-			m.rover++
-			if m.rover == 0 || m.rover >= xenctrl.DomidFirstReserved {
-				m.rover = 1
-			}
-			if _, claimed := m.domids[m.rover]; !claimed {
-				d, ok = m.rover, true
-			}
-		}
-		if ok {
-			m.domids[d] = id
-		}
-		m.mu.Unlock()
+	for tries := 0; tries < int(xenctrl.DomidFirstReserved); tries++ {
+		d, ok := m.reserveNext(id)
 		if !ok {
 			break
 		}
@@ -143,6 +129,21 @@ func (m *Manager) reserveDomid(ctx context.Context, id string) (xenctrl.Domid, e
 		}
 	}
 	return 0, errNoFreeDomid
+}
+
+// reserveNext moves the rover to the next domid no claim names (1 follows
+// DomidFirstReserved-1) and reserves it for VM id.
+func (m *Manager) reserveNext(id string) (xenctrl.Domid, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := 1; i < int(xenctrl.DomidFirstReserved); i++ {
+		m.rover = m.rover%(xenctrl.DomidFirstReserved-1) + 1
+		if _, claimed := m.domids[m.rover]; !claimed {
+			m.domids[m.rover] = id
+			return m.rover, true
+		}
+	}
+	return 0, false
 }
 
 // releaseDomid undoes reserveDomid for a domid no committed claim names.

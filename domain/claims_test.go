@@ -358,3 +358,23 @@ func TestReadsSchema1Records(t *testing.T) {
 		t.Fatal("domain not destroyed")
 	}
 }
+
+func TestReserveDomidWrapsAndRunsOut(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	m := e.m
+	m.mu.Lock()
+	m.rover = xenctrl.DomidFirstReserved - 2
+	m.domids[xenctrl.DomidFirstReserved-1] = "someone"
+	m.mu.Unlock()
+	if d, err := m.reserveDomid(e.ctx, "vm"); err != nil || d != 1 {
+		t.Fatalf("after the last domid: %d, %v; want 1", d, err)
+	}
+	m.mu.Lock()
+	for d := xenctrl.Domid(1); d < xenctrl.DomidFirstReserved; d++ {
+		m.domids[d] = "someone"
+	}
+	m.mu.Unlock()
+	if d, err := m.reserveDomid(e.ctx, "vm"); CodeOf(err) != CodeResourceExhausted {
+		t.Fatalf("with every domid claimed: %d, %v", d, err)
+	}
+}
