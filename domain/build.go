@@ -46,8 +46,9 @@ func (b EmptyBuilder) Build(ctx context.Context, d xenctrl.Domid, spec Spec) (Bu
 	return BuildResult{StoreGFN: pages - 1, ConsoleGFN: pages - 2}, nil
 }
 
-func domainConfig(spec Spec) xenctrl.DomainConfig {
+func domainConfig(spec Spec, d xenctrl.Domid) xenctrl.DomainConfig {
 	cfg := xenctrl.DomainConfig{
+		Domid:         d,
 		Handle:        uuidHandle(spec.UUID),
 		MaxVCPUs:      spec.VCPUsMax,
 		MaxEvtchnPort: 1023, // libxl's default event_channels
@@ -69,13 +70,15 @@ func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), cleanupLimit)
 }
 
-// buildDomain creates, builds and introduces a paused domain for spec.
-// On any failure everything it did is undone before it returns.
-func (m *Manager) buildDomain(ctx context.Context, spec Spec, te *taskEntry) (xenctrl.Domid, error) {
+// buildDomain creates, builds and introduces a paused domain d for spec.
+// On any failure everything it did is undone before it returns. A domid
+// that turned out to be used is an error matching syscall.EEXIST.
+func (m *Manager) buildDomain(ctx context.Context, spec Spec, d xenctrl.Domid, te *taskEntry) (xenctrl.Domid, error) {
 	t0 := time.Now()
-	d, err := m.hv.CreateDomain(ctx, domainConfig(spec))
-	if err != nil {
-		return 0, hvError("create domain", err)
+	if _, err := m.hv.CreateDomain(ctx, domainConfig(spec, d)); errors.Is(err, syscall.EEXIST) {
+		return 0, fmt.Errorf("create domain %d: %w", d, err)
+	} else if err != nil {
+		return 0, hvError(fmt.Sprintf("create domain %d", d), err)
 	}
 	m.progress(te, 0.3)
 	tCreate := time.Now()
@@ -259,9 +262,16 @@ func (m *Manager) removeRoots(ctx context.Context, paths ...string) error {
 }
 
 // teardown destroys domain d of VM id (if d still belongs to it), releases
-// it in xenstored, removes its xenstore nodes and waits (bounded) until the
-// hypervisor no longer lists it.
+// it in xenstored, removes every node of the VM's layout and waits
+// (bounded) until the hypervisor no longer lists it.
 func (m *Manager) teardown(ctx context.Context, id string, d xenctrl.Domid) error {
+	return m.destroyDomain(ctx, id, d, PrivatePath(id), vmPath(id))
+}
+
+// destroyDomain destroys domain d of VM id (if d still belongs to it),
+// releases it in xenstored, removes /local/domain/<d> and the subtrees
+// vmPaths, and waits (bounded) until the hypervisor no longer lists it.
+func (m *Manager) destroyDomain(ctx context.Context, id string, d xenctrl.Domid, vmPaths ...string) error {
 	var errs []error
 	if d != 0 {
 		info, err := m.hv.DomainInfo(ctx, d)
@@ -278,13 +288,17 @@ func (m *Manager) teardown(ctx context.Context, id string, d xenctrl.Domid) erro
 			errs = append(errs, fmt.Errorf("domain %d info: %w", d, err))
 		}
 	}
+	paths := vmPaths
 	if d != 0 {
 		if err := m.xs.Release(ctx, uint32(d)); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EINVAL) {
 			errs = append(errs, fmt.Errorf("release domain %d in xenstored: %w", d, err))
 		}
+		paths = append(paths[:len(paths):len(paths)], domPath(d))
 	}
-	if err := m.removeLayout(ctx, id, d); err != nil {
-		errs = append(errs, err)
+	if len(paths) > 0 {
+		if err := m.removeRoots(ctx, paths...); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if d != 0 && len(errs) == 0 {
 		wctx, cancel := context.WithTimeout(ctx, destroyWait)

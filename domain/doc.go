@@ -38,13 +38,31 @@
 //
 // # Building a domain
 //
-// Start syncs a "building" marker in the VM record, then: CreateDomain with
-// the VM UUID as handle (PVH: HVM|HAP, LAPIC emulation; HVM: HVM|HAP, all
-// emulation but vPCI; PV: none), Builder.Build (default EmptyBuilder:
-// max_mem + populate_physmap), the xenstore layout (below), INTRODUCE, and
-// unpause unless asked to stay paused. Any failure undoes everything
-// (destroy, release, remove the nodes) and records the VM Halted; ENOMEM
-// anywhere is ResourceExhausted.
+// Start picks a free domid itself (the next after the last it picked that
+// no claim names and no domain, dying or not, has), syncs a "building"
+// marker and the claim on that domid (below) in the VM record, then:
+// CreateDomain asking for that domid, with the VM UUID as handle (PVH:
+// HVM|HAP, LAPIC emulation; HVM: HVM|HAP, all emulation but vPCI; PV:
+// none), Builder.Build (default EmptyBuilder: max_mem + populate_physmap),
+// the xenstore layout (below), INTRODUCE, and unpause unless asked to stay
+// paused. A domid another toolstack took meanwhile (EEXIST) moves the claim
+// to another one. Any failure undoes everything (destroy, release, remove
+// the nodes) and records the VM Halted; ENOMEM anywhere is
+// ResourceExhausted.
+//
+// # Domain ownership
+//
+// Which domains are the daemon's is persisted, never guessed from handles:
+// the VM record holds a claim {domid, role, state} for each domain of the
+// VM. Roles: primary (the domain the VM runs in), migration-target (a
+// domain receiving the VM in a migration, to this host or from it) and
+// restore (a domain a saved image is restored into); the last two have no
+// operation yet, but reconciliation already keeps their domains. States:
+// creating (synced before createdomain), live, destroying (synced before
+// destroydomain). A domain is the VM's only if a claim names its domid and
+// it carries the VM's handle; a domain with a VM's handle and no claim
+// belongs to someone else and is never adopted or destroyed. A VM with
+// claims cannot be deleted.
 //
 // # xenstore layout (as libxl__domain_make / libxl__build_post write it)
 //
@@ -84,11 +102,19 @@
 // shut down, died or vanished and queues a check on the VM's queue, which
 // applies on_poweroff / on_reboot / on_crash (destroy, restart = rebuild from
 // the same spec, preserve = keep the dead domain, VM Paused with Problem).
+// A guest that suspended itself (shutdown reason suspend) has not crashed:
+// its domain is kept with its memory, the VM is Paused with DomainSuspended
+// set (Power Suspended is reserved for a saved image with no domain); save
+// and resume are not implemented, so Destroy is what applies.
 //
 // New reconciles before accepting work: tasks left Pending/Running by a
-// previous process become TaskInterrupted; domains are matched to VMs by
-// handle and adopted (power state from DomainInfo), never duplicated; a VM
-// whose domain vanished becomes Halted with Problem set; a VM with a
-// building marker has its half-built domain and nodes destroyed and is left
-// Halted.
+// previous process become TaskInterrupted; each VM's claims are settled
+// with the domains that exist: a destroying claim's destroy is finished
+// (the VM is Halted with no Problem: the destroy was ours), a creating
+// primary claim is an interrupted start (half-built domain destroyed, VM
+// Halted with Problem), a live primary domain is adopted (power state from
+// DomainInfo; a suspended guest stays suspended) or, if gone, the VM
+// becomes Halted with a "vanished" Problem; migration-target and restore
+// domains are kept while they exist and their claims dropped once they do
+// not. Domains no claim names are logged and left alone.
 package domain

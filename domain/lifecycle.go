@@ -2,7 +2,9 @@ package domain
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
@@ -49,15 +51,45 @@ func (m *Manager) Start(ctx context.Context, ref string, paused bool) (Task, err
 	})
 }
 
-// startDomain builds a domain from the VM's spec: the building marker is
-// synced first, so that a crash in the middle leaves a trace that
-// reconciliation acts on.
+// maxDomidRetries bounds how often a start picks another domid after
+// CreateDomain found the one it claimed taken (by a toolstack other than
+// this daemon, between the probe and the hypercall).
+const maxDomidRetries = 3
+
+// startDomain builds a domain from the VM's spec: the building marker and
+// the claim on the domain's domid (primary, creating) are synced first, so
+// that a crash in the middle leaves a trace that reconciliation acts on.
 func (m *Manager) startDomain(ctx context.Context, e *vmEntry, te *taskEntry, paused bool) (func(*vmRecord), error) {
-	if err := m.setRunning(ctx, e, te, func(r *vmRecord) { r.Building = true }); err != nil {
+	halted := func(r *vmRecord) {
+		r.Building, r.VM.Power, r.VM.Domid, r.Preserved, r.VM.DomainSuspended = false, Halted, 0, false, false
+		for _, c := range r.Domains {
+			if c.Role == rolePrimary {
+				r.dropClaim(c.Domid)
+			}
+		}
+	}
+	d, err := m.reserveDomid(ctx, e.id)
+	if err != nil {
+		return halted, err
+	}
+	if err := m.setRunning(ctx, e, te, func(r *vmRecord) {
+		r.Building = true
+		r.setClaim(d, rolePrimary, claimCreating)
+	}); err != nil {
+		m.releaseDomid(e.id, d)
 		return nil, err
 	}
 	spec := m.vmSnapshot(e).VM.Spec
-	d, err := m.buildDomain(ctx, spec, te)
+	for try := 0; ; try++ {
+		_, err = m.buildDomain(ctx, spec, d, te)
+		if !errors.Is(err, syscall.EEXIST) || try == maxDomidRetries {
+			break
+		}
+		m.log.Warn("claimed domid taken by someone else; claiming another", "vm", e.id, "domid", d)
+		if d, err = m.moveClaim(ctx, e, d); err != nil {
+			break
+		}
+	}
 	if err == nil && !paused {
 		if err = m.hv.UnpauseDomain(ctx, d); err != nil {
 			err = hvError(fmt.Sprintf("unpause domain %d", d), err)
@@ -69,9 +101,7 @@ func (m *Manager) startDomain(ctx context.Context, e *vmEntry, te *taskEntry, pa
 		}
 	}
 	if err != nil {
-		return func(r *vmRecord) {
-			r.Building, r.VM.Power, r.VM.Domid, r.Preserved = false, Halted, 0, false
-		}, err
+		return halted, err
 	}
 	power := Running
 	if paused {
@@ -79,8 +109,27 @@ func (m *Manager) startDomain(ctx context.Context, e *vmEntry, te *taskEntry, pa
 	}
 	m.log.Info("VM started", "vm", e.id, "domid", d, "paused", paused)
 	return func(r *vmRecord) {
-		r.Building, r.VM.Power, r.VM.Domid, r.VM.Problem, r.Preserved = false, power, uint32(d), "", false
+		r.Building, r.VM.Power, r.VM.Domid, r.VM.Problem, r.Preserved, r.VM.DomainSuspended = false, power, uint32(d), "", false, false
+		r.setClaim(d, rolePrimary, claimLive)
 	}, nil
+}
+
+// moveClaim replaces the VM's claim on domid d, which CreateDomain found
+// taken, by a claim on a newly reserved domid.
+func (m *Manager) moveClaim(ctx context.Context, e *vmEntry, d xenctrl.Domid) (xenctrl.Domid, error) {
+	next, err := m.reserveDomid(ctx, e.id)
+	if err != nil {
+		return d, err
+	}
+	if err := m.updateClaims(ctx, e, func(r *vmRecord) error {
+		r.dropClaim(d)
+		r.setClaim(next, rolePrimary, claimCreating)
+		return nil
+	}); err != nil {
+		m.releaseDomid(e.id, next)
+		return d, err
+	}
+	return next, nil
 }
 
 // Pause pauses a Running VM's domain.
@@ -104,6 +153,9 @@ func (m *Manager) Unpause(ctx context.Context, ref string) (Task, error) {
 		if err := checkState(r, "unpause", Paused); err != nil {
 			return nil, err
 		}
+		if r.VM.DomainSuspended {
+			return nil, &Error{Code: CodeFailedPrecondition, Message: fmt.Sprintf("VM %s's guest suspended itself (domain %d is kept, shut down with reason suspend); resuming it is not implemented: destroy it", r.VM.ID, r.VM.Domid)}
+		}
 		if r.Preserved {
 			return nil, &Error{Code: CodeFailedPrecondition, Message: fmt.Sprintf("VM %s's domain has shut down and is preserved for inspection; destroy it", r.VM.ID)}
 		}
@@ -124,23 +176,28 @@ func (m *Manager) Destroy(ctx context.Context, ref string) (Task, error) {
 		if err := m.markRunning(te); err != nil {
 			return nil, err
 		}
-		return m.destroyToHalted(ctx, e.id, xenctrl.Domid(r.VM.Domid))
+		return m.destroyToHalted(ctx, e, xenctrl.Domid(r.VM.Domid))
 	})
 }
 
-// destroyToHalted tears the domain down; the VM becomes Halted (with a
-// Problem if the domain could not be removed completely).
-func (m *Manager) destroyToHalted(ctx context.Context, id string, d xenctrl.Domid) (func(*vmRecord), error) {
+// destroyToHalted records the VM's claim on domain d as destroying, tears
+// the domain down and returns the change that makes the VM Halted and drops
+// the claim (with a Problem if the domain could not be removed completely).
+func (m *Manager) destroyToHalted(ctx context.Context, e *vmEntry, d xenctrl.Domid) (func(*vmRecord), error) {
+	if err := m.markDestroying(ctx, e, d); err != nil {
+		return nil, err
+	}
 	cctx, cancel := cleanupCtx(ctx)
 	defer cancel()
-	err := m.teardown(cctx, id, d)
+	err := m.teardown(cctx, e.id, d)
 	problem := ""
 	if err != nil {
 		problem = fmt.Sprintf("domain %d was not torn down cleanly: %v", d, err)
-		m.log.Error("teardown", "vm", id, "domid", d, "err", err)
+		m.log.Error("teardown", "vm", e.id, "domid", d, "err", err)
 	}
 	return func(r *vmRecord) {
-		r.VM.Power, r.VM.Domid, r.VM.Problem, r.Preserved, r.Building = Halted, 0, problem, false, false
+		r.VM.Power, r.VM.Domid, r.VM.Problem, r.Preserved, r.Building, r.VM.DomainSuspended = Halted, 0, problem, false, false, false
+		r.dropClaim(d)
 	}, nil
 }
 
@@ -186,9 +243,12 @@ func (m *Manager) cleanShutdown(ctx context.Context, ref, name, request string, 
 		d := xenctrl.Domid(r.VM.Domid)
 		if r.Preserved {
 			// Already shut down: nothing to ask the guest.
-			return m.destroyToHalted(ctx, e.id, d)
+			return m.destroyToHalted(ctx, e, d)
 		}
 		if err := m.xs.Write(ctx, domPath(d)+"/control/shutdown", []byte(request)); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err() // cancelled: nothing was asked of the guest
+			}
 			return nil, &Error{Code: CodeInternal, Message: fmt.Sprintf("write control/shutdown of domain %d: %v", d, err)}
 		}
 		m.progress(te, 0.3)
@@ -215,9 +275,9 @@ func (m *Manager) cleanShutdown(ctx context.Context, ref, name, request string, 
 			if name == "reboot" {
 				return m.rebuild(ctx, e, te, d)
 			}
-			return m.destroyToHalted(ctx, e.id, d)
+			return m.destroyToHalted(ctx, e, d)
 		case gone:
-			return m.destroyToHalted(ctx, e.id, d)
+			return m.destroyToHalted(ctx, e, d)
 		}
 		m.progress(te, 0.6)
 		return m.applyAction(ctx, e, te, d, info)
@@ -232,7 +292,7 @@ func actionFor(s Spec, reason xenctrl.ShutdownReason) (Action, string) {
 		return orDefault(s.OnPoweroff, ActionDestroy), "poweroff"
 	case xenctrl.ShutdownReboot, xenctrl.ShutdownSoftReset:
 		return orDefault(s.OnReboot, ActionRestart), "reboot"
-	default: // crash, watchdog, suspend (no suspend support yet)
+	default: // crash, watchdog (suspend is no crash: see applyAction)
 		return orDefault(s.OnCrash, ActionDestroy), "crash"
 	}
 }
@@ -247,7 +307,13 @@ func orDefault(a, def Action) Action {
 // applyAction handles a domain that shut down (info.Shutdown) or is dying.
 func (m *Manager) applyAction(ctx context.Context, e *vmEntry, te *taskEntry, d xenctrl.Domid, info xenctrl.DomainInfo) (func(*vmRecord), error) {
 	if info.Dying {
-		return m.destroyToHalted(ctx, e.id, d)
+		return m.destroyToHalted(ctx, e, d)
+	}
+	if info.ShutdownReason == xenctrl.ShutdownSuspend {
+		// The guest suspended itself: its memory is intact and the domain
+		// can be saved or resumed (neither is implemented yet). Keep it.
+		m.log.Info("guest suspended itself; domain kept", "vm", e.id, "domid", d)
+		return func(r *vmRecord) { r.VM.Power, r.Preserved, r.VM.DomainSuspended = Paused, true, true }, nil
 	}
 	spec := m.vmSnapshot(e).VM.Spec
 	action, what := actionFor(spec, info.ShutdownReason)
@@ -259,7 +325,7 @@ func (m *Manager) applyAction(ctx context.Context, e *vmEntry, te *taskEntry, d 
 		problem := fmt.Sprintf("domain %d shut down (%s, on_%s=preserve); kept for inspection until destroyed", d, info.ShutdownReason, what)
 		return func(r *vmRecord) { r.VM.Power, r.VM.Problem, r.Preserved = Paused, problem, true }, nil
 	default:
-		return m.destroyToHalted(ctx, e.id, d)
+		return m.destroyToHalted(ctx, e, d)
 	}
 }
 
@@ -268,7 +334,10 @@ func (m *Manager) applyAction(ctx context.Context, e *vmEntry, te *taskEntry, d 
 // between the two domains it has domid 0 (and, once the new build has
 // begun, the Building marker that reconciliation acts on after a crash).
 func (m *Manager) rebuild(ctx context.Context, e *vmEntry, te *taskEntry, d xenctrl.Domid) (func(*vmRecord), error) {
-	halt, _ := m.destroyToHalted(ctx, e.id, d)
+	halt, err := m.destroyToHalted(ctx, e, d)
+	if err != nil {
+		return nil, err
+	}
 	var problem string
 	if err := m.updateVM(ctx, e, func(r *vmRecord) error {
 		halt(r)
@@ -302,7 +371,10 @@ func (m *Manager) guestCheck(ctx context.Context, e *vmEntry, _ *taskEntry) (fun
 		cctx, cancel := cleanupCtx(ctx)
 		m.removeLayout(cctx, e.id, d)
 		cancel()
-		return func(r *vmRecord) { r.VM.Power, r.VM.Domid, r.VM.Problem = Halted, 0, problem }, nil
+		return func(r *vmRecord) {
+			r.VM.Power, r.VM.Domid, r.VM.Problem = Halted, 0, problem
+			r.dropClaim(d)
+		}, nil
 	case err != nil:
 		return nil, err
 	case info.Shutdown || info.Dying:

@@ -73,8 +73,10 @@ type Manager struct {
 	reqs     map[string]string // request id -> VM id
 	inflight map[string]chan struct{}
 	tasks    map[string]*taskEntry
-	ready    []*vmEntry // VMs with queued ops and no worker, FIFO
-	rev      uint64     // last event revision applied to memory
+	ready    []*vmEntry               // VMs with queued ops and no worker, FIFO
+	rev      uint64                   // last event revision applied to memory
+	domids   map[xenctrl.Domid]string // domid -> VM id, for every claim (and reservation)
+	rover    xenctrl.Domid            // last domid reserveDomid picked
 
 	hub *progressHub // live task progress for watchers
 
@@ -93,9 +95,13 @@ type vmRecord struct {
 	// batch that records the built domain or the failure: a record found
 	// with Building set after a restart means a half-built domain.
 	Building bool `json:"building,omitempty"`
-	// Preserved: the domain shut down and was kept for inspection
-	// (on_*=preserve); only Destroy removes it.
+	// Preserved: the domain shut down and was kept, for inspection
+	// (on_*=preserve) or because the guest suspended itself
+	// (VM.DomainSuspended); only Destroy removes it.
 	Preserved bool `json:"preserved,omitempty"`
+	// Domains are the VM's domain claims (see domainClaim), each written
+	// before the hypercall that creates or destroys its domain.
+	Domains []domainClaim `json:"domains,omitempty"`
 }
 
 type vmEntry struct {
@@ -125,7 +131,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		hv: cfg.Hypervisor, xs: cfg.Xenstore, st: cfg.Store, builder: cfg.Builder, log: cfg.Logger,
 		vms: map[string]*vmEntry{}, names: map[string]string{}, pending: map[string]bool{},
 		reqs: map[string]string{}, inflight: map[string]chan struct{}{}, tasks: map[string]*taskEntry{},
-		exc: make(chan struct{}), hub: newProgressHub(),
+		domids: map[xenctrl.Domid]string{}, exc: make(chan struct{}), hub: newProgressHub(),
 	}
 	if m.builder == nil {
 		m.builder = EmptyBuilder{Hypervisor: cfg.Hypervisor}
@@ -174,8 +180,10 @@ func (m *Manager) load() error {
 		if err := json.Unmarshal(v, &r); err != nil {
 			return fmt.Errorf("decode VM record %s: %w", id, err)
 		}
+		upgradeRecord(&r)
 		e := &vmEntry{id: id, handle: uuidHandle(id), rec: r, projected: r.VM.Power}
 		m.vms[id] = e
+		m.indexClaims(id, nil, r.Domains)
 		m.names[r.VM.Spec.Name] = id
 		return nil
 	})
@@ -307,6 +315,9 @@ func interrupted(te *taskEntry, now time.Time, why string) taskPut {
 // txn is one state change: VM records written or deleted, request ids,
 // and task snapshots, committed as one batch with one event per item.
 type txn struct {
+	// quiet: the VM records changed only in what clients do not see (domain
+	// claims): no event, and the VMs' generations stay.
+	quiet  bool
 	vms    []vmRecord
 	delVMs []string
 	reqs   map[string]string
@@ -348,6 +359,9 @@ func (m *Manager) commit(ctx context.Context, t txn) error {
 			return err
 		}
 		c.Ops = append(c.Ops, store.Op{Kind: store.KindVM, ID: r.VM.ID, Value: b})
+		if t.quiet {
+			continue
+		}
 		vm := r.VM
 		if err := addEvent(eventRecord{Kind: EventVMChanged, VMID: vm.ID, VM: &vm}); err != nil {
 			return err
@@ -394,6 +408,7 @@ func (m *Manager) commit(ctx context.Context, t txn) error {
 				delete(m.names, old)
 			}
 			m.names[r.VM.Spec.Name] = r.VM.ID
+			m.indexClaims(r.VM.ID, e.rec.Domains, r.Domains)
 			e.rec = r
 			if !e.scheduled {
 				e.projected = r.VM.Power
@@ -404,6 +419,7 @@ func (m *Manager) commit(ctx context.Context, t txn) error {
 				if m.names[e.rec.VM.Spec.Name] == id {
 					delete(m.names, e.rec.VM.Spec.Name)
 				}
+				m.indexClaims(id, e.rec.Domains, nil)
 				delete(m.vms, id)
 			}
 		}

@@ -3,6 +3,7 @@ package domain
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"sort"
 	"strconv"
 	"time"
@@ -11,9 +12,10 @@ import (
 )
 
 // reconcile runs once in New, before any work is accepted: tasks left
-// Pending or Running by a previous process become TaskInterrupted, VMs are
-// matched to the domains the hypervisor reports (by handle = VM UUID),
-// half-built domains are destroyed and vanished ones recorded.
+// Pending or Running by a previous process become TaskInterrupted, and each
+// VM's domain claims are settled with the domains the hypervisor reports
+// (see reconcileVM). A domain no claim names is never touched, whatever its
+// handle.
 func (m *Manager) reconcile(ctx context.Context) error {
 	now := time.Now().UTC()
 	var tasks []taskPut
@@ -39,109 +41,143 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list domains: %w", err)
 	}
-	byHandle := map[xenctrl.Handle][]xenctrl.DomainInfo{}
+	byDomid := map[xenctrl.Domid]xenctrl.DomainInfo{}
 	for _, d := range doms {
 		if d.Domid != 0 {
-			byHandle[d.Handle] = append(byHandle[d.Handle], d)
+			byDomid[d.Domid] = d
+			m.rover = max(m.rover, d.Domid)
 		}
 	}
 	ids := make([]string, 0, len(m.vms))
-	for id := range m.vms {
+	ours := map[xenctrl.Domid]bool{}
+	for id, e := range m.vms {
 		ids = append(ids, id)
+		for _, c := range e.rec.Domains {
+			m.rover = max(m.rover, c.Domid)
+			if d, ok := byDomid[c.Domid]; ok && d.Handle == e.handle {
+				ours[c.Domid] = true
+			}
+		}
 	}
 	sort.Strings(ids)
 	for _, id := range ids {
-		e := m.vms[id]
-		found := byHandle[uuidHandle(id)]
-		delete(byHandle, uuidHandle(id))
-		if err := m.reconcileVM(ctx, e, found); err != nil {
+		if err := m.reconcileVM(ctx, m.vms[id], byDomid); err != nil {
 			return fmt.Errorf("VM %s: %w", id, err)
 		}
 	}
-	for h, ds := range byHandle {
-		for _, d := range ds {
-			m.log.Info("domain not managed by xenopsd-ng left alone", "domid", d.Domid, "handle", handleUUID(h))
+	for _, d := range doms {
+		if d.Domid == 0 || ours[d.Domid] {
+			continue
+		}
+		if e := m.vms[handleUUID(d.Handle)]; e != nil {
+			m.log.Warn("domain carries a VM's handle but no claim of it: not ours, left alone", "domid", d.Domid, "vm", e.id)
+		} else {
+			m.log.Info("domain not managed by xenopsd-ng left alone", "domid", d.Domid, "handle", handleUUID(d.Handle))
 		}
 	}
 	return nil
 }
 
-func (m *Manager) reconcileVM(ctx context.Context, e *vmEntry, found []xenctrl.DomainInfo) error {
+// reconcileVM settles one VM's claims with the domains that exist: a
+// claimed domain is the VM's only if it also carries the VM's handle.
+//
+//   - destroying: the destroy the previous process began is finished; for
+//     the primary domain the VM becomes Halted without a Problem (whether
+//     or not the domain was already gone, the destroy was ours).
+//   - a migration target or restore domain is kept as long as it exists;
+//     a claim whose domain does not exist is dropped.
+//   - primary, creating: a start was interrupted; the half-built domain is
+//     destroyed and the VM left Halted with a Problem.
+//   - primary, live: the domain is adopted (power state from the
+//     hypervisor; a guest that suspended itself stays suspended); if it is
+//     gone the VM becomes Halted with a "vanished" Problem.
+func (m *Manager) reconcileVM(ctx context.Context, e *vmEntry, doms map[xenctrl.Domid]xenctrl.DomainInfo) error {
 	r := e.rec
-	var live []xenctrl.DomainInfo
-	for _, d := range found {
-		if !d.Dying {
-			live = append(live, d)
+	var kept []domainClaim
+	var adopt *xenctrl.DomainInfo
+	halt, problem := false, r.VM.Problem
+	for _, c := range r.Domains {
+		info, exists := doms[c.Domid]
+		ours := exists && info.Handle == e.handle
+		switch {
+		case c.State == claimDestroying:
+			m.log.Info("finishing a destroy begun before the restart", "vm", e.id, "domid", c.Domid, "role", c.Role)
+			err := m.destroyClaimed(ctx, e.id, c)
+			if c.Role == rolePrimary {
+				halt, problem = true, ""
+				if err != nil {
+					problem = fmt.Sprintf("domain %d was not torn down cleanly: %v", c.Domid, err)
+				}
+			}
+		case c.Role != rolePrimary && ours:
+			m.log.Info("kept domain", "vm", e.id, "domid", c.Domid, "role", c.Role, "state", c.State)
+			kept = append(kept, c)
+		case c.Role != rolePrimary:
+			m.log.Info("dropped the claim of a domain that does not exist", "vm", e.id, "domid", c.Domid, "role", c.Role)
+		case c.State == claimCreating:
+			halt, problem = true, "a start was interrupted by a daemon restart"
+			if ours {
+				problem += fmt.Sprintf("; half-built domain %d destroyed", c.Domid)
+			}
+			if err := m.destroyClaimed(ctx, e.id, c); err != nil {
+				problem += fmt.Sprintf(" (cleanup: %v)", err)
+			}
+			m.log.Warn("cleaned up interrupted start", "vm", e.id, "domid", c.Domid, "existed", ours)
+		case ours && !info.Dying:
+			kept = append(kept, c)
+			adopt = &info
+		default:
+			m.log.Warn("VM's domain vanished while xenopsd-ng was down", "vm", e.id, "domid", c.Domid)
+			m.destroyClaimed(ctx, e.id, c) // removes what is left in xenstore
+			halt, problem = true, fmt.Sprintf("domain %d vanished while xenopsd-ng was not running", c.Domid)
 		}
 	}
-	if r.Building {
-		var notes []string
-		for _, d := range found {
-			if err := m.teardown(ctx, e.id, d.Domid); err != nil {
-				notes = append(notes, err.Error())
-			}
-		}
+	if r.Building && !halt && adopt == nil {
+		// A start interrupted before its claim was written: a record of
+		// store schema 1. No domain is known to be ours; the private
+		// subtree names the domid whose nodes were written.
+		halt, problem = true, "a start was interrupted by a daemon restart"
 		if err := m.removeLayout(ctx, e.id, m.orphanDomid(ctx, e.id)); err != nil {
-			notes = append(notes, err.Error())
+			problem += fmt.Sprintf(" (cleanup: %v)", err)
 		}
-		problem := "a start was interrupted by a daemon restart"
-		if len(found) > 0 {
-			problem += fmt.Sprintf("; half-built domain %d destroyed", found[0].Domid)
-		}
-		if len(notes) > 0 {
-			problem += fmt.Sprintf(" (cleanup: %v)", notes)
-		}
-		m.log.Warn("cleaned up interrupted start", "vm", e.id, "domains", len(found))
-		return m.updateVM(ctx, e, func(r *vmRecord) error {
-			r.Building, r.VM.Power, r.VM.Domid, r.VM.Problem, r.Preserved = false, Halted, 0, problem, false
-			return nil
-		})
+		m.log.Warn("cleaned up interrupted start; no domain claimed", "vm", e.id)
 	}
-	if len(live) == 0 {
-		if r.VM.Power == Halted {
-			return nil
-		}
-		d := r.VM.Domid
-		m.log.Warn("VM's domain vanished while xenopsd-ng was down", "vm", e.id, "domid", d)
-		m.removeLayout(ctx, e.id, xenctrl.Domid(d))
-		return m.updateVM(ctx, e, func(r *vmRecord) error {
-			r.VM.Power, r.VM.Domid, r.Preserved = Halted, 0, false
-			r.VM.Problem = fmt.Sprintf("domain %d vanished while xenopsd-ng was not running", d)
-			return nil
-		})
-	}
-	// Adopt one domain: the recorded one if alive, else the lowest domid.
-	pick := live[0]
-	for _, d := range live {
-		if uint32(d.Domid) == r.VM.Domid {
-			pick = d
-		}
-	}
-	for _, d := range live {
-		if d.Domid != pick.Domid {
-			// Two live domains with one VM's handle: keep one, never two.
-			m.log.Error("duplicate domain for VM destroyed", "vm", e.id, "domid", d.Domid, "kept", pick.Domid)
-			if err := m.hv.DestroyDomain(ctx, d.Domid); err != nil && !xenctrl.IsNoDomain(err) {
-				return err
+	apply := func(r *vmRecord) {
+		r.Domains = kept
+		switch {
+		case halt:
+			r.Building, r.VM.Power, r.VM.Domid, r.Preserved, r.VM.DomainSuspended = false, Halted, 0, false, false
+			r.VM.Problem = problem
+		case adopt != nil:
+			if adopt.Shutdown && adopt.ShutdownReason == xenctrl.ShutdownSuspend {
+				r.Preserved, r.VM.DomainSuspended = true, true
 			}
+			r.VM.Power = Running
+			if adopt.Paused || r.Preserved {
+				r.VM.Power = Paused
+			}
+			r.VM.Domid = uint32(adopt.Domid)
 		}
 	}
-	power := Running
-	if pick.Paused || r.Preserved {
-		power = Paused
-	}
-	if r.VM.Power == power && r.VM.Domid == uint32(pick.Domid) {
+	after := r
+	apply(&after)
+	if reflect.DeepEqual(after, r) {
 		return nil
 	}
-	problem := r.VM.Problem
-	if r.VM.Power == Halted {
-		problem = fmt.Sprintf("found live domain %d of this VM while its record said Halted; adopted", pick.Domid)
+	if adopt != nil {
+		m.log.Info("adopted domain", "vm", e.id, "domid", adopt.Domid, "power", after.VM.Power, "suspended", after.VM.DomainSuspended)
 	}
-	m.log.Info("adopted domain", "vm", e.id, "domid", pick.Domid, "power", power)
-	return m.updateVM(ctx, e, func(r *vmRecord) error {
-		r.VM.Power, r.VM.Domid, r.VM.Problem = power, uint32(pick.Domid), problem
-		return nil
-	})
+	return m.updateVM(ctx, e, func(r *vmRecord) error { apply(r); return nil })
+}
+
+// destroyClaimed destroys a claimed domain if it is still the VM's and
+// removes its xenstore nodes: the VM's whole layout for a primary domain,
+// only /local/domain/<domid> for another role.
+func (m *Manager) destroyClaimed(ctx context.Context, id string, c domainClaim) error {
+	if c.Role == rolePrimary {
+		return m.teardown(ctx, id, c.Domid)
+	}
+	return m.destroyDomain(ctx, id, c.Domid)
 }
 
 // orphanDomid returns the domid recorded in the VM's private xenstore

@@ -58,14 +58,19 @@ func TestRestartReadoptsDomains(t *testing.T) {
 func TestRestartCleansHalfBuiltDomain(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	vm := e.create("half")
-	// Simulate a crash in the middle of Start: the building marker was
-	// synced, the domain created and part of its xenstore tree written.
+	// Simulate a crash in the middle of Start: the building marker and the
+	// claim were synced, the domain created and part of its xenstore tree
+	// written.
 	ent, _ := e.m.resolve(vm.ID)
-	if err := e.m.updateVM(e.ctx, ent, func(r *vmRecord) error { r.Building = true; return nil }); err != nil {
+	const d = xenctrl.Domid(7)
+	if err := e.m.updateVM(e.ctx, ent, func(r *vmRecord) error {
+		r.Building = true
+		r.setClaim(d, rolePrimary, claimCreating)
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := e.hv.CreateDomain(e.ctx, domainConfig(vm.Spec))
-	if err != nil {
+	if _, err := e.hv.CreateDomain(e.ctx, domainConfig(vm.Spec, d)); err != nil {
 		t.Fatal(err)
 	}
 	e.xs.Write(e.ctx, domPath(d)+"/name", []byte("half"))
@@ -77,8 +82,9 @@ func TestRestartCleansHalfBuiltDomain(t *testing.T) {
 	if err := e.st.Commit(e.ctx, store.Change{Ops: []store.Op{{Kind: store.KindTask, ID: tk.ID, Value: b}}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	// A second VM crashed after its domain vanished: only the private
-	// subtree tells which /local/domain/N was its.
+	// A second VM crashed in a start recorded by a daemon of store schema
+	// 1 (building marker, no claim) after its domain vanished: only the
+	// private subtree tells which /local/domain/N was its.
 	vm2 := e.create("half2")
 	ent2, _ := e.m.resolve(vm2.ID)
 	e.m.updateVM(e.ctx, ent2, func(r *vmRecord) error { r.Building = true; return nil })

@@ -89,6 +89,11 @@ type VM struct {
 	Spec  Spec
 	Power PowerState
 	Domid uint32 // 0 when there is no domain
+	// DomainSuspended: the guest suspended itself (its domain shut down
+	// with reason suspend). The domain is kept, memory intact, not running;
+	// Power is Paused. Saving it (which would make the VM Suspended, with no
+	// domain) and resuming it are not implemented: only Destroy applies.
+	DomainSuspended bool
 	// Problem is set when reconciliation found something wrong, e.g. the
 	// VM's domain vanished while the daemon was down.
 	Problem   string

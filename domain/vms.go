@@ -2,6 +2,7 @@ package domain
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"time"
 )
@@ -257,6 +258,9 @@ func (m *Manager) DeleteVM(ctx context.Context, ref string) error {
 	case e.rec.VM.Power != Halted:
 		m.mu.Unlock()
 		return &Error{Code: CodeFailedPrecondition, Message: "VM " + e.id + " is " + e.rec.VM.Power.String() + "; only a Halted VM can be deleted"}
+	case len(e.rec.Domains) > 0:
+		m.mu.Unlock()
+		return &Error{Code: CodeFailedPrecondition, Message: fmt.Sprintf("VM %s still has domain %d (%s, %s); only a VM without domains can be deleted", e.id, e.rec.Domains[0].Domid, e.rec.Domains[0].Role, e.rec.Domains[0].State)}
 	case userOps(e.queue) > 0 || (e.running != nil && (e.running.task == nil || !e.running.task.final)):
 		m.mu.Unlock()
 		return &Error{Code: CodeFailedPrecondition, Message: "VM " + e.id + " has operations queued or running"}

@@ -161,14 +161,15 @@ func SpecToPB(s domain.Spec) *pb.VMSpec {
 // VMToPB converts a core VM to the API.
 func VMToPB(v domain.VM) *pb.VM {
 	return &pb.VM{
-		Id:         v.ID,
-		Spec:       SpecToPB(v.Spec),
-		PowerState: powerStates[v.Power],
-		Domid:      v.Domid,
-		Problem:    v.Problem,
-		CreateTime: timeToPB(v.CreatedAt),
-		UpdateTime: timeToPB(v.UpdatedAt),
-		Generation: v.Generation,
+		Id:              v.ID,
+		Spec:            SpecToPB(v.Spec),
+		PowerState:      powerStates[v.Power],
+		Domid:           v.Domid,
+		Problem:         v.Problem,
+		CreateTime:      timeToPB(v.CreatedAt),
+		UpdateTime:      timeToPB(v.UpdatedAt),
+		Generation:      v.Generation,
+		DomainSuspended: v.DomainSuspended,
 	}
 }
 

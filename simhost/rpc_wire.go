@@ -139,6 +139,7 @@ func domainConfigToRPC(c xenctrl.DomainConfig) *pb.DomainConfig {
 		MaxGrantFrames:    c.MaxGrantFrames,
 		MaxMaptrackFrames: c.MaxMaptrackFrames,
 		EmulationFlags:    c.EmulationFlags,
+		Domid:             uint32(c.Domid),
 	}
 }
 
@@ -155,7 +156,9 @@ func domainConfigFromRPC(m *pb.DomainConfig) (xenctrl.DomainConfig, error) {
 		return c, status.Errorf(codes.InvalidArgument, "config.handle: %d bytes, want %d", len(h), len(c.Handle))
 	}
 	copy(c.Handle[:], m.GetHandle())
-	return c, nil
+	d, err := domidArg("config.domid", m.GetDomid())
+	c.Domid = d
+	return c, err
 }
 
 func versionToRPC(v xenctrl.Version) *pb.VersionResponse {

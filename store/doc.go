@@ -10,12 +10,13 @@
 // grouped into one batch and one fsync (group commit); each Change stays
 // atomic inside it and revisions follow commit order.
 //
-// # Key schema (version 1)
+// # Key schema (version 2)
 //
 // All keys are ASCII strings. Integers in keys are fixed-width lower-case hex
-// so that byte order equals numeric order.
+// so that byte order equals numeric order. (The "v1/" prefix of the record
+// keys names their layout, unchanged since schema version 1.)
 //
-//	meta/schema            decimal ASCII schema version, e.g. "1". Written when
+//	meta/schema            decimal ASCII schema version, e.g. "2". Written when
 //	                       the database is created. A binary refuses a database
 //	                       whose version is newer than its own, with a message
 //	                       naming both versions, and refuses a non-empty
@@ -24,9 +25,13 @@
 //	                       been compacted away (absent = 0: nothing compacted).
 //	v1/vm/<uuid>           a VM record, JSON as written by package domain
 //	                       (domain.vmRecord: the VM with its spec, power
-//	                       state, domid, problem, generation, request id and
-//	                       the "building" marker set while a domain is being
-//	                       built, before CreateDomain is called).
+//	                       state, domid, problem, generation, request id, the
+//	                       "building" marker set while a domain is being
+//	                       built, and the VM's domain claims: for each domain
+//	                       the daemon creates, has or is destroying for the VM,
+//	                       its domid, role (primary, migration target,
+//	                       restore) and state (creating, live, destroying),
+//	                       written before the hypercall that changes it).
 //	v1/task/<task id>      a task record, JSON (domain.Task).
 //	v1/req/<request id>    the VM uuid a CreateVM request id created, as plain
 //	                       ASCII (makes CreateVM idempotent across restarts).
@@ -51,4 +56,10 @@
 // value changes incompatibly. Opening an older database runs the migrations
 // from its version to SchemaVersion in one batch; opening a newer one fails
 // (an older binary must not corrupt a newer database).
+//
+//	1 -> 2  VM records gained the domain claims. Nothing is rewritten: package
+//	        domain reads a record without claims whose VM is running or
+//	        paused as claiming, as primary and live, the domain its domid
+//	        names. Version-1 binaries, which would not keep claims true, are
+//	        refused from then on.
 package store

@@ -15,7 +15,18 @@ import (
 )
 
 // SchemaVersion is the key schema this binary reads and writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
+
+// migrations[v] upgrades a database from schema v to v+1, adding to the
+// batch that also records the new version (see Versioning in the package
+// documentation).
+var migrations = map[int]func(b *pebble.Batch) error{
+	// 1 -> 2: VM records carry their domain claims. No key changes and no
+	// rewrite: package domain reads a version-1 record (no claims) as
+	// claiming the domain its domid names. The bump keeps binaries that
+	// know nothing of claims (and would not keep them true) away.
+	1: func(*pebble.Batch) error { return nil },
+}
 
 // DefaultRetainEvents is how many events the log keeps by default.
 const DefaultRetainEvents = 100000
@@ -180,9 +191,30 @@ func (s *Store) checkSchema(dir string) error {
 		return fmt.Errorf("database schema v%d is newer than this binary's v%d; upgrade xenopsd-ng", ver, SchemaVersion)
 	}
 	if ver < SchemaVersion {
-		// No older schema exists yet; a future version adds migrations here.
-		return fmt.Errorf("database schema v%d has no migration to v%d", ver, SchemaVersion)
+		return s.migrate(dir, ver)
 	}
+	return nil
+}
+
+// migrate upgrades the database from schema version from to SchemaVersion
+// in one synced batch.
+func (s *Store) migrate(dir string, from int) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for v := from; v < SchemaVersion; v++ {
+		m, ok := migrations[v]
+		if !ok {
+			return fmt.Errorf("database schema v%d has no migration to v%d", v, v+1)
+		}
+		if err := m(b); err != nil {
+			return fmt.Errorf("migrate state database %s from schema v%d to v%d: %w", dir, v, v+1, err)
+		}
+	}
+	b.Set([]byte(keySchema), []byte(strconv.Itoa(SchemaVersion)), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("migrate state database %s to schema v%d: %w", dir, SchemaVersion, err)
+	}
+	s.log.Info("state database migrated", "from", from, "to", SchemaVersion)
 	return nil
 }
 

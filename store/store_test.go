@@ -241,9 +241,37 @@ func TestSchemaVersionRefusal(t *testing.T) {
 	}
 	db.Close()
 	_, err = Open(dir, nil)
-	want := "database schema v3 is newer than this binary's v1; upgrade xenopsd-ng"
+	want := "database schema v3 is newer than this binary's v2; upgrade xenopsd-ng"
 	if err == nil || err.Error() != want {
 		t.Fatalf("open newer db: %v, want %q", err, want)
+	}
+}
+
+func TestMigrateFromV1(t *testing.T) {
+	dir := t.TempDir()
+	s := openT(t, dir, 0)
+	if err := s.Commit(context.Background(), Change{Ops: []Op{{Kind: KindVM, ID: "a", Value: []byte(`{"vm":{}}`)}}, Events: [][]byte{[]byte("e")}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := pebble.Open(dir, &pebble.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Set([]byte(keySchema), []byte("1"), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s = openT(t, dir, 0)
+	defer s.Close()
+	if v, err := s.get([]byte(keySchema)); err != nil || string(v) != "2" {
+		t.Fatalf("schema after migration: %q %v, want 2", v, err)
+	}
+	if v, err := s.Get(KindVM, "a"); err != nil || string(v) != `{"vm":{}}` {
+		t.Fatalf("record after migration: %q %v", v, err)
+	}
+	if s.Head() != 1 {
+		t.Fatalf("head after migration %d, want 1", s.Head())
 	}
 }
 

@@ -46,8 +46,15 @@ const (
 	CreateIOMMU    CreateFlags = 1 << 5
 )
 
-// DomainConfig is what CreateDomain needs (struct xen_domctl_createdomain).
+// DomainConfig is what CreateDomain needs (struct xen_domctl_createdomain,
+// and the domid asked for in the domctl's header).
 type DomainConfig struct {
+	// Domid is the domid to create the domain with: 1..DomidFirstReserved-1
+	// (EEXIST if a domain, dying ones included, has it), or 0 to let Xen
+	// pick a free one. Xen would also pick one for a reserved value; both
+	// backends refuse that with EINVAL instead, so that a caller never gets
+	// a domid other than the one it asked for.
+	Domid             Domid
 	Handle            Handle
 	Flags             CreateFlags
 	MaxVCPUs          uint32
@@ -147,7 +154,8 @@ type Hypervisor interface {
 	Version(ctx context.Context) (Version, error)
 	PhysInfo(ctx context.Context) (PhysInfo, error)
 
-	// CreateDomain creates a paused domain with no memory (XEN_DOMCTL_createdomain).
+	// CreateDomain creates a paused domain with no memory
+	// (XEN_DOMCTL_createdomain), with cfg.Domid if it is not 0.
 	CreateDomain(ctx context.Context, cfg DomainConfig) (Domid, error)
 	// SetMaxMem sets the domain's memory limit in KiB (XEN_DOMCTL_max_mem).
 	SetMaxMem(ctx context.Context, d Domid, kib uint64) error

@@ -153,12 +153,16 @@ func (x *Xen) PhysInfo(ctx context.Context) (PhysInfo, error) {
 // CreateDomain creates a paused domain with no memory. Zero fields of cfg
 // get libxl's defaults: MaxEvtchnPort 1023, grant and maptrack frames Xen's
 // own defaults (-1), grant table version 2 when the host offers it, else 1.
-// MaxVCPUs must be at least 1 (Xen answers EINVAL otherwise).
+// MaxVCPUs must be at least 1 (Xen answers EINVAL otherwise). A requested
+// cfg.Domid goes in the domctl's domain field (0: Xen picks the domid).
 func (x *Xen) CreateDomain(ctx context.Context, cfg DomainConfig) (Domid, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	dc := x.abi.newDomctl(domctlCreateDomain, 0) // domain 0: Xen picks the domid
+	if cfg.Domid >= DomidFirstReserved {
+		return 0, &Error{Op: "domctl createdomain", Domid: cfg.Domid, Errno: syscall.EINVAL}
+	}
+	dc := x.abi.newDomctl(domctlCreateDomain, cfg.Domid)
 	x.abi.encodeCreateDomain(dc, cfg, x.grantVersion)
 	if err := x.domctl("createdomain", dc); err != nil {
 		return 0, err

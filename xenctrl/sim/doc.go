@@ -10,7 +10,10 @@
 //   - New domids come from a rover: the search starts after the last domid
 //     handed out, wraps from DOMID_FIRST_RESERVED back to 1 and skips every
 //     domid still in use, dying domains included (XEN_DOMCTL_createdomain,
-//     is_free_domid). No free domid: ENOMEM.
+//     is_free_domid). No free domid: ENOMEM. A domid asked for in the
+//     config is used as given and leaves the rover alone; EEXIST while any
+//     domain has it, dying ones included (checked before the config, as
+//     do_domctl does); a reserved one is EINVAL (the xenctrl contract).
 //   - createdomain is validated like sanitise_domain_config and
 //     arch_sanitise_domain_config: unknown flags, zero vCPUs, more than 128
 //     (HVM) or 8192 (PV) vCPUs, HAP without HVM: EINVAL; emulation flags that

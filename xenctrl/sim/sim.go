@@ -267,38 +267,31 @@ func validate(cfg xenctrl.DomainConfig) syscall.Errno {
 }
 
 // CreateDomain is XEN_DOMCTL_createdomain: a new domain, paused once by the
-// controller, with no memory.
+// controller, with no memory. A requested cfg.Domid is EEXIST while any
+// domain, dying ones included, has it (is_free_domid); 0 picks one.
 func (h *Hypervisor) CreateDomain(ctx context.Context, cfg xenctrl.DomainConfig) (xenctrl.Domid, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if e := validate(cfg); e != 0 {
-		return 0, errno("domctl createdomain", 0, e)
+	if cfg.Domid >= xenctrl.DomidFirstReserved {
+		// The xenctrl contract; Xen itself would pick a domid instead.
+		return 0, errno("domctl createdomain", cfg.Domid, syscall.EINVAL)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	// The rover search of do_domctl(XEN_DOMCTL_createdomain), bounded to
-	// one full lap (Xen's loop never ends when rover is 0 and every domid
-	// is taken).
-	dom := h.rover
-	found := false
-	for i := 0; i < int(xenctrl.DomidFirstReserved); i++ {
-		dom++
-		if dom >= xenctrl.DomidFirstReserved {
-			dom = 1
-		}
-		if dom == h.rover {
-			break
-		}
-		if _, used := h.domains[dom]; !used {
-			found = true
-			break
+	if _, used := h.domains[cfg.Domid]; cfg.Domid != 0 && used {
+		return 0, errno("domctl createdomain", cfg.Domid, syscall.EEXIST)
+	}
+	if e := validate(cfg); e != 0 {
+		return 0, errno("domctl createdomain", 0, e)
+	}
+	dom := cfg.Domid
+	if dom == 0 {
+		var ok bool
+		if dom, ok = h.pickDomid(); !ok {
+			return 0, errno("domctl createdomain", 0, syscall.ENOMEM)
 		}
 	}
-	if !found {
-		return 0, errno("domctl createdomain", 0, syscall.ENOMEM)
-	}
-	h.rover = dom
 	h.domains[dom] = &domain{
 		id:       dom,
 		handle:   cfg.Handle,
@@ -310,6 +303,28 @@ func (h *Hypervisor) CreateDomain(ctx context.Context, cfg xenctrl.DomainConfig)
 	}
 	h.log.Debug("sim: domain created", "domid", dom, "vcpus", cfg.MaxVCPUs, "hvm", cfg.Flags&xenctrl.CreateHVM != 0)
 	return dom, nil
+}
+
+// pickDomid is the rover search of do_domctl(XEN_DOMCTL_createdomain),
+// bounded to one full lap (Xen's loop never ends when rover is 0 and every
+// domid is taken). A requested domid does not move the rover. h.mu must be
+// held.
+func (h *Hypervisor) pickDomid() (xenctrl.Domid, bool) {
+	dom := h.rover
+	for i := 0; i < int(xenctrl.DomidFirstReserved); i++ {
+		dom++
+		if dom >= xenctrl.DomidFirstReserved {
+			dom = 1
+		}
+		if dom == h.rover {
+			break
+		}
+		if _, used := h.domains[dom]; !used {
+			h.rover = dom
+			return dom, true
+		}
+	}
+	return 0, false
 }
 
 // lookup returns the domain or ESRCH. h.mu must be held.

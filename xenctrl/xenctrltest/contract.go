@@ -25,6 +25,7 @@ func RunContract(t *testing.T, hv xenctrl.Hypervisor) {
 	t.Run("HostInfo", func(t *testing.T) { testHostInfo(t, hv) })
 	t.Run("CreateEmpty", func(t *testing.T) { testCreateEmpty(t, hv) })
 	t.Run("CreateRejectsZeroVCPUs", func(t *testing.T) { testCreateZeroVCPUs(t, hv) })
+	t.Run("CreateRequestedDomid", func(t *testing.T) { testCreateRequestedDomid(t, hv) })
 	t.Run("MemoryAccounting", func(t *testing.T) { testMemoryAccounting(t, hv) })
 	t.Run("PauseRefcount", func(t *testing.T) { testPauseRefcount(t, hv) })
 	t.Run("ShutdownCodes", func(t *testing.T) { testShutdownCodes(t, hv) })
@@ -50,8 +51,14 @@ func handleFor(t *testing.T, i byte) xenctrl.Handle {
 // create makes a one-vCPU PV domain and destroys it when the test ends.
 func create(t *testing.T, hv xenctrl.Hypervisor, h xenctrl.Handle) xenctrl.Domid {
 	t.Helper()
+	return createWith(t, hv, xenctrl.DomainConfig{Handle: h, MaxVCPUs: 1})
+}
+
+// createWith creates a domain from cfg and destroys it when the test ends.
+func createWith(t *testing.T, hv xenctrl.Hypervisor, cfg xenctrl.DomainConfig) xenctrl.Domid {
+	t.Helper()
 	ctx := ctxFor(t)
-	d, err := hv.CreateDomain(ctx, xenctrl.DomainConfig{Handle: h, MaxVCPUs: 1})
+	d, err := hv.CreateDomain(ctx, cfg)
 	if err != nil {
 		t.Fatalf("CreateDomain: %v", err)
 	}
@@ -265,6 +272,43 @@ func testCreateZeroVCPUs(t *testing.T, hv xenctrl.Hypervisor) {
 		_ = hv.DestroyDomain(context.Background(), d)
 	}
 	wantErrno(t, "CreateDomain with MaxVCPUs 0", err, syscall.EINVAL)
+}
+
+// testCreateRequestedDomid: a domid given in the createdomain domctl is the
+// one the domain gets; a used one is EEXIST (do_domctl's is_free_domid); a
+// reserved one is EINVAL (the xenctrl contract: Xen would pick one).
+func testCreateRequestedDomid(t *testing.T, hv xenctrl.Hypervisor) {
+	ctx := ctxFor(t)
+	doms, err := hv.ListDomains(ctx)
+	if err != nil {
+		t.Fatalf("ListDomains: %v", err)
+	}
+	used := map[xenctrl.Domid]bool{}
+	for _, x := range doms {
+		used[x.Domid] = true
+	}
+	want := xenctrl.DomidFirstReserved - 2
+	for used[want] {
+		want--
+	}
+	h := handleFor(t, 3)
+	d := createWith(t, hv, xenctrl.DomainConfig{Domid: want, Handle: h, MaxVCPUs: 1})
+	if d != want {
+		t.Fatalf("CreateDomain with Domid %d created domain %d", want, d)
+	}
+	if di := info(t, hv, d); di.Handle != h {
+		t.Errorf("domain %d has handle %x, want %x", d, di.Handle, h)
+	}
+	again, err := hv.CreateDomain(ctx, xenctrl.DomainConfig{Domid: want, Handle: handleFor(t, 4), MaxVCPUs: 1})
+	if err == nil {
+		_ = hv.DestroyDomain(context.Background(), again)
+	}
+	wantErrno(t, "CreateDomain with a used domid", err, syscall.EEXIST)
+	reserved, err := hv.CreateDomain(ctx, xenctrl.DomainConfig{Domid: xenctrl.DomidFirstReserved, Handle: handleFor(t, 5), MaxVCPUs: 1})
+	if err == nil {
+		_ = hv.DestroyDomain(context.Background(), reserved)
+	}
+	wantErrno(t, "CreateDomain with a reserved domid", err, syscall.EINVAL)
 }
 
 func testMemoryAccounting(t *testing.T, hv xenctrl.Hypervisor) {

@@ -591,9 +591,14 @@ type VM struct {
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// generation increases with every change to the record.
-	Generation    uint64 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Generation uint64 `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
+	// domain_suspended: the guest suspended itself (its domain shut down with
+	// reason suspend). The domain is kept with its memory, not running, and
+	// power_state is PAUSED (POWER_STATE_SUSPENDED means a saved image and no
+	// domain). Resuming and saving it are not implemented: only destroy applies.
+	DomainSuspended bool `protobuf:"varint,9,opt,name=domain_suspended,json=domainSuspended,proto3" json:"domain_suspended,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *VM) Reset() {
@@ -680,6 +685,13 @@ func (x *VM) GetGeneration() uint64 {
 		return x.Generation
 	}
 	return 0
+}
+
+func (x *VM) GetDomainSuspended() bool {
+	if x != nil {
+		return x.DomainSuspended
+	}
+	return false
 }
 
 type CreateVMRequest struct {
@@ -1983,7 +1995,7 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11XenstoreDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbf\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\x02\n" +
 	"\x02VM\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.xenopsd.v1.VMSpecR\x04spec\x127\n" +
@@ -1997,7 +2009,8 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"updateTime\x12\x1e\n" +
 	"\n" +
 	"generation\x18\b \x01(\x04R\n" +
-	"generation\"X\n" +
+	"generation\x12)\n" +
+	"\x10domain_suspended\x18\t \x01(\bR\x0fdomainSuspended\"X\n" +
 	"\x0fCreateVMRequest\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.xenopsd.v1.VMSpecR\x04spec\x12\x1d\n" +
 	"\n" +

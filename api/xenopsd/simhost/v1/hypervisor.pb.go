@@ -100,8 +100,10 @@ type DomainConfig struct {
 	MaxMaptrackFrames uint32 `protobuf:"varint,6,opt,name=max_maptrack_frames,json=maxMaptrackFrames,proto3" json:"max_maptrack_frames,omitempty"`
 	// emulation_flags are XEN_X86_EMU_* bits.
 	EmulationFlags uint32 `protobuf:"varint,7,opt,name=emulation_flags,json=emulationFlags,proto3" json:"emulation_flags,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// domid is the domid asked for (0: the hypervisor picks one).
+	Domid         uint32 `protobuf:"varint,8,opt,name=domid,proto3" json:"domid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DomainConfig) Reset() {
@@ -179,6 +181,13 @@ func (x *DomainConfig) GetMaxMaptrackFrames() uint32 {
 func (x *DomainConfig) GetEmulationFlags() uint32 {
 	if x != nil {
 		return x.EmulationFlags
+	}
+	return 0
+}
+
+func (x *DomainConfig) GetDomid() uint32 {
+	if x != nil {
+		return x.Domid
 	}
 	return 0
 }
@@ -1341,7 +1350,7 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"\x0fHypervisorError\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\x14\n" +
 	"\x05domid\x18\x02 \x01(\rR\x05domid\x12\x14\n" +
-	"\x05errno\x18\x03 \x01(\rR\x05errno\"\x84\x02\n" +
+	"\x05errno\x18\x03 \x01(\rR\x05errno\"\x9a\x02\n" +
 	"\fDomainConfig\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\fR\x06handle\x12\x14\n" +
 	"\x05flags\x18\x02 \x01(\rR\x05flags\x12\x1b\n" +
@@ -1349,7 +1358,8 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"\x0fmax_evtchn_port\x18\x04 \x01(\rR\rmaxEvtchnPort\x12(\n" +
 	"\x10max_grant_frames\x18\x05 \x01(\rR\x0emaxGrantFrames\x12.\n" +
 	"\x13max_maptrack_frames\x18\x06 \x01(\rR\x11maxMaptrackFrames\x12'\n" +
-	"\x0femulation_flags\x18\a \x01(\rR\x0eemulationFlags\")\n" +
+	"\x0femulation_flags\x18\a \x01(\rR\x0eemulationFlags\x12\x14\n" +
+	"\x05domid\x18\b \x01(\rR\x05domid\")\n" +
 	"\rDomainRecords\x12\x18\n" +
 	"\arecords\x18\x01 \x01(\fR\arecords\"\x10\n" +
 	"\x0eVersionRequest\"S\n" +
