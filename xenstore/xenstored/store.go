@@ -280,16 +280,18 @@ func childPath(dir, name string) string {
 	return dir + "/" + name
 }
 
-// validNodeName applies the C daemon's rules: absolute, no trailing or
-// doubled slash, only alphanumerics and -/_@.
-func validNodeName(p string) bool {
+// validNodeName applies the C daemon's is_valid_nodename: absolute, no
+// trailing or doubled slash, only alphanumerics and -/_@, and at most pathLen
+// bytes below a leading /local/domain/<id>/ (the whole path counts when there
+// is none). The length rule holds for every connection, dom0 included.
+func validNodeName(p string, pathLen int) bool {
 	if p == "" || p[0] != '/' {
 		return false
 	}
 	if p == "/" {
 		return true
 	}
-	if p[len(p)-1] == '/' || len(p) > xenstore.AbsPathMax {
+	if p[len(p)-1] == '/' || len(p)-domainPrefixLen(p) > pathLen {
 		return false
 	}
 	prev := byte(0)
@@ -307,4 +309,27 @@ func validNodeName(p string) bool {
 		prev = c
 	}
 	return true
+}
+
+// domainPrefixLen returns the length of a leading "/local/domain/<id>/" as C
+// xenstored's sscanf("/local/domain/%5u/%n") measures it: at most five
+// characters of id, which may include a leading '-' (0 if there is none).
+func domainPrefixLen(p string) int {
+	const pre = "/local/domain/"
+	if !strings.HasPrefix(p, pre) {
+		return 0
+	}
+	i := len(pre)
+	j := i
+	if j < len(p) && p[j] == '-' {
+		j++
+	}
+	digits := j
+	for j < len(p) && j-i < 5 && p[j] >= '0' && p[j] <= '9' {
+		j++
+	}
+	if j == digits || j >= len(p) || p[j] != '/' {
+		return 0
+	}
+	return j + 1
 }
