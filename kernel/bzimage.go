@@ -82,7 +82,10 @@ func Unwrap(data []byte, lim Limits) ([]byte, BzImageInfo, error) {
 	if info.DeclaredSize > lim.MaxDecompressed {
 		return nil, info, tooLarge("bzImage payload size trailer", "declares %d bytes uncompressed (limit %d)", info.DeclaredSize, lim.MaxDecompressed)
 	}
-	out, format, err := Decompress(payload, lim)
+	// Linux's trailer is the exact size of what the payload expands to, and
+	// libxenguest refuses a payload that expands to anything else: output
+	// past it is refused as soon as it appears.
+	out, format, err := decompress(payload, lim, min(outputLimit(payload, lim), info.DeclaredSize))
 	info.Compression = format
 	if err != nil {
 		return nil, info, err
