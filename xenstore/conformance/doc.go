@@ -36,9 +36,10 @@
 //   - A watch event over 4096 bytes (long token, deep node): C drops it
 //     silently; oxenstored sends it oversized on a socket (on a ring it
 //     sends an E2BIG error packet instead).
-//
-// Both daemons limit a path to 2048 bytes below /local/domain/<id>/ (the
-// whole path elsewhere) for dom0 as for guests, and answer EINVAL past it.
+//   - Path length: both limit a path below /local/domain/<id>/ (the whole
+//     path elsewhere), for dom0 as for guests, and answer EINVAL past it; C
+//     at 2048 bytes, oxenstored at 1024 as shipped (its oxenstored.conf sets
+//     quota-path-max = 1024; built-in default 2048).
 //
 // Tests that need to act as a guest domain (quotas, permissions as seen by
 // an unprivileged domain, INTRODUCE/RELEASE of a domain that exists) run only
