@@ -151,12 +151,24 @@ func TestPathLength(t *testing.T) {
 		must(t, err)
 		_, err = c.Raw(ctx(t), xenstore.TypeWrite, 0, append([]byte(over), 0))
 		wantErr(t, tc.name+": write one byte over the limit", err, syscall.EINVAL)
-		_, err = c.Raw(ctx(t), xenstore.TypeWatch, 0, xenstore.JoinStrings(over, "t"))
-		wantErr(t, tc.name+": watch one byte over the limit", err, syscall.EINVAL)
+		watchOver(t, e, c, tc.name+": watch one byte over the limit", over)
 	}
 	// Special paths: the same limit for the whole path.
-	_, err := c.Raw(ctx(t), xenstore.TypeWatch, 0, xenstore.JoinStrings("@"+strings.Repeat("s", relMax), "t"))
-	wantErr(t, "watch on a special path over the limit", err, syscall.EINVAL)
+	watchOver(t, e, c, "watch on a special path over the limit", "@"+strings.Repeat("s", relMax))
+}
+
+// watchOver watches a path over the length limit: C refuses it with EINVAL;
+// oxenstored's WATCH does not check the length and accepts it (observed).
+func watchOver(t *testing.T, e *env, c *xenstore.Client, what, path string) {
+	t.Helper()
+	_, err := c.Raw(ctx(t), xenstore.TypeWatch, 0, xenstore.JoinStrings(path, "t"))
+	if e.daemon != OXenstored {
+		wantErr(t, what, err, syscall.EINVAL)
+		return
+	}
+	must(t, err)
+	_, err = c.Raw(ctx(t), xenstore.TypeUnwatch, 0, xenstore.JoinStrings(path, "t"))
+	must(t, err)
 }
 
 func TestDirectory(t *testing.T) {
