@@ -3,9 +3,6 @@ package kernel
 import (
 	"bytes"
 	"encoding/binary"
-	"fmt"
-	"io"
-	"os"
 )
 
 // x86 boot protocol setup header offsets (Documentation/arch/x86/boot.rst).
@@ -85,7 +82,10 @@ func Unwrap(data []byte, lim Limits) ([]byte, BzImageInfo, error) {
 	if info.DeclaredSize > lim.MaxDecompressed {
 		return nil, info, tooLarge("bzImage payload size trailer", "declares %d bytes uncompressed (limit %d)", info.DeclaredSize, lim.MaxDecompressed)
 	}
-	out, format, err := Decompress(payload, lim)
+	// Linux's trailer is the exact size of what the payload expands to, and
+	// libxenguest refuses a payload that expands to anything else: output
+	// past it is refused as soon as it appears.
+	out, format, err := decompress(payload, lim, min(outputLimit(payload, lim), info.DeclaredSize))
 	info.Compression = format
 	if err != nil {
 		return nil, info, err
@@ -140,44 +140,8 @@ func LoadFile(path string, lim Limits) (*Image, error) {
 	return Load(data, lim)
 }
 
-// LoadInitrd reads an initial ramdisk (opaque to the builder) of at most
-// lim.MaxInitrdSize bytes.
+// LoadInitrd reads an initial ramdisk (opaque to the builder): a non-empty
+// regular file of at most lim.MaxInitrdSize bytes.
 func LoadInitrd(path string, lim Limits) ([]byte, error) {
-	data, err := readFileLimited(path, lim.withDefaults().MaxInitrdSize, "initrd")
-	if err != nil {
-		return nil, err
-	}
-	if len(data) == 0 {
-		return nil, malformed("initrd", "%s is empty", path)
-	}
-	return data, nil
-}
-
-func readFileLimited(path string, max uint64, what string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, malformed(what, "%s is not a regular file", path)
-	}
-	if uint64(st.Size()) > max {
-		return nil, tooLarge(what, "%s is %d bytes (limit %d)", path, st.Size(), max)
-	}
-	// Read exactly the size stat reported, in one buffer (no regrowth: a
-	// distribution vmlinux is 60+ MB), then make sure nothing follows.
-	buf := make([]byte, st.Size())
-	if _, err := io.ReadFull(f, buf); err != nil {
-		return nil, fmt.Errorf("kernel: read %s: %w", path, err)
-	}
-	var one [1]byte
-	if n, _ := f.Read(one[:]); n != 0 {
-		return nil, tooLarge(what, "%s grew while being read", path)
-	}
-	return buf, nil
+	return readFileLimited(path, lim.withDefaults().MaxInitrdSize, "initrd")
 }

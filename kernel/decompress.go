@@ -56,16 +56,29 @@ func DetectCompression(data []byte) string {
 
 // Decompress expands data (in the format named by DetectCompression) into at
 // most min(lim.MaxDecompressed, lim.MaxRatio*len(data)) bytes; larger output
-// is a decompression bomb and fails with ErrTooLarge. Data after the first
+// is a decompression bomb and fails with ErrTooLarge as soon as the output
+// passes the limit, or as soon as it runs more than 16 MiB ahead of
+// lim.MaxRatio times the compressed bytes read so far. Data after the first
 // complete stream (such as the kernel's 4-byte size trailer) is ignored.
 func Decompress(data []byte, lim Limits) ([]byte, string, error) {
 	lim = lim.withDefaults()
-	format := DetectCompression(data)
+	return decompress(data, lim, outputLimit(data, lim))
+}
+
+// outputLimit is min(lim.MaxDecompressed, lim.MaxRatio*len(data)).
+func outputLimit(data []byte, lim Limits) uint64 {
 	max := lim.MaxDecompressed
 	if r := lim.MaxRatio * uint64(len(data)); r/lim.MaxRatio == uint64(len(data)) && r < max {
 		max = r
 	}
+	return max
+}
+
+// decompress is Decompress with the output limit max.
+func decompress(data []byte, lim Limits, max uint64) ([]byte, string, error) {
+	format := DetectCompression(data)
 	where := format + " payload"
+	in := &countingReader{r: bytes.NewReader(data)}
 	var rd io.Reader
 	var err error
 	switch format {
@@ -75,13 +88,13 @@ func Decompress(data []byte, lim Limits) ([]byte, string, error) {
 		return nil, format, unsupported(where, "LZO is not supported")
 	case CompressionGzip:
 		var zr *gzip.Reader
-		zr, err = gzip.NewReader(bytes.NewReader(data))
+		zr, err = gzip.NewReader(in)
 		if err == nil {
 			zr.Multistream(false)
 			rd = zr
 		}
 	case CompressionXZ:
-		out, err := unxz(data, max)
+		out, err := unxz(data, max, lim.MaxRatio)
 		return out, format, err
 	case CompressionZstd, CompressionBzip2:
 		// These decoders read on after the first stream, so the kernel's
@@ -95,49 +108,32 @@ func Decompress(data []byte, lim Limits) ([]byte, string, error) {
 		}
 		return out, format, err
 	case CompressionLZ4:
-		return lz4Legacy(data, max)
+		return lz4Legacy(data, max, lim.MaxRatio)
 	case CompressionLZMA:
-		rd, err = lzma.ReaderConfig{DictCap: 64 << 20}.NewReader(bytes.NewReader(data))
+		rd, err = lzma.ReaderConfig{DictCap: 64 << 20}.NewReader(in)
 	}
 	if err != nil {
 		return nil, format, malformed(where, "bad header: %v", err)
 	}
-	out, err := readLimited(rd, max, where)
+	out, err := expand(rd, in, max, lim.MaxRatio, where)
 	return out, format, err
 }
 
 func decodeMulti(format string, data []byte, max uint64, lim Limits) ([]byte, error) {
 	where := format + " payload"
+	in := &countingReader{r: bytes.NewReader(data)}
 	if format == CompressionBzip2 {
-		return readLimited(bzip2.NewReader(bytes.NewReader(data)), max, where)
+		return expand(bzip2.NewReader(in), in, max, lim.MaxRatio, where)
 	}
 	// The window is bounded by the size limit, not by the ratio: a small
 	// frame may legitimately declare a large window.
-	zr, err := zstd.NewReader(bytes.NewReader(data), zstd.WithDecoderConcurrency(1),
+	zr, err := zstd.NewReader(in, zstd.WithDecoderConcurrency(1),
 		zstd.WithDecoderMaxMemory(lim.MaxDecompressed), zstd.WithDecoderMaxWindow(min(lim.MaxDecompressed, 128<<20)))
 	if err != nil {
 		return nil, malformed(where, "bad header: %v", err)
 	}
 	defer zr.Close()
-	return readLimited(zr, max, where)
-}
-
-func readLimited(rd io.Reader, max uint64, where string) ([]byte, error) {
-	var buf bytes.Buffer
-	n, err := io.Copy(&buf, io.LimitReader(rd, int64(max)+1))
-	if uint64(n) > max {
-		return nil, tooLarge(where, "expands to more than %d bytes (decompression bomb?)", max)
-	}
-	if errors.Is(err, zstd.ErrDecoderSizeExceeded) || errors.Is(err, zstd.ErrWindowSizeExceeded) {
-		return nil, tooLarge(where, "%v (decompression bomb?)", err)
-	}
-	if err != nil {
-		return nil, malformed(where, "corrupt data after %d output bytes: %v", n, err)
-	}
-	if n == 0 {
-		return nil, malformed(where, "decompresses to nothing")
-	}
-	return buf.Bytes(), nil
+	return expand(zr, in, max, lim.MaxRatio, where)
 }
 
 // lz4Blocks recycles the 8 MiB block buffers of lz4Legacy.
@@ -147,12 +143,16 @@ var lz4Blocks = sync.Pool{New: func() any { b := make([]byte, lz4LegacyBlock); r
 // then blocks each preceded by its compressed size (u32 LE), each expanding
 // to at most 8 MiB. The stream ends at the end of the data, at a 4-byte size
 // trailer, or at a zero block size; a repeated magic starts a new frame.
-func lz4Legacy(data []byte, max uint64) ([]byte, string, error) {
+func lz4Legacy(data []byte, max, ratio uint64) ([]byte, string, error) {
 	const where = "lz4 payload"
 	le := binary.LittleEndian
 	off := uint64(4)
 	size := uint64(len(data))
-	var out []byte
+	// The data is in memory, not read through in: in.n is advanced by hand
+	// to each block's end so the ratio check sees what was decoded.
+	in := &countingReader{}
+	out := &expansion{where: where, max: max, ratio: ratio, in: in}
+	defer out.release()
 	block := lz4Blocks.Get().(*[]byte)
 	defer lz4Blocks.Put(block)
 	for nblk := 0; off < size; nblk++ {
@@ -169,7 +169,7 @@ func lz4Legacy(data []byte, max uint64) ([]byte, string, error) {
 		}
 		end, ok := span(off+4, csize, size)
 		if !ok {
-			if size-off == 4 && len(out) > 0 {
+			if size-off == 4 && out.n > 0 {
 				break // the kernel's uncompressed-size trailer
 			}
 			return nil, CompressionLZ4, malformed(where, "block %d at offset %d claims %d compressed bytes, only %d remain", nblk, off, csize, size-off-4)
@@ -181,16 +181,14 @@ func lz4Legacy(data []byte, max uint64) ([]byte, string, error) {
 		if err != nil {
 			return nil, CompressionLZ4, malformed(where, "block %d at offset %d: %v", nblk, off, err)
 		}
-		if uint64(len(out))+uint64(n) > max {
-			return nil, CompressionLZ4, tooLarge(where, "expands to more than %d bytes (decompression bomb?)", max)
+		in.n = end
+		if err := out.write((*block)[:n]); err != nil {
+			return nil, CompressionLZ4, err
 		}
-		out = append(out, (*block)[:n]...)
 		off = end
 	}
-	if len(out) == 0 {
-		return nil, CompressionLZ4, malformed(where, "decompresses to nothing")
-	}
-	return out, CompressionLZ4, nil
+	b, err := out.bytes()
+	return b, CompressionLZ4, err
 }
 
 func head(b []byte, n int) []byte {

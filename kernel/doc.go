@@ -21,6 +21,11 @@
 //   - Bare compressed ELF kernels (vmlinux.gz and friends).
 //   - Initial ramdisks, loaded as opaque bytes under a size limit.
 //
+// Paths are hostile too: OpenFile, LoadFile and LoadInitrd open without
+// blocking and accept only a regular file (by fstat of the open file, so a
+// FIFO, a device or a directory is refused at once, naming its type), and
+// read no more than the size that fstat gave.
+//
 // Load is the entry point the builder uses: it takes the file's bytes and
 // returns an Image ready to place in guest memory.
 package kernel

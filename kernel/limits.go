@@ -13,7 +13,9 @@ type Limits struct {
 	// MaxDecompressed is the most bytes a compressed payload may expand to.
 	MaxDecompressed uint64
 	// MaxRatio is the most a payload may expand relative to its compressed
-	// size (output/input).
+	// size (output/input). It is also checked as the output grows, against
+	// the compressed bytes read so far, once the output passes 16 MiB: a
+	// bomb is refused early, however much padding follows its stream.
 	MaxRatio uint64
 	// MaxLoadSize bounds the memory the loadable ELF segments may span
 	// (sum of p_memsz, and the extent of their physical range).

@@ -3,7 +3,6 @@ package kernel
 import (
 	"bytes"
 	"fmt"
-	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,25 +16,12 @@ import (
 // mapping is dropped at once.
 func OpenFile(path string, lim Limits) (img *Image, release func() error, err error) {
 	lim = lim.withDefaults()
-	f, err := os.Open(path)
+	f, size, err := openRegular(path, "kernel", lim.MaxImageSize)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	if !st.Mode().IsRegular() {
-		return nil, nil, malformed("kernel", "%s is not a regular file", path)
-	}
-	if uint64(st.Size()) > lim.MaxImageSize {
-		return nil, nil, tooLarge("kernel", "%s is %d bytes (limit %d)", path, st.Size(), lim.MaxImageSize)
-	}
-	if st.Size() == 0 {
-		return nil, nil, malformed("kernel", "%s is empty", path)
-	}
-	data, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
+	data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kernel: map %s: %w", path, err)
 	}

@@ -23,8 +23,9 @@ const (
 
 var crc64Table = crc64.MakeTable(crc64.ECMA)
 
-// unxz decodes the first .xz stream in data into at most max bytes.
-func unxz(data []byte, max uint64) ([]byte, error) {
+// unxz decodes the first .xz stream in data into at most max bytes, and at
+// most ratio output bytes per compressed byte read past ratioGrace.
+func unxz(data []byte, max, ratio uint64) ([]byte, error) {
 	const where = "xz payload"
 	le := binary.LittleEndian
 	size := uint64(len(data))
@@ -84,11 +85,17 @@ func unxz(data []byte, max uint64) ([]byte, error) {
 			dict = lzma.MinDictCap
 		}
 		br := bytes.NewReader(data[hend:])
-		r2, err := lzma.Reader2Config{DictCap: int(dict)}.NewReader2(br)
+		in := &countingReader{r: br, n: hend}
+		r2, err := lzma.Reader2Config{DictCap: int(dict)}.NewReader2(in)
 		if err != nil {
 			return nil, malformed(bw, "LZMA2: %v", err)
 		}
-		b, err := readLimited(r2, budget, bw)
+		e := &expansion{where: bw, max: budget, ratio: ratio, in: in, before: uint64(len(out))}
+		if err := e.readFrom(r2); err != nil {
+			e.release()
+			return nil, err
+		}
+		b, err := e.bytes()
 		if err != nil {
 			return nil, err
 		}
@@ -112,7 +119,11 @@ func unxz(data []byte, max uint64) ([]byte, error) {
 		if err := xzVerify(check, b, data[pos:cend]); err != nil {
 			return nil, malformed(bw+" check", "%v", err)
 		}
-		out = append(out, b...)
+		if out == nil {
+			out = b // the usual single block: no copy
+		} else {
+			out = append(out, b...)
+		}
 		off = cend
 	}
 	if len(out) == 0 {

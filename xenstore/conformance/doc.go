@@ -33,6 +33,14 @@
 //   - WATCH with a depth argument: EINVAL on both (4.17).
 //   - SET_PERMS whose owner domain does not exist: C ENOENT, also in a
 //     transaction.
+//   - A watch event over 4096 bytes (long token, deep node): C drops it
+//     silently; oxenstored sends it oversized on a socket (on a ring it
+//     sends an E2BIG error packet instead).
+//   - Path length: both limit a path below /local/domain/<id>/ (the whole
+//     path elsewhere), for dom0 as for guests, and answer EINVAL past it; C
+//     at 2048 bytes, oxenstored at 1024 as shipped (its oxenstored.conf sets
+//     quota-path-max = 1024; built-in default 2048). oxenstored's WATCH
+//     does not check the length: it accepts a watch on a longer path.
 //
 // Tests that need to act as a guest domain (quotas, permissions as seen by
 // an unprivileged domain, INTRODUCE/RELEASE of a domain that exists) run only

@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"strings"
 	"syscall"
 	"testing"
 
@@ -151,5 +152,33 @@ func TestWatchManyPipelined(t *testing.T) {
 	}
 	if got != n+1 {
 		t.Fatalf("got %d events, want %d", got, n+1)
+	}
+}
+
+// TestWatchEventOverPayloadMax: an event whose path and token exceed the
+// 4096-byte payload limit. C xenstored drops it silently (send_event);
+// oxenstored sends it oversized on a socket connection (on a ring it sends
+// an E2BIG error packet instead), which the Go client accepts.
+func TestWatchEventOverPayloadMax(t *testing.T) {
+	e, c := setup(t)
+	dir := e.base + "/big"
+	must(t, c.Mkdir(ctx(t), dir))
+	// The event for dir itself is 4091 bytes; for dir/abcdef, 4098.
+	token := strings.Repeat("t", xenstore.PayloadMax-len(dir)-2-5)
+	w, err := c.Watch(ctx(t), dir, token)
+	must(t, err)
+	defer w.Close()
+	expectEvent(t, w, dir)
+	write(t, c, dir+"/abcdef", "")
+	write(t, c, dir, "sentinel")
+	seen := expectEventsThen(t, w, dir)
+	if e.daemon == OXenstored {
+		if !contains(seen, dir+"/abcdef") {
+			t.Fatalf("oxenstored: no oversized event before the sentinel: %v", seen)
+		}
+		return
+	}
+	if len(seen) != 0 {
+		t.Fatalf("events over 4096 bytes sent, want them dropped: %v", seen)
 	}
 }

@@ -200,30 +200,10 @@ func (s *Server) canon(c *conn, p string, allowSpecial bool) (abs string, relati
 		abs = c.home + p
 		relative = true
 	}
-	if !xenstore.ValidNodeName(abs) {
-		return "", false, syscall.EINVAL
-	}
-	if !c.priv && len(abs)-domainPrefixLen(abs) > s.quota.PathLen {
+	if !xenstore.ValidNodeNameWithin(abs, s.quota.PathLen) {
 		return "", false, syscall.EINVAL
 	}
 	return abs, relative, 0
-}
-
-// domainPrefixLen returns the length of a leading "/local/domain/<id>/".
-func domainPrefixLen(p string) int {
-	const pre = "/local/domain/"
-	if !strings.HasPrefix(p, pre) {
-		return 0
-	}
-	i := len(pre)
-	j := i
-	for j < len(p) && j-i < 5 && p[j] >= '0' && p[j] <= '9' {
-		j++
-	}
-	if j == i || j >= len(p) || p[j] != '/' {
-		return 0
-	}
-	return j + 1
 }
 
 // access returns the permission bits a connection has on a node.

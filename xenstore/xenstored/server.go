@@ -38,8 +38,11 @@ type Quota struct {
 	Outstanding      int // unanswered replies before the daemon stops reading (20)
 	TransactionNodes int // nodes one transaction may change (1024)
 	NodeSize         int // record size of one node (2048)
-	PathLen          int // path length below /local/domain/<id>/ (2048)
-	Perms            int // permission entries per node (5)
+	// PathLen bounds a path below /local/domain/<id>/ (the whole path
+	// elsewhere); unlike the other limits it binds dom0 too. Default and
+	// ceiling 2048, as C caps its -M option at XENSTORE_REL_PATH_MAX.
+	PathLen int
+	Perms   int // permission entries per node (5)
 }
 
 func (q Quota) withDefaults() Quota {
@@ -54,7 +57,8 @@ func (q Quota) withDefaults() Quota {
 	def(&q.Outstanding, 20)
 	def(&q.TransactionNodes, 1024)
 	def(&q.NodeSize, 2048)
-	def(&q.PathLen, 2048)
+	def(&q.PathLen, xenstore.RelPathMax)
+	q.PathLen = min(q.PathLen, xenstore.RelPathMax)
 	def(&q.Perms, 5)
 	return q
 }

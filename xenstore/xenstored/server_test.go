@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
@@ -265,4 +266,40 @@ func BenchmarkHandleLayout(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "domains/s")
+}
+
+// TestCanonPathLength: C's is_valid_nodename limit, 2048 bytes below
+// /local/domain/<id>/ (the whole path elsewhere), binds dom0 as well.
+func TestCanonPathLength(t *testing.T) {
+	s := New(Config{Quota: Quota{PathLen: 4000}}) // capped at 2048 as C caps -M
+	defer s.Close()
+	rel := func(n int) string { return strings.Repeat("a", n) }
+	cases := []struct {
+		path string
+		ok   bool
+	}{
+		{"/" + rel(2047), true},
+		{"/" + rel(2048), false},
+		{"/local/domain/0/" + rel(2048), true},
+		{"/local/domain/0/" + rel(2049), false},
+		{"/local/domain/65535/" + rel(2048), true},
+		{"/local/domain/-1/" + rel(2048), true},      // %5u takes a sign
+		{"/local/domain/123456/" + rel(2048), false}, // six digits: no prefix
+		{"/local/domain/" + rel(2048-len("/local/domain/")), true},
+		{"/local/domain/" + rel(2049-len("/local/domain/")), false},
+	}
+	for _, priv := range []bool{true, false} {
+		c := testConn(s, 9, priv)
+		for _, tc := range cases {
+			if _, _, e := s.canon(c, tc.path, false); (e == 0) != tc.ok {
+				t.Errorf("priv=%v canon(%.30q... %d bytes) = %v, want ok=%v", priv, tc.path, len(tc.path), e, tc.ok)
+			}
+		}
+		if _, _, e := s.canon(c, rel(2048), false); e != 0 {
+			t.Errorf("priv=%v: relative path of 2048 bytes refused: %v", priv, e)
+		}
+		if _, _, e := s.canon(c, rel(2049), false); e != syscall.EINVAL {
+			t.Errorf("priv=%v: relative path of 2049 bytes = %v, want EINVAL", priv, e)
+		}
+	}
 }

@@ -107,6 +107,9 @@ func (s *Server) fireList(ws []*watch, name string, perms []xenstore.Perm) {
 		if w.relative && strings.HasPrefix(name, w.c.home) {
 			ev = name[len(w.c.home):]
 		}
+		if len(ev)+1+len(w.token)+1 > xenstore.PayloadMax {
+			continue // C xenstored drops an event it could not frame; so do we
+		}
 		w.c.enqueue(xenstore.AppendMsg(make([]byte, 0, xenstore.HeaderSize+len(ev)+len(w.token)+3),
 			xenstore.TypeWatchEvent, 0, 0, xenstore.JoinStrings(ev, w.token)), false)
 	}
