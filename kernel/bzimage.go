@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 )
 
 // x86 boot protocol setup header offsets (Documentation/arch/x86/boot.rst).
@@ -154,7 +155,9 @@ func LoadInitrd(path string, lim Limits) ([]byte, error) {
 }
 
 func readFileLimited(path string, max uint64, what string) ([]byte, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+	// writer forever; a regular file reads the same either way.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
