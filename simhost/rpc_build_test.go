@@ -170,3 +170,36 @@ func TestBuildErrorsCrossSocket(t *testing.T) {
 		t.Fatal("HVM context of a PV domain: no error")
 	}
 }
+
+// The largest mapping one call allows (16 MiB, four times gRPC's default
+// message limit) crosses the socket both ways.
+func TestLargestForeignMapping(t *testing.T) {
+	c, _ := startHost(t, Config{})
+	ctx := testCtx(t)
+	d := buildDomain(t, c, domain.TypePVH)
+	if err := c.SetMaxMem(ctx, d, maxMapFrames*4); err != nil {
+		t.Fatal(err)
+	}
+	frames := make([]uint64, maxMapFrames)
+	for i := range frames {
+		frames[i] = uint64(i)
+	}
+	if n, err := c.PopulatePhysmapAt(ctx, d, 0, append([]uint64(nil), frames...)); n != len(frames) || err != nil {
+		t.Fatalf("populate: %d, %v", n, err)
+	}
+	w, err := c.MapForeign(ctx, d, frames, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(w.Mem[len(w.Mem)-4:], "last")
+	if err := w.Unmap(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.MapForeign(ctx, d, frames[len(frames)-1:], false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(r.Mem[xenctrl.PageSize-4:]); got != "last" {
+		t.Fatalf("last frame ends %q after unmap, want %q", got, "last")
+	}
+}
