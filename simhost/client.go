@@ -30,7 +30,8 @@ const (
 )
 
 // Client talks to a sim host over its hypervisor socket (gRPC,
-// xenopsd.simhost.v1). It implements xenctrl.Hypervisor. Calls from many
+// xenopsd.simhost.v1). It implements xenctrl.Hypervisor and, with the
+// methods of client_build.go, builder.Hypervisor. Calls from many
 // goroutines share one connection, and each call's context travels to the
 // host: a deadline or a cancel ends the call there too.
 //
@@ -55,6 +56,7 @@ type conn struct {
 	cc    *grpc.ClientConn
 	host  pb.SimHostServiceClient
 	hv    pb.HypervisorServiceClient
+	build pb.DomainBuildServiceClient
 	guest pb.GuestServiceClient
 	hello *pb.HelloResponse
 }
@@ -102,13 +104,15 @@ func greet(ctx context.Context, dir string, nc net.Conn) (*conn, error) {
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dialer),
 		grpc.WithInitialWindowSize(streamWindow),
-		grpc.WithInitialConnWindowSize(connWindow))
+		grpc.WithInitialConnWindowSize(connWindow),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage), grpc.MaxCallSendMsgSize(maxMessage)))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("sim host %s: %w", dir, err)
 	}
 	cn := &conn{nc: nc, cc: cc, host: pb.NewSimHostServiceClient(cc),
-		hv: pb.NewHypervisorServiceClient(cc), guest: pb.NewGuestServiceClient(cc)}
+		hv: pb.NewHypervisorServiceClient(cc), build: pb.NewDomainBuildServiceClient(cc),
+		guest: pb.NewGuestServiceClient(cc)}
 	if cn.hello, err = cn.host.Hello(ctx, &pb.HelloRequest{}); err != nil {
 		cn.close()
 		return nil, fmt.Errorf("sim host: hello on %s: %w", filepath.Join(dir, HypervisorSocket), err)

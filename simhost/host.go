@@ -7,8 +7,10 @@
 // A sim host owns a directory:
 //
 //	hypervisor.sock  gRPC, xenopsd.simhost.v1 (api/xenopsd/simhost/v1):
-//	                 every xenctrl.Hypervisor method, guest controls,
-//	                 Hello and Stop (the rpc_*.go files, one per service)
+//	                 every xenctrl.Hypervisor method, what the domain
+//	                 builder needs besides (guest memory, set-up
+//	                 hypercalls), guest controls, Hello and Stop (the
+//	                 rpc_*.go files, one per service)
 //	xenstored.sock   the embedded xenstored (privileged dom0 connections)
 //	simhost.pid      the host's pid while it runs
 //	simhost.lock     flock held while it runs: one host per directory
@@ -147,6 +149,7 @@ func Run(ctx context.Context, cfg Config) error {
 			stop:  func() { h.stop("stop requested by a client") },
 		},
 		hypervisor: &hypervisorServer{hv: h.hv},
+		build:      newBuildServer(h.hv),
 		guest: &guestServer{
 			hv: h.hv,
 			// A guest shutting itself down prints why, as Linux does.

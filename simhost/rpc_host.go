@@ -6,6 +6,7 @@ import (
 	"google.golang.org/grpc"
 
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
 // hostServer is the server side of SimHostService: the process itself.
@@ -29,15 +30,22 @@ func (s *hostServer) Stop(context.Context, *pb.StopRequest) (*pb.StopResponse, e
 type services struct {
 	host       *hostServer
 	hypervisor *hypervisorServer
+	build      *buildServer
 	guest      *guestServer
 }
 
 // Both ends of the hypervisor socket use fixed HTTP/2 flow-control windows
 // large enough for a 10,000-domain list (560 KB): the socket is local, so
 // there is no bandwidth to probe, and a list then needs no window updates.
+//
+// Their message limit is raised above gRPC's 4 MiB default, on both ends
+// alike: a foreign mapping crosses whole (DomainBuildService.MapForeign
+// answers up to maxMapFrames frames, UnmapForeign sends them back), so a
+// message holds up to 16 MiB of guest memory plus its framing.
 const (
 	streamWindow = 4 << 20
 	connWindow   = 16 << 20
+	maxMessage   = maxMapFrames*xenctrl.PageSize + 1<<20
 )
 
 // newRPCServer returns a gRPC server with every service registered.
@@ -45,9 +53,12 @@ func newRPCServer(s services) *grpc.Server {
 	srv := grpc.NewServer(
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(connWindow),
+		grpc.MaxRecvMsgSize(maxMessage),
+		grpc.MaxSendMsgSize(maxMessage),
 	)
 	pb.RegisterSimHostServiceServer(srv, s.host)
 	pb.RegisterHypervisorServiceServer(srv, s.hypervisor)
+	pb.RegisterDomainBuildServiceServer(srv, s.build)
 	pb.RegisterGuestServiceServer(srv, s.guest)
 	return srv
 }

@@ -56,6 +56,7 @@ func serveFake(t *testing.T, hv hypervisor) *Client {
 	srv := newRPCServer(services{
 		host:       &hostServer{hello: &pb.HelloResponse{Pid: 1, BootId: "fake"}, stop: func() {}},
 		hypervisor: &hypervisorServer{hv: hv},
+		build:      newBuildServer(sim.New(sim.Config{})),
 		guest:      &guestServer{hv: sim.New(sim.Config{})},
 	})
 	go func() { _ = srv.Serve(l) }()

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
 
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
@@ -16,13 +17,15 @@ import (
 // What both ends of the hypervisor socket share: how errors cross it and
 // how the xenctrl types become messages and back. The protocol is
 // xenopsd.simhost.v1 (api/xenopsd/simhost/v1); its handlers are in
-// rpc_host.go, rpc_hypervisor.go and rpc_guest.go, one file per service.
+// rpc_host.go, rpc_hypervisor.go, rpc_build.go and rpc_guest.go, one file per
+// service.
 
 // rpcError is err as a handler returns it. A hypervisor error becomes a
-// status carrying a HypervisorError detail with its errno; the code is only
-// a hint for people reading logs (the client reads the detail). Handlers
-// never answer Unavailable: the client takes that for a lost connection.
-func rpcError(err error) error {
+// status carrying a HypervisorError detail with its errno, then the extra
+// details (what a call achieved before it failed); the code is only a hint
+// for people reading logs (the client reads the detail). Handlers never
+// answer Unavailable: the client takes that for a lost connection.
+func rpcError(err error, extra ...protoadapt.MessageV1) error {
 	if err == nil {
 		return nil
 	}
@@ -43,7 +46,7 @@ func rpcError(err error) error {
 	default:
 		return status.Error(codes.Unknown, err.Error())
 	}
-	st, derr := status.New(errnoCode(syscall.Errno(detail.Errno)), err.Error()).WithDetails(detail)
+	st, derr := status.New(errnoCode(syscall.Errno(detail.Errno)), err.Error()).WithDetails(append([]protoadapt.MessageV1{detail}, extra...)...)
 	if derr != nil {
 		return status.Error(codes.Internal, fmt.Sprintf("%v (and its errno could not be attached: %v)", err, derr))
 	}

@@ -27,7 +27,7 @@ const startTimeout = 60 * time.Second
 type backend struct {
 	hv      xenctrl.Hypervisor
 	xs      *xenstore.Client
-	builder domain.Builder // nil: domain.EmptyBuilder (the simulator's guests)
+	builder domain.Builder // vmBuilder
 	// close closes the connections. startFailed says the daemon gives up
 	// before serving: a backend then also undoes what it set up for this
 	// run alone (sim.go).
@@ -75,28 +75,56 @@ func openXen(ctx context.Context, log *slog.Logger) (*backend, error) {
 	return &backend{
 		hv:      x,
 		xs:      xs,
-		builder: xenBuilder{
-			guest: builder.New(x, builder.Config{Logger: log.With("component", "builder")}),
-			empty: domain.EmptyBuilder{Hypervisor: x},
-		},
+		builder: newVMBuilder(x, log, false),
 		close:   func(bool) { xs.Close(); x.Close() },
 	}, nil
 }
 
-// xenBuilder builds VMs on real Xen: a VM with a kernel through the domain
-// builder (PV or PVH by type), a VM without one as an empty domain that has
-// memory but no guest, hence no xenstore or console ring to introduce.
-type xenBuilder struct {
+// vmBuilder builds VMs the same way on both backends: a VM with a kernel
+// through the domain builder (PV or PVH by type), which opens and checks
+// its kernel and ramdisk; a VM without one as an empty domain that has
+// memory but no guest kernel.
+//
+// What an empty domain gets beyond its memory is the one difference. On
+// Xen it has no guest, hence no xenstore or console ring to introduce. On
+// the simulator a simulated guest still boots in it and connects to
+// xenstored (simhost/guest.go), so it keeps the stand-in rings
+// domain.EmptyBuilder reports (its last pages, port 0) and is introduced
+// to xenstored like a built guest: the many kernel-less VMs of benchmarks
+// and tests then boot, answer control/shutdown and fire @releaseDomain
+// without a kernel image to load.
+type vmBuilder struct {
 	guest domain.Builder
 	empty domain.EmptyBuilder
+	// emptyRings: an empty domain keeps EmptyBuilder's stand-in rings
+	// (the simulator).
+	emptyRings bool
 }
 
-func (b xenBuilder) Build(ctx context.Context, d xenctrl.Domid, spec domain.Spec) (domain.BuildResult, error) {
+// newVMBuilder returns the builder of VMs on hv; emptyRings as in
+// vmBuilder.
+func newVMBuilder(hv builderHypervisor, log *slog.Logger, emptyRings bool) vmBuilder {
+	return vmBuilder{
+		guest:      builder.New(hv, builder.Config{Logger: log.With("component", "builder")}),
+		empty:      domain.EmptyBuilder{Hypervisor: hv},
+		emptyRings: emptyRings,
+	}
+}
+
+// builderHypervisor is a hypervisor that can both run domains and build
+// guests: *xenctrl.Xen, and *simhost.Client for the simulator.
+type builderHypervisor interface {
+	xenctrl.Hypervisor
+	builder.Hypervisor
+}
+
+func (b vmBuilder) Build(ctx context.Context, d xenctrl.Domid, spec domain.Spec) (domain.BuildResult, error) {
 	if spec.Kernel != "" {
 		return b.guest.Build(ctx, d, spec)
 	}
-	if _, err := b.empty.Build(ctx, d, spec); err != nil {
+	res, err := b.empty.Build(ctx, d, spec)
+	if err != nil || !b.emptyRings {
 		return domain.BuildResult{}, err
 	}
-	return domain.BuildResult{}, nil
+	return res, nil
 }

@@ -18,6 +18,10 @@ const simStopTimeout = 30 * time.Second
 // `<this executable> sim-host --dir simDir` if none answers. The host
 // outlives the daemon, as a Xen host outlives its toolstack.
 //
+// VMs are built as on Xen (vmBuilder): the builder loads a VM's kernel and
+// ramdisk into the simulated domain through the host's DomainBuildService;
+// a VM without a kernel is an empty domain whose simulated guest still runs.
+//
 // If the daemon then fails to start, closing the backend stops the host
 // only if this run started it: such a host has nothing but what this run
 // did, and would otherwise linger until its idle timeout. A host that was
@@ -45,7 +49,12 @@ func openSim(ctx context.Context, simDir string, log *slog.Logger) (*backend, er
 		return nil, &backendError{fmt.Errorf("--backend=sim: xenstored of the sim host: %w", err)}
 	}
 	log.Info("sim backend", "sim_dir", simDir, "sim_host_pid", hc.PID(), "started_now", hc.Started())
-	return &backend{hv: hc, xs: xs, close: func(startFailed bool) { xs.Close(); release(startFailed) }}, nil
+	return &backend{
+		hv:      hc,
+		xs:      xs,
+		builder: newVMBuilder(hc, log, true),
+		close:   func(startFailed bool) { xs.Close(); release(startFailed) },
+	}, nil
 }
 
 func stopStartedSimHost(hc *simhost.Client, log *slog.Logger) {
