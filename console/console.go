@@ -101,7 +101,7 @@ func (l *Logs) RemoveStale(name string, created time.Time) error {
 		return err
 	}
 	fi, err := os.Stat(path)
-	if errors.Is(err, fs.ErrNotExist) || (err == nil && !fi.ModTime().Before(created)) {
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && !writtenBefore(fi, created)) {
 		return nil
 	}
 	if err == nil {
@@ -275,6 +275,18 @@ func (s *stream) open(ctx context.Context) error {
 	return nil
 }
 
+// mtimeSlack is how far a file's modification time may lag the clock that
+// stamped the VM's creation: Linux stamps files from a coarse clock, up to
+// a scheduler tick (1-10 ms) behind time.Now, so a log written just after a
+// VM was created can carry an earlier time.
+const mtimeSlack = 50 * time.Millisecond
+
+// writtenBefore reports whether the log was last written before t, allowing
+// for the coarse file clock (mtimeSlack).
+func writtenBefore(fi fs.FileInfo, t time.Time) bool {
+	return fi.ModTime().Before(t.Add(-mtimeSlack))
+}
+
 // openOwn opens the log if it exists and is the VM's (see NotBefore);
 // otherwise it returns nil and no error.
 func (s *stream) openOwn() (*os.File, error) {
@@ -290,7 +302,7 @@ func (s *stream) openOwn() (*os.File, error) {
 		f.Close()
 		return nil, fmt.Errorf("console log of VM %q: %w", s.name, err)
 	}
-	if fi.ModTime().Before(s.opts.NotBefore) {
+	if writtenBefore(fi, s.opts.NotBefore) {
 		f.Close()
 		return nil, nil // an earlier VM's of the same name
 	}

@@ -349,3 +349,28 @@ func TestLogOfAnEarlierVM(t *testing.T) {
 		t.Fatalf("followed the earlier VM's log: %q", s.text())
 	}
 }
+
+// TestLogWrittenJustAfterCreation: Linux stamps a file's mtime from a
+// coarse clock that can lag time.Now by a tick, so a log the guest wrote
+// just after its VM was created may carry a time a few milliseconds before
+// the creation time. It is the VM's own log, not an earlier VM's.
+func TestLogWrittenJustAfterCreation(t *testing.T) {
+	l := testLogs(t)
+	ctx := testCtx(t)
+	created := time.Now()
+	writeLog(t, l, "web", "booted\n")
+	path := filepath.Join(l.Dir, FileName("web"))
+	stamped := created.Add(-4 * time.Millisecond) // one 250 Hz tick behind
+	if err := os.Chtimes(path, stamped, stamped); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := collect(ctx, l, "web", Options{NotBefore: created}); err != nil || got != "booted\n" {
+		t.Fatalf("log stamped one tick before creation: %q, %v", got, err)
+	}
+	if err := l.RemoveStale("web", created); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("RemoveStale removed the VM's own log: %v", err)
+	}
+}
