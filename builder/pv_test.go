@@ -347,8 +347,9 @@ func TestBuildPVRejects(t *testing.T) {
 	}
 }
 
-// TestBuildPVPopulateFailure: a host out of memory is ResourceExhausted;
-// any other populate failure keeps its errno.
+// TestBuildPVPopulateFailure: a populate failure keeps its errno through the
+// build: ENOMEM for a host out of memory (ResourceExhausted in the domain
+// core), EIO for EIO.
 func TestBuildPVPopulateFailure(t *testing.T) {
 	spec, _, _ := pvSpec(t, 0)
 	for _, c := range []struct {
@@ -362,9 +363,8 @@ func TestBuildPVPopulateFailure(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			h, d := simDomain(t, domain.TypePV, 1, sim.Config{TotalMemory: 48 << 20}) // ~27 MiB free
 			_, err := New(c.hv(h), Config{}).Build(context.Background(), d, spec)
-			var de *domain.Error
-			if exhausted := errors.As(err, &de) && de.Code == domain.CodeResourceExhausted; err == nil || exhausted != c.exhausted {
-				t.Errorf("got %v: ResourceExhausted = %v, want %v", err, exhausted, c.exhausted)
+			if exhausted := errors.Is(err, syscall.ENOMEM); err == nil || exhausted != c.exhausted {
+				t.Errorf("got %v: ENOMEM = %v, want %v", err, exhausted, c.exhausted)
 			}
 			if !c.exhausted && !errors.Is(err, syscall.EIO) {
 				t.Errorf("got %v, want it to wrap EIO", err)

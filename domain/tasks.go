@@ -386,12 +386,11 @@ func toError(err error) *Error {
 		return nil
 	case errors.As(err, &e):
 		return e
-	case errors.Is(err, syscall.ENOMEM):
+	case errors.Is(err, syscall.ENOMEM): // the one place ENOMEM becomes ResourceExhausted
 		return &Error{Code: CodeResourceExhausted, Message: "host out of memory: " + err.Error()}
-	case errors.Is(err, context.Canceled):
-		return &Error{Code: CodeCancelled, Message: err.Error()}
-	case errors.Is(err, context.DeadlineExceeded):
-		return &Error{Code: CodeDeadlineExceeded, Message: err.Error()}
+	}
+	if e := ctxError(err); e != nil {
+		return e
 	}
 	return &Error{Code: CodeInternal, Message: err.Error()}
 }
@@ -403,13 +402,11 @@ func hvError(what string, err error) error {
 	if errors.As(err, &de) {
 		return &Error{Code: de.Code, Field: de.Field, Message: fmt.Sprintf("%s: %s", what, de.Message)}
 	}
-	if errors.Is(err, syscall.ENOMEM) {
-		return &Error{Code: CodeResourceExhausted, Message: fmt.Sprintf("%s: host out of memory: %v", what, err)}
-	}
-	if e := ctxError(err); e != nil {
+	e := toError(err)
+	if e.Code == CodeCancelled || e.Code == CodeDeadlineExceeded {
 		return e
 	}
-	return &Error{Code: CodeInternal, Message: fmt.Sprintf("%s: %v", what, err)}
+	return &Error{Code: e.Code, Message: fmt.Sprintf("%s: %s", what, e.Message)}
 }
 
 func ctxError(err error) *Error {

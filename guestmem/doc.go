@@ -28,8 +28,9 @@
 // and falls back to 4 KiB pages at its edges and, for the rest of the
 // range, from the first extent Xen could not give (no free superpage left
 // on a fragmented host). When the host or the domain's max_mem runs out
-// (ENOMEM) the error is domain.CodeResourceExhausted, something the caller
-// can act on; any other failure keeps its own errno.
+// the error matches syscall.ENOMEM (the domain core reports it as
+// ResourceExhausted, something the caller can act on); any other failure
+// keeps its own errno.
 //
 // Xen does not undo a partial populate: on error the domain keeps what it
 // got, for the caller to destroy.

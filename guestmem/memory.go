@@ -7,7 +7,6 @@ import (
 	"slices"
 	"syscall"
 
-	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
@@ -146,15 +145,11 @@ func (m *Memory) populate(ctx context.Context, order uint32, pfns []uint64) (int
 	return n, err
 }
 
-// populateFailed describes a populate that failed. Host memory running out
-// (ENOMEM) is a ResourceExhausted the caller can act on; any other failure
-// (a cancelled build, a hypervisor error) keeps its own meaning.
+// populateFailed describes a populate that failed, keeping its errno: host
+// memory running out stays an error matching syscall.ENOMEM, which the
+// domain core reports as ResourceExhausted.
 func populateFailed(err error, format string, args ...any) error {
-	what := fmt.Sprintf(format, args...)
-	if errors.Is(err, syscall.ENOMEM) {
-		return domain.Errorf(domain.CodeResourceExhausted, "%s: %v", what, err)
-	}
-	return fmt.Errorf("%s: %w", what, err)
+	return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), err)
 }
 
 // Write copies data to guest physical address addr and zeroes the rest of

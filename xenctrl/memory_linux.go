@@ -2,6 +2,7 @@ package xenctrl
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"syscall"
 )
@@ -65,20 +66,17 @@ func (x *Xen) PopulatePhysmap(ctx context.Context, d Domid, nrPages uint64) erro
 		if err == nil {
 			continue
 		}
-		if order == superpageOrder && IsNoMemory(err) {
+		if order == superpageOrder && errors.Is(err, syscall.ENOMEM) {
 			order = 0 // no free 2 MiB extent left: go on with 4 KiB pages
 			continue
 		}
-		if IsNoMemory(err) {
+		if errors.Is(err, syscall.ENOMEM) {
 			return fmt.Errorf("xenctrl: populate_physmap domain %d: %d of %d pages populated: %w", d, done, nrPages, err)
 		}
 		return err
 	}
 	return nil
 }
-
-// IsNoMemory reports whether err says memory ran out.
-func IsNoMemory(err error) bool { return errorIs(err, syscall.ENOMEM) }
 
 // PopulatePhysmapAt populates one extent of 2^order pages at each guest
 // frame in gpfns (XENMEM_populate_physmap). It returns how many extents

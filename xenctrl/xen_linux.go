@@ -242,7 +242,7 @@ func (x *Xen) DestroyDomain(ctx context.Context, d Domid) error {
 			break
 		}
 		var xe *Error
-		if !asError(err, &xe) || (xe.Errno != syscall.EAGAIN && xe.Errno != errRestart) || i >= destroyRetries {
+		if !errors.As(err, &xe) || (xe.Errno != syscall.EAGAIN && xe.Errno != errRestart) || i >= destroyRetries {
 			return err
 		}
 		if i > 100 {
@@ -396,7 +396,3 @@ func (x *Xen) ShadowOp(ctx context.Context, d Domid, op, mode, mb uint32, bitmap
 	}
 	return decodeShadowOp(dc), nil
 }
-
-func asError(err error, target **Error) bool { return errors.As(err, target) }
-
-func errorIs(err, target error) bool { return errors.Is(err, target) }
