@@ -32,8 +32,11 @@ func (m *Manager) Start(ctx context.Context, ref string, paused bool) (Task, err
 	if err != nil {
 		return Task{}, err
 	}
-	// Early check of free memory (the build is the real check: ENOMEM).
 	spec := m.vmSnapshot(e).VM.Spec
+	if err := devicesUnsupported(spec); err != nil {
+		return Task{}, err
+	}
+	// Early check of free memory (the build is the real check: ENOMEM).
 	if p, err := m.hv.PhysInfo(ctx); err == nil && p.FreePages*xenctrl.PageSize < spec.MemoryDynamicMax {
 		return Task{}, &Error{Code: CodeResourceExhausted, Message: fmt.Sprintf(
 			"VM %s needs %d bytes, the host has %d bytes free", e.id, spec.MemoryDynamicMax, p.FreePages*xenctrl.PageSize)}
@@ -49,6 +52,22 @@ func (m *Manager) Start(ctx context.Context, ref string, paused bool) (Task, err
 		}
 		return m.startDomain(ctx, e, te, paused)
 	})
+}
+
+// devicesUnsupported refuses to start a VM with disks or NICs: the daemon
+// records them but does not plug devices yet, and a VM started without the
+// devices its spec names would be a VM other than the one asked for.
+func devicesUnsupported(spec Spec) error {
+	for _, f := range []struct {
+		field, what string
+		n           int
+	}{{"spec.disks", "virtual disks", len(spec.Disks)}, {"spec.nics", "virtual NICs", len(spec.NICs)}} {
+		if f.n > 0 {
+			return &Error{Code: CodeFailedPrecondition, Field: f.field, Message: fmt.Sprintf(
+				"VM %s has %d %s, which this daemon records but cannot plug yet; remove them to start the VM", spec.UUID, f.n, f.what)}
+		}
+	}
+	return nil
 }
 
 // maxDomidRetries bounds how often a start picks another domid after

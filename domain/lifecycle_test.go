@@ -507,3 +507,35 @@ func TestIdempotentCreate(t *testing.T) {
 func simIgnore() simBehaviour { return simBehaviour{IgnoreShutdownRequests: true} }
 
 var _ = context.Background
+
+// TestStartRefusesDevices: disks and NICs are recorded but not plugged yet,
+// so a VM that has them is not started without them: the start is refused
+// naming the field, and nothing is built.
+func TestStartRefusesDevices(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	for _, c := range []struct {
+		field string
+		mod   func(*Spec)
+	}{
+		{"spec.disks", func(s *Spec) { s.Disks = []Disk{{Device: "xvda", Path: "/dev/null"}} }},
+		{"spec.nics", func(s *Spec) { s.NICs = []NIC{{MAC: "00:16:3e:00:00:01"}} }},
+	} {
+		s := spec("dev-" + c.field[5:])
+		c.mod(&s)
+		vm, err := e.m.CreateVM(e.ctx, s, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.m.Start(e.ctx, vm.ID, false)
+		var de *Error
+		if !errors.As(err, &de) || de.Code != CodeFailedPrecondition || de.Field != c.field {
+			t.Errorf("start with %s: %v, want FailedPrecondition on %s", c.field, err, c.field)
+		}
+		if got, _ := e.m.GetVM(e.ctx, vm.ID); got.Power != Halted || got.Domid != 0 {
+			t.Errorf("after the refused start: %+v", got)
+		}
+	}
+	if n := len(e.guestDomains()); n != 0 {
+		t.Errorf("%d domains after refused starts", n)
+	}
+}

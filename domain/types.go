@@ -23,7 +23,7 @@ const (
 	Halted                      // no domain
 	Running                     // domain exists and is unpaused
 	Paused                      // domain exists and is paused by the toolstack
-	Suspended                   // memory image saved, no domain (later issue)
+	Suspended                   // memory image saved, no domain (no operation saves one yet)
 )
 
 // Action is what to do when the guest powers off, reboots or crashes.
@@ -45,7 +45,8 @@ const (
 	DiskRW
 )
 
-// Disk is a virtual block device (plugged in a later issue).
+// Disk is a virtual block device. It is recorded, but not plugged yet:
+// Start refuses a VM that has one (devicesUnsupported).
 type Disk struct {
 	Device string // guest device name, e.g. "xvda"
 	Path   string // backing file or block device in dom0
@@ -53,7 +54,8 @@ type Disk struct {
 	CDROM  bool
 }
 
-// NIC is a virtual network interface (plugged in a later issue).
+// NIC is a virtual network interface. It is recorded, but not plugged
+// yet: Start refuses a VM that has one (devicesUnsupported).
 type NIC struct {
 	MAC    string // "00:16:3e:xx:xx:xx"
 	Bridge string

@@ -410,12 +410,15 @@ type VMSpec struct {
 	// '-' '_' '@', with single '/' between names. Values: UTF-8 without NUL,
 	// at most 2048 bytes (a guest's xenstore node-size quota). At most 256
 	// entries.
-	XenstoreData  map[string]string `protobuf:"bytes,13,rep,name=xenstore_data,json=xenstoreData,proto3" json:"xenstore_data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	OnPoweroff    LifecycleAction   `protobuf:"varint,14,opt,name=on_poweroff,json=onPoweroff,proto3,enum=xenopsd.v1.LifecycleAction" json:"on_poweroff,omitempty"`
-	OnReboot      LifecycleAction   `protobuf:"varint,15,opt,name=on_reboot,json=onReboot,proto3,enum=xenopsd.v1.LifecycleAction" json:"on_reboot,omitempty"`
-	OnCrash       LifecycleAction   `protobuf:"varint,16,opt,name=on_crash,json=onCrash,proto3,enum=xenopsd.v1.LifecycleAction" json:"on_crash,omitempty"`
-	Disks         []*Disk           `protobuf:"bytes,17,rep,name=disks,proto3" json:"disks,omitempty"`
-	Nics          []*NIC            `protobuf:"bytes,18,rep,name=nics,proto3" json:"nics,omitempty"`
+	XenstoreData map[string]string `protobuf:"bytes,13,rep,name=xenstore_data,json=xenstoreData,proto3" json:"xenstore_data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	OnPoweroff   LifecycleAction   `protobuf:"varint,14,opt,name=on_poweroff,json=onPoweroff,proto3,enum=xenopsd.v1.LifecycleAction" json:"on_poweroff,omitempty"`
+	OnReboot     LifecycleAction   `protobuf:"varint,15,opt,name=on_reboot,json=onReboot,proto3,enum=xenopsd.v1.LifecycleAction" json:"on_reboot,omitempty"`
+	OnCrash      LifecycleAction   `protobuf:"varint,16,opt,name=on_crash,json=onCrash,proto3,enum=xenopsd.v1.LifecycleAction" json:"on_crash,omitempty"`
+	// disks and nics are recorded, but devices are not plugged yet: StartVM
+	// refuses a VM that has any (FAILED_PRECONDITION naming spec.disks or
+	// spec.nics) rather than start it without them.
+	Disks         []*Disk `protobuf:"bytes,17,rep,name=disks,proto3" json:"disks,omitempty"`
+	Nics          []*NIC  `protobuf:"bytes,18,rep,name=nics,proto3" json:"nics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
