@@ -82,6 +82,15 @@ func enumName(full, prefix string) string {
 
 func stateName(s apiv1.TaskState) string  { return enumName(s.String(), "TASK_STATE_") }
 func powerName(s apiv1.PowerState) string { return enumName(s.String(), "POWER_STATE_") }
+
+// vmPower is the VM's power state as shown: a paused VM whose guest
+// suspended itself says so.
+func vmPower(vm *apiv1.VM) string {
+	if vm.GetDomainSuspended() {
+		return powerName(vm.GetPowerState()) + " (guest suspended)"
+	}
+	return powerName(vm.GetPowerState())
+}
 func typeName(t apiv1.DomainType) string  { return enumName(t.String(), "DOMAIN_TYPE_") }
 func actionName(x apiv1.LifecycleAction) string {
 	if x == apiv1.LifecycleAction_LIFECYCLE_ACTION_UNSPECIFIED {
@@ -114,7 +123,7 @@ func domidString(vm *apiv1.VM) string {
 func vmRow(vm *apiv1.VM) []string {
 	s := vm.GetSpec()
 	return []string{
-		vm.GetId(), dash(s.GetName()), typeName(s.GetType()), powerName(vm.GetPowerState()),
+		vm.GetId(), dash(s.GetName()), typeName(s.GetType()), vmPower(vm),
 		domidString(vm), bytesize.Format(s.GetMemoryStaticMax()),
 		fmt.Sprintf("%d/%d", s.GetVcpusAtStartup(), s.GetVcpusMax()), dash(vm.GetProblem()),
 	}
@@ -128,7 +137,7 @@ func (a *app) printVMDetail(vm *apiv1.VM) error {
 		{"id", vm.GetId()},
 		{"name", s.GetName()},
 		{"type", typeName(s.GetType())},
-		{"power", powerName(vm.GetPowerState())},
+		{"power", vmPower(vm)},
 		{"domid", domidString(vm)},
 		{"memory", fmt.Sprintf("static-max %s, dynamic %s..%s", bytesize.Format(s.GetMemoryStaticMax()),
 			bytesize.Format(s.GetMemoryDynamicMin()), bytesize.Format(s.GetMemoryDynamicMax()))},
