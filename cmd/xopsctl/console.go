@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -74,47 +73,34 @@ per line instead (with offsets, to resume with --offset).`,
 }
 
 // streamConsole prints the console stream. When following, a stream broken
-// because the daemon went away is resumed from the next unprinted byte.
+// because the daemon went away is resumed from the next unprinted byte (see
+// reconnect).
 func (a *app) streamConsole(ctx context.Context, c *clients, req *apiv1.StreamConsoleRequest) error {
-	failures := 0
-	for {
+	session := func() (received bool, err error) {
 		stream, err := c.vm.StreamConsole(ctx, req)
-		if err == nil {
-			for {
-				var r *apiv1.StreamConsoleResponse
-				if r, err = stream.Recv(); err != nil {
-					break
-				}
-				failures = 0
-				if err := a.printConsole(r); err != nil {
-					return err
-				}
-				// Resume after what was printed, from an offset.
-				req.TailBytes, req.Offset = 0, r.GetNextOffset()
+		if err != nil {
+			return false, err
+		}
+		for {
+			r, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return received, nil
 			}
-		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if !req.GetFollow() || status.Code(err) != codes.Unavailable {
-			return err
-		}
-		failures++
-		if failures > reconnectAttempts {
-			return fmt.Errorf("gave up reconnecting after %d attempts: %w", reconnectAttempts, err)
-		}
-		if failures == 1 {
-			fmt.Fprintf(a.stderr, "xopsctl: console stream broke (%v); reconnecting\n", err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
+			if err != nil {
+				return received, err
+			}
+			received = true
+			if err := a.printConsole(r); err != nil {
+				return true, err
+			}
+			// Resume after what was printed, from an offset.
+			req.TailBytes, req.Offset = 0, r.GetNextOffset()
 		}
 	}
+	daemonGone := func(err error) bool { return req.GetFollow() && status.Code(err) == codes.Unavailable }
+	return a.reconnect(ctx, session, daemonGone, func(err error) string {
+		return fmt.Sprintf("console stream broke (%v); reconnecting", err)
+	})
 }
 
 func (a *app) printConsole(r *apiv1.StreamConsoleResponse) error {

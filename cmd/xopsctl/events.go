@@ -14,10 +14,6 @@ import (
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 )
 
-// reconnectAttempts bounds how often events watch reconnects after the
-// daemon went away (one attempt a second).
-const reconnectAttempts = 60
-
 func (a *app) eventsCmd() *cobra.Command {
 	events := &cobra.Command{Use: "events", Short: "Follow changes to VMs and tasks"}
 	var after uint64
@@ -111,44 +107,27 @@ type eventHandler struct {
 
 // follow streams the events after rev (task progress too if asked) to h
 // until h says stop, ctx ends, or the stream fails other than by the daemon
-// going away. Then it reconnects from the last revision seen, once a second
-// and at most reconnectAttempts times in a row.
+// going away. Then it reconnects from the last revision seen (see
+// reconnect), running h.reconnected first.
 func (a *app) follow(ctx context.Context, c *clients, rev uint64, progress bool, h eventHandler) error {
-	failures := 0
-	for {
-		var err error
-		stop, received := false, false
-		if failures > 0 && h.reconnected != nil {
-			stop, err = h.reconnected()
+	first := true
+	session := func() (bool, error) {
+		if !first && h.reconnected != nil {
+			if stop, err := h.reconnected(); stop || err != nil {
+				return false, err
+			}
 		}
-		if err == nil && !stop {
-			stop, received, err = a.followOnce(ctx, c, &rev, progress, h)
-		}
-		if received {
-			failures = 0
-		}
+		first = false
+		stop, received, err := a.followOnce(ctx, c, &rev, progress, h)
 		if stop {
-			return nil
+			return received, nil
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err != io.EOF && status.Code(err) != codes.Unavailable {
-			return err
-		}
-		failures++
-		if failures > reconnectAttempts {
-			return fmt.Errorf("gave up reconnecting after %d attempts: %w", reconnectAttempts, err)
-		}
-		if failures == 1 {
-			fmt.Fprintf(a.stderr, "xopsctl: event stream ended (%v); reconnecting from revision %d\n", err, rev)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
+		return received, err
 	}
+	daemonGone := func(err error) bool { return err == io.EOF || status.Code(err) == codes.Unavailable }
+	return a.reconnect(ctx, session, daemonGone, func(err error) string {
+		return fmt.Sprintf("event stream ended (%v); reconnecting from revision %d", err, rev)
+	})
 }
 
 // followOnce reads one stream after *rev until h says stop or the stream

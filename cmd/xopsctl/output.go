@@ -91,7 +91,7 @@ func vmPower(vm *apiv1.VM) string {
 	}
 	return powerName(vm.GetPowerState())
 }
-func typeName(t apiv1.DomainType) string  { return enumName(t.String(), "DOMAIN_TYPE_") }
+func typeName(t apiv1.DomainType) string { return enumName(t.String(), "DOMAIN_TYPE_") }
 func actionName(x apiv1.LifecycleAction) string {
 	if x == apiv1.LifecycleAction_LIFECYCLE_ACTION_UNSPECIFIED {
 		return "default"
