@@ -54,7 +54,7 @@
 #      NX_KERNEL_PKG (pin the kernel package, e.g. linux-image-6.1.0-57-amd64),
 #      NX_NO_INSTALL=1 (never apt-get install), NX_XEN (default of -X).
 #
-# Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, gzip are installed
+# Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, zstd, gzip are installed
 # with apt-get; the Xen/kernel/busybox .debs are fetched with apt-get download and cached.
 # For 4.20 the dom0 image carries Debian 13's libc and ld.so (its tools need them), never
 # the host's; the host's apt sources are left untouched.
@@ -84,7 +84,7 @@ while getopts "w:o:f:s:X:t:a:m:d:c:x:k:pqh" opt; do
     t) TIMEOUT=$OPTARG ;; a) ACCEL=$OPTARG ;; m) QMEM=$OPTARG ;; d) DOM0MEM=$OPTARG ;;
     c) NCPU=$OPTARG ;; x) XEN_EXTRA=$OPTARG ;; k) DOM0_EXTRA=$OPTARG ;;
     p) PREPARE_ONLY=1 ;; q) QUIET=1 ;;
-    h) sed -n '2,61p' "$0"; exit 0 ;;
+    h) sed -n '2,60p' "$0"; exit 0 ;;
     *) exit 125 ;;
   esac
 done
