@@ -1,5 +1,5 @@
 #!/bin/bash
-# nested-xen.sh - boot Debian's Xen 4.17 hypervisor + a Linux PV dom0 inside QEMU
+# nested-xen.sh - boot Debian's Xen (4.17, or 4.20 with -X) + a Linux PV dom0 inside QEMU
 # (software CPU emulation), run one command in dom0 once xenstored (C or OCaml)
 # and xenconsoled are up, and return its output and exit code. Non-interactive;
 # tests/nested/run drives it. Started from the team's reference script
@@ -18,6 +18,9 @@
 #   -f SRC[:DST]  copy host file SRC into dom0 at DST (default /usr/local/bin/<name>);
 #                 repeatable; SRC may be a directory
 #   -s XENSTORED  xenstore daemon in dom0: cxenstored (default) | oxenstored
+#   -X VERSION    Xen release: 4.17 (default: Debian 12's Xen, 6.1 kernel, from the host's apt
+#                 sources) | 4.20 (Debian 13's Xen, 6.12 kernel, libc and busybox, fetched
+#                 through a private apt sources entry; cached in WORK/xen-4.20)
 #   -t SECONDS    hard timeout for the whole QEMU run (default 1200); a boot that has
 #                 not reached dom0 userspace after NX_DOM0_TIMEOUT s (480) is killed (rc 125)
 #   -a ACCEL      tcg (default) | kvm  (kvm does NOT work on PVM-based hosts)
@@ -40,7 +43,7 @@
 #
 #   A single command argument is run as a shell snippet ('xl info; xl list');
 #   several arguments are exec'ed as argv.
-#   In dom0: PATH has /usr/lib/xen-4.17/bin (xl, xenstored, ...); the chosen xenstored
+#   In dom0: PATH has /usr/lib/xen-VERSION/bin (xl, xenstored, ...); the chosen xenstored
 #   (socket /run/xenstored/socket) and xenconsoled (--log=guest ->
 #   /var/log/xen/console/guest-NAME.log) are running; /proc/xen is mounted;
 #   /guest/vmlinux (uncompressed ELF), /guest/vmlinuz + /guest/initrd.gz are a ready
@@ -48,10 +51,13 @@
 #   the running xenstore daemon.
 #
 # Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_KEEP=1 (keep per-run cpio),
-#      NX_KERNEL_PKG (pin linux-image-6.1.*-amd64), NX_NO_INSTALL=1 (never apt-get install).
+#      NX_KERNEL_PKG (pin the kernel package, e.g. linux-image-6.1.0-57-amd64),
+#      NX_NO_INSTALL=1 (never apt-get install), NX_XEN (default of -X).
 #
-# Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, gzip are installed
+# Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, zstd, gzip are installed
 # with apt-get; the Xen/kernel/busybox .debs are fetched with apt-get download and cached.
+# For 4.20 the dom0 image carries Debian 13's libc and ld.so (its tools need them), never
+# the host's; the host's apt sources are left untouched.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -67,17 +73,18 @@ DOM0MEM=1024
 NCPU=2
 FLAVOR=busybox
 XENSTORED=${NX_XENSTORED:-cxenstored}
+XENVER=${NX_XEN:-4.17}
 XEN_EXTRA=""
 DOM0_EXTRA=""
 PREPARE_ONLY=0
 QUIET=0
-while getopts "w:o:f:s:t:a:m:d:c:x:k:pqh" opt; do
+while getopts "w:o:f:s:X:t:a:m:d:c:x:k:pqh" opt; do
   case $opt in
-    w) WORK=$OPTARG ;; o) OUT=$OPTARG ;; f) FILES+=("$OPTARG") ;; s) XENSTORED=$OPTARG ;;
+    w) WORK=$OPTARG ;; o) OUT=$OPTARG ;; f) FILES+=("$OPTARG") ;; s) XENSTORED=$OPTARG ;; X) XENVER=$OPTARG ;;
     t) TIMEOUT=$OPTARG ;; a) ACCEL=$OPTARG ;; m) QMEM=$OPTARG ;; d) DOM0MEM=$OPTARG ;;
     c) NCPU=$OPTARG ;; x) XEN_EXTRA=$OPTARG ;; k) DOM0_EXTRA=$OPTARG ;;
     p) PREPARE_ONLY=1 ;; q) QUIET=1 ;;
-    h) sed -n '2,55p' "$0"; exit 0 ;;
+    h) sed -n '2,60p' "$0"; exit 0 ;;
     *) exit 125 ;;
   esac
 done
@@ -93,22 +100,40 @@ die() { log "ERROR: $*"; echo "NESTED-XEN-BOOT-FAILED: $*" >&2; exit 125; }
 
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
-DEBS=$WORK/debs
-EXT=$WORK/extract
-IMG=$WORK/img
 
-XENVER=4.17
+# Per Xen release: the Debian suite it comes from and where its files are cached.
+# 4.17 is the host's own suite (Debian 12) and keeps the cache's top level; other
+# releases get a subdirectory and a private apt sources entry (APT_OPTS), so the
+# host's apt configuration and the 4.17 files stay untouched.
+APT_OPTS=()
+PKGS_EXTRA=""
+case $XENVER in
+  4.17) CACHE=$WORK ;;
+  4.20)
+    CACHE=$WORK/xen-$XENVER
+    APT_DIR=$CACHE/apt
+    APT_OPTS=(-o "Dir::Etc::sourcelist=$APT_DIR/trixie.sources" -o Dir::Etc::sourceparts=-
+              -o "Dir::State::Lists=$APT_DIR/lists" -o "Dir::Cache=$APT_DIR/cache"
+              -o Dir::State::status=/dev/null)
+    # libxenmisc4.20 needs libext2fs; xentop ncurses (4.17 takes those from the host)
+    PKGS_EXTRA="libext2fs2t64 libcom-err2 libncurses6 libtinfo6" ;;
+  *) echo "nested-xen: -X: unknown Xen release '$XENVER' (4.17|4.20)" >&2; exit 125 ;;
+esac
+DEBS=$CACHE/debs
+EXT=$CACHE/extract
+IMG=$CACHE/img
+
 PKGS_XEN="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xenstore-utils
   libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc$XENVER libxenstore4
   libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2"
-PKGS_BASE="busybox-static libc6 libgcc-s1 libuuid1 zlib1g liblzma5 libzstd1"
+PKGS_BASE="busybox-static libc6 libgcc-s1 libuuid1 zlib1g liblzma5 libzstd1 $PKGS_EXTRA"
 XEN_MODULES="xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback xen-netback"
 
 # ---------------------------------------------------------------- preparation
 # host tools: install what is missing (Debian package names)
 ensure_host_tools() {
   local missing=() c p
-  for c in qemu-system-x86_64:qemu-system-x86 cpio:cpio xz:xz-utils gzip:gzip dpkg-deb:dpkg apt-get:apt; do
+  for c in qemu-system-x86_64:qemu-system-x86 cpio:cpio xz:xz-utils zstd:zstd gzip:gzip dpkg-deb:dpkg apt-get:apt; do
     command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}")
   done
   [ ${#missing[@]} = 0 ] && return 0
@@ -119,21 +144,35 @@ ensure_host_tools() {
     || { tail -20 "$WORK/apt-install.log" >&2; die "apt-get install ${missing[*]} failed"; }
 }
 
+# the private apt sources entry and package lists of a release other than the host's
+prepare_apt() {
+  [ ${#APT_OPTS[@]} -gt 0 ] || return 0
+  [ -f "$APT_DIR/.done" ] && return 0
+  mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+  printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: trixie' 'Components: main' \
+    'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' >"$APT_DIR/trixie.sources"
+  log "apt-get update of the private trixie sources ($APT_DIR)"
+  apt-get "${APT_OPTS[@]}" update -q >"$APT_DIR/update.log" 2>&1 \
+    || { tail -20 "$APT_DIR/update.log" >&2; die "apt-get update (trixie, private) failed"; }
+  touch "$APT_DIR/.done"
+}
+
 prepare_download() {
   [ -f "$DEBS/.done" ] && return 0
   local t0; t0=$(now)
   mkdir -p "$DEBS"
-  # linux-image-amd64 is a metapackage; follow it to the real linux-image-6.1.*
+  prepare_apt
+  # linux-image-amd64 is a metapackage; follow it to the real linux-image-6.*
   local kpkg
-  kpkg=${NX_KERNEL_PKG:-$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')}
-  if [ -z "$kpkg" ] && [ "$(id -u)" = 0 ]; then
+  kpkg=${NX_KERNEL_PKG:-$(apt-cache "${APT_OPTS[@]}" depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')}
+  if [ -z "$kpkg" ] && [ "$(id -u)" = 0 ] && [ ${#APT_OPTS[@]} = 0 ]; then
     log "apt lists look empty, running apt-get update"; apt-get update -q >/dev/null
     kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
   fi
   [ -n "$kpkg" ] || die "cannot resolve linux-image-amd64 (run apt-get update?)"
   log "downloading: $kpkg + xen $XENVER packages + busybox/libc"
   # shellcheck disable=SC2086
-  (cd "$DEBS" && apt-get download -q $PKGS_XEN $PKGS_BASE "$kpkg" >/dev/null 2>"$DEBS/apt.err") \
+  (cd "$DEBS" && apt-get "${APT_OPTS[@]}" download -q $PKGS_XEN $PKGS_BASE "$kpkg" >/dev/null 2>"$DEBS/apt.err") \
     || { cat "$DEBS/apt.err" >&2; die "apt-get download failed"; }
   echo "download $(elapsed "$t0")s $(du -sh "$DEBS" | cut -f1)" >>"$WORK/prepare-timings.txt"
   log "download done in $(elapsed "$t0")s ($(du -sh "$DEBS" | cut -f1))"
@@ -150,7 +189,12 @@ prepare_extract() {
   touch "$EXT/.done"
 }
 
-kver() { basename "$(ls -d "$EXT"/lib/modules/*/ | head -1)"; }
+# Debian 13's packages install under /usr only (merged /usr); Debian 12's still use /lib, /bin
+ext_path() { # $1: path below / as Debian 12 has it; prints the extracted file's path
+  if [ -e "$EXT/$1" ]; then echo "$EXT/$1"; else echo "$EXT/usr/$1"; fi
+}
+moddir() { ext_path lib/modules; }
+kver() { basename "$(ls -d "$(moddir)"/*/ | head -1)"; }
 
 # tiny busybox initramfs for the nested guest (domU). Behaviour selected on the kernel
 # command line: nxmode=poweroff (print marker, power off), nxmode=loop (print
@@ -163,7 +207,7 @@ build_guest_initrd() {
   [ -f "$IMG/guest-initrd.gz" ] && [ "$(cat "$IMG/guest-initrd.version" 2>/dev/null)" = "$GUEST_INITRD_VERSION" ] && return 0
   local d=$IMG/guest-root
   rm -rf "$d"; mkdir -p "$d"/{bin,sbin,proc,sys,dev}
-  cp "$EXT/bin/busybox" "$d/bin/busybox"
+  cp "$(ext_path bin/busybox)" "$d/bin/busybox"
   for a in sh mount echo cat sleep poweroff reboot grep uname cut; do ln -sf busybox "$d/bin/$a"; done
   # the kernel runs /sbin/poweroff resp. /sbin/reboot on "xl shutdown"/"xl reboot"
   # (xenbus control/shutdown watch -> orderly_poweroff); our init is not busybox
@@ -192,12 +236,12 @@ EOF
   rm -f "$IMG/dom0-base.cpio.gz"   # it carries a copy of the guest initrd
 }
 
-# dom0 /init (shared by both flavors)
+# dom0 /init (shared by both flavors); @XENVER@ is the Xen release
 write_dom0_init() {
-  cat >"$1" <<'EOF'
+  sed "s/@XENVER@/$XENVER/g" >"$1" <<'EOF'
 #!/bin/sh
 # dom0 init for nested-xen test runs
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/lib/xen-@XENVER@/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM=dumb
 up() { cut -d' ' -f1 /proc/uptime; }
 mount -t proc proc /proc
@@ -257,12 +301,16 @@ EOF
   chmod +x "$1"
 }
 
-copy_libs_for() { # $1 root, rest: binaries inside root; copy missing shared libs from $EXT
+# copy_libs_for ROOT BINARY...: copy the shared libraries the binaries (inside ROOT)
+# need from the extracted packages. The packages' own ld.so lists them, so a
+# release whose libc is newer than the host's resolves them as its dom0 will.
+copy_libs_for() {
   local root=$1; shift
-  local b lib
+  local b lib ldso libpath=$EXT/usr/lib/x86_64-linux-gnu:$EXT/lib/x86_64-linux-gnu
+  ldso=$(ext_path lib/x86_64-linux-gnu/ld-linux-x86-64.so.2)
+  [ -x "$ldso" ] || die "no ld.so in the extracted packages ($ldso)"
   for b in "$@"; do
-    LD_LIBRARY_PATH=$EXT/usr/lib/x86_64-linux-gnu:$EXT/lib/x86_64-linux-gnu \
-      ldd "$b" 2>/dev/null | awk '/=>/{print $3} /^\t\/lib64/{print $1}' || true
+    "$ldso" --library-path "$libpath" --list "$b" 2>/dev/null | awk '/=>/{print $3} /^\t\/lib64/{print $1}' || true
   done | sort -u | while read -r lib; do
     [ -n "$lib" ] || continue
     local base; base=$(basename "$lib")
@@ -270,6 +318,7 @@ copy_libs_for() { # $1 root, rest: binaries inside root; copy missing shared lib
     for c in "$EXT/lib/x86_64-linux-gnu/$base" "$EXT/usr/lib/x86_64-linux-gnu/$base" "$lib"; do
       [ -e "$c" ] && { src=$c; break; }
     done
+    case $src in "$EXT"/*) ;; *) log "NX-WARN $base is not in the extracted packages; taking the host's ($src)" ;; esac
     case $base in ld-linux-x86-64.so.2) mkdir -p "$root/lib64"; cp -L "$src" "$root/lib64/$base"; continue ;; esac
     mkdir -p "$root/lib/x86_64-linux-gnu"
     [ -e "$root/lib/x86_64-linux-gnu/$base" ] || [ -e "$root/usr/lib/x86_64-linux-gnu/$base" ] || \
@@ -286,10 +335,14 @@ install_guest_kernel() {
   cp "$EXT/boot/vmlinuz-$kv" "$r/guest/vmlinuz"
   cp "$IMG/guest-initrd.gz" "$r/guest/initrd.gz"
   if [ ! -f "$IMG/vmlinux" ]; then
-    local off
-    off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$EXT/boot/vmlinuz-$kv" | head -1 | cut -d: -f1)
+    # the payload is xz (Debian 12's 6.1) or zstd (Debian 13's 6.12)
+    local off magic unpack
+    for magic in '\xfd7zXZ\x00:xz' '\x28\xb5\x2f\xfd:zstd'; do
+      off=$(LC_ALL=C grep -obUaP "${magic%:*}" "$EXT/boot/vmlinuz-$kv" | head -1 | cut -d: -f1 || true)
+      [ -n "$off" ] && { unpack=${magic##*:}; break; }
+    done
     if [ -n "$off" ]; then
-      tail -c +$((off + 1)) "$EXT/boot/vmlinuz-$kv" | xz -dc 2>/dev/null >"$IMG/vmlinux.tmp" || true  # trailing data => rc!=0
+      tail -c +$((off + 1)) "$EXT/boot/vmlinuz-$kv" | "$unpack" -dc 2>/dev/null >"$IMG/vmlinux.tmp" || true  # trailing data => rc!=0
       if head -c 4 "$IMG/vmlinux.tmp" | grep -q ELF; then mv "$IMG/vmlinux.tmp" "$IMG/vmlinux"; else rm -f "$IMG/vmlinux.tmp"; fi
     fi
   fi
@@ -300,26 +353,32 @@ install_guest_kernel() {
 build_dom0_busybox() {
   local r=$IMG/dom0-root kv; kv=$(kver)
   rm -rf "$r"; mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,usr/lib/x86_64-linux-gnu,lib/x86_64-linux-gnu,lib64,etc,proc,sys,dev,run,tmp,var/lib/xen,var/log/xen,root,guest,nx}
-  cp "$EXT/bin/busybox" "$r/bin/busybox"
+  cp "$(ext_path bin/busybox)" "$r/bin/busybox"
   local a
-  for a in $("$EXT/bin/busybox" --list-full); do
+  for a in $("$r/bin/busybox" --list-full); do
     [ -e "$r/$a" ] || ln -s /bin/busybox "$r/$a"
   done
   # Xen tools (real binaries, not Debian's /usr/sbin wrapper scripts)
-  mkdir -p "$r/usr/lib/xen-4.17"
-  cp -a "$EXT/usr/lib/xen-4.17/bin" "$EXT/usr/lib/xen-4.17/boot" "$r/usr/lib/xen-4.17/"
+  mkdir -p "$r/usr/lib/xen-$XENVER"
+  cp -a "$EXT/usr/lib/xen-$XENVER/bin" "$EXT/usr/lib/xen-$XENVER/boot" "$r/usr/lib/xen-$XENVER/"
   cp -a "$EXT"/usr/bin/xenstore* "$r/usr/bin/"
   cp -a "$EXT"/usr/lib/x86_64-linux-gnu/lib{xen,yajl,xlutil}* "$r/usr/lib/x86_64-linux-gnu/"
   cp -a "$EXT/etc/xen" "$r/etc/"
-  copy_libs_for "$r" "$r"/usr/lib/xen-4.17/bin/* "$r/usr/bin/xenstore"
+  copy_libs_for "$r" "$r"/usr/lib/xen-$XENVER/bin/* "$r/usr/bin/xenstore"
   # glibc dlopen()s libgcc_s for pthread_cancel (xl aborts at exit without it)
-  cp -L "$EXT/lib/x86_64-linux-gnu/libgcc_s.so.1" "$r/lib/x86_64-linux-gnu/"
-  # kernel modules needed by the toolstack
-  local m f
+  cp -L "$(ext_path lib/x86_64-linux-gnu/libgcc_s.so.1)" "$r/lib/x86_64-linux-gnu/"
+  # kernel modules needed by the toolstack (built as modules in both 6.1 and 6.12);
+  # 6.12's are xz-compressed, which busybox insmod does not read: store them plain
+  local m f dst
   for m in $XEN_MODULES; do
-    f=$(find "$EXT/lib/modules/$kv" -name "$m.ko*" | head -1)
+    f=$(find "$(moddir)/$kv" -name "$m.ko*" | head -1)
     [ -n "$f" ] || continue
-    mkdir -p "$r/$(dirname "${f#"$EXT"/}")"; cp "$f" "$r/${f#"$EXT"/}"
+    dst=$r/lib/modules/$kv/${f#"$(moddir)/$kv/"}
+    mkdir -p "$(dirname "$dst")"
+    case $f in
+      *.ko.xz) xz -dc "$f" >"${dst%.xz}" ;;
+      *) cp "$f" "$dst" ;;
+    esac
   done
   echo "$XEN_MODULES" >"$r/etc/nx-modules"
   echo "root:x:0:0:root:/root:/bin/sh" >"$r/etc/passwd"
