@@ -11,7 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
-	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/defaults"
+
 	"github.com/xenopsd-ng/xenopsd-ng/console"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
@@ -52,7 +53,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("xenopsd-ng", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.backend, "backend", "", "hypervisor backend: sim (simulated machine) or xen (/dev/xen/privcmd) (required)")
-	fs.StringVar(&c.socket, "socket", apiv1.DefaultSocket, "unix socket of the gRPC API (created mode 0600)")
+	fs.StringVar(&c.socket, "socket", defaults.Socket, "unix socket of the gRPC API (created mode 0600)")
 	fs.StringVar(&c.stateDir, "state-dir", defaultStateDir, "directory of the daemon's database")
 	fs.StringVar(&c.simDir, "sim-dir", "", "sim backend: the simulated machine's directory (default <state-dir>/sim)")
 	fs.StringVar(&c.consoleLogDir, "console-log-dir", "", "directory of the guest console logs (guest-<name>.log) StreamConsole serves (default: /var/log/xen/console for xen, <sim-dir>/console for sim)")

@@ -10,7 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/defaults"
+
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/internal/testcert"
 )
@@ -62,7 +63,7 @@ func TestParseFlags(t *testing.T) {
 		})
 	}
 	c, err := parseFlags([]string{"--backend=sim", "--state-dir=/s"}, io.Discard)
-	if err != nil || c.simDir != "/s/sim" || c.socket != apiv1.DefaultSocket || c.workers != domain.DefaultWorkers {
+	if err != nil || c.simDir != "/s/sim" || c.socket != defaults.Socket || c.workers != domain.DefaultWorkers {
 		t.Errorf("defaults: %+v, %v", c, err)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/xenopsd-ng/xenopsd-ng/defaults"
+
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -85,7 +87,7 @@ shutdown, reboot, destroy) wait for their task and print progress on stderr;
 	}
 	socket := os.Getenv("XOPSCTL_SOCKET")
 	if socket == "" {
-		socket = apiv1.DefaultSocket
+		socket = defaults.Socket
 	}
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.socket, "socket", socket, "daemon's unix socket (env XOPSCTL_SOCKET)")
