@@ -64,7 +64,7 @@ func devicesUnsupported(spec Spec) error {
 	}{{"spec.disks", "virtual disks", len(spec.Disks)}, {"spec.nics", "virtual NICs", len(spec.NICs)}} {
 		if f.n > 0 {
 			return &Error{Code: CodeFailedPrecondition, Field: f.field, Message: fmt.Sprintf(
-				"VM %s has %d %s, which this daemon records but cannot plug yet; remove them to start the VM", spec.UUID, f.n, f.what)}
+				"VM %s has %s (%d), which this daemon records but cannot plug yet; remove them to start the VM", spec.UUID, f.what, f.n)}
 		}
 	}
 	return nil

@@ -84,7 +84,12 @@ type FormatError struct {
 	Kind  error // ErrMalformed, ErrTooLarge or ErrUnsupported
 }
 
-func (e *FormatError) Error() string { return fmt.Sprintf("kernel: %s: %s", e.Where, e.Msg) }
+func (e *FormatError) Error() string {
+	if e.Where == "kernel" { // the whole image: "kernel: kernel: ..." says it twice
+		return "kernel: " + e.Msg
+	}
+	return fmt.Sprintf("kernel: %s: %s", e.Where, e.Msg)
+}
 
 // Unwrap lets errors.Is(err, ErrMalformed) and friends work.
 func (e *FormatError) Unwrap() error { return e.Kind }
