@@ -379,10 +379,14 @@ func TestGuestInitiated(t *testing.T) {
 				if err != nil || !info.Shutdown || got.Problem == "" {
 					t.Fatalf("preserved domain: %+v %v problem %q", info, err, got.Problem)
 				}
-				if _, err := e.m.Unpause(e.ctx, vm.ID); err != nil {
-					// Queued: it fails at run time.
-					t.Fatalf("unpause submit: %v", err)
-				}
+				// Queued: it fails at run time. The record says Paused a
+				// moment before the operation that wrote it has ended, and
+				// until then a submit is checked against the state the
+				// start projected (Running): retry the submit until then.
+				e.eventually("unpause of the preserved VM accepted", func() bool {
+					_, err := e.m.Unpause(e.ctx, vm.ID)
+					return err == nil
+				})
 				e.run(e.m.Destroy(e.ctx, vm.ID))
 			case Running:
 				if _, err := e.hv.DomainInfo(e.ctx, xenctrl.Domid(d)); !xenctrl.IsNoDomain(err) && got.Domid != d {
