@@ -2,11 +2,23 @@
 
 package kernel
 
-// OpenFile is LoadFile where mapping files is not implemented.
-func OpenFile(path string, lim Limits) (*Image, func() error, error) {
-	img, err := LoadFile(path, lim)
+import "context"
+
+// OpenFile is LoadFile where mapping files is not implemented; the whole
+// file counts against mem, with decompressionCost.
+func OpenFile(ctx context.Context, path string, lim Limits, mem *Budget) (*Image, func() error, error) {
+	data, err := readFileLimited(path, lim.withDefaults().MaxImageSize, "kernel")
 	if err != nil {
 		return nil, nil, err
 	}
-	return img, func() error { return nil }, nil
+	give, err := mem.acquire(ctx, uint64(len(data))+decompressionCost(data, lim), "kernel "+path)
+	if err != nil {
+		return nil, nil, err
+	}
+	img, err := Load(data, lim)
+	if err != nil {
+		give()
+		return nil, nil, err
+	}
+	return img, func() error { give(); return nil }, nil
 }
