@@ -224,7 +224,7 @@ func (s *job) load(ctx context.Context, lim kernel.Limits, mem *kernel.Budget) (
 	img, unmap, err := kernel.OpenFile(ctx, s.spec.Kernel, lim, mem)
 	switch {
 	case errors.Is(err, kernel.ErrOverBudget):
-		return nil, &domain.Error{Code: domain.CodeResourceExhausted, Field: "spec.kernel", Message: fmt.Sprintf("%s: %v", s.spec.Kernel, err)}
+		return nil, &domain.Error{Code: domain.CodeResourceExhausted, Field: "spec.kernel", Message: err.Error()} // names the file
 	case err != nil && ctx.Err() != nil:
 		return nil, fmt.Errorf("builder: waiting for memory to load %s: %w", s.spec.Kernel, err)
 	case err != nil:

@@ -47,13 +47,13 @@ func (b *Budget) Total() uint64 {
 // acquire waits until n bytes of the budget are free and takes them, or
 // fails at once if n exceeds the whole budget, or when ctx ends. release
 // gives them back (it may be called more than once).
-func (b *Budget) acquire(ctx context.Context, n uint64, what string) (release func(), err error) {
+func (b *Budget) acquire(ctx context.Context, n uint64, path string) (release func(), err error) {
 	if b == nil || n == 0 {
 		return func() {}, nil
 	}
 	if n > b.total {
-		return nil, &FormatError{Where: what, Kind: ErrOverBudget,
-			Msg: fmt.Sprintf("decompressing it needs up to %d MiB, more than the daemon's whole memory budget of %d MiB (--memory-limit)", mib(n), mib(b.total))}
+		return nil, &FormatError{Where: "memory budget", Kind: ErrOverBudget,
+			Msg: fmt.Sprintf("%s: decompressing it may need %s, more than the daemon's whole memory budget of %s (--memory-limit)", path, size(n), size(b.total))}
 	}
 	if err := b.sem.Acquire(ctx, int64(n)); err != nil {
 		return nil, err
@@ -67,7 +67,13 @@ func (b *Budget) acquire(ctx context.Context, n uint64, what string) (release fu
 	}, nil
 }
 
-func mib(n uint64) uint64 { return (n + 1<<20 - 1) >> 20 }
+// size says n bytes, also in MiB when that is more readable.
+func size(n uint64) string {
+	if n < 1<<20 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	return fmt.Sprintf("%d bytes (%.1f MiB)", n, float64(n)/(1<<20))
+}
 
 // decompressionCost is the most heap that loading the compressed kernel
 // data may hold at once: the output in pooled chunks, its copy into one

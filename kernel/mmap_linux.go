@@ -40,7 +40,7 @@ func OpenFile(ctx context.Context, path string, lim Limits, mem *Budget) (img *I
 	if !bytes.HasPrefix(data, []byte("\x7fELF")) {
 		// Compressed: the result lives on the Go heap.
 		defer unmap()
-		give, err := mem.acquire(ctx, decompressionCost(data, lim), "kernel "+path)
+		give, err := mem.acquire(ctx, decompressionCost(data, lim), path)
 		if err != nil {
 			return nil, nil, err
 		}

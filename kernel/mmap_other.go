@@ -11,7 +11,7 @@ func OpenFile(ctx context.Context, path string, lim Limits, mem *Budget) (*Image
 	if err != nil {
 		return nil, nil, err
 	}
-	give, err := mem.acquire(ctx, uint64(len(data))+decompressionCost(data, lim), "kernel "+path)
+	give, err := mem.acquire(ctx, uint64(len(data))+decompressionCost(data, lim), path)
 	if err != nil {
 		return nil, nil, err
 	}
