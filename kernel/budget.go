@@ -76,7 +76,7 @@ func size(n uint64) string {
 }
 
 // decompressionCost is the most heap that loading the compressed kernel
-// data may hold at once: the output in pooled chunks, its copy into one
+// data may hold at once: the output in chunks, its copy into one
 // slice of exact length, and the decoder's window, which is at most the
 // output (unxz caps the dictionary to it; gzip's is 32 KiB) — three times
 // the output bound. The bound is what the header allows before anything

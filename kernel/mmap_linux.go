@@ -64,3 +64,15 @@ func parseMapped(data []byte, lim Limits) (img *Image, err error) {
 	defer ReadGuard()(&err)
 	return ParseELF(data, lim)
 }
+
+// newChunk maps an expandChunk-byte output buffer outside the Go heap;
+// freeChunk unmaps it.
+func newChunk() (*[]byte, error) {
+	b, err := unix.Mmap(-1, 0, expandChunk, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, err
+	}
+	return &b, nil
+}
+
+func freeChunk(c *[]byte) { _ = unix.Munmap(*c) }
