@@ -9,13 +9,12 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/console"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
+	"github.com/xenopsd-ng/xenopsd-ng/internal/bytesize"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 )
 
@@ -76,7 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrainTimeout, "on SIGTERM, how long in-flight tasks may run before they are recorded as interrupted")
 	c.memoryLimit = defaultMemoryLimit
-	fs.Var((*byteSize)(&c.memoryLimit), "memory-limit", "the daemon's memory budget, e.g. 64MiB or 1GiB (0: none): the Go runtime's soft memory limit, and "+
+	fs.Var((*byteSize)(&c.memoryLimit), "memory-limit", "the daemon's memory budget, e.g. 64M or 1G (0: none): the Go runtime's soft memory limit, and "+
 		"the heap builds may hold at once for decompressed kernels (builds wait for their share; a kernel that needs more than all of it is refused)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -192,39 +191,17 @@ func newLogger(c config, w io.Writer) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, opts)), nil
 }
 
-// byteSize is a flag value of bytes: a number with an optional binary unit
-// (B, K or KiB, M or MiB, G or GiB, T or TiB; case-insensitive).
+// byteSize is a flag value of bytes, as xopsctl's sizes: a number with
+// an optional K, M, G or T suffix (binary; see bytesize.Parse).
 type byteSize uint64
 
-var byteUnits = map[string]uint64{"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
-	"g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
-
-func (b *byteSize) String() string {
-	for _, u := range []struct {
-		name  string
-		shift uint
-	}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}} {
-		if *b != 0 && uint64(*b)%(1<<u.shift) == 0 {
-			return strconv.FormatUint(uint64(*b)>>u.shift, 10) + u.name
-		}
-	}
-	return strconv.FormatUint(uint64(*b), 10)
-}
+func (b *byteSize) String() string { return bytesize.Format(uint64(*b)) }
 
 func (b *byteSize) Set(s string) error {
-	t := strings.TrimSpace(s)
-	i := strings.IndexFunc(t, func(r rune) bool { return r < '0' || r > '9' })
-	if i < 0 {
-		i = len(t)
+	n, err := bytesize.Parse(s)
+	if err != nil {
+		return err
 	}
-	unit, ok := byteUnits[strings.ToLower(strings.TrimSpace(t[i:]))]
-	n, err := strconv.ParseUint(t[:i], 10, 64)
-	if !ok || err != nil {
-		return fmt.Errorf("%q: want a whole number of bytes with an optional unit (K, KiB, M, MiB, G, GiB, T, TiB), e.g. 64MiB", s)
-	}
-	if n > ^uint64(0)/unit {
-		return fmt.Errorf("%q: too large", s)
-	}
-	*b = byteSize(n * unit)
+	*b = byteSize(n)
 	return nil
 }

@@ -6,7 +6,7 @@
 //	           [--listen HOST:PORT (--tls-cert F --tls-key F (--tls-client-ca F | --insecure-no-client-cert)
 //	                                | --insecure-listen on a loopback HOST)]
 //	           [--workers N] [--log-level debug|info|warn|error] [--log-format text|json]
-//	           [--drain-timeout D] [--memory-limit SIZE (default 64MiB; 0: none)]
+//	           [--drain-timeout D] [--memory-limit SIZE (default 64M; 0: none)]
 //	xenopsd-ng sim-host --dir DIR [--memory 16G] [--cpus 8]
 //
 // With --backend=sim the daemon talks to a simulated machine (package
