@@ -45,8 +45,8 @@ type Hypervisor interface {
 type Config struct {
 	Logger *slog.Logger
 	Limits kernel.Limits // for the kernel and initrd
-	// Memory is the heap that builds may hold at once for decompressed
-	// kernels, shared by all builds of this Builder (nil: no limit): a
+	// Memory is what builds may hold at once for decompressed kernels,
+	// shared by all builds of this Builder (nil: no limit): a
 	// build waits for its share, and one whose kernel cannot fit it at
 	// all fails with ResourceExhausted on spec.kernel. Initrds are
 	// streamed into guest memory and cost no more than a 1 MiB buffer.
@@ -225,7 +225,7 @@ func (s *job) load(ctx context.Context, lim kernel.Limits, mem *kernel.Budget) (
 	switch {
 	case errors.Is(err, kernel.ErrOverBudget):
 		return nil, &domain.Error{Code: domain.CodeResourceExhausted, Field: "spec.kernel", Message: err.Error()} // names the file
-	case err != nil && ctx.Err() != nil:
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 		return nil, fmt.Errorf("builder: waiting for memory to load %s: %w", s.spec.Kernel, err)
 	case err != nil:
 		return nil, domain.InvalidField("spec.kernel", "%s: %v", s.spec.Kernel, err)

@@ -13,15 +13,15 @@ import (
 // than the whole Budget: it is refused, not attempted.
 var ErrOverBudget = errors.New("kernel image needs more memory than the budget")
 
-// Budget is the memory that kernel loads in progress may hold at once on
-// the daemon's heap, shared by all concurrent builds: a load takes its
+// Budget is the memory that kernel loads in progress may hold at once,
+// shared by all concurrent builds: a load takes its
 // worst case from the budget before it allocates and gives it back when
 // its image is released, so that concurrent loads queue instead of
 // multiplying memory. A nil *Budget is no limit.
 //
 // What a load costs is decompressionCost: an uncompressed ELF kernel is
-// mapped from its file (page cache the kernel can reclaim, not heap) and
-// costs nothing here; an initrd is streamed (OpenInitrd) and costs one
+// mapped from its file (page cache the kernel can reclaim, not a copy)
+// and costs nothing here; an initrd is streamed (OpenInitrd) and costs one
 // read buffer.
 type Budget struct {
 	sem   *semaphore.Weighted
@@ -75,7 +75,7 @@ func size(n uint64) string {
 	return fmt.Sprintf("%d bytes (%.1f MiB)", n, float64(n)/(1<<20))
 }
 
-// decompressionCost is the most heap that loading the compressed kernel
+// decompressionCost is the most memory that loading the compressed kernel
 // data may hold at once: the output in chunks, its copy into one
 // slice of exact length, and the decoder's window, which is at most the
 // output (unxz caps the dictionary to it; gzip's is 32 KiB) — three times

@@ -49,8 +49,8 @@ type config struct {
 	logFormat    string
 	drainTimeout time.Duration
 	// memoryLimit is the daemon's memory budget in bytes (0: none): the Go
-	// runtime's soft limit, and the heap that builds may hold at once for
-	// decompressed kernels.
+	// runtime's soft limit, and the memory that builds may hold at once
+	// for decompressed kernels.
 	memoryLimit uint64
 	showVersion bool
 }
@@ -76,7 +76,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrainTimeout, "on SIGTERM, how long in-flight tasks may run before they are recorded as interrupted")
 	c.memoryLimit = defaultMemoryLimit
 	fs.Var((*byteSize)(&c.memoryLimit), "memory-limit", "the daemon's memory budget, e.g. 64M or 1G (0: none): the Go runtime's soft memory limit, and "+
-		"the heap builds may hold at once for decompressed kernels (builds wait for their share; a kernel that needs more than all of it is refused)")
+		"the memory builds may hold at once for decompressed kernels (builds wait for their share; a kernel that needs more than all of it is refused)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
