@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -44,6 +45,12 @@ type Hypervisor interface {
 type Config struct {
 	Logger *slog.Logger
 	Limits kernel.Limits // for the kernel and initrd
+	// Memory is what builds may hold at once for decompressed kernels,
+	// shared by all builds of this Builder (nil: no limit): a
+	// build waits for its share, and one whose kernel cannot fit it at
+	// all fails with ResourceExhausted on spec.kernel. Initrds are
+	// streamed into guest memory and cost no more than a 1 MiB buffer.
+	Memory *kernel.Budget
 	// BackendDomid is the domain serving the xenstore and console rings
 	// (0: dom0).
 	BackendDomid xenctrl.Domid
@@ -98,7 +105,7 @@ type job struct {
 	spec    domain.Spec
 	backend xenctrl.Domid
 	img     *kernel.Image
-	initrd  []byte
+	initrd  *kernel.Initrd // nil: none
 	mem     *guestmem.Memory
 	res     domain.BuildResult
 }
@@ -168,11 +175,13 @@ func (b *Builder) build(ctx context.Context, d xenctrl.Domid, spec domain.Spec) 
 	}
 	s := &job{hv: b.hv, d: d, spec: spec, backend: b.cfg.BackendDomid}
 	t0 := time.Now()
-	release, err := s.load(b.cfg.Limits)
+	release, err := s.load(ctx, b.cfg.Limits, b.cfg.Memory)
 	if err != nil {
 		return domain.BuildResult{}, tm, err
 	}
-	defer release() // the image's segments alias the mapped file until then
+	// The image's segments alias the mapped file or the decompressed
+	// kernel (held against the memory budget) until then.
+	defer release()
 	if err := g.plan(s); err != nil {
 		return domain.BuildResult{}, tm, err
 	}
@@ -209,20 +218,39 @@ func (b *Builder) build(ctx context.Context, d xenctrl.Domid, spec domain.Spec) 
 	return s.res, tm, nil
 }
 
-// load opens the kernel and reads the initrd; release unmaps the kernel.
-func (s *job) load(lim kernel.Limits) (release func() error, err error) {
-	img, release, err := kernel.OpenFile(s.spec.Kernel, lim)
-	if err != nil {
+// load opens the kernel and the initrd; release unmaps the kernel, gives
+// its memory back to mem and closes the initrd.
+func (s *job) load(ctx context.Context, lim kernel.Limits, mem *kernel.Budget) (release func(), err error) {
+	img, unmap, err := kernel.OpenFile(ctx, s.spec.Kernel, lim, mem)
+	switch {
+	case errors.Is(err, kernel.ErrOverBudget):
+		return nil, &domain.Error{Code: domain.CodeResourceExhausted, Field: "spec.kernel", Message: err.Error()} // names the file
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		return nil, fmt.Errorf("builder: waiting for memory to load %s: %w", s.spec.Kernel, err)
+	case err != nil:
 		return nil, domain.InvalidField("spec.kernel", "%s: %v", s.spec.Kernel, err)
 	}
 	if s.spec.Ramdisk != "" {
-		if s.initrd, err = kernel.LoadInitrd(s.spec.Ramdisk, lim); err != nil {
-			release()
+		if s.initrd, err = kernel.OpenInitrd(s.spec.Ramdisk, lim); err != nil {
+			unmap()
 			return nil, domain.InvalidField("spec.ramdisk", "%s: %v", s.spec.Ramdisk, err)
 		}
 	}
 	s.img = img
-	return release, nil
+	return func() {
+		unmap()
+		if s.initrd != nil {
+			s.initrd.Close()
+		}
+	}, nil
+}
+
+// initrdSize is the initrd's size in bytes (0: none).
+func (s *job) initrdSize() uint64 {
+	if s.initrd == nil {
+		return 0
+	}
+	return s.initrd.Size()
 }
 
 // setLimits sets the vCPUs, max_mem (with libxl's 1 MiB of slack,
@@ -249,12 +277,28 @@ func (s *job) writeMemory(ctx context.Context, g guest) error {
 			return fmt.Errorf("builder: kernel segment %d at %#x: %w", seg.Index, seg.PAddr, err)
 		}
 	}
-	if len(s.initrd) > 0 {
-		if err := s.mem.Write(ctx, g.initrdAddr(), s.initrd, alignUp(uint64(len(s.initrd)))); err != nil {
+	if s.initrd != nil {
+		if err := s.writeInitrd(ctx, g.initrdAddr()); err != nil {
 			return fmt.Errorf("builder: initrd at %#x: %w", g.initrdAddr(), err)
 		}
 	}
 	return g.writeBoot(ctx, s)
+}
+
+// writeInitrd streams the initrd to addr in chunks and zeroes the rest of
+// its last page.
+func (s *job) writeInitrd(ctx context.Context, addr uint64) error {
+	err := s.initrd.Copy(ctx, func(off uint64, chunk []byte) error {
+		return s.mem.Write(ctx, addr+off, chunk, uint64(len(chunk)))
+	})
+	if err != nil {
+		return err
+	}
+	size := s.initrd.Size()
+	if tail := alignUp(size) - size; tail > 0 {
+		return s.mem.Write(ctx, addr+size, nil, tail)
+	}
+	return nil
 }
 
 // setupRings clears the xenstore and console ring pages, allocates their

@@ -31,7 +31,7 @@ type pvGuest struct {
 func (g *pvGuest) String() string { return g.l.String() }
 
 func (g *pvGuest) plan(s *job) (err error) {
-	if g.l, err = planPV(s.img, uint64(len(s.initrd)), s.spec.Cmdline, s.memBytes()); err != nil {
+	if g.l, err = planPV(s.img, s.initrdSize(), s.spec.Cmdline, s.memBytes()); err != nil {
 		return err
 	}
 	g.maxBytes = s.maxBytes()

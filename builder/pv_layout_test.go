@@ -12,7 +12,7 @@ import (
 
 func TestPlanPV(t *testing.T) {
 	spec, _, _ := pvSpec(t, 0)
-	img, release, err := kernel.OpenFile(spec.Kernel, kernel.Limits{})
+	img, release, err := kernel.OpenFile(t.Context(), spec.Kernel, kernel.Limits{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,7 +52,7 @@ func tscModeOf(p map[string]string) (uint32, error) {
 func (g *pvhGuest) String() string { return g.l.String() }
 
 func (g *pvhGuest) plan(s *job) (err error) {
-	g.l, err = planPVH(s.img, uint64(len(s.initrd)), s.spec.Cmdline, s.memBytes())
+	g.l, err = planPVH(s.img, s.initrdSize(), s.spec.Cmdline, s.memBytes())
 	return err
 }
 

@@ -139,9 +139,3 @@ func LoadFile(path string, lim Limits) (*Image, error) {
 	}
 	return Load(data, lim)
 }
-
-// LoadInitrd reads an initial ramdisk (opaque to the builder): a non-empty
-// regular file of at most lim.MaxInitrdSize bytes.
-func LoadInitrd(path string, lim Limits) ([]byte, error) {
-	return readFileLimited(path, lim.withDefaults().MaxInitrdSize, "initrd")
-}

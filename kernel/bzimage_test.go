@@ -236,24 +236,55 @@ func TestTruncatedPayloads(t *testing.T) {
 	}
 }
 
-func TestLoadInitrd(t *testing.T) {
+func TestOpenInitrd(t *testing.T) {
 	dir := t.TempDir()
 	p := dir + "/initrd"
-	if err := os.WriteFile(p, bytes.Repeat([]byte{7}, 5000), 0o644); err != nil {
+	want := make([]byte, 2*initrdChunk+5000)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(p, want, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b, err := LoadInitrd(p, Limits{})
-	if err != nil || len(b) != 5000 {
-		t.Fatalf("LoadInitrd: %v %d", err, len(b))
+	r, err := OpenInitrd(p, Limits{})
+	if err != nil || r.Size() != uint64(len(want)) {
+		t.Fatalf("OpenInitrd: %v", err)
 	}
-	if _, err := LoadInitrd(p, Limits{MaxInitrdSize: 4096}); !errors.Is(err, ErrTooLarge) {
+	defer r.Close()
+	var got []byte
+	chunks := 0
+	err = r.Copy(t.Context(), func(off uint64, chunk []byte) error {
+		if off != uint64(len(got)) || len(chunk) > initrdChunk {
+			t.Fatalf("chunk at %d of %d bytes after %d bytes", off, len(chunk), len(got))
+		}
+		got = append(got, chunk...)
+		chunks++
+		return nil
+	})
+	if err != nil || !bytes.Equal(got, want) || chunks != 3 {
+		t.Fatalf("Copy: %v, %d chunks, equal %v", err, chunks, bytes.Equal(got, want))
+	}
+	// The file grows after it was opened: the copy fails.
+	if err := os.WriteFile(p, append(want, 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Copy(t.Context(), func(uint64, []byte) error { return nil }); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("grown: %v", err)
+	}
+	if err := os.WriteFile(p, want[:100], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Copy(t.Context(), func(uint64, []byte) error { return nil }); err == nil {
+		t.Fatal("shrunk: copied")
+	}
+	if _, err := OpenInitrd(p, Limits{MaxInitrdSize: 50}); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("over the limit: %v", err)
 	}
-	if _, err := LoadInitrd(dir, Limits{}); err == nil {
+	if _, err := OpenInitrd(dir, Limits{}); err == nil {
 		t.Fatal("a directory was accepted as an initrd")
 	}
 	os.WriteFile(p, nil, 0o644)
-	if _, err := LoadInitrd(p, Limits{}); !errors.Is(err, ErrMalformed) {
+	if _, err := OpenInitrd(p, Limits{}); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("empty: %v", err)
 	}
 }
@@ -270,7 +301,7 @@ func TestOpenFile(t *testing.T) {
 		if err := os.WriteFile(p, content, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		img, release, err := OpenFile(p, Limits{})
+		img, release, err := OpenFile(t.Context(), p, Limits{}, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -286,17 +317,17 @@ func TestOpenFile(t *testing.T) {
 	}
 	bad := dir + "/bad"
 	os.WriteFile(bad, elf[:100], 0o644)
-	if _, _, err := OpenFile(bad, Limits{}); !errors.Is(err, ErrMalformed) {
+	if _, _, err := OpenFile(t.Context(), bad, Limits{}, nil); !errors.Is(err, ErrMalformed) {
 		t.Errorf("truncated: %v", err)
 	}
 	os.WriteFile(bad, nil, 0o644)
-	if _, _, err := OpenFile(bad, Limits{}); !errors.Is(err, ErrMalformed) {
+	if _, _, err := OpenFile(t.Context(), bad, Limits{}, nil); !errors.Is(err, ErrMalformed) {
 		t.Errorf("empty: %v", err)
 	}
-	if _, _, err := OpenFile(dir, Limits{}); err == nil {
+	if _, _, err := OpenFile(t.Context(), dir, Limits{}, nil); err == nil {
 		t.Errorf("directory accepted")
 	}
-	if _, _, err := OpenFile(dir+"/vmlinux", Limits{MaxImageSize: 100}); !errors.Is(err, ErrTooLarge) {
+	if _, _, err := OpenFile(t.Context(), dir+"/vmlinux", Limits{MaxImageSize: 100}, nil); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("over the limit: %v", err)
 	}
 }

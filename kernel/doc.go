@@ -19,13 +19,19 @@
 //     decompressed under a size and ratio limit (no decompression bombs).
 //     See Unwrap.
 //   - Bare compressed ELF kernels (vmlinux.gz and friends).
-//   - Initial ramdisks, loaded as opaque bytes under a size limit.
+//   - Initial ramdisks, streamed as opaque bytes under a size limit
+//     (OpenInitrd).
 //
-// Paths are hostile too: OpenFile, LoadFile and LoadInitrd open without
+// Paths are hostile too: OpenFile, LoadFile and OpenInitrd open without
 // blocking and accept only a regular file (by fstat of the open file, so a
 // FIFO, a device or a directory is refused at once, naming its type), and
 // read no more than the size that fstat gave.
 //
-// Load is the entry point the builder uses: it takes the file's bytes and
-// returns an Image ready to place in guest memory.
+// Load takes a kernel's bytes and returns an Image ready to place in guest
+// memory; OpenFile, the entry point the builder uses, does that for a file.
+//
+// Memory: a decompressed kernel lives on the daemon's heap, so OpenFile
+// takes its worst case from a Budget shared by all builds before it
+// decompresses (budget.go): concurrent builds queue, and a kernel that
+// cannot fit the whole budget is refused (ErrOverBudget) unread.
 package kernel

@@ -2,21 +2,23 @@ package kernel
 
 import (
 	"errors"
+	"fmt"
 	"io"
-	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
 
-// Decompressed output is collected in fixed chunks from a pool and copied
-// once, at the end, into a slice of exactly its length. A decompression
-// bomb is refused after at most the limit in chunks, which go back to the
-// pool for the next request instead of becoming garbage; nothing is sized
-// from what the image claims. (Growing one buffer instead, as bytes.Buffer
-// does, allocated three times the limit per refused bomb.)
+// Decompressed output is collected in fixed chunks and copied once, at
+// the end, into a slice of exactly its length. A decompression bomb is
+// refused after at most the limit in chunks; nothing is sized from what
+// the image claims. (Growing one buffer instead, as bytes.Buffer does,
+// allocated three times the limit per refused bomb.) The chunks are
+// anonymous mappings outside the Go heap (newChunk, mmap_linux.go),
+// unmapped as soon as the expansion is done: a refused bomb's output goes
+// back to the system at once. (Pooled on the heap, it stayed resident
+// until two collections had passed, and the garbage around it until the
+// heap reached the runtime's memory limit.)
 const expandChunk = 1 << 20
-
-var expandChunks = sync.Pool{New: func() any { b := make([]byte, expandChunk); return &b }}
 
 // ratioGrace is how far output may run ahead of MaxRatio times the
 // compressed bytes read so far. Past it, a stream that expands faster than
@@ -63,7 +65,9 @@ func (e *expansion) readFrom(rd io.Reader) error {
 	for {
 		off := e.n % expandChunk
 		if off == 0 {
-			e.chunks = append(e.chunks, expandChunks.Get().(*[]byte))
+			if err := e.grow(); err != nil {
+				return err
+			}
 		}
 		c := *e.chunks[len(e.chunks)-1]
 		k, err := rd.Read(c[off:])
@@ -90,12 +94,24 @@ func (e *expansion) write(b []byte) error {
 	for len(b) > 0 {
 		off := e.n % expandChunk
 		if off == 0 {
-			e.chunks = append(e.chunks, expandChunks.Get().(*[]byte))
+			if err := e.grow(); err != nil {
+				return err
+			}
 		}
 		k := copy((*e.chunks[len(e.chunks)-1])[off:], b)
 		e.n += uint64(k)
 		b = b[k:]
 	}
+	return nil
+}
+
+// grow adds a chunk.
+func (e *expansion) grow() error {
+	c, err := newChunk()
+	if err != nil {
+		return fmt.Errorf("kernel: %s: output buffer: %w", e.where, err)
+	}
+	e.chunks = append(e.chunks, c)
 	return nil
 }
 
@@ -114,10 +130,10 @@ func (e *expansion) bytes() ([]byte, error) {
 	return out, nil
 }
 
-// release gives the chunks back to the pool.
+// release gives the chunks back to the system.
 func (e *expansion) release() {
 	for _, c := range e.chunks {
-		expandChunks.Put(c)
+		freeChunk(c)
 	}
 	e.chunks, e.n = nil, 0
 }

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -13,14 +14,20 @@ import (
 // loaders are the three ways the builder reads a guest-supplied path.
 var loaders = map[string]func(path string) error{
 	"OpenFile": func(p string) error {
-		_, release, err := OpenFile(p, Limits{})
+		_, release, err := OpenFile(context.Background(), p, Limits{}, nil)
 		if err == nil {
 			release()
 		}
 		return err
 	},
-	"LoadFile":   func(p string) error { _, err := LoadFile(p, Limits{}); return err },
-	"LoadInitrd": func(p string) error { _, err := LoadInitrd(p, Limits{}); return err },
+	"LoadFile": func(p string) error { _, err := LoadFile(p, Limits{}); return err },
+	"OpenInitrd": func(p string) error {
+		r, err := OpenInitrd(p, Limits{})
+		if err == nil {
+			r.Close()
+		}
+		return err
+	},
 }
 
 // TestHostileFileTypes: a FIFO without a writer, a character device and a
@@ -102,13 +109,15 @@ func TestSymlinkToRegularFile(t *testing.T) {
 	if err := os.Symlink(target, link); err != nil {
 		t.Fatal(err)
 	}
-	if b, err := LoadInitrd(link, Limits{}); err != nil || string(b) != "ramdisk" {
-		t.Fatalf("LoadInitrd through a symlink: %q, %v", b, err)
+	r, err := OpenInitrd(link, Limits{})
+	if err != nil || r.Size() != uint64(len("ramdisk")) {
+		t.Fatalf("OpenInitrd through a symlink: %v", err)
 	}
+	r.Close()
 	if err := os.Symlink("/dev/zero", filepath.Join(dir, "zero")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadInitrd(filepath.Join(dir, "zero"), Limits{}); !errors.Is(err, ErrMalformed) {
+	if _, err := OpenInitrd(filepath.Join(dir, "zero"), Limits{}); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("symlink to /dev/zero: %v", err)
 	}
 }

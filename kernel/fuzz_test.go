@@ -169,6 +169,11 @@ func FuzzUnwrapBzImage(f *testing.F) {
 		if err == nil && uint64(len(out)) > fuzzLimits.MaxDecompressed {
 			t.Fatalf("output %d bytes over the limit", len(out))
 		}
+		// What OpenFile takes from the memory budget covers the output,
+		// its copy and the decoder's window.
+		if cost := decompressionCost(data, fuzzLimits); err == nil && cost < 3*uint64(len(out)) {
+			t.Fatalf("cost %d for %d bytes of output", cost, len(out))
+		}
 		_, _ = Load(data, fuzzLimits)
 	})
 }

@@ -17,7 +17,7 @@ func TestReadGuardTruncatedFile(t *testing.T) {
 	if err := os.WriteFile(path, k.Build(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	img, release, err := OpenFile(path, Limits{})
+	img, release, err := OpenFile(t.Context(), path, Limits{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/xenopsd-ng/xenopsd-ng/builder"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
+	"github.com/xenopsd-ng/xenopsd-ng/kernel"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
 )
@@ -41,11 +42,12 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger) (*backend, e
 	defer cancel()
 	var be *backend
 	var err error
+	mem := kernel.NewBudget(cfg.memoryLimit)
 	switch cfg.backend {
 	case "xen":
-		be, err = openXen(ctx, log)
+		be, err = openXen(ctx, log, mem)
 	case "sim":
-		be, err = openSim(ctx, cfg.simDir, log)
+		be, err = openSim(ctx, cfg.simDir, log, mem)
 	default:
 		return nil, fmt.Errorf("unknown backend %q", cfg.backend)
 	}
@@ -62,7 +64,7 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger) (*backend, e
 }
 
 // openXen opens /dev/xen/privcmd and dom0's xenstored.
-func openXen(ctx context.Context, log *slog.Logger) (*backend, error) {
+func openXen(ctx context.Context, log *slog.Logger, mem *kernel.Budget) (*backend, error) {
 	x, err := xenctrl.Open(log)
 	if err != nil {
 		return nil, &backendError{fmt.Errorf("--backend=xen: %w (xenopsd-ng does not fall back to the simulator; run with --backend=sim on a machine without Xen)", err)}
@@ -75,7 +77,7 @@ func openXen(ctx context.Context, log *slog.Logger) (*backend, error) {
 	return &backend{
 		hv:      x,
 		xs:      xs,
-		builder: newVMBuilder(x, log, false),
+		builder: newVMBuilder(x, log, false, mem),
 		close:   func(bool) { xs.Close(); x.Close() },
 	}, nil
 }
@@ -102,10 +104,10 @@ type vmBuilder struct {
 }
 
 // newVMBuilder returns the builder of VMs on hv; emptyRings as in
-// vmBuilder.
-func newVMBuilder(hv builderHypervisor, log *slog.Logger, emptyRings bool) vmBuilder {
+// vmBuilder; mem is the memory all builds share (nil: no limit).
+func newVMBuilder(hv builderHypervisor, log *slog.Logger, emptyRings bool, mem *kernel.Budget) vmBuilder {
 	return vmBuilder{
-		guest:      builder.New(hv, builder.Config{Logger: log.With("component", "builder")}),
+		guest:      builder.New(hv, builder.Config{Logger: log.With("component", "builder"), Memory: mem}),
 		empty:      domain.EmptyBuilder{Hypervisor: hv},
 		emptyRings: emptyRings,
 	}

@@ -21,7 +21,7 @@ func TestVMBuilderEmptyDomain(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b := newVMBuilder(h, slog.New(slog.DiscardHandler), emptyRings)
+		b := newVMBuilder(h, slog.New(slog.DiscardHandler), emptyRings, nil)
 		spec := domain.Spec{Type: domain.TypePV, MemoryStaticMax: 16 << 20, MemoryDynamicMax: 16 << 20, VCPUsMax: 1}
 		res, err := b.Build(ctx, d, spec)
 		if err != nil {
@@ -44,7 +44,7 @@ func TestVMBuilderKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := newVMBuilder(h, slog.New(slog.DiscardHandler), true)
+	b := newVMBuilder(h, slog.New(slog.DiscardHandler), true, nil)
 	spec := domain.Spec{Type: domain.TypePV, MemoryStaticMax: 16 << 20, MemoryDynamicMax: 16 << 20, VCPUsMax: 1,
 		Kernel: t.TempDir() + "/no-such-kernel"}
 	_, err = b.Build(ctx, d, spec)

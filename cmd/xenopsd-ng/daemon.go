@@ -17,7 +17,8 @@ import (
 // addresses served (the socket path, then the TCP address if any).
 func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(addrs []string)) error {
 	log.Info("xenopsd-ng starting", "version", daemonVersion(), "backend", cfg.backend,
-		"socket", cfg.socket, "state_dir", cfg.stateDir, "workers", cfg.workers, "console_log_dir", cfg.consoleLogDir)
+		"socket", cfg.socket, "state_dir", cfg.stateDir, "workers", cfg.workers, "console_log_dir", cfg.consoleLogDir,
+		"memory_limit", (*byteSize)(&cfg.memoryLimit).String())
 	// The backend comes first: a daemon that cannot reach its hypervisor
 	// leaves no state directory behind.
 	be, err := openBackend(ctx, cfg, log)

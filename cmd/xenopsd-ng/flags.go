@@ -15,6 +15,7 @@ import (
 
 	"github.com/xenopsd-ng/xenopsd-ng/console"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
+	"github.com/xenopsd-ng/xenopsd-ng/internal/bytesize"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 )
 
@@ -22,6 +23,9 @@ import (
 const (
 	defaultStateDir     = "/var/lib/xenopsd-ng"
 	defaultDrainTimeout = 30 * time.Second
+	// defaultMemoryLimit suits a 1 GiB dom0: the idle daemon needs a few
+	// MiB, and builds queue for the rest (see --memory-limit).
+	defaultMemoryLimit = 64 << 20
 )
 
 var errHelp = errors.New("help requested")
@@ -45,7 +49,11 @@ type config struct {
 	logLevel     slog.Level
 	logFormat    string
 	drainTimeout time.Duration
-	showVersion  bool
+	// memoryLimit is the daemon's memory budget in bytes (0: none): the Go
+	// runtime's soft limit, and the memory that builds may hold at once
+	// for decompressed kernels.
+	memoryLimit uint64
+	showVersion bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -67,6 +75,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", defaultDrainTimeout, "on SIGTERM, how long in-flight tasks may run before they are recorded as interrupted")
+	c.memoryLimit = defaultMemoryLimit
+	fs.Var((*byteSize)(&c.memoryLimit), "memory-limit", "the daemon's memory budget, e.g. 64M or 1G (0: none): the Go runtime's soft memory limit, and "+
+		"the memory builds may hold at once for decompressed kernels (builds wait for their share; a kernel that needs more than all of it is refused)")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -179,4 +190,19 @@ func newLogger(c config, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return slog.New(slog.NewTextHandler(w, opts)), nil
+}
+
+// byteSize is a flag value of bytes, as xopsctl's sizes: a number with
+// an optional K, M, G or T suffix (binary; see bytesize.Parse).
+type byteSize uint64
+
+func (b *byteSize) String() string { return bytesize.Format(uint64(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	n, err := bytesize.Parse(s)
+	if err != nil {
+		return err
+	}
+	*b = byteSize(n)
+	return nil
 }

@@ -221,3 +221,40 @@ func TestServerTLSWarnsWithoutClientCA(t *testing.T) {
 		t.Errorf("no start-up warning for a TLS listener without client certificates: %q", logs.String())
 	}
 }
+
+// TestMemoryLimitFlag: --memory-limit takes bytes with a binary unit (as
+// xopsctl's sizes), defaults to 64 MiB, and 0 means no limit.
+func TestMemoryLimitFlag(t *testing.T) {
+	for _, tt := range []struct {
+		arg  string // "-" => the flag is not given
+		want uint64
+		err  string
+	}{
+		{"-", 64 << 20, ""},
+		{"0", 0, ""},
+		{"1048576", 1 << 20, ""},
+		{"512K", 512 << 10, ""},
+		{"96MiB", 96 << 20, ""},
+		{"96mb", 96 << 20, ""},
+		{"1G", 1 << 30, ""},
+		{"1.5G", 3 << 29, ""},
+		{"1T", 1 << 40, ""},
+		{"", 0, "empty size"},
+		{"-1M", 0, "negative"},
+		{"MiB", 0, "no number"},
+		{"lots", 0, "not a size"},
+		{"20000000T", 0, "too large"},
+	} {
+		args := []string{"--backend=sim"}
+		if tt.arg != "-" {
+			args = append(args, "--memory-limit="+tt.arg)
+		}
+		c, err := parseFlags(args, io.Discard)
+		switch {
+		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), "memory-limit")):
+			t.Errorf("--memory-limit=%s: %v, want an error naming the flag and containing %q", tt.arg, err, tt.err)
+		case tt.err == "" && (err != nil || c.memoryLimit != tt.want):
+			t.Errorf("--memory-limit=%s: %d, %v, want %d", tt.arg, c.memoryLimit, err, tt.want)
+		}
+	}
+}

@@ -6,7 +6,7 @@
 //	           [--listen HOST:PORT (--tls-cert F --tls-key F (--tls-client-ca F | --insecure-no-client-cert)
 //	                                | --insecure-listen on a loopback HOST)]
 //	           [--workers N] [--log-level debug|info|warn|error] [--log-format text|json]
-//	           [--drain-timeout D]
+//	           [--drain-timeout D] [--memory-limit SIZE (default 64M; 0: none)]
 //	xenopsd-ng sim-host --dir DIR [--memory 16G] [--cpus 8]
 //
 // With --backend=sim the daemon talks to a simulated machine (package
@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -77,6 +78,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "xenopsd-ng: %v\n", err)
 		return exitUsage
+	}
+	if cfg.memoryLimit != 0 {
+		// Process-wide, hence here and not in runDaemon (which tests run
+		// in their own process).
+		debug.SetMemoryLimit(int64(min(cfg.memoryLimit, math.MaxInt64)))
 	}
 	if err := runDaemon(ctx, cfg, logger, nil); err != nil {
 		logger.Error("xenopsd-ng failed", "err", err)

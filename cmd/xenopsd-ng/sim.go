@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/xenopsd-ng/xenopsd-ng/kernel"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
 )
@@ -28,7 +29,7 @@ const simStopTimeout = 30 * time.Second
 // already running stays: like a Xen host whose toolstack failed to come up,
 // it may run the domains of VMs a previous daemon left running, and the
 // next daemon re-adopts them.
-func openSim(ctx context.Context, simDir string, log *slog.Logger) (*backend, error) {
+func openSim(ctx context.Context, simDir string, log *slog.Logger, mem *kernel.Budget) (*backend, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own executable to start the sim host: %w", err)
@@ -52,7 +53,7 @@ func openSim(ctx context.Context, simDir string, log *slog.Logger) (*backend, er
 	return &backend{
 		hv:      hc,
 		xs:      xs,
-		builder: newVMBuilder(hc, log, true),
+		builder: newVMBuilder(hc, log, true, mem),
 		close:   func(startFailed bool) { xs.Close(); release(startFailed) },
 	}, nil
 }
