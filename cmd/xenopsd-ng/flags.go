@@ -24,8 +24,12 @@ const (
 	defaultStateDir     = "/var/lib/xenopsd-ng"
 	defaultDrainTimeout = 30 * time.Second
 	// defaultMemoryLimit suits a 1 GiB dom0: the idle daemon needs a few
-	// MiB, and builds queue for the rest (see --memory-limit).
-	defaultMemoryLimit = 64 << 20
+	// MiB, and builds queue for the rest (see --memory-limit). It admits one
+	// distribution bzImage at a time (Debian's 6.1 kernel expands to about
+	// 66 MB, which the budget counts three times); 64M holds the daemon
+	// under 64 MiB resident but admits only uncompressed (ELF) kernels and
+	// small compressed ones.
+	defaultMemoryLimit = 256 << 20
 )
 
 var errHelp = errors.New("help requested")

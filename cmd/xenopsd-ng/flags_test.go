@@ -223,14 +223,14 @@ func TestServerTLSWarnsWithoutClientCA(t *testing.T) {
 }
 
 // TestMemoryLimitFlag: --memory-limit takes bytes with a binary unit (as
-// xopsctl's sizes), defaults to 64 MiB, and 0 means no limit.
+// xopsctl's sizes), defaults to 256 MiB, and 0 means no limit.
 func TestMemoryLimitFlag(t *testing.T) {
 	for _, tt := range []struct {
 		arg  string // "-" => the flag is not given
 		want uint64
 		err  string
 	}{
-		{"-", 64 << 20, ""},
+		{"-", 256 << 20, ""},
 		{"0", 0, ""},
 		{"1048576", 1 << 20, ""},
 		{"512K", 512 << 10, ""},

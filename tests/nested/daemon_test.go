@@ -27,6 +27,7 @@ type env struct {
 	daemon *exec.Cmd
 	done   chan error
 	log    *os.File
+	args   []string // extra xenopsd-ng flags
 }
 
 func needNested(t *testing.T) (daemon, ctl string) {
@@ -57,7 +58,7 @@ func (e *env) start() {
 		e.t.Fatal(err)
 	}
 	e.log = f
-	cmd := exec.Command("xenopsd-ng", "--backend=xen", "--socket", e.sock, "--state-dir", e.state)
+	cmd := exec.Command("xenopsd-ng", append([]string{"--backend=xen", "--socket", e.sock, "--state-dir", e.state}, e.args...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		e.t.Fatalf("start xenopsd-ng: %v", err)
