@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -188,7 +190,7 @@ func fuzzLeaks(ctx context.Context, s vmServer, hc *simhost.Client, xs *xenstore
 			continue
 		}
 		live[strconv.Itoa(int(d.Domid))] = true
-		if id := handleUUID(d.Handle); !owners[id] {
+		if id := uuid.UUID(d.Handle).String(); !owners[id] {
 			return fmt.Sprintf("domain %d (handle %s) belongs to no VM", d.Domid, id)
 		}
 	}
@@ -207,11 +209,6 @@ func fuzzLeaks(ctx context.Context, s vmServer, hc *simhost.Client, xs *xenstore
 		}
 	}
 	return ""
-}
-
-// handleUUID formats a domain handle as a VM id.
-func handleUUID(h [16]byte) string {
-	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
 }
 
 // fuzzTrim destroys and deletes every VM once there are more than

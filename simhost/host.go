@@ -145,7 +145,7 @@ func Run(ctx context.Context, cfg Config) error {
 	h.console = newConsoled(consoleDir, h.xs, log)
 	srv := newRPCServer(services{
 		host: &hostServer{
-			hello: &pb.HelloResponse{Pid: int64(os.Getpid()), BootId: h.bootID, XenstoredPath: xsPath, ConsoleDir: consoleDir},
+			hello: &pb.HelloResponse{Pid: int64(os.Getpid()), BootId: h.bootID, XenstoredPath: xsPath},
 			stop:  func() { h.stop("stop requested by a client") },
 		},
 		hypervisor: &hypervisorServer{hv: h.hv},

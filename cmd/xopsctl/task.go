@@ -55,8 +55,9 @@ type taskWaiter struct {
 
 func (w *taskWaiter) wait() error {
 	// The task exists before this revision, so its end is either visible to
-	// the re-read below or an event after the revision.
-	l, err := w.c.vm.ListVMs(w.ctx, &apiv1.ListVMsRequest{})
+	// the re-read below or an event after the revision. Only the revision is
+	// wanted: one VM's page carries it.
+	l, err := w.c.vm.ListVMs(w.ctx, &apiv1.ListVMsRequest{PageSize: 1})
 	if err != nil {
 		return err
 	}

@@ -79,8 +79,6 @@ type HelloResponse struct {
 	BootId string `protobuf:"bytes,2,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	// xenstored_path is the unix socket of the host's xenstored.
 	XenstoredPath string `protobuf:"bytes,3,opt,name=xenstored_path,json=xenstoredPath,proto3" json:"xenstored_path,omitempty"`
-	// console_dir holds the guests' console logs (guest-<name>.log).
-	ConsoleDir    string `protobuf:"bytes,4,opt,name=console_dir,json=consoleDir,proto3" json:"console_dir,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -132,13 +130,6 @@ func (x *HelloResponse) GetBootId() string {
 func (x *HelloResponse) GetXenstoredPath() string {
 	if x != nil {
 		return x.XenstoredPath
-	}
-	return ""
-}
-
-func (x *HelloResponse) GetConsoleDir() string {
-	if x != nil {
-		return x.ConsoleDir
 	}
 	return ""
 }
@@ -220,13 +211,11 @@ var File_xenopsd_simhost_v1_host_proto protoreflect.FileDescriptor
 const file_xenopsd_simhost_v1_host_proto_rawDesc = "" +
 	"\n" +
 	"\x1dxenopsd/simhost/v1/host.proto\x12\x12xenopsd.simhost.v1\"\x0e\n" +
-	"\fHelloRequest\"\x82\x01\n" +
+	"\fHelloRequest\"g\n" +
 	"\rHelloResponse\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x17\n" +
 	"\aboot_id\x18\x02 \x01(\tR\x06bootId\x12%\n" +
-	"\x0exenstored_path\x18\x03 \x01(\tR\rxenstoredPath\x12\x1f\n" +
-	"\vconsole_dir\x18\x04 \x01(\tR\n" +
-	"consoleDir\"\r\n" +
+	"\x0exenstored_path\x18\x03 \x01(\tR\rxenstoredPathJ\x04\b\x04\x10\x05\"\r\n" +
 	"\vStopRequest\"\x0e\n" +
 	"\fStopResponse2\xa9\x01\n" +
 	"\x0eSimHostService\x12L\n" +
