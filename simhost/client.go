@@ -364,16 +364,19 @@ func (c *Client) Stop(ctx context.Context) error {
 		return fmt.Errorf("sim host %s: stop: %w", c.dir, err)
 	}
 	// The reply may be lost as the host closes its connections; either way
-	// wait until nothing answers as this host (a new one may already run).
+	// wait until nothing answers as this host (a new one may already run)
+	// and it has let go of the directory: it closes its sockets first and
+	// removes its pid file and releases the flock after.
 	for {
 		nc, err := dialSocket(ctx, c.dir)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("sim host %s did not exit: %w", c.dir, ctx.Err())
 			}
-			return nil
-		}
-		if probe, err := greet(ctx, c.dir, nc); err == nil {
+			if !dirLocked(c.dir) {
+				return nil
+			}
+		} else if probe, err := greet(ctx, c.dir, nc); err == nil {
 			other := probe.hello.GetBootId() != boot
 			probe.close()
 			if other {

@@ -243,6 +243,20 @@ func lockDir(dir string) (unlock func(), err error) {
 	return func() { once.Do(func() { f.Close() }) }, nil
 }
 
+// dirLocked reports whether a host holds dir's flock (a missing lock file
+// means none does).
+func dirLocked(dir string) bool {
+	f, err := os.Open(filepath.Join(dir, lockFile))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		return errors.Is(err, syscall.EWOULDBLOCK)
+	}
+	return false
+}
+
 // listenUnix listens on path, replacing a stale socket file (the lock says
 // no other host owns the directory).
 func listenUnix(path string) (net.Listener, error) {
