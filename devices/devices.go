@@ -1,0 +1,111 @@
+// Package devices plugs virtual disks (vbd) and NICs (vif) into domains
+// with Xen's split-driver protocol over xenstore
+// (xen/include/public/io/xenbus.h, docs/misc/xenstore-paths.pandoc), as
+// libxl does, and does dom0's part that libxl leaves to hotplug scripts
+// through a Host (loop devices, bridges).
+//
+// SKELETON: the types and signatures below are the contract the domain
+// manager integrates against; the bodies are being written.
+package devices
+
+import (
+	"context"
+	"time"
+)
+
+// Kind is a device class: the name of its backend and frontend directories.
+type Kind string
+
+const (
+	KindVBD Kind = "vbd" // a disk, served by blkback
+	KindVIF Kind = "vif" // a NIC, served by netback
+)
+
+// State is a XenbusState (io/xenbus.h).
+type State int
+
+const (
+	StateUnknown       State = 0
+	StateInitialising  State = 1
+	StateInitWait      State = 2
+	StateInitialised   State = 3
+	StateConnected     State = 4
+	StateClosing       State = 5
+	StateClosed        State = 6
+	StateReconfiguring State = 7
+	StateReconfigured  State = 8
+)
+
+// Disk is a disk to plug.
+type Disk struct {
+	Device   string // guest name: xvda, hda, sda...
+	Path     string // dom0 path of the backing raw file or block device
+	ReadOnly bool
+	CDROM    bool
+}
+
+// NIC is a NIC to plug.
+type NIC struct {
+	DevID  int    // the vif's index in the guest (its "handle")
+	MAC    string // "00:16:3e:xx:xx:xx"
+	Bridge string // dom0 bridge the vif joins
+	MTU    uint32 // 0: 1500
+}
+
+// DiskAttachment is dom0's block device for a disk.
+type DiskAttachment struct {
+	// PhysicalDevice is "major:minor" in hex, as blkback reads it from the
+	// backend's physical-device node.
+	PhysicalDevice string `json:"physical_device"`
+	// Loop is the loop device the Host attached the file to ("" for a
+	// block device path).
+	Loop string `json:"loop,omitempty"`
+}
+
+// Host is dom0's side of devices: what libxl's hotplug scripts (block,
+// vif-bridge) do. The real one uses loop devices and netlink; the
+// simulator plays it.
+type Host interface {
+	// AttachDisk makes path a block device blkback can open: a block device
+	// as it is, a regular file through a (read-only if readOnly) loop device.
+	AttachDisk(ctx context.Context, path string, readOnly bool) (DiskAttachment, error)
+	// FindDisk returns the attachments the Host made earlier for path (the
+	// loop devices backed by it), for re-adoption after a crash.
+	FindDisk(ctx context.Context, path string) ([]DiskAttachment, error)
+	// DetachDisk undoes AttachDisk; detaching what is gone is no error.
+	DetachDisk(ctx context.Context, a DiskAttachment) error
+	// CheckBridge fails unless bridge exists and is a bridge.
+	CheckBridge(ctx context.Context, bridge string) error
+	// ConnectVIF waits (until ctx ends) for netback's interface name to
+	// appear, sets its MTU, attaches it to bridge and brings it up.
+	ConnectVIF(ctx context.Context, name, bridge string, mtu uint32) error
+	// DisconnectVIF takes name out of its bridge; a missing one is no error.
+	DisconnectVIF(ctx context.Context, name string) error
+}
+
+// Record is what is persisted about one plugged device: enough to show it,
+// re-adopt it after a restart and remove it, with nothing from the guest.
+type Record struct {
+	Kind     Kind           `json:"kind"`
+	Domid    uint32         `json:"domid"` // the frontend's domain
+	DevID    int            `json:"devid"` // vbd: virtual device number; vif: handle
+	Device   string         `json:"device,omitempty"`
+	Path     string         `json:"path,omitempty"`
+	ReadOnly bool           `json:"read_only,omitempty"`
+	Disk     DiskAttachment `json:"disk,omitempty"`
+	VIF      string         `json:"vif,omitempty"` // vif<domid>.<devid>
+	Bridge   string         `json:"bridge,omitempty"`
+	MAC      string         `json:"mac,omitempty"`
+}
+
+// Status is a device as xenstore and dom0 show it now.
+type Status struct {
+	Backend, Frontend State
+	Error             string // why the device failed, if it did
+}
+
+// Timeouts for the waits inside plug and unplug.
+const (
+	BackendWait = 30 * time.Second
+	CloseWait   = 30 * time.Second
+)
