@@ -48,8 +48,8 @@ type Config struct {
 	Builder    Builder // nil => EmptyBuilder on Hypervisor
 	// Devices plugs disks and NICs; nil => VMs with either cannot start.
 	Devices Devices
-	Workers    int     // worker pool size (0: DefaultWorkers)
-	Logger     *slog.Logger
+	Workers int // worker pool size (0: DefaultWorkers)
+	Logger  *slog.Logger
 }
 
 // Manager owns every VM on the host. Create it with New.
