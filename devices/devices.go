@@ -96,6 +96,7 @@ type Record struct {
 	VIF      string         `json:"vif,omitempty"` // vif<domid>.<devid>
 	Bridge   string         `json:"bridge,omitempty"`
 	MAC      string         `json:"mac,omitempty"`
+	MTU      uint32         `json:"mtu,omitempty"`
 }
 
 // Status is a device as xenstore and dom0 show it now.
