@@ -243,7 +243,8 @@ func (p *Plugger) WaitConnected(ctx context.Context, rec Record) error {
 
 // Unplug removes a device as libxl does: online=0 and state Closing in
 // the backend, a wait bounded by CloseWait for the backend to be Closed
-// (the guest's frontend closes first), then dom0's side (detach, or take
+// (the guest's frontend closes first; no wait if the frontend never got
+// past Initialising), then dom0's side (detach, or take
 // the vif out of its bridge) and both directories. A guest that does not
 // release the device in time gets an error that says so and the device
 // stays (Closing); with force it is torn down anyway. A device whose
@@ -262,7 +263,7 @@ func (p *Plugger) Unplug(ctx context.Context, rec Record, force bool) error {
 	}
 	if exists {
 		err := p.wait(ctx, rec, p.closeWait, "the backend's Closed state", false, func(be, _ State) (bool, error) {
-			return be == StateClosed || be == stateGone, nil
+			return be == StateClosed || be == stateGone || !p.frontendEngaged(ctx, rec), nil
 		})
 		switch {
 		case err == nil:
@@ -280,6 +281,23 @@ func (p *Plugger) Unplug(ctx context.Context, rec Record, force bool) error {
 		return fmt.Errorf("%s: %w", rec.name(), err)
 	}
 	return nil
+}
+
+// frontendEngaged reports whether the guest's frontend may be using the
+// device: it got past Initialising and has not closed. A frontend that
+// never talked to the backend holds nothing, so Unplug need not wait for
+// it (a guest that ignores a hot-plugged disk can be unplugged). Anything
+// unreadable or garbage counts as engaged.
+func (p *Plugger) frontendEngaged(ctx context.Context, rec Record) bool {
+	v, ok, err := p.readNode(ctx, rec.FrontendPath()+"/state")
+	if err != nil {
+		return true
+	}
+	if !ok {
+		return false
+	}
+	s, err := parseState(v)
+	return err != nil || (s != StateUnknown && s != StateInitialising && s != StateClosed)
 }
 
 // askToClose writes online=0 and, unless it is Closed already, state

@@ -90,15 +90,18 @@ type waitCond func(be, fe State) (done bool, err error)
 
 // wait re-reads rec's states on every watch event until cond is satisfied,
 // cond or a read fails, ctx ends or bound passes. withFrontend reads and
-// validates the frontend too (else fe is StateUnknown). A wait that runs
+// validates the frontend too (else fe is StateUnknown and not reported). A wait that runs
 // out of time wraps context.DeadlineExceeded and says what it waited for
 // and where both ends were.
 func (p *Plugger) wait(ctx context.Context, rec Record, bound time.Duration, what string, withFrontend bool, cond waitCond) error {
 	wctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
+	// The backend's state node only (the backend writes many others); the
+	// whole frontend directory, so that a guest that repoints its backend
+	// node is caught at once.
 	paths := []string{rec.BackendPath() + "/state"}
 	if withFrontend {
-		paths = append(paths, rec.FrontendPath()+"/state")
+		paths = append(paths, rec.FrontendPath())
 	}
 	sw, err := p.watchStates(wctx, paths...)
 	if err != nil {
@@ -123,8 +126,11 @@ func (p *Plugger) wait(ctx context.Context, rec Record, bound time.Duration, wha
 			case ctx.Err() != nil:
 				return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
 			case wctx.Err() != nil:
-				return fmt.Errorf("%s did not happen within %v (backend %v, frontend %v): %w",
-					what, bound, be, fe, context.DeadlineExceeded)
+				where := fmt.Sprintf("backend %v", be)
+				if withFrontend {
+					where += fmt.Sprintf(", frontend %v", fe)
+				}
+				return fmt.Errorf("%s did not happen within %v (%s): %w", what, bound, where, context.DeadlineExceeded)
 			}
 			return fmt.Errorf("waiting for %s: %w", what, err)
 		}
