@@ -136,7 +136,8 @@ func (e *env) assertGone(rec Record) {
 	e.t.Helper()
 	for _, p := range []string{rec.BackendPath(), rec.FrontendPath(), backendDomainDir(rec.Kind, rec.Domid), backendErrorPath(rec)} {
 		if e.exists(p) {
-			e.t.Errorf("%s is left in xenstore", p)
+			l, _ := e.xs.List(e.ctx, p)
+			e.t.Errorf("%s is left in xenstore (holding %q)", p, l)
 		}
 	}
 	if a := e.host.attached(); len(a) != 0 {
@@ -206,6 +207,17 @@ func state(ctx context.Context, c *xenstore.Client, path string) State {
 	return s
 }
 
+// switchState writes a state node only if it still exists, as the
+// kernel's xenbus_switch_state does (it never recreates a removed device).
+func switchState(ctx context.Context, c *xenstore.Client, path string, s State) {
+	c.Transaction(ctx, func(tx *xenstore.Tx) error {
+		if _, err := tx.Read(ctx, path); err != nil {
+			return err
+		}
+		return tx.Write(ctx, path, []byte(strconv.Itoa(int(s))))
+	})
+}
+
 func put(ctx context.Context, c *xenstore.Client, path string, v any) {
 	c.Write(ctx, path, []byte(fmt.Sprint(v)))
 }
@@ -236,23 +248,23 @@ func (e *env) backend(kind Kind, devid int, mode backendMode) {
 		case mode == backendSilent:
 		case mode == backendFails && bs == StateInitialising:
 			put(ctx, e.dom0, backendErrorPath(rec)+"/error", "2 opening /dev/loop7")
-			put(ctx, e.dom0, be+"/state", int(StateClosing))
+			switchState(ctx, e.dom0, be+"/state", StateClosing)
 		case bs == StateInitialising:
 			if kind == KindVBD {
 				if pd, _ := e.dom0.Read(ctx, be+"/physical-device"); len(pd) == 0 {
 					return false
 				}
 			}
-			put(ctx, e.dom0, be+"/state", int(StateInitWait))
+			switchState(ctx, e.dom0, be+"/state", StateInitWait)
 		case bs == StateInitWait && (fs == StateInitialised || fs == StateConnected):
 			if kind == KindVIF {
 				if hs, _ := e.dom0.Read(ctx, be+"/hotplug-status"); string(hs) != "connected" {
 					return false
 				}
 			}
-			put(ctx, e.dom0, be+"/state", int(StateConnected))
+			switchState(ctx, e.dom0, be+"/state", StateConnected)
 		case bs == StateClosing && (fs == StateClosed || fs == stateGone):
-			put(ctx, e.dom0, be+"/state", int(StateClosed))
+			switchState(ctx, e.dom0, be+"/state", StateClosed)
 		}
 		return false
 	})
@@ -288,17 +300,17 @@ func (e *env) frontend(kind Kind, devid int, mode frontendMode) {
 			if kind == KindVBD {
 				put(ctx, e.guestXS, dir+"ring-ref", 8)
 				put(ctx, e.guestXS, dir+"event-channel", 5)
-				put(ctx, e.guestXS, dir+"state", int(StateInitialised))
+				switchState(ctx, e.guestXS, dir+"state", StateInitialised)
 			} else {
 				put(ctx, e.guestXS, dir+"tx-ring-ref", 9)
 				put(ctx, e.guestXS, dir+"rx-ring-ref", 10)
 				put(ctx, e.guestXS, dir+"event-channel", 6)
-				put(ctx, e.guestXS, dir+"state", int(StateConnected))
+				switchState(ctx, e.guestXS, dir+"state", StateConnected)
 			}
 		case bs == StateConnected && fs == StateInitialised:
-			put(ctx, e.guestXS, dir+"state", int(StateConnected))
+			switchState(ctx, e.guestXS, dir+"state", StateConnected)
 		case bs == StateClosing && fs != StateClosed && mode != frontendRefusesClose:
-			put(ctx, e.guestXS, dir+"state", int(StateClosed))
+			switchState(ctx, e.guestXS, dir+"state", StateClosed)
 		}
 		return false
 	})
@@ -320,10 +332,7 @@ func newFakeHost() *fakeHost {
 	return &fakeHost{disks: map[string]DiskAttachment{}, vifs: map[string]string{}, bridges: []string{"xenbr0"}, fail: map[string]error{}}
 }
 
-func (h *fakeHost) failing(method string) error {
-	h.calls = append(h.calls, method)
-	return h.fail[method]
-}
+func (h *fakeHost) failing(method string) error { return h.fail[method] }
 
 func (h *fakeHost) AttachDisk(ctx context.Context, path string, readOnly bool) (DiskAttachment, error) {
 	h.mu.Lock()

@@ -70,3 +70,5 @@ func frontendPerms(domid uint32) []xenstore.Perm {
 
 // VIFName is the interface netback creates for a guest's NIC.
 func VIFName(domid uint32, devid int) string { return fmt.Sprintf("vif%d.%d", domid, devid) }
+
+var _ Store = (*xenstore.Client)(nil)

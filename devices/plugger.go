@@ -280,6 +280,7 @@ func (p *Plugger) Unplug(ctx context.Context, rec Record, force bool) error {
 	if err := p.rollback(ctx, rec, undo{dirs: true, attached: true, connected: true}); err != nil {
 		return fmt.Errorf("%s: %w", rec.name(), err)
 	}
+	p.log.Info("device unplugged", "device", rec.name(), "force", force)
 	return nil
 }
 

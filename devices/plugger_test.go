@@ -297,3 +297,43 @@ func TestRemoveDomainDevicesKeepsWhatItCannotRelease(t *testing.T) {
 	}
 	e.assertGone(rec)
 }
+
+// TestConcurrentSiblings: disks plugged and unplugged at the same time in
+// one domain (their transactions touch the same parent directories) all
+// end up plugged, then all gone with their parents.
+func TestConcurrentSiblings(t *testing.T) {
+	e := newEnv(t)
+	names := []string{"xvda", "xvdb", "xvdc", "xvdd", "xvde", "xvdf"}
+	for _, n := range names {
+		devid, _ := VirtualDevice(n)
+		e.backend(KindVBD, devid, backendNormal)
+	}
+	recs := make([]Record, len(names))
+	errs := make(chan error, len(names))
+	for i, n := range names {
+		go func() {
+			var err error
+			recs[i], err = e.p.PlugDisk(e.ctx, guest, Disk{Device: n, Path: e.file(n + ".img")})
+			errs <- err
+		}()
+	}
+	for range names {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(e.host.attached()); n != len(names) {
+		t.Fatalf("%d disks attached, want %d", n, len(names))
+	}
+	for _, rec := range recs {
+		go func() { errs <- e.p.Unplug(e.ctx, rec, false) }()
+	}
+	for range names {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, rec := range recs {
+		e.assertGone(rec)
+	}
+}
