@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -35,6 +36,7 @@ type env struct {
 	actors  sync.WaitGroup
 	actx    context.Context // the actors'; ends before the server stops
 	stopAll context.CancelFunc
+	tokens  atomic.Uint64
 	dir     string
 }
 
@@ -152,16 +154,17 @@ func (e *env) assertGone(rec Record) {
 // the start) until step says it is done or the test ends: a scripted
 // blkback, netback or guest frontend.
 func (e *env) actor(c *xenstore.Client, paths []string, step func(ctx context.Context) bool) {
-	e.actors.Add(1)
 	ctx, cancel := context.WithCancel(e.actx)
 	var ws []*xenstore.Watch
 	for _, p := range paths {
-		w, err := c.Watch(ctx, p, fmt.Sprintf("actor-%p-%s", &ws, p))
+		w, err := c.Watch(ctx, p, fmt.Sprintf("actor-%d", e.tokens.Add(1)))
 		if err != nil {
+			cancel()
 			e.t.Fatal(err)
 		}
 		ws = append(ws, w)
 	}
+	e.actors.Add(1)
 	wake := make(chan struct{}, 1)
 	for _, w := range ws {
 		go func() {
@@ -194,7 +197,8 @@ func (e *env) actor(c *xenstore.Client, paths []string, step func(ctx context.Co
 	}()
 }
 
-// state reads a state node through c (StateUnknown if missing or garbage).
+// state reads a state node through c (stateGone if missing, StateUnknown
+// if garbage).
 func state(ctx context.Context, c *xenstore.Client, path string) State {
 	v, err := c.Read(ctx, path)
 	if err != nil {
