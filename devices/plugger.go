@@ -288,3 +288,9 @@ func (r Record) check() error {
 	}
 	return checkDomid(r.Domid)
 }
+
+// CheckBridge fails unless the dom0 bridge exists (the Host's check, for
+// callers that validate a NIC before anything is plugged).
+func (p *Plugger) CheckBridge(ctx context.Context, bridge string) error {
+	return p.host.CheckBridge(ctx, bridge)
+}

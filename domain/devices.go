@@ -209,14 +209,14 @@ func (m *Manager) plugDevices(ctx context.Context, spec Spec, d xenctrl.Domid) (
 			Device: disk.Device, Path: disk.Path, ReadOnly: disk.Mode == DiskRO || disk.CDROM, CDROM: disk.CDROM,
 		})
 		if err != nil {
-			return recs, &Error{Code: CodeInternal, Field: fmt.Sprintf("spec.disks[%d]", i), Message: fmt.Sprintf("plug disk %s of domain %d: %v", disk.Device, d, err)}
+			return recs, plugError(err, fmt.Sprintf("spec.disks[%d]", i), fmt.Sprintf("plug disk %s of domain %d", disk.Device, d))
 		}
 		recs = append(recs, rec)
 	}
 	for i, n := range spec.NICs {
 		rec, err := m.devs.PlugNIC(ctx, uint32(d), devices.NIC{DevID: i, MAC: n.MAC, Bridge: bridgeOf(n), MTU: n.MTU})
 		if err != nil {
-			return recs, &Error{Code: CodeInternal, Field: fmt.Sprintf("spec.nics[%d]", i), Message: fmt.Sprintf("plug NIC %d of domain %d: %v", i, d, err)}
+			return recs, plugError(err, fmt.Sprintf("spec.nics[%d]", i), fmt.Sprintf("plug NIC %d of domain %d", i, d))
 		}
 		recs = append(recs, rec)
 	}
@@ -231,4 +231,22 @@ func bridgeOf(n NIC) string {
 		return DefaultBridge
 	}
 	return n.Bridge
+}
+
+// plugError is the error of a failed plug of the device at field: bad
+// input (devices.InvalidError) names the device's field; a device that
+// is already plugged is AlreadyExists; a bound that passed is
+// DeadlineExceeded; anything else is Internal.
+func plugError(err error, field, what string) error {
+	var inv *devices.InvalidError
+	code := CodeInternal
+	switch {
+	case errors.As(err, &inv):
+		return &Error{Code: CodeInvalidArgument, Field: field + "." + inv.Field, Message: fmt.Sprintf("%s: %v", what, err)}
+	case errors.Is(err, devices.ErrInUse):
+		code = CodeAlreadyExists
+	case errors.Is(err, context.DeadlineExceeded):
+		code = CodeDeadlineExceeded
+	}
+	return &Error{Code: code, Field: field, Message: fmt.Sprintf("%s: %v", what, err)}
 }

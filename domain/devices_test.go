@@ -38,7 +38,10 @@ func (f *fakeDevices) CheckBridge(_ context.Context, b string) error {
 func (f *fakeDevices) PlugDisk(_ context.Context, domid uint32, d devices.Disk) (devices.Record, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n := 202<<8 | int(d.Device[len(d.Device)-1]-'a')<<4 // xvdX
+	n, err := devices.VirtualDevice(d.Device)
+	if err != nil {
+		return devices.Record{}, err
+	}
 	rec := devices.Record{Kind: devices.KindVBD, Domid: domid, DevID: n, Device: d.Device, Path: d.Path, ReadOnly: d.ReadOnly,
 		Disk: devices.DiskAttachment{PhysicalDevice: "7:0", Loop: "/dev/loop0"}}
 	f.plugged[domid] = append(f.plugged[domid], rec)

@@ -37,7 +37,7 @@ func (m *Manager) AddDisk(ctx context.Context, ref string, disk Disk) (Task, err
 		rec, err := m.devs.PlugDisk(ctx, r.VM.Domid, devices.Disk{Device: disk.Device, Path: disk.Path, ReadOnly: disk.Mode == DiskRO || disk.CDROM, CDROM: disk.CDROM})
 		if err != nil {
 			m.reserveSpec(ctx, e.id, r.VM.Spec)
-			return nil, &Error{Code: CodeInternal, Field: "disk", Message: fmt.Sprintf("plug disk %s into domain %d: %v", disk.Device, r.VM.Domid, err)}
+			return nil, plugError(err, "disk", fmt.Sprintf("plug disk %s into domain %d", disk.Device, r.VM.Domid))
 		}
 		if err := m.waitPlugged(ctx, e.id, r, rec); err != nil {
 			m.reserveSpec(ctx, e.id, r.VM.Spec)
@@ -80,7 +80,7 @@ func (m *Manager) AddNIC(ctx context.Context, ref string, nic NIC) (Task, error)
 		rec, err := m.devs.PlugNIC(ctx, r.VM.Domid, devices.NIC{DevID: nextNICDevID(r.VM.Devices), MAC: n.MAC, Bridge: bridgeOf(n), MTU: n.MTU})
 		if err != nil {
 			m.reserveSpec(ctx, e.id, r.VM.Spec)
-			return nil, &Error{Code: CodeInternal, Field: "nic", Message: fmt.Sprintf("plug NIC %s into domain %d: %v", n.MAC, r.VM.Domid, err)}
+			return nil, plugError(err, "nic", fmt.Sprintf("plug NIC %s into domain %d", n.MAC, r.VM.Domid))
 		}
 		if err := m.waitPlugged(ctx, e.id, r, rec); err != nil {
 			m.reserveSpec(ctx, e.id, r.VM.Spec)
