@@ -58,6 +58,7 @@ type conn struct {
 	hv    pb.HypervisorServiceClient
 	build pb.DomainBuildServiceClient
 	guest pb.GuestServiceClient
+	dom0  pb.Dom0ServiceClient
 	hello *pb.HelloResponse
 }
 
@@ -112,7 +113,7 @@ func greet(ctx context.Context, dir string, nc net.Conn) (*conn, error) {
 	}
 	cn := &conn{nc: nc, cc: cc, host: pb.NewSimHostServiceClient(cc),
 		hv: pb.NewHypervisorServiceClient(cc), build: pb.NewDomainBuildServiceClient(cc),
-		guest: pb.NewGuestServiceClient(cc)}
+		guest: pb.NewGuestServiceClient(cc), dom0: pb.NewDom0ServiceClient(cc)}
 	if cn.hello, err = cn.host.Hello(ctx, &pb.HelloRequest{}); err != nil {
 		cn.close()
 		return nil, fmt.Errorf("sim host: hello on %s: %w", filepath.Join(dir, HypervisorSocket), err)
