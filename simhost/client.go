@@ -166,6 +166,9 @@ func (c *Client) call(ctx context.Context, method string, rpc func(context.Conte
 		return nil
 	case ctx.Err() != nil:
 		return fmt.Errorf("sim host: %s: %w", method, ctx.Err())
+	case status.Code(err) == codes.DeadlineExceeded:
+		// The host's copy of the deadline can end a moment before ours.
+		return fmt.Errorf("sim host: %s: %w", method, context.DeadlineExceeded)
 	case status.Code(err) == codes.Unavailable:
 		c.broken(cn)
 		return fmt.Errorf("sim host %s: %s: connection lost: %w", c.dir, method, err)
