@@ -123,6 +123,45 @@ func TestConnectVIFWaitsForInterface(t *testing.T) {
 	}
 }
 
+func TestColdPluggedDevicesConnectAtBoot(t *testing.T) {
+	ts := newToolstack(t, Config{})
+	var vs []vdev
+	ts.bootWith(t, func(d xenctrl.Domid) {
+		ts.domainDirs(t, d)
+		for i := range 3 {
+			vs = append(vs, ts.plugVBD(t, d, 51712+16*i, diskFile(t, 4096), i == 2))
+		}
+		for i := range 2 {
+			v := ts.newVIF(t, d, i)
+			ts.write(t, v.be+"/hotplug-status", "connected")
+			vs = append(vs, v)
+		}
+	})
+	for _, v := range vs {
+		ts.waitState(t, v.be, devices.StateConnected)
+		ts.waitState(t, v.fe, devices.StateConnected)
+	}
+	refs := map[string]bool{}
+	for _, v := range vs {
+		for _, k := range []string{"ring-ref", "tx-ring-ref", "rx-ring-ref"} {
+			if r := ts.read(t, v.fe+"/"+k); r != "" {
+				if refs[r] {
+					t.Errorf("grant reference %s handed out twice", r)
+				}
+				refs[r] = true
+			}
+		}
+	}
+	for _, v := range vs {
+		ts.unplug(t, v)
+	}
+	for _, v := range vs {
+		ts.waitState(t, v.be, devices.StateClosed)
+		ts.removeDirs(t, v)
+	}
+	ts.noLeaks(t)
+}
+
 func TestDevicesNeverConnect(t *testing.T) {
 	ts := newToolstack(t, Config{})
 	d := ts.bootWithDevices(t)
