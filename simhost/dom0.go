@@ -100,8 +100,7 @@ func (d *dom0) attachDisk(path string, readOnly bool) (devices.DiskAttachment, e
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		errno, _ := err.(syscall.Errno)
-		return devices.DiskAttachment{}, diskError(path, "", errno)
+		return devices.DiskAttachment{}, diskError(path, "", errnoOf(err))
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFBLK:
@@ -122,8 +121,7 @@ func (d *dom0) attachDisk(path string, readOnly bool) (devices.DiskAttachment, e
 	}
 	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
-		errno, _ := err.(*os.PathError).Err.(syscall.Errno)
-		return devices.DiskAttachment{}, diskError(path, "open", errno)
+		return devices.DiskAttachment{}, diskError(path, "open", errnoOf(err))
 	}
 	f.Close()
 	d.mu.Lock()
