@@ -44,9 +44,14 @@ func (p *Plugger) PlugNIC(ctx context.Context, domid uint32, n NIC) (Record, err
 	return rec, nil
 }
 
-// nicLayout is what libxl's libxl__set_xenstore_nic writes for a PV vif
-// (no script: we are the hotplug script). hotplug-status starts empty so
-// that netback waits for ours.
+// nicLayout is what libxl's libxl__set_xenstore_nic writes for a PV vif.
+// Linux's netback fails a vif whose backend has no script node ("reading
+// script") and hands it to udev; the daemon does the script's work itself
+// (Host.ConnectVIF), so the node names a no-op. hotplug-status starts
+// empty so that netback waits for ours.
+// noScript is the vif backend's script node: nothing for udev to run.
+const noScript = "/bin/true"
+
 func nicLayout(rec Record) layout {
 	state := strconv.Itoa(int(StateInitialising))
 	handle := strconv.Itoa(rec.DevID)
@@ -61,6 +66,7 @@ func nicLayout(rec Record) layout {
 			{"bridge", rec.Bridge},
 			{"mtu", mtu},
 			{"type", "vif"},
+			{"script", noScript},
 			{"hotplug-status", ""},
 		},
 		front: []node{

@@ -29,6 +29,7 @@ type backend struct {
 	hv      xenctrl.Hypervisor
 	xs      *xenstore.Client
 	builder domain.Builder // vmBuilder
+	devices domain.Devices // disks and NICs: a devices.Plugger on the backend's dom0 Host
 	// close closes the connections. startFailed says the daemon gives up
 	// before serving: a backend then also undoes what it set up for this
 	// run alone (sim.go).
