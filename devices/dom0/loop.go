@@ -184,8 +184,8 @@ func (h *Host) FindDisk(ctx context.Context, path string) ([]devices.DiskAttachm
 
 // DetachDisk undoes AttachDisk. A block device has nothing to undo; a loop
 // device that is gone or no longer bound is already detached. The kernel
-// does not refuse to detach a loop blkback still holds: it frees it at
-// blkback's last close.
+// no longer refuses (EBUSY) to detach a loop that blkback still holds
+// open: it marks it autoclear and detaches it at blkback's last close.
 func (h *Host) DetachDisk(ctx context.Context, a devices.DiskAttachment) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -208,8 +208,6 @@ func (h *Host) DetachDisk(ctx context.Context, a devices.DiskAttachment) error {
 	switch {
 	case errors.Is(err, unix.ENXIO):
 		return nil // not bound
-	case errors.Is(err, unix.EBUSY):
-		return fmt.Errorf("detach %s: still in use (has blkback released it?)", a.Loop)
 	case err != nil:
 		return fmt.Errorf("detach %s: LOOP_CLR_FD: %w", a.Loop, err)
 	}
