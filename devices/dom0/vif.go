@@ -55,6 +55,9 @@ func (h *Host) bridge(name string) (netlink.Link, error) {
 // makes it a port of bridge and brings it up. It changes only what
 // differs, so running it again on a connected vif leaves it undisturbed.
 func (h *Host) ConnectVIF(ctx context.Context, name, bridge string, mtu uint32) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if err := checkLinkName(name); err != nil {
 		return fmt.Errorf("vif %q: %w", name, err)
 	}
@@ -129,19 +132,27 @@ func (h *Host) waitLink(ctx context.Context, name string) (netlink.Link, error) 
 		if first {
 			h.log.Debug("waiting for the vif to appear", "vif", name)
 		}
-	wait:
-		for {
-			select {
-			case <-ctx.Done():
-				return nil, fmt.Errorf("vif %s did not appear: %w", name, context.Cause(ctx))
-			case <-poll.C:
-				break wait
-			case u, ok := <-updates:
-				if !ok {
-					updates = nil // the subscription ended: keep polling
-				} else if u.Header.Type == unix.RTM_NEWLINK && u.Attrs().Name == name {
-					break wait
-				}
+		if err := awaitLink(ctx, name, &updates, poll.C); err != nil {
+			return nil, fmt.Errorf("vif %s did not appear: %w", name, err)
+		}
+	}
+}
+
+// awaitLink returns when *updates announces a link name, at the next poll
+// tick, or with the cause when ctx ends. It sets *updates to nil when the
+// subscription ends.
+func awaitLink(ctx context.Context, name string, updates *<-chan netlink.LinkUpdate, poll <-chan time.Time) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-poll:
+			return nil
+		case u, ok := <-*updates:
+			if !ok {
+				*updates = nil // keep polling
+			} else if u.Header.Type == unix.RTM_NEWLINK && u.Attrs().Name == name {
+				return nil
 			}
 		}
 	}
