@@ -28,7 +28,7 @@ func netHost(t *testing.T, log *slog.Logger) (*Host, *netlink.Handle, netns.NsHa
 		t.Skip("needs root: creates a network namespace, bridges and links")
 	}
 	ns := newNetns(t)
-	nl, err := netlink.NewHandleAt(ns)
+	nl, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		t.Fatal(err)
 	}
