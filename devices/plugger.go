@@ -42,6 +42,13 @@ func NewPlugger(xs Store, host Host, log *slog.Logger) *Plugger {
 	return &Plugger{xs: xs, host: host, log: log, backendWait: BackendWait, closeWait: CloseWait}
 }
 
+// SetWaits replaces the bounds of the waits for the backend (BackendWait)
+// and for a release (CloseWait), for callers that must stay within tighter
+// limits. Call it before the Plugger is used.
+func (p *Plugger) SetWaits(backend, close time.Duration) {
+	p.backendWait, p.closeWait = backend, close
+}
+
 // node is one key of a device directory and its value.
 type node struct{ key, value string }
 

@@ -16,7 +16,8 @@ import (
 // past Initialising), then dom0's side (detach, or take the vif out of its
 // bridge) and both directories. A guest that does not
 // release the device in time gets an error that says so and the device
-// stays (Closing); with force it is torn down anyway. A device whose
+// stays (Closing). With force nothing is waited for (libxl's destroy, not
+// its remove): the backend is told to close and torn down at once. A device whose
 // backend directory does not exist is ErrNotPlugged (with force: dom0's
 // side and the frontend directory are cleaned all the same).
 func (p *Plugger) Unplug(ctx context.Context, rec Record, force bool) error {
@@ -30,20 +31,18 @@ func (p *Plugger) Unplug(ctx context.Context, rec Record, force bool) error {
 	if !exists && !force {
 		return fmt.Errorf("%s: %w", rec.name(), ErrNotPlugged)
 	}
-	if exists {
+	if exists && !force {
 		err := p.wait(ctx, rec, p.closeWait, "the backend's Closed state", false, func(be, _ State) (bool, error) {
 			return be == StateClosed || be == stateGone || !p.frontendEngaged(ctx, rec), nil
 		})
 		switch {
 		case err == nil:
-		case !force && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 			be, _ := p.backendState(ctx, rec)
 			return fmt.Errorf("%s: the guest did not release the device within %v (backend %v); unplug with force to tear it down anyway: %w",
 				rec.name(), p.closeWait, be, context.DeadlineExceeded)
-		case !force:
-			return fmt.Errorf("%s: %w", rec.name(), err)
 		default:
-			p.log.Warn("device unplug: forcing", "device", rec.name(), "reason", err)
+			return fmt.Errorf("%s: %w", rec.name(), err)
 		}
 	}
 	if err := p.rollback(ctx, rec, undo{dirs: true, attached: true, connected: true}); err != nil {
