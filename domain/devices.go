@@ -24,6 +24,8 @@ type Devices interface {
 	// Unplug removes a device from a running domain with the guest's
 	// consent; force tears it down when the guest does not let go.
 	Unplug(ctx context.Context, rec devices.Record, force bool) error
+	// Status reads a plugged device's state from xenstore.
+	Status(ctx context.Context, rec devices.Record) (devices.Status, error)
 	// RemoveDomainDevices removes every device of a destroyed domain, from
 	// what xenstore's dom0-owned backend directories say (no record needed).
 	RemoveDomainDevices(ctx context.Context, domid uint32) error
@@ -249,4 +251,29 @@ func plugError(err error, field, what string) error {
 		code = CodeDeadlineExceeded
 	}
 	return &Error{Code: code, Field: field, Message: fmt.Sprintf("%s: %v", what, err)}
+}
+
+// DeviceState is a plugged device and its state as xenstore shows it now.
+type DeviceState struct {
+	devices.Record
+	devices.Status
+}
+
+// DeviceStates reads the live state of the devices plugged into the VM's
+// domain (VM.Devices), in their order. A device whose state cannot be
+// read has the reason in Status.Error.
+func (m *Manager) DeviceStates(ctx context.Context, ref string) ([]DeviceState, error) {
+	vm, err := m.GetVM(ctx, ref)
+	if err != nil || len(vm.Devices) == 0 || m.devs == nil {
+		return nil, err
+	}
+	out := make([]DeviceState, len(vm.Devices))
+	for i, rec := range vm.Devices {
+		st, err := m.devs.Status(ctx, rec)
+		if err != nil {
+			st.Error = err.Error()
+		}
+		out[i] = DeviceState{Record: rec, Status: st}
+	}
+	return out, nil
 }

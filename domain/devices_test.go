@@ -61,6 +61,15 @@ func (f *fakeDevices) PlugNIC(_ context.Context, domid uint32, n devices.NIC) (d
 
 func (f *fakeDevices) WaitConnected(context.Context, devices.Record) error { return nil }
 
+func (f *fakeDevices) Status(_ context.Context, rec devices.Record) (devices.Status, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !slices.Contains(f.plugged[rec.Domid], rec) {
+		return devices.Status{}, devices.ErrNotPlugged
+	}
+	return devices.Status{Backend: devices.StateConnected, Frontend: devices.StateConnected}, nil
+}
+
 func (f *fakeDevices) Unplug(_ context.Context, rec devices.Record, force bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -121,6 +130,10 @@ func TestStartPlugsDevicesAndDestroyRemovesThem(t *testing.T) {
 	}
 	if got.Devices[1].MAC != got.Spec.NICs[0].MAC {
 		t.Fatalf("NIC plugged with MAC %q, spec says %q", got.Devices[1].MAC, got.Spec.NICs[0].MAC)
+	}
+	states, err := e.m.DeviceStates(e.ctx, vm.ID)
+	if err != nil || len(states) != 3 || states[0].Backend != devices.StateConnected || states[2].VIF != got.Devices[2].VIF {
+		t.Fatalf("device states %+v, %v", states, err)
 	}
 	d := got.Domid
 	e.run(e.m.Destroy(e.ctx, vm.ID))

@@ -196,19 +196,41 @@ func VMToPB(v domain.VM) *pb.VM {
 func devicesToPB(recs []devices.Record) []*pb.PluggedDevice {
 	var out []*pb.PluggedDevice
 	for _, r := range recs {
-		d := &pb.PluggedDevice{
-			Device: r.Device, Devid: uint32(r.DevID), Path: r.Path, ReadOnly: r.ReadOnly,
-			LoopDevice: r.Disk.Loop, Vif: r.VIF, Bridge: r.Bridge, Mac: r.MAC,
-		}
-		switch r.Kind {
-		case devices.KindVBD:
-			d.Kind = pb.DeviceKind_DEVICE_KIND_DISK
-		case devices.KindVIF:
-			d.Kind = pb.DeviceKind_DEVICE_KIND_NIC
-		}
+		out = append(out, deviceToPB(r))
+	}
+	return out
+}
+
+func deviceStatesToPB(states []domain.DeviceState) []*pb.PluggedDevice {
+	var out []*pb.PluggedDevice
+	for _, s := range states {
+		d := deviceToPB(s.Record)
+		d.BackendState, d.FrontendState, d.Error = stateName(s.Backend), stateName(s.Frontend), s.Error
 		out = append(out, d)
 	}
 	return out
+}
+
+// stateName is a XenbusState's name ("" when unknown: never read).
+func stateName(s devices.State) string {
+	if s == devices.StateUnknown {
+		return ""
+	}
+	return s.String()
+}
+
+func deviceToPB(r devices.Record) *pb.PluggedDevice {
+	d := &pb.PluggedDevice{
+		Device: r.Device, Devid: uint32(r.DevID), Path: r.Path, ReadOnly: r.ReadOnly,
+		LoopDevice: r.Disk.Loop, Vif: r.VIF, Bridge: r.Bridge, Mac: r.MAC,
+	}
+	switch r.Kind {
+	case devices.KindVBD:
+		d.Kind = pb.DeviceKind_DEVICE_KIND_DISK
+	case devices.KindVIF:
+		d.Kind = pb.DeviceKind_DEVICE_KIND_NIC
+	}
+	return d
 }
 
 // TaskToPB converts a core task to the API.

@@ -196,6 +196,9 @@ func (f *fakeManager) RemoveDisk(ctx context.Context, ref, _ string, _ bool) (do
 func (f *fakeManager) AddNIC(ctx context.Context, ref string, _ domain.NIC) (domain.Task, error) {
 	return f.queue("add-nic", ref)
 }
+func (f *fakeManager) DeviceStates(ctx context.Context, ref string) ([]domain.DeviceState, error) {
+	return nil, nil
+}
 func (f *fakeManager) RemoveNIC(ctx context.Context, ref, _ string, _ bool) (domain.Task, error) {
 	return f.queue("remove-nic", ref)
 }

@@ -29,6 +29,7 @@ type Manager interface {
 	RemoveDisk(ctx context.Context, ref, device string, force bool) (domain.Task, error)
 	AddNIC(ctx context.Context, ref string, nic domain.NIC) (domain.Task, error)
 	RemoveNIC(ctx context.Context, ref, mac string, force bool) (domain.Task, error)
+	DeviceStates(ctx context.Context, ref string) ([]domain.DeviceState, error)
 
 	GetTask(ctx context.Context, id string) (domain.Task, error)
 	ListTasks(ctx context.Context, vmID string) ([]domain.Task, error)

@@ -47,7 +47,17 @@ func (s vmServer) GetVM(ctx context.Context, req *pb.GetVMRequest) (*pb.GetVMRes
 	if err != nil {
 		return nil, s.fail(ctx, "GetVM", err)
 	}
-	return &pb.GetVMResponse{Vm: VMToPB(vm)}, nil
+	out := VMToPB(vm)
+	if len(vm.Devices) > 0 {
+		// The devices' live state; the VM's plugged devices may have
+		// changed since GetVM, so the states' own records are shown.
+		states, err := s.m.DeviceStates(ctx, vm.ID)
+		if err != nil {
+			return nil, s.fail(ctx, "GetVM", err)
+		}
+		out.Devices = deviceStatesToPB(states)
+	}
+	return &pb.GetVMResponse{Vm: out}, nil
 }
 
 // ListVMs answers one page of VMs in id order (ids never change, so a VM

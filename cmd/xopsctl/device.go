@@ -184,12 +184,24 @@ func pluggedRows(vm *apiv1.VM) [][2]string {
 			if d.GetReadOnly() {
 				mode = "ro"
 			}
-			kv = append(kv, [2]string{"plugged disk " + d.GetDevice(), fmt.Sprintf("%s %s via %s (vbd %d)",
-				d.GetPath(), mode, dash(d.GetLoopDevice()), d.GetDevid())})
+			kv = append(kv, [2]string{"plugged disk " + d.GetDevice(), fmt.Sprintf("%s %s via %s (vbd %d)%s",
+				d.GetPath(), mode, dash(d.GetLoopDevice()), d.GetDevid(), deviceState(d))})
 		case apiv1.DeviceKind_DEVICE_KIND_NIC:
-			kv = append(kv, [2]string{fmt.Sprintf("plugged nic %d", d.GetDevid()), fmt.Sprintf("%s %s on %s",
-				d.GetMac(), d.GetVif(), d.GetBridge())})
+			kv = append(kv, [2]string{fmt.Sprintf("plugged nic %d", d.GetDevid()), fmt.Sprintf("%s %s on %s%s",
+				d.GetMac(), d.GetVif(), d.GetBridge(), deviceState(d))})
 		}
 	}
 	return kv
+}
+
+// deviceState is ", backend B, frontend F[, error: E]" when GetVM read them.
+func deviceState(d *apiv1.PluggedDevice) string {
+	if d.GetBackendState() == "" && d.GetError() == "" {
+		return ""
+	}
+	s := fmt.Sprintf(", backend %s, frontend %s", dash(d.GetBackendState()), dash(d.GetFrontendState()))
+	if d.GetError() != "" {
+		s += ", error: " + d.GetError()
+	}
+	return s
 }

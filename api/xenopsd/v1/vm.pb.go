@@ -779,9 +779,16 @@ type PluggedDevice struct {
 	// (empty for a block device path).
 	LoopDevice string `protobuf:"bytes,6,opt,name=loop_device,json=loopDevice,proto3" json:"loop_device,omitempty"`
 	// vif is a NIC's dom0 interface, vif<domid>.<devid>.
-	Vif           string `protobuf:"bytes,7,opt,name=vif,proto3" json:"vif,omitempty"`
-	Bridge        string `protobuf:"bytes,8,opt,name=bridge,proto3" json:"bridge,omitempty"`
-	Mac           string `protobuf:"bytes,9,opt,name=mac,proto3" json:"mac,omitempty"`
+	Vif    string `protobuf:"bytes,7,opt,name=vif,proto3" json:"vif,omitempty"`
+	Bridge string `protobuf:"bytes,8,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	Mac    string `protobuf:"bytes,9,opt,name=mac,proto3" json:"mac,omitempty"`
+	// The device's state as xenstore shows it now (GetVM only; empty in
+	// ListVMs and events): XenbusState names ("Connected", "Closing"...) of
+	// the backend (dom0's driver) and the frontend (the guest's), and why
+	// the device failed, if it did.
+	BackendState  string `protobuf:"bytes,10,opt,name=backend_state,json=backendState,proto3" json:"backend_state,omitempty"`
+	FrontendState string `protobuf:"bytes,11,opt,name=frontend_state,json=frontendState,proto3" json:"frontend_state,omitempty"`
+	Error         string `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -875,6 +882,27 @@ func (x *PluggedDevice) GetBridge() string {
 func (x *PluggedDevice) GetMac() string {
 	if x != nil {
 		return x.Mac
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetBackendState() string {
+	if x != nil {
+		return x.BackendState
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetFrontendState() string {
+	if x != nil {
+		return x.FrontendState
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetError() string {
+	if x != nil {
+		return x.Error
 	}
 	return ""
 }
@@ -2633,7 +2661,7 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"generation\x12)\n" +
 	"\x10domain_suspended\x18\t \x01(\bR\x0fdomainSuspended\x123\n" +
 	"\adevices\x18\n" +
-	" \x03(\v2\x19.xenopsd.v1.PluggedDeviceR\adevices\"\xf7\x01\n" +
+	" \x03(\v2\x19.xenopsd.v1.PluggedDeviceR\adevices\"\xd9\x02\n" +
 	"\rPluggedDevice\x12*\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x16.xenopsd.v1.DeviceKindR\x04kind\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x14\n" +
@@ -2644,7 +2672,11 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"loopDevice\x12\x10\n" +
 	"\x03vif\x18\a \x01(\tR\x03vif\x12\x16\n" +
 	"\x06bridge\x18\b \x01(\tR\x06bridge\x12\x10\n" +
-	"\x03mac\x18\t \x01(\tR\x03mac\"X\n" +
+	"\x03mac\x18\t \x01(\tR\x03mac\x12#\n" +
+	"\rbackend_state\x18\n" +
+	" \x01(\tR\fbackendState\x12%\n" +
+	"\x0efrontend_state\x18\v \x01(\tR\rfrontendState\x12\x14\n" +
+	"\x05error\x18\f \x01(\tR\x05error\"X\n" +
 	"\x0fCreateVMRequest\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.xenopsd.v1.VMSpecR\x04spec\x12\x1d\n" +
 	"\n" +
