@@ -3,6 +3,8 @@ package builder
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -95,5 +97,30 @@ func TestBuildELF32Rejects(t *testing.T) {
 				t.Errorf("the domain was changed before the kernel was found bad")
 			}
 		})
+	}
+}
+
+// TestBuildGRUBImages builds Debian's GRUB for Xen images on the simulator
+// when they are at hand ($XENOPSD_TEST_GRUB_DIR, or where grub-xen-host
+// installs them): the ELF32 PVH one as PVH, the ELF64 one as PV. The
+// nested tests boot them on real Xen.
+func TestBuildGRUBImages(t *testing.T) {
+	dir := os.Getenv("XENOPSD_TEST_GRUB_DIR")
+	if dir == "" {
+		dir = "/usr/lib/grub-xen"
+	}
+	for _, c := range []struct {
+		file string
+		typ  domain.Type
+	}{{"grub-i386-xen_pvh.bin", domain.TypePVH}, {"grub-x86_64-xen.bin", domain.TypePV}} {
+		path := filepath.Join(dir, c.file)
+		if _, err := os.Stat(path); err != nil {
+			t.Skipf("no GRUB for Xen image: %v (set XENOPSD_TEST_GRUB_DIR)", err)
+		}
+		h, d := simDomain(t, c.typ, 1, sim.Config{})
+		spec := domain.Spec{Name: "grub", Type: c.typ, MemoryStaticMax: 64 << 20, MemoryDynamicMax: 64 << 20, VCPUsMax: 1, Kernel: path}
+		if _, err := New(h, Config{}).Build(context.Background(), d, spec); err != nil {
+			t.Errorf("%s as %s: %v", c.file, c.typ, err)
+		}
 	}
 }
