@@ -47,8 +47,9 @@
 #   (socket /run/xenstored/socket) and xenconsoled (--log=guest ->
 #   /var/log/xen/console/guest-NAME.log) are running; /proc/xen is mounted;
 #   /guest/vmlinux (uncompressed ELF), /guest/vmlinuz + /guest/initrd.gz are a ready
-#   PV/PVH domU (kernel arg nxmode=poweroff|loop); /tmp is a tmpfs; NX_XENSTORED names
-#   the running xenstore daemon.
+#   PV/PVH domU (kernel arg nxmode=poweroff|loop); /guest/grub-i386-xen_pvh.bin (PVH)
+#   and /guest/grub-x86_64-xen.bin (PV) are GRUB for Xen; /tmp is a tmpfs; NX_XENSTORED
+#   names the running xenstore daemon.
 #
 # Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_KEEP=1 (keep per-run cpio),
 #      NX_KERNEL_PKG (pin the kernel package, e.g. linux-image-6.1.0-57-amd64),
@@ -236,6 +237,31 @@ EOF
   rm -f "$IMG/dom0-base.cpio.gz"   # it carries a copy of the guest initrd
 }
 
+# GRUB for Xen (grub-xen-host): grub-i386-xen_pvh.bin (PVH, a 32-bit ELF) and
+# grub-x86_64-xen.bin (PV), the guest kernels that boot a distribution image from the
+# guest's own disk. Fetched and cached apart from the other packages, and copied into
+# each run's overlay at /guest/ (so the cached dom0 image stays as it is). A failed
+# download only warns: the tests that boot them then fail naming the missing file.
+GRUB_DIR=$CACHE/grub-xen
+prepare_guest_grub() {
+  [ -f "$GRUB_DIR/.done" ] && return 0
+  rm -rf "$GRUB_DIR"; mkdir -p "$GRUB_DIR/deb"
+  if (cd "$GRUB_DIR/deb" && apt-get "${APT_OPTS[@]}" download -q grub-xen-host >/dev/null 2>"$GRUB_DIR/apt.err") &&
+     dpkg-deb -x "$(ls "$GRUB_DIR"/deb/grub-xen-host_*.deb | head -1)" "$GRUB_DIR/extract"; then
+    touch "$GRUB_DIR/.done"
+  else
+    log "NX-WARN grub-xen-host not fetched: $(tail -1 "$GRUB_DIR/apt.err" 2>/dev/null)"
+  fi
+}
+add_guest_grub() { # $1: the root of a dom0 overlay
+  local f src
+  for f in grub-i386-xen_pvh.bin grub-x86_64-xen.bin; do
+    src=$GRUB_DIR/extract/usr/lib/grub-xen/$f
+    [ -f "$src" ] && { mkdir -p "$1/guest"; cp "$src" "$1/guest/$f"; }
+  done
+  return 0
+}
+
 # dom0 /init (shared by both flavors); @XENVER@ is the Xen release
 write_dom0_init() {
   sed "s/@XENVER@/$XENVER/g" >"$1" <<'EOF'
@@ -399,6 +425,7 @@ prepare() {
   [ -f "$IMG/xen.elf" ] || zcat "$EXT/boot/xen-$XENVER-amd64.gz" >"$IMG/xen.elf"   # 32-bit ELF w/ multiboot hdr
   [ -f "$IMG/vmlinuz" ] || cp "$EXT/boot/vmlinuz-$kv" "$IMG/vmlinuz"
   build_guest_initrd
+  prepare_guest_grub
   local t1; t1=$(now)
   case $FLAVOR in
     busybox)     [ -f "$IMG/dom0-base.cpio.gz" ] || { build_dom0_busybox; log "busybox dom0 initramfs built in $(elapsed "$t1")s ($(du -h "$IMG/dom0-base.cpio.gz" | cut -f1))"; }
@@ -420,6 +447,7 @@ OV=$OUT/overlay
 rm -rf "$OV"; mkdir -p "$OV/nx"
 write_dom0_init "$OV/init"    # overrides the base archive's copy (later cpio entries win)
 mkdir -p "$OV/etc"; echo "$XENSTORED" >"$OV/etc/nx-xenstored"
+add_guest_grub "$OV"
 if [ $# -gt 0 ]; then
   { echo '#!/bin/sh'; printf '%q ' "$@" | sed 's/^/exec /'; echo; } >"$OV/nx/test.sh"
   # a single argument is treated as a shell snippet (so "xl info; xl list" works)
