@@ -48,14 +48,14 @@
 #   /var/log/xen/console/guest-NAME.log) are running; /proc/xen is mounted;
 #   /guest/vmlinux (uncompressed ELF), /guest/vmlinuz + /guest/initrd.gz are a ready
 #   PV/PVH domU (kernel arg nxmode=poweroff|loop); /guest/grub-i386-xen_pvh.bin (PVH)
-#   and /guest/grub-x86_64-xen.bin (PV) are GRUB for Xen; /tmp is a tmpfs; NX_XENSTORED
-#   names the running xenstore daemon.
+#   and /guest/grub-x86_64-xen.bin (PV) are GRUB for Xen, /guest/disk.ext4 a disk it
+#   boots that guest from; /tmp is a tmpfs; NX_XENSTORED names the running xenstore daemon.
 #
 # Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_KEEP=1 (keep per-run cpio),
 #      NX_KERNEL_PKG (pin the kernel package, e.g. linux-image-6.1.0-57-amd64),
 #      NX_NO_INSTALL=1 (never apt-get install), NX_XEN (default of -X).
 #
-# Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, zstd, gzip are installed
+# Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, zstd, gzip, e2fsprogs are installed
 # with apt-get; the Xen/kernel/busybox .debs are fetched with apt-get download and cached.
 # For 4.20 the dom0 image carries Debian 13's libc and ld.so (its tools need them), never
 # the host's; the host's apt sources are left untouched.
@@ -134,7 +134,7 @@ XEN_MODULES="xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback xe
 # host tools: install what is missing (Debian package names)
 ensure_host_tools() {
   local missing=() c p
-  for c in qemu-system-x86_64:qemu-system-x86 cpio:cpio xz:xz-utils zstd:zstd gzip:gzip dpkg-deb:dpkg apt-get:apt; do
+  for c in qemu-system-x86_64:qemu-system-x86 cpio:cpio xz:xz-utils zstd:zstd gzip:gzip dpkg-deb:dpkg apt-get:apt mkfs.ext4:e2fsprogs; do
     command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}")
   done
   [ ${#missing[@]} = 0 ] && return 0
@@ -259,7 +259,29 @@ add_guest_grub() { # $1: the root of a dom0 overlay
     src=$GRUB_DIR/extract/usr/lib/grub-xen/$f
     [ -f "$src" ] && { mkdir -p "$1/guest"; cp "$src" "$1/guest/$f"; }
   done
+  [ -f "$GUEST_DISK" ] && { mkdir -p "$1/guest"; cp "$GUEST_DISK" "$1/guest/disk.ext4"; }
   return 0
+}
+
+# The guest's own disk, for GRUB to boot from: a whole-disk ext4 file system (no
+# partition table) holding /boot/vmlinuz (the guest kernel), /boot/initrd.gz (the
+# guest initramfs) and the /boot/grub/grub.cfg that GRUB for Xen's built-in
+# configuration looks for. /guest/disk.ext4 in dom0; rebuilt when the initramfs
+# or the kernel is newer. Not attached to any guest yet: dom0 has no loop driver,
+# which a file needs to become a block device for blkback.
+GUEST_DISK=$IMG/guest-disk.ext4
+build_guest_disk() {
+  local d=$IMG/guest-disk kernel initrd=$IMG/guest-initrd.gz
+  kernel=$EXT/boot/vmlinuz-$(kver)
+  [ -f "$GUEST_DISK" ] && [ "$GUEST_DISK" -nt "$initrd" ] && [ "$GUEST_DISK" -nt "$kernel" ] && return 0
+  rm -rf "$d" "$GUEST_DISK"; mkdir -p "$d/boot/grub"
+  cp "$kernel" "$d/boot/vmlinuz"
+  cp "$initrd" "$d/boot/initrd.gz"
+  printf '%s\n' 'set timeout=0' 'menuentry "nested-xen guest" {' \
+    '  linux /boot/vmlinuz console=hvc0 nxmode=poweroff' '  initrd /boot/initrd.gz' '}' >"$d/boot/grub/grub.cfg"
+  mkfs.ext4 -q -F -L nx-guest -d "$d" "$GUEST_DISK.tmp" 32M >/dev/null || { rm -f "$GUEST_DISK.tmp"; die "mkfs.ext4 of the guest disk failed"; }
+  mv "$GUEST_DISK.tmp" "$GUEST_DISK"
+  rm -rf "$d"
 }
 
 # dom0 /init (shared by both flavors); @XENVER@ is the Xen release
@@ -426,6 +448,7 @@ prepare() {
   [ -f "$IMG/vmlinuz" ] || cp "$EXT/boot/vmlinuz-$kv" "$IMG/vmlinuz"
   build_guest_initrd
   prepare_guest_grub
+  build_guest_disk
   local t1; t1=$(now)
   case $FLAVOR in
     busybox)     [ -f "$IMG/dom0-base.cpio.gz" ] || { build_dom0_busybox; log "busybox dom0 initramfs built in $(elapsed "$t1")s ($(du -h "$IMG/dom0-base.cpio.gz" | cut -f1))"; }
