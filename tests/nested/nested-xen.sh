@@ -260,15 +260,23 @@ add_guest_grub() { # $1: the root of a dom0 overlay
     [ -f "$src" ] && { mkdir -p "$1/guest"; cp "$src" "$1/guest/$f"; }
   done
   [ -f "$GUEST_DISK" ] && { mkdir -p "$1/guest"; cp "$GUEST_DISK" "$1/guest/disk.ext4"; }
+  # the loop driver, for a test to make the disk a block device (not loaded at boot)
+  f=$(find "$(moddir)/$(kver)" -name 'loop.ko*' | head -1)
+  mkdir -p "$1/guest/modules"
+  case $f in
+    '') ;;
+    *.ko.xz) xz -dc "$f" >"$1/guest/modules/loop.ko" ;;
+    *) cp "$f" "$1/guest/modules/loop.ko" ;;
+  esac
   return 0
 }
 
 # The guest's own disk, for GRUB to boot from: a whole-disk ext4 file system (no
 # partition table) holding /boot/vmlinuz (the guest kernel), /boot/initrd.gz (the
 # guest initramfs) and the /boot/grub/grub.cfg that GRUB for Xen's built-in
-# configuration looks for. /guest/disk.ext4 in dom0; rebuilt when the initramfs
-# or the kernel is newer. Not attached to any guest yet: dom0 has no loop driver,
-# which a file needs to become a block device for blkback.
+# configuration looks for. /guest/disk.ext4 in dom0, with the loop driver beside it
+# (/guest/modules/loop.ko: blkback serves block devices, not files); rebuilt when the
+# initramfs or the kernel is newer.
 GUEST_DISK=$IMG/guest-disk.ext4
 build_guest_disk() {
   local d=$IMG/guest-disk kernel initrd=$IMG/guest-initrd.gz
