@@ -212,7 +212,7 @@ func waitPrompt(ctx context.Context, t *testing.T, logPath string) string {
 }
 
 // TestNestedGRUBDiskXL boots, with xl, GRUB for Xen with the guest disk
-// nested-xen.sh builds (/guest/disk.ext4: ext4 with /boot/vmlinuz, the
+// nested-xen.sh builds (/guest/disk.ext4: ext4 with the guest kernel, the
 // guest initramfs and /boot/grub/grub.cfg) as its disk, PV and PVH: GRUB
 // reads its configuration and the kernel from the disk, and the guest
 // reaches its marker. The daemon attaches no disks yet; this is the

@@ -272,23 +272,31 @@ add_guest_grub() { # $1: the root of a dom0 overlay
 }
 
 # The guest's own disk, for GRUB to boot from: a whole-disk ext4 file system (no
-# partition table) holding /boot/vmlinuz (the guest kernel), /boot/initrd.gz (the
-# guest initramfs) and the /boot/grub/grub.cfg that GRUB for Xen's built-in
-# configuration looks for. /guest/disk.ext4 in dom0, with the loop driver beside it
-# (/guest/modules/loop.ko: blkback serves block devices, not files); rebuilt when the
-# initramfs or the kernel is newer.
+# partition table) holding the guest kernel twice, /boot/vmlinuz (the bzImage, which
+# PVH GRUB boots by the Linux boot protocol) and /boot/vmlinux.xz (the ELF, which PV
+# GRUB loads: its Xen loader unpacks xz and gzip but not the zstd bzImage of Debian 13),
+# /boot/initrd.gz (the guest initramfs) and the /boot/grub/grub.cfg that GRUB for Xen's
+# built-in configuration looks for. /guest/disk.ext4 in dom0, with the loop driver
+# beside it (/guest/modules/loop.ko: blkback serves block devices, not files); rebuilt
+# when the initramfs or the kernel is newer, or GUEST_DISK_VERSION changes.
 GUEST_DISK=$IMG/guest-disk.ext4
+GUEST_DISK_VERSION=2
 build_guest_disk() {
   local d=$IMG/guest-disk kernel initrd=$IMG/guest-initrd.gz
   kernel=$EXT/boot/vmlinuz-$(kver)
-  [ -f "$GUEST_DISK" ] && [ "$GUEST_DISK" -nt "$initrd" ] && [ "$GUEST_DISK" -nt "$kernel" ] && return 0
+  [ -f "$IMG/vmlinux" ] || { log "NX-WARN no $IMG/vmlinux: no guest disk"; return 0; }
+  [ -f "$GUEST_DISK" ] && [ "$(cat "$GUEST_DISK.version" 2>/dev/null)" = $GUEST_DISK_VERSION ] &&
+    [ "$GUEST_DISK" -nt "$initrd" ] && [ "$GUEST_DISK" -nt "$kernel" ] && return 0
   rm -rf "$d" "$GUEST_DISK"; mkdir -p "$d/boot/grub"
   cp "$kernel" "$d/boot/vmlinuz"
+  xz -T2 -3 -c "$IMG/vmlinux" >"$d/boot/vmlinux.xz"
   cp "$initrd" "$d/boot/initrd.gz"
   printf '%s\n' 'set timeout=0' 'menuentry "nested-xen guest" {' \
-    '  linux /boot/vmlinuz console=hvc0 nxmode=poweroff' '  initrd /boot/initrd.gz' '}' >"$d/boot/grub/grub.cfg"
-  mkfs.ext4 -q -F -L nx-guest -d "$d" "$GUEST_DISK.tmp" 32M >/dev/null || { rm -f "$GUEST_DISK.tmp"; die "mkfs.ext4 of the guest disk failed"; }
+    '  if [ "$grub_platform" = xen ]; then linux /boot/vmlinux.xz console=hvc0 nxmode=poweroff' \
+    '  else linux /boot/vmlinuz console=hvc0 nxmode=poweroff; fi' '  initrd /boot/initrd.gz' '}' >"$d/boot/grub/grub.cfg"
+  mkfs.ext4 -q -F -L nx-guest -d "$d" "$GUEST_DISK.tmp" 64M >/dev/null || { rm -f "$GUEST_DISK.tmp"; die "mkfs.ext4 of the guest disk failed"; }
   mv "$GUEST_DISK.tmp" "$GUEST_DISK"
+  echo $GUEST_DISK_VERSION >"$GUEST_DISK.version"
   rm -rf "$d"
 }
 
@@ -456,13 +464,13 @@ prepare() {
   [ -f "$IMG/vmlinuz" ] || cp "$EXT/boot/vmlinuz-$kv" "$IMG/vmlinuz"
   build_guest_initrd
   prepare_guest_grub
-  build_guest_disk
   local t1; t1=$(now)
   case $FLAVOR in
     busybox)     [ -f "$IMG/dom0-base.cpio.gz" ] || { build_dom0_busybox; log "busybox dom0 initramfs built in $(elapsed "$t1")s ($(du -h "$IMG/dom0-base.cpio.gz" | cut -f1))"; }
                  BASE_CPIO=$IMG/dom0-base.cpio.gz ;;
     *) die "unknown flavor $FLAVOR" ;;
   esac
+  build_guest_disk   # after the dom0 image, which unpacks $IMG/vmlinux
   log "prepare total $(elapsed "$t0")s"
 }
 
