@@ -73,10 +73,10 @@
 // EINVAL (Xen would power off or reboot the host); a shutdown code above
 // SHUTDOWN_soft_reset is EINVAL (Xen stores any byte); the host has no
 // IOMMU, vPMU or TBOOT, so asking for them is EINVAL as on such a host;
-// a running guest accrues CPU time like one busy vCPU (none when
-// GuestBehaviour.Idle); GuestShutdown from a guest that is not running
-// (never booted, paused, shut down, dying) is EBUSY, since it cannot
-// execute the hypercall.
+// a running guest's vCPUs are all busy, so its CPU time rises by one
+// second per second for each online vCPU (none when GuestBehaviour.Idle);
+// GuestShutdown from a guest that is not running (never booted, paused,
+// shut down, dying) is EBUSY, since it cannot execute the hypercall.
 //
 // Config.OnDomainException is called where Xen raises VIRQ_DOM_EXC: after a
 // shutdown, after destroy marks a domain dying, and after its final release.

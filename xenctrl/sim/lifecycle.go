@@ -31,7 +31,7 @@ func (h *Hypervisor) fire(ev events) {
 func (h *Hypervisor) change(dom *domain, fn func()) {
 	now := time.Now()
 	if !dom.runSince.IsZero() {
-		dom.cpuNS += uint64(now.Sub(dom.runSince))
+		dom.cpuNS += dom.ranSince(now)
 		dom.runSince = time.Time{}
 	}
 	fn()

@@ -439,7 +439,14 @@ func (d *domain) info(now time.Time) xenctrl.DomainInfo {
 		di.Blocked = d.runnable() && d.behaviour.Idle
 	}
 	if !d.runSince.IsZero() {
-		di.CPUTime += uint64(now.Sub(d.runSince))
+		di.CPUTime += d.ranSince(now)
 	}
 	return di
+}
+
+// ranSince is the CPU time in nanoseconds a busy domain gained since
+// runSince: like Xen's cpu_time (the sum of its vCPUs' running time), one
+// second per second for each online vCPU.
+func (d *domain) ranSince(now time.Time) uint64 {
+	return uint64(now.Sub(d.runSince)) * uint64(d.maxVCPUs)
 }

@@ -557,3 +557,36 @@ func BenchmarkCreateDestroy(b *testing.B) {
 		})
 	}
 }
+
+// TestCPUTimePerVCPU: a busy guest's CPU time is the sum of its vCPUs'
+// running time, so four busy vCPUs gain four seconds per second. The
+// bounds come from clock readings around the two DomainInfo calls, so the
+// check does not depend on how long anything takes.
+func TestCPUTimePerVCPU(t *testing.T) {
+	ctx := context.Background()
+	h := newSim(t, Config{})
+	d := mustCreate(t, h, xenctrl.DomainConfig{MaxVCPUs: 4})
+	if err := h.SetMaxMem(ctx, d, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PopulatePhysmap(ctx, d, 256); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.UnpauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	beforeFirst := time.Now()
+	c1 := info(t, h, d).CPUTime
+	afterFirst := time.Now()
+	time.Sleep(20 * time.Millisecond)
+	beforeSecond := time.Now()
+	di := info(t, h, d)
+	afterSecond := time.Now()
+	if di.OnlineVCPUs != 4 {
+		t.Fatalf("online vCPUs %d, want 4", di.OnlineVCPUs)
+	}
+	gained := time.Duration(di.CPUTime - c1)
+	if low, high := 4*beforeSecond.Sub(afterFirst), 4*afterSecond.Sub(beforeFirst); gained < low || gained > high {
+		t.Fatalf("4 busy vCPUs gained %v of CPU time, want %v..%v (4 s per s of wall time)", gained, low, high)
+	}
+}
