@@ -42,20 +42,28 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 	}
 	defer closeStore(st, log)
 
+	dm := newDaemonMetrics(cfg)
 	mgr, err := domain.New(ctx, domain.Config{
-		Hypervisor: be.hv,
-		Xenstore:   be.xs,
-		Store:      st,
-		Builder:    be.builder,
-		Workers:    cfg.workers,
-		Logger:     log.With("component", "domain"),
+		Hypervisor:  be.hv,
+		Xenstore:    be.xs,
+		Store:       st,
+		Builder:     be.builder,
+		Workers:     cfg.workers,
+		Logger:      log.With("component", "domain"),
+		OnOperation: dm.onOperation(),
 	})
 	if err != nil {
 		return fmt.Errorf("start VM manager: %w", err)
 	}
 
-	api, err := serveAPI(cfg, mgr, log)
+	ms, err := serveMetrics(cfg, dm, be.hv, mgr, log)
 	if err != nil {
+		closeManager(mgr, cfg.drainTimeout, log)
+		return err
+	}
+	api, err := serveAPI(cfg, mgr, dm, log)
+	if err != nil {
+		ms.stop()
 		closeManager(mgr, cfg.drainTimeout, log)
 		return err
 	}
@@ -70,8 +78,11 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 		log.Info("stopping: signal received; no new requests, draining tasks", "drain_timeout", cfg.drainTimeout)
 	case runErr = <-api.failed():
 		log.Error("stopping: API server failed", "err", runErr)
+	case runErr = <-ms.failed():
+		log.Error("stopping: metrics server failed", "err", runErr)
 	}
 	api.stop(func() { closeManager(mgr, cfg.drainTimeout, log) })
+	ms.stop()
 	log.Info("xenopsd-ng stopped")
 	return runErr
 }

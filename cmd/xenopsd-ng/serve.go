@@ -39,8 +39,9 @@ type serving struct {
 	name string
 }
 
-// serveAPI listens where cfg says and serves mgr's API there.
-func serveAPI(cfg config, mgr *domain.Manager, log *slog.Logger) (*apiServers, error) {
+// serveAPI listens where cfg says and serves mgr's API there, observed by
+// dm's gRPC metrics unless dm is nil.
+func serveAPI(cfg config, mgr *domain.Manager, dm *daemonMetrics, log *slog.Logger) (*apiServers, error) {
 	api := service.New(mgr, service.Options{Version: daemonVersion(), Logger: log.With("component", "api"),
 		Console: &console.Logs{Dir: cfg.consoleLogDir}})
 	a := &apiServers{log: log, health: health.NewServer()}
@@ -48,10 +49,17 @@ func serveAPI(cfg config, mgr *domain.Manager, log *slog.Logger) (*apiServers, e
 		apiLog := log.With("component", "grpc")
 		opts = append(opts, grpc.ChainUnaryInterceptor(service.UnaryLogger(apiLog)),
 			grpc.ChainStreamInterceptor(service.StreamLogger(apiLog)))
+		if dm != nil {
+			opts = append(opts, grpc.ChainUnaryInterceptor(dm.grpc.UnaryServerInterceptor()),
+				grpc.ChainStreamInterceptor(dm.grpc.StreamServerInterceptor()))
+		}
 		s := grpc.NewServer(opts...)
 		api.Register(s)
 		healthpb.RegisterHealthServer(s, a.health)
 		reflection.Register(s)
+		if dm != nil {
+			dm.grpc.InitializeMetrics(s)
+		}
 		return s
 	}
 
