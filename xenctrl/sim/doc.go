@@ -6,7 +6,8 @@
 // xen/common/domain.c, xen/arch/x86/domain.c, xen/common/page_alloc.c,
 // xen/common/grant_table.c) and returns the errno Xen returns.
 //
-//   - Domain 0 exists from boot and owns part of the host's memory.
+//   - Domain 0 exists from boot, owns part of the host's memory and sits
+//     idle (blocked, gaining no CPU time).
 //   - New domids come from a rover: the search starts after the last domid
 //     handed out, wraps from DOMID_FIRST_RESERVED back to 1 and skips every
 //     domid still in use, dying domains included (XEN_DOMCTL_createdomain,

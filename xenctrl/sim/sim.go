@@ -168,8 +168,10 @@ func New(cfg Config) *Hypervisor {
 		vcpusUp:  true,
 		totPages: dom0Pages,
 		maxPages: maxPagesLimit,
-		runSince: time.Now(),
-		changed:  make(chan struct{}),
+		// dom0 sits idle: the simulator runs no toolstack in it, and a
+		// busy dom0 would gain CPU time on every pCPU at once.
+		behaviour: GuestBehaviour{Idle: true},
+		changed:   make(chan struct{}),
 	}
 	h.usedPages = dom0Pages
 	return h
