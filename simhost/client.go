@@ -231,6 +231,19 @@ func (c *Client) PhysInfo(ctx context.Context) (p xenctrl.PhysInfo, err error) {
 	return p, err
 }
 
+// CPUIdle implements xenctrl.Hypervisor.
+func (c *Client) CPUIdle(ctx context.Context) (idle []time.Duration, err error) {
+	err = c.call(ctx, "CPUIdle", func(ctx context.Context, cn *conn) error {
+		r, err := cn.hv.CPUIdle(ctx, &pb.CPUIdleRequest{})
+		idle = make([]time.Duration, len(r.GetIdleNs()))
+		for i, ns := range r.GetIdleNs() {
+			idle[i] = time.Duration(ns)
+		}
+		return err
+	})
+	return idle, err
+}
+
 // CreateDomain implements xenctrl.Hypervisor.
 func (c *Client) CreateDomain(ctx context.Context, cfg xenctrl.DomainConfig) (d xenctrl.Domid, err error) {
 	err = c.call(ctx, "CreateDomain", func(ctx context.Context, cn *conn) error {

@@ -38,6 +38,18 @@ func (s *hypervisorServer) PhysInfo(ctx context.Context, _ *pb.PhysInfoRequest) 
 	return physInfoToRPC(p), nil
 }
 
+func (s *hypervisorServer) CPUIdle(ctx context.Context, _ *pb.CPUIdleRequest) (*pb.CPUIdleResponse, error) {
+	idle, err := s.hv.CPUIdle(ctx)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	r := &pb.CPUIdleResponse{IdleNs: make([]uint64, len(idle))}
+	for i, d := range idle {
+		r.IdleNs[i] = uint64(d)
+	}
+	return r, nil
+}
+
 func (s *hypervisorServer) CreateDomain(ctx context.Context, r *pb.CreateDomainRequest) (*pb.CreateDomainResponse, error) {
 	cfg, err := domainConfigFromRPC(r.GetConfig())
 	if err != nil {

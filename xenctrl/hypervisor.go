@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+	"time"
 )
 
 // PageSize is the size of a Xen x86 page frame in bytes.
@@ -153,6 +154,10 @@ type Hypervisor interface {
 	Kind() string
 	Version(ctx context.Context) (Version, error)
 	PhysInfo(ctx context.Context) (PhysInfo, error)
+	// CPUIdle reports how long each physical CPU has been idle since the
+	// host booted, indexed by CPU number; an offline CPU reads 0
+	// (XEN_SYSCTL_getcpuinfo).
+	CPUIdle(ctx context.Context) ([]time.Duration, error)
 
 	// CreateDomain creates a paused domain with no memory
 	// (XEN_DOMCTL_createdomain), with cfg.Domid if it is not 0.

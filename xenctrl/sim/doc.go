@@ -75,7 +75,10 @@
 // SHUTDOWN_soft_reset is EINVAL (Xen stores any byte); the host has no
 // IOMMU, vPMU or TBOOT, so asking for them is EINVAL as on such a host;
 // a running guest's vCPUs are all busy, so its CPU time rises by one
-// second per second for each online vCPU (none when GuestBehaviour.Idle);
+// second per second for each online vCPU (none when GuestBehaviour.Idle),
+// and with no scheduler the busy vCPUs are spread evenly over the pCPUs:
+// every pCPU reports the same idle time (getcpuinfo), growing at
+// max(0, 1 - busy vCPUs/pCPUs) seconds per second;
 // GuestShutdown from a guest that is not running (never booted, paused,
 // shut down, dying) is EBUSY, since it cannot execute the hypercall.
 //

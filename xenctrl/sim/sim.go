@@ -97,6 +97,7 @@ type Hypervisor struct {
 	rover     xenctrl.Domid             // last domid handed out (domctl.c's static rover)
 	usedPages uint64                    // pages owned by all domains, dom0 included
 	machine   machineFrames             // the host's RAM, frame by frame (frames.go)
+	cpus      pcpus                     // the pCPUs' idle time (cpus.go)
 }
 
 type domain struct {
@@ -158,6 +159,7 @@ func New(cfg Config) *Hypervisor {
 		xenPages:   cfg.XenMemory / xenctrl.PageSize,
 		domains:    make(map[xenctrl.Domid]*domain),
 		dying:      make(map[xenctrl.Domid]*domain),
+		cpus:       pcpus{nr: cfg.NrCPUs, since: time.Now()},
 	}
 	dom0Pages := cfg.Dom0Memory / xenctrl.PageSize
 	h.domains[0] = &domain{

@@ -590,3 +590,58 @@ func TestCPUTimePerVCPU(t *testing.T) {
 		t.Fatalf("4 busy vCPUs gained %v of CPU time, want %v..%v (4 s per s of wall time)", gained, low, high)
 	}
 }
+
+// TestCPUIdle: with nothing running every pCPU is idle all the time; a
+// busy 2-vCPU guest on 4 pCPUs halves the rate; pausing it stops that. The
+// bounds come from clock readings around the calls.
+func TestCPUIdle(t *testing.T) {
+	ctx := context.Background()
+	h := newSim(t, Config{NrCPUs: 4})
+	idle := func() time.Duration {
+		t.Helper()
+		got, err := h.CPUIdle(ctx)
+		if err != nil || len(got) != 4 {
+			t.Fatalf("CPUIdle: %v, %v; want 4 CPUs", got, err)
+		}
+		for _, c := range got[1:] {
+			if c != got[0] {
+				t.Fatalf("CPUIdle %v: want the same for every pCPU", got)
+			}
+		}
+		return got[0]
+	}
+	// rate measures the idle time gained over a short sleep against the
+	// wall time bracketing it.
+	rate := func() (gained, low, high time.Duration) {
+		beforeFirst := time.Now()
+		i0 := idle()
+		afterFirst := time.Now()
+		time.Sleep(20 * time.Millisecond)
+		beforeSecond := time.Now()
+		i1 := idle()
+		afterSecond := time.Now()
+		return i1 - i0, beforeSecond.Sub(afterFirst), afterSecond.Sub(beforeFirst)
+	}
+	if g, low, high := rate(); g < low || g > high {
+		t.Errorf("idle host: each pCPU gained %v of idle time in %v..%v", g, low, high)
+	}
+	d := mustCreate(t, h, xenctrl.DomainConfig{MaxVCPUs: 2})
+	if err := h.SetMaxMem(ctx, d, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PopulatePhysmap(ctx, d, 256); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.UnpauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if g, low, high := rate(); g < low/2-4 || g > high/2+4 { // /2 rounds down per step
+		t.Errorf("2 busy vCPUs on 4 pCPUs: each gained %v of idle time in %v..%v, want half", g, low, high)
+	}
+	if err := h.PauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if g, low, high := rate(); g < low || g > high {
+		t.Errorf("paused guest: each pCPU gained %v of idle time in %v..%v", g, low, high)
+	}
+}

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	HypervisorService_Version_FullMethodName         = "/xenopsd.simhost.v1.HypervisorService/Version"
 	HypervisorService_PhysInfo_FullMethodName        = "/xenopsd.simhost.v1.HypervisorService/PhysInfo"
+	HypervisorService_CPUIdle_FullMethodName         = "/xenopsd.simhost.v1.HypervisorService/CPUIdle"
 	HypervisorService_CreateDomain_FullMethodName    = "/xenopsd.simhost.v1.HypervisorService/CreateDomain"
 	HypervisorService_SetMaxMem_FullMethodName       = "/xenopsd.simhost.v1.HypervisorService/SetMaxMem"
 	HypervisorService_SetMaxVCPUs_FullMethodName     = "/xenopsd.simhost.v1.HypervisorService/SetMaxVCPUs"
@@ -42,6 +43,7 @@ const (
 type HypervisorServiceClient interface {
 	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
 	PhysInfo(ctx context.Context, in *PhysInfoRequest, opts ...grpc.CallOption) (*PhysInfoResponse, error)
+	CPUIdle(ctx context.Context, in *CPUIdleRequest, opts ...grpc.CallOption) (*CPUIdleResponse, error)
 	CreateDomain(ctx context.Context, in *CreateDomainRequest, opts ...grpc.CallOption) (*CreateDomainResponse, error)
 	SetMaxMem(ctx context.Context, in *SetMaxMemRequest, opts ...grpc.CallOption) (*SetMaxMemResponse, error)
 	SetMaxVCPUs(ctx context.Context, in *SetMaxVCPUsRequest, opts ...grpc.CallOption) (*SetMaxVCPUsResponse, error)
@@ -76,6 +78,16 @@ func (c *hypervisorServiceClient) PhysInfo(ctx context.Context, in *PhysInfoRequ
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PhysInfoResponse)
 	err := c.cc.Invoke(ctx, HypervisorService_PhysInfo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *hypervisorServiceClient) CPUIdle(ctx context.Context, in *CPUIdleRequest, opts ...grpc.CallOption) (*CPUIdleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CPUIdleResponse)
+	err := c.cc.Invoke(ctx, HypervisorService_CPUIdle_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -191,6 +203,7 @@ func (c *hypervisorServiceClient) ListDomains(ctx context.Context, in *ListDomai
 type HypervisorServiceServer interface {
 	Version(context.Context, *VersionRequest) (*VersionResponse, error)
 	PhysInfo(context.Context, *PhysInfoRequest) (*PhysInfoResponse, error)
+	CPUIdle(context.Context, *CPUIdleRequest) (*CPUIdleResponse, error)
 	CreateDomain(context.Context, *CreateDomainRequest) (*CreateDomainResponse, error)
 	SetMaxMem(context.Context, *SetMaxMemRequest) (*SetMaxMemResponse, error)
 	SetMaxVCPUs(context.Context, *SetMaxVCPUsRequest) (*SetMaxVCPUsResponse, error)
@@ -216,6 +229,9 @@ func (UnimplementedHypervisorServiceServer) Version(context.Context, *VersionReq
 }
 func (UnimplementedHypervisorServiceServer) PhysInfo(context.Context, *PhysInfoRequest) (*PhysInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PhysInfo not implemented")
+}
+func (UnimplementedHypervisorServiceServer) CPUIdle(context.Context, *CPUIdleRequest) (*CPUIdleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CPUIdle not implemented")
 }
 func (UnimplementedHypervisorServiceServer) CreateDomain(context.Context, *CreateDomainRequest) (*CreateDomainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateDomain not implemented")
@@ -300,6 +316,24 @@ func _HypervisorService_PhysInfo_Handler(srv interface{}, ctx context.Context, d
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(HypervisorServiceServer).PhysInfo(ctx, req.(*PhysInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _HypervisorService_CPUIdle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CPUIdleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HypervisorServiceServer).CPUIdle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HypervisorService_CPUIdle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HypervisorServiceServer).CPUIdle(ctx, req.(*CPUIdleRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -498,6 +532,10 @@ var HypervisorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PhysInfo",
 			Handler:    _HypervisorService_PhysInfo_Handler,
+		},
+		{
+			MethodName: "CPUIdle",
+			Handler:    _HypervisorService_CPUIdle_Handler,
 		},
 		{
 			MethodName: "CreateDomain",
