@@ -19,6 +19,7 @@ type Hypervisor interface {
 	Kind() string
 	Version(ctx context.Context) (xenctrl.Version, error)
 	PhysInfo(ctx context.Context) (xenctrl.PhysInfo, error)
+	CPUIdle(ctx context.Context) ([]time.Duration, error)
 	ListDomains(ctx context.Context) ([]xenctrl.DomainInfo, error)
 }
 
@@ -59,6 +60,7 @@ type Collector struct {
 type snapshot struct {
 	at      time.Time
 	phys    xenctrl.PhysInfo
+	cpuIdle []time.Duration // per pCPU
 	domains []xenctrl.DomainInfo
 	vms     []domain.VM
 	err     error // what went wrong reading it; the rest may be partial
@@ -119,6 +121,9 @@ func (c *Collector) snapshot() (snapshot, *xenctrl.Version) {
 	if s.phys, err = c.hv.PhysInfo(ctx); err != nil {
 		s.err = err
 	}
+	if s.cpuIdle, err = c.hv.CPUIdle(ctx); err != nil {
+		s.err = err
+	}
 	if s.domains, err = c.hv.ListDomains(ctx); err != nil {
 		s.err = err
 	}
@@ -160,6 +165,9 @@ func (c *Collector) collectHost(ch chan<- prometheus.Metric, s snapshot) {
 		ch <- c.d.gauge(c.d.hostMemScrub, pagesToBytes(s.phys.ScrubPages))
 		ch <- c.d.gauge(c.d.hostCPUs, float64(s.phys.NrCPUs))
 		ch <- c.d.gauge(c.d.hostCPUHz, float64(s.phys.CPUkHz)*1000)
+	}
+	for cpu, idle := range s.cpuIdle {
+		ch <- prometheus.MustNewConstMetric(c.d.hostCPUIdle, prometheus.CounterValue, idle.Seconds(), strconv.Itoa(cpu))
 	}
 	if s.domains != nil {
 		counts := make(map[string]int, len(domainStates))

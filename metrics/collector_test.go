@@ -22,8 +22,8 @@ import (
 // countingHV counts the calls a scrape makes; failList makes ListDomains fail.
 type countingHV struct {
 	Hypervisor
-	version, phys, list atomic.Int64
-	failList            bool
+	version, phys, idle, list atomic.Int64
+	failList                  bool
 }
 
 func (c *countingHV) Version(ctx context.Context) (xenctrl.Version, error) {
@@ -36,6 +36,11 @@ func (c *countingHV) PhysInfo(ctx context.Context) (xenctrl.PhysInfo, error) {
 	return c.Hypervisor.PhysInfo(ctx)
 }
 
+func (c *countingHV) CPUIdle(ctx context.Context) ([]time.Duration, error) {
+	c.idle.Add(1)
+	return c.Hypervisor.CPUIdle(ctx)
+}
+
 func (c *countingHV) ListDomains(ctx context.Context) ([]xenctrl.DomainInfo, error) {
 	c.list.Add(1)
 	if c.failList {
@@ -45,7 +50,9 @@ func (c *countingHV) ListDomains(ctx context.Context) ([]xenctrl.DomainInfo, err
 }
 
 // calls is every hypervisor call made so far.
-func (c *countingHV) calls() int64 { return c.version.Load() + c.phys.Load() + c.list.Load() }
+func (c *countingHV) calls() int64 {
+	return c.version.Load() + c.phys.Load() + c.idle.Load() + c.list.Load()
+}
 
 type fakeVMs []domain.VM
 
@@ -170,6 +177,9 @@ func TestCollectorHostAndVMs(t *testing.T) {
 	if got := series(t, reg, "xen_host_memory_total_bytes")[""]; got != float64(pi.TotalPages*4096) {
 		t.Errorf("host memory %v, want %d pages", got, pi.TotalPages)
 	}
+	if got := series(t, reg, "xen_host_cpu_idle_seconds_total"); len(got) != 4 || got["cpu=3"] <= 0 {
+		t.Errorf("pCPU idle %v, want 4 CPUs", got)
+	}
 	if got := series(t, reg, "xen_version_info"); len(got) != 1 || got["backend=sim,major=4,minor=17,version=4.17-sim"] != 1 {
 		t.Errorf("version info %v", got)
 	}
@@ -184,8 +194,8 @@ func TestCollectorHostAndVMs(t *testing.T) {
 	}
 }
 
-// TestCollectorOneBatch: a scrape costs one PhysInfo and one ListDomains
-// whatever the number of VMs (and the version once); within MaxAge, none.
+// TestCollectorOneBatch: a scrape costs one PhysInfo, one CPUIdle and one
+// ListDomains whatever the number of VMs (and the version once); within MaxAge, none.
 func TestCollectorOneBatch(t *testing.T) {
 	h := sim.New(sim.Config{})
 	var vms fakeVMs
@@ -201,8 +211,8 @@ func TestCollectorOneBatch(t *testing.T) {
 			t.Fatalf("%d cpu series, want 20", n)
 		}
 	}
-	if v, p, l := hv.version.Load(), hv.phys.Load(), hv.list.Load(); v != 1 || p != 3 || l != 3 {
-		t.Fatalf("3 scrapes made %d version, %d physinfo, %d list calls; want 1, 3, 3", v, p, l)
+	if v, p, i, l := hv.version.Load(), hv.phys.Load(), hv.idle.Load(), hv.list.Load(); v != 1 || p != 3 || i != 3 || l != 3 {
+		t.Fatalf("3 scrapes made %d version, %d physinfo, %d getcpuinfo, %d list calls; want 1, 3, 3, 3", v, p, i, l)
 	}
 
 	cached := &countingHV{Hypervisor: h}

@@ -8,7 +8,7 @@ type descs struct {
 	versionInfo *prometheus.Desc
 
 	hostMemTotal, hostMemFree, hostMemScrub *prometheus.Desc
-	hostCPUs, hostCPUHz                     *prometheus.Desc
+	hostCPUs, hostCPUHz, hostCPUIdle        *prometheus.Desc
 	hostDomains                             *prometheus.Desc
 	vms                                     *prometheus.Desc
 
@@ -34,6 +34,7 @@ func newDescs() descs {
 		hostMemScrub: d("xen_host_memory_scrub_pending_bytes", "freed RAM Xen is still scrubbing, free once scrubbed (scrub_pages)"),
 		hostCPUs:     d("xen_host_cpus", "physical CPUs online (nr_cpus)"),
 		hostCPUHz:    d("xen_host_cpu_frequency_hertz", "the physical CPUs' nominal frequency"),
+		hostCPUIdle:  d("xen_host_cpu_idle_seconds_total", "time the physical CPU has been idle since the host booted (busy: 1 - rate of this)", "cpu"),
 		hostDomains:  d("xen_host_domains", "domains by state, dom0 and domains of other toolstacks included", "state"),
 		vms:          d("xenopsd_vms", "the daemon's VMs by power state", "state"),
 
@@ -50,7 +51,7 @@ func newDescs() descs {
 
 func (d descs) describe(ch chan<- *prometheus.Desc) {
 	for _, x := range []*prometheus.Desc{d.scrapeError, d.versionInfo, d.hostMemTotal, d.hostMemFree, d.hostMemScrub,
-		d.hostCPUs, d.hostCPUHz, d.hostDomains, d.vms, d.vmPower, d.vmCPU, d.vmVCPUs, d.vmMem, d.vmMemMax,
+		d.hostCPUs, d.hostCPUHz, d.hostCPUIdle, d.hostDomains, d.vms, d.vmPower, d.vmCPU, d.vmVCPUs, d.vmMem, d.vmMemMax,
 		d.vmStaticMax, d.vmTarget, d.vmDomainState} {
 		ch <- x
 	}
