@@ -21,11 +21,13 @@ type Hypervisor interface {
 	PhysInfo(ctx context.Context) (xenctrl.PhysInfo, error)
 	CPUIdle(ctx context.Context) ([]time.Duration, error)
 	ListDomains(ctx context.Context) ([]xenctrl.DomainInfo, error)
+	DomainInfo(ctx context.Context, d xenctrl.Domid) (xenctrl.DomainInfo, error)
 }
 
 // VMs lists the VMs the daemon owns; *domain.Manager is one.
 type VMs interface {
 	ListVMs(ctx context.Context) ([]domain.VM, uint64, error)
+	GetVM(ctx context.Context, ref string) (domain.VM, error)
 }
 
 // Defaults of CollectorOptions.
@@ -99,15 +101,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectVMs(ch, s)
 }
 
-// snapshot returns the last snapshot if it is recent enough, else reads a
-// new one.
+// snapshot is snapshotCtx for a scrape, which has no context of its own.
 func (c *Collector) snapshot() (snapshot, *xenctrl.Version) {
+	return c.snapshotCtx(context.Background())
+}
+
+// snapshotCtx returns the last snapshot if it is recent enough, else reads
+// a new one within ctx and Timeout.
+func (c *Collector) snapshotCtx(ctx context.Context) (snapshot, *xenctrl.Version) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.last.at.IsZero() && time.Since(c.last.at) < c.opts.MaxAge {
 		return c.last, c.version
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	defer cancel()
 	if c.version == nil {
 		if v, err := c.hv.Version(ctx); err == nil {

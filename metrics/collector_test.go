@@ -58,6 +58,15 @@ type fakeVMs []domain.VM
 
 func (f fakeVMs) ListVMs(context.Context) ([]domain.VM, uint64, error) { return f, 1, nil }
 
+func (f fakeVMs) GetVM(_ context.Context, ref string) (domain.VM, error) {
+	for _, vm := range f {
+		if vm.ID == ref || vm.Spec.Name == ref {
+			return vm, nil
+		}
+	}
+	return domain.VM{}, &domain.Error{Code: domain.CodeNotFound, Field: "id", Message: "no VM " + ref}
+}
+
 // bootDomain creates a running domain with vcpus vCPUs and the handle of
 // the VM id.
 func bootDomain(t testing.TB, h *sim.Hypervisor, id string, vcpus uint32) xenctrl.Domid {

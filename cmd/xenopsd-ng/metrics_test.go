@@ -18,6 +18,10 @@ type noVMs struct{}
 
 func (noVMs) ListVMs(context.Context) ([]domain.VM, uint64, error) { return nil, 0, nil }
 
+func (noVMs) GetVM(context.Context, string) (domain.VM, error) {
+	return domain.VM{}, &domain.Error{Code: domain.CodeNotFound}
+}
+
 // get fetches url with the Accept header accept, bounded.
 func get(t *testing.T, c *http.Client, url, accept string) (contentType, body string) {
 	t.Helper()
