@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
+	"github.com/xenopsd-ng/xenopsd-ng/metrics"
 	"github.com/xenopsd-ng/xenopsd-ng/store"
 )
 
@@ -56,12 +57,15 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 		return fmt.Errorf("start VM manager: %w", err)
 	}
 
-	ms, err := serveMetrics(cfg, dm, be.hv, mgr, log)
+	// The host's and the VMs' metrics, for the metrics listener and the
+	// API's StatsService alike.
+	host := metrics.NewCollector(be.hv, mgr, metrics.CollectorOptions{Logger: log.With("component", "metrics")})
+	ms, err := serveMetrics(cfg, dm, host, log)
 	if err != nil {
 		closeManager(mgr, cfg.drainTimeout, log)
 		return err
 	}
-	api, err := serveAPI(cfg, mgr, dm, log)
+	api, err := serveAPI(cfg, mgr, dm, host, log)
 	if err != nil {
 		ms.stop()
 		closeManager(mgr, cfg.drainTimeout, log)

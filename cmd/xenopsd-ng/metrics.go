@@ -13,7 +13,6 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 
 	"github.com/xenopsd-ng/xenopsd-ng/metrics"
-	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
 // daemonMetrics are what --metrics-listen exports: the gRPC servers'
@@ -52,14 +51,14 @@ type metricsServer struct {
 // daemon's stop.
 const metricsShutdownTimeout = 2 * time.Second
 
-// serveMetrics listens on --metrics-listen and serves the registry of m, hv
-// and vms there. It returns nil, nil without --metrics-listen.
-func serveMetrics(cfg config, m *daemonMetrics, hv xenctrl.Hypervisor, vms metrics.VMs, log *slog.Logger) (*metricsServer, error) {
+// serveMetrics listens on --metrics-listen and serves the registry of m and
+// host there. It returns nil, nil without --metrics-listen.
+func serveMetrics(cfg config, m *daemonMetrics, host *metrics.Collector, log *slog.Logger) (*metricsServer, error) {
 	if m == nil {
 		return nil, nil
 	}
 	log = log.With("component", "metrics")
-	reg, err := metrics.NewRegistry(m.grpc, m.ops, metrics.NewCollector(hv, vms, metrics.CollectorOptions{Logger: log}))
+	reg, err := metrics.NewRegistry(m.grpc, m.ops, host)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/internal/testcert"
+	"github.com/xenopsd-ng/xenopsd-ng/metrics"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl/sim"
 )
 
@@ -59,7 +60,7 @@ func TestMetricsServer(t *testing.T) {
 	}
 	dm := newDaemonMetrics(cfg)
 	dm.ops.Observe("start", nil, time.Millisecond)
-	ms, err := serveMetrics(cfg, dm, sim.New(sim.Config{}), noVMs{}, testLogger(t))
+	ms, err := serveMetrics(cfg, dm, metrics.NewCollector(sim.New(sim.Config{}), noVMs{}, metrics.CollectorOptions{}), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +94,7 @@ func TestMetricsServerTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ms, err := serveMetrics(cfg, newDaemonMetrics(cfg), sim.New(sim.Config{}), noVMs{}, testLogger(t))
+	ms, err := serveMetrics(cfg, newDaemonMetrics(cfg), metrics.NewCollector(sim.New(sim.Config{}), noVMs{}, metrics.CollectorOptions{}), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

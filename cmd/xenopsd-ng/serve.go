@@ -39,11 +39,11 @@ type serving struct {
 	name string
 }
 
-// serveAPI listens where cfg says and serves mgr's API there, observed by
-// dm's gRPC metrics unless dm is nil.
-func serveAPI(cfg config, mgr *domain.Manager, dm *daemonMetrics, log *slog.Logger) (*apiServers, error) {
+// serveAPI listens where cfg says and serves mgr's API there (and stats'
+// StatsService), observed by dm's gRPC metrics unless dm is nil.
+func serveAPI(cfg config, mgr *domain.Manager, dm *daemonMetrics, stats service.Stats, log *slog.Logger) (*apiServers, error) {
 	api := service.New(mgr, service.Options{Version: daemonVersion(), Logger: log.With("component", "api"),
-		Console: &console.Logs{Dir: cfg.consoleLogDir}})
+		Console: &console.Logs{Dir: cfg.consoleLogDir}, Stats: stats})
 	a := &apiServers{log: log, health: health.NewServer()}
 	newServer := func(opts ...grpc.ServerOption) *grpc.Server {
 		apiLog := log.With("component", "grpc")
@@ -80,7 +80,7 @@ func serveAPI(cfg config, mgr *domain.Manager, dm *daemonMetrics, log *slog.Logg
 	}
 
 	for _, name := range []string{"", pb.HostService_ServiceDesc.ServiceName, pb.VMService_ServiceDesc.ServiceName,
-		pb.TaskService_ServiceDesc.ServiceName, pb.EventService_ServiceDesc.ServiceName} {
+		pb.TaskService_ServiceDesc.ServiceName, pb.EventService_ServiceDesc.ServiceName, pb.StatsService_ServiceDesc.ServiceName} {
 		a.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	a.errs = make(chan error, len(a.servers))
