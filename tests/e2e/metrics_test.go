@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
+	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/tests/e2e/harness"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl/sim"
@@ -29,7 +32,8 @@ import (
 // second. Through Prometheus's HTTP API the test finds CPU and memory series
 // for the VMs it started, a busy guest's CPU time rising and an idle one's
 // not, and a destroyed VM's series gone stale. promtool checks the
-// daemon's output.
+// daemon's output; xopsctl's vm stats and host stats read the same through
+// the API.
 func TestPrometheusScrapesTheDaemon(t *testing.T) {
 	prom, err1 := exec.LookPath("prometheus")
 	promtool, err2 := exec.LookPath("promtool")
@@ -92,6 +96,18 @@ func TestPrometheusScrapesTheDaemon(t *testing.T) {
 	})
 	if i1, _ := p.value(t, idleCPU); i1 != i0 {
 		t.Errorf("idle's CPU time moved from %v to %v", i0, i1)
+	}
+
+	// The API answers the same for callers that do not scrape.
+	st := &apiv1.VMStats{}
+	if err := protojson.Unmarshal([]byte(cli(t, d, "vm", "stats", "busy", "-o", "json")), st); err != nil {
+		t.Fatalf("vm stats -o json: %v", err)
+	}
+	if !st.GetHasDomain() || st.GetCpuTime().AsDuration() <= 0 || st.GetMemoryBytes() != 64<<20 || st.GetVcpusOnline() != 2 {
+		t.Errorf("vm stats busy: %v", st)
+	}
+	if out := cli(t, d, "host", "stats"); !strings.Contains(out, "vms:") || !strings.Contains(out, "running 2") || !strings.Contains(out, "cpu_idle:") {
+		t.Errorf("host stats:\n%s", out)
 	}
 
 	// After destroy, the VM's domain series go stale; its power state
