@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,10 +25,12 @@ type Hypervisor interface {
 	DomainInfo(ctx context.Context, d xenctrl.Domid) (xenctrl.DomainInfo, error)
 }
 
-// VMs lists the VMs the daemon owns; *domain.Manager is one.
-type VMs interface {
+// Manager is what Collector reads from the domain manager (the VMs the
+// daemon owns and its tasks); *domain.Manager is one.
+type Manager interface {
 	ListVMs(ctx context.Context) ([]domain.VM, uint64, error)
 	GetVM(ctx context.Context, ref string) (domain.VM, error)
+	ListTasks(ctx context.Context, vmID string) ([]domain.Task, error)
 }
 
 // Defaults of CollectorOptions.
@@ -49,7 +52,7 @@ type CollectorOptions struct {
 // read from the hypervisor and the domain manager at each scrape.
 type Collector struct {
 	hv   Hypervisor
-	vms  VMs
+	mgr  Manager
 	opts CollectorOptions
 	d    descs
 
@@ -65,11 +68,12 @@ type snapshot struct {
 	cpuIdle []time.Duration // per pCPU
 	domains []xenctrl.DomainInfo
 	vms     []domain.VM
+	tasks   map[domain.TaskState]int
 	err     error // what went wrong reading it; the rest may be partial
 }
 
-// NewCollector returns a Collector reading hv and vms.
-func NewCollector(hv Hypervisor, vms VMs, opts CollectorOptions) *Collector {
+// NewCollector returns a Collector reading hv and mgr.
+func NewCollector(hv Hypervisor, mgr Manager, opts CollectorOptions) *Collector {
 	if opts.MaxAge <= 0 {
 		opts.MaxAge = DefaultMaxAge
 	}
@@ -79,7 +83,7 @@ func NewCollector(hv Hypervisor, vms VMs, opts CollectorOptions) *Collector {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Collector{hv: hv, vms: vms, opts: opts, d: newDescs()}
+	return &Collector{hv: hv, mgr: mgr, opts: opts, d: newDescs()}
 }
 
 // Describe implements prometheus.Collector.
@@ -134,7 +138,10 @@ func (c *Collector) snapshotCtx(ctx context.Context) (snapshot, *xenctrl.Version
 	if s.domains, err = c.hv.ListDomains(ctx); err != nil {
 		s.err = err
 	}
-	if s.vms, _, err = c.vms.ListVMs(ctx); err != nil {
+	if s.vms, _, err = c.mgr.ListVMs(ctx); err != nil {
+		s.err = err
+	}
+	if s.tasks, err = c.taskCounts(ctx); err != nil {
 		s.err = err
 	}
 	if s.err != nil {
@@ -143,6 +150,23 @@ func (c *Collector) snapshotCtx(ctx context.Context) (snapshot, *xenctrl.Version
 	}
 	c.last = s
 	return s, c.version
+}
+
+// taskStates are the task states xenopsd_tasks counts.
+var taskStates = []domain.TaskState{domain.TaskPending, domain.TaskRunning, domain.TaskSucceeded,
+	domain.TaskFailed, domain.TaskCancelled, domain.TaskInterrupted}
+
+// taskCounts counts the manager's tasks (those not yet pruned) by state.
+func (c *Collector) taskCounts(ctx context.Context) (map[domain.TaskState]int, error) {
+	tasks, err := c.mgr.ListTasks(ctx, "")
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[domain.TaskState]int, len(taskStates))
+	for _, t := range tasks {
+		out[t.State]++
+	}
+	return out, nil
 }
 
 // Domain states, as xen_host_domains labels them (one per domain, the first
@@ -192,6 +216,11 @@ func (c *Collector) collectHost(ch chan<- prometheus.Metric, s snapshot) {
 		}
 		for _, p := range powerStates {
 			ch <- c.d.gauge(c.d.vms, float64(counts[p]), powerLabel(p))
+		}
+	}
+	if s.tasks != nil {
+		for _, st := range taskStates {
+			ch <- c.d.gauge(c.d.tasks, float64(s.tasks[st]), strings.ToLower(st.String()))
 		}
 	}
 }

@@ -58,6 +58,10 @@ type fakeVMs []domain.VM
 
 func (f fakeVMs) ListVMs(context.Context) ([]domain.VM, uint64, error) { return f, 1, nil }
 
+func (f fakeVMs) ListTasks(context.Context, string) ([]domain.Task, error) {
+	return []domain.Task{{State: domain.TaskSucceeded}, {State: domain.TaskSucceeded}, {State: domain.TaskRunning}}, nil
+}
+
 func (f fakeVMs) GetVM(_ context.Context, ref string) (domain.VM, error) {
 	for _, vm := range f {
 		if vm.ID == ref || vm.Spec.Name == ref {
@@ -181,6 +185,9 @@ func TestCollectorHostAndVMs(t *testing.T) {
 	}
 	if got := series(t, reg, "xenopsd_vms"); got["state=running"] != 2 || got["state=halted"] != 1 {
 		t.Errorf("VMs by state %v", got)
+	}
+	if got := series(t, reg, "xenopsd_tasks"); got["state=succeeded"] != 2 || got["state=running"] != 1 || len(got) != 6 {
+		t.Errorf("tasks by state %v", got)
 	}
 	pi, _ := h.PhysInfo(context.Background())
 	if got := series(t, reg, "xen_host_memory_total_bytes")[""]; got != float64(pi.TotalPages*4096) {

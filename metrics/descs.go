@@ -10,7 +10,7 @@ type descs struct {
 	hostMemTotal, hostMemFree, hostMemScrub *prometheus.Desc
 	hostCPUs, hostCPUHz, hostCPUIdle        *prometheus.Desc
 	hostDomains                             *prometheus.Desc
-	vms                                     *prometheus.Desc
+	vms, tasks                              *prometheus.Desc
 
 	vmPower                                *prometheus.Desc
 	vmCPU, vmVCPUs                         *prometheus.Desc
@@ -37,6 +37,7 @@ func newDescs() descs {
 		hostCPUIdle:  d("xen_host_cpu_idle_seconds_total", "time the physical CPU has been idle since the host booted (busy: 1 - rate of this)", "cpu"),
 		hostDomains:  d("xen_host_domains", "domains by state, dom0 and domains of other toolstacks included", "state"),
 		vms:          d("xenopsd_vms", "the daemon's VMs by power state", "state"),
+		tasks:        d("xenopsd_tasks", "the daemon's tasks by state (finished ones until they are pruned)", "state"),
 
 		vmPower:       d("xenopsd_vm_power_state", "the VM's power state (1 for the state it is in)", "uuid", "name", "state"),
 		vmCPU:         d("xen_vm_cpu_seconds_total", "CPU time the VM's domain has run, summed over its vCPUs", vmLabels...),
@@ -51,7 +52,7 @@ func newDescs() descs {
 
 func (d descs) describe(ch chan<- *prometheus.Desc) {
 	for _, x := range []*prometheus.Desc{d.scrapeError, d.versionInfo, d.hostMemTotal, d.hostMemFree, d.hostMemScrub,
-		d.hostCPUs, d.hostCPUHz, d.hostCPUIdle, d.hostDomains, d.vms, d.vmPower, d.vmCPU, d.vmVCPUs, d.vmMem, d.vmMemMax,
+		d.hostCPUs, d.hostCPUHz, d.hostCPUIdle, d.hostDomains, d.vms, d.tasks, d.vmPower, d.vmCPU, d.vmVCPUs, d.vmMem, d.vmMemMax,
 		d.vmStaticMax, d.vmTarget, d.vmDomainState} {
 		ch <- x
 	}

@@ -8,8 +8,9 @@
 // hypervisor already holds (CPU time, pages owned, states), so Collector
 // reads them when Prometheus asks, as one snapshot. A scrape costs one
 // ListDomains (XEN_SYSCTL_getdomaininfolist, every domain in one batch),
-// one PhysInfo, one CPUIdle (XEN_SYSCTL_getcpuinfo, every pCPU) and one
-// ListVMs of the domain manager, whatever the number of VMs; the Xen version
+// one PhysInfo, one CPUIdle (XEN_SYSCTL_getcpuinfo, every pCPU), one
+// ListVMs and one ListTasks of the domain manager, whatever the number of
+// VMs; the Xen version
 // is read once. Scrapes that come within MaxAge of the
 // last snapshot reuse it, so several scrapers cost no more than one.
 //

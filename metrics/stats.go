@@ -71,7 +71,7 @@ func (c *Collector) HostStats(ctx context.Context) (HostStats, error) {
 // manager's errors for a bad or unknown ref), and one getdomaininfo of its
 // domain, if it has one.
 func (c *Collector) VMStats(ctx context.Context, ref string) (VMStats, error) {
-	vm, err := c.vms.GetVM(ctx, ref)
+	vm, err := c.mgr.GetVM(ctx, ref)
 	if err != nil {
 		return VMStats{}, err
 	}

@@ -19,6 +19,8 @@ type noVMs struct{}
 
 func (noVMs) ListVMs(context.Context) ([]domain.VM, uint64, error) { return nil, 0, nil }
 
+func (noVMs) ListTasks(context.Context, string) ([]domain.Task, error) { return nil, nil }
+
 func (noVMs) GetVM(context.Context, string) (domain.VM, error) {
 	return domain.VM{}, &domain.Error{Code: domain.CodeNotFound}
 }
