@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -127,29 +128,26 @@ func (c *Collector) snapshotCtx(ctx context.Context) (snapshot, *xenctrl.Version
 			c.opts.Logger.Warn("metrics: read the hypervisor's version", "err", err)
 		}
 	}
-	s := snapshot{at: time.Now()}
-	var err error
-	if s.phys, err = c.hv.PhysInfo(ctx); err != nil {
-		s.err = err
-	}
-	if s.cpuIdle, err = c.hv.CPUIdle(ctx); err != nil {
-		s.err = err
-	}
-	if s.domains, err = c.hv.ListDomains(ctx); err != nil {
-		s.err = err
-	}
-	if s.vms, _, err = c.mgr.ListVMs(ctx); err != nil {
-		s.err = err
-	}
-	if s.tasks, err = c.taskCounts(ctx); err != nil {
-		s.err = err
-	}
+	s := c.read(ctx)
 	if s.err != nil {
 		// Not cached: the next scrape tries again.
 		return s, c.version
 	}
 	c.last = s
 	return s, c.version
+}
+
+// read reads a snapshot. What failed is left zero, its error in err.
+func (c *Collector) read(ctx context.Context) snapshot {
+	s := snapshot{at: time.Now()}
+	var errs [5]error
+	s.phys, errs[0] = c.hv.PhysInfo(ctx)
+	s.cpuIdle, errs[1] = c.hv.CPUIdle(ctx)
+	s.domains, errs[2] = c.hv.ListDomains(ctx)
+	s.vms, _, errs[3] = c.mgr.ListVMs(ctx)
+	s.tasks, errs[4] = c.taskCounts(ctx)
+	s.err = errors.Join(errs[:]...)
+	return s
 }
 
 // taskStates are the task states xenopsd_tasks counts.

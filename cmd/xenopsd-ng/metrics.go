@@ -64,7 +64,7 @@ func serveMetrics(cfg config, m *daemonMetrics, host *metrics.Collector, log *sl
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metrics.Handler(reg, log))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	scheme := "http"
 	if cfg.metricsTLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.metricsTLSCert, cfg.metricsTLSKey)
