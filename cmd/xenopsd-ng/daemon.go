@@ -59,13 +59,13 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 
 	// The host's and the VMs' metrics, for the metrics listener and the
 	// API's StatsService alike.
-	host := metrics.NewCollector(be.hv, mgr, metrics.CollectorOptions{Logger: log.With("component", "metrics")})
-	ms, err := serveMetrics(cfg, dm, host, log)
+	collector := metrics.NewCollector(be.hv, mgr, metrics.CollectorOptions{Logger: log.With("component", "metrics")})
+	ms, err := serveMetrics(cfg, dm, collector, log)
 	if err != nil {
 		closeManager(mgr, cfg.drainTimeout, log)
 		return err
 	}
-	api, err := serveAPI(cfg, mgr, dm, host, log)
+	api, err := serveAPI(cfg, mgr, dm, collector, log)
 	if err != nil {
 		ms.stop()
 		closeManager(mgr, cfg.drainTimeout, log)
