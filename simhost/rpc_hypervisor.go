@@ -134,6 +134,19 @@ func (s *hypervisorServer) DomainInfo(ctx context.Context, r *pb.DomainInfoReque
 	return &pb.DomainInfoResponse{Domain: &pb.DomainRecords{Records: encodeInfos([]xenctrl.DomainInfo{di})}}, nil
 }
 
+func (s *hypervisorServer) GetVCPUInfo(ctx context.Context, r *pb.GetVCPUInfoRequest) (*pb.GetVCPUInfoResponse, error) {
+	d, err := domidArg("domid", r.GetDomid())
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.hv.GetVCPUInfo(ctx, d, r.GetVcpu())
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return &pb.GetVCPUInfoResponse{Vcpu: v.VCPU, Online: v.Online, Blocked: v.Blocked, Running: v.Running,
+		CpuTimeNs: v.CPUTime, Cpu: v.CPU}, nil
+}
+
 func (s *hypervisorServer) ListDomains(ctx context.Context, _ *pb.ListDomainsRequest) (*pb.ListDomainsResponse, error) {
 	ds, err := s.hv.ListDomains(ctx)
 	if err != nil {

@@ -182,6 +182,10 @@ type Hypervisor interface {
 	// DomainInfo reports one domain; an error matching syscall.ESRCH if it
 	// does not exist.
 	DomainInfo(ctx context.Context, d Domid) (DomainInfo, error)
+	// GetVCPUInfo reports one vCPU of d (XEN_DOMCTL_getvcpuinfo): EINVAL
+	// for a vcpu at or past the domain's vCPU count, ESRCH while its vCPUs
+	// do not exist yet.
+	GetVCPUInfo(ctx context.Context, d Domid, vcpu uint32) (VCPUInfo, error)
 	// ListDomains reports every domain, dom0 included, in domid order.
 	ListDomains(ctx context.Context) ([]DomainInfo, error)
 	Close() error

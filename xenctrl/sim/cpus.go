@@ -2,7 +2,10 @@ package sim
 
 import (
 	"context"
+	"syscall"
 	"time"
+
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
 // pcpus accounts the host's physical CPUs' idle time. The simulator has no
@@ -47,4 +50,36 @@ func (h *Hypervisor) CPUIdle(ctx context.Context) ([]time.Duration, error) {
 		out[i] = idle
 	}
 	return out, nil
+}
+
+// GetVCPUInfo is XEN_DOMCTL_getvcpuinfo. The simulator's vCPUs of a domain
+// all do the same, so each has an equal share of the domain's CPU time; vCPU
+// i sits on pCPU i modulo the host's pCPUs.
+func (h *Hypervisor) GetVCPUInfo(ctx context.Context, d xenctrl.Domid, vcpu uint32) (xenctrl.VCPUInfo, error) {
+	if err := ctx.Err(); err != nil {
+		return xenctrl.VCPUInfo{}, err
+	}
+	const op = "domctl getvcpuinfo"
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	dom, err := h.lookup(op, d)
+	if err != nil {
+		return xenctrl.VCPUInfo{}, err
+	}
+	switch {
+	case vcpu >= dom.maxVCPUs:
+		return xenctrl.VCPUInfo{}, errno(op, d, syscall.EINVAL)
+	case !dom.vcpus:
+		return xenctrl.VCPUInfo{}, errno(op, d, syscall.ESRCH)
+	}
+	di := dom.info(now)
+	return xenctrl.VCPUInfo{
+		VCPU:    vcpu,
+		Online:  di.OnlineVCPUs > 0,
+		Blocked: di.Blocked,
+		Running: di.Running,
+		CPUTime: di.CPUTime / uint64(dom.maxVCPUs),
+		CPU:     vcpu % h.cpus.nr,
+	}, nil
 }

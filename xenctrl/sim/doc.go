@@ -78,7 +78,8 @@
 // second per second for each online vCPU (none when GuestBehaviour.Idle),
 // and with no scheduler the busy vCPUs are spread evenly over the pCPUs:
 // every pCPU reports the same idle time (getcpuinfo), growing at
-// max(0, 1 - busy vCPUs/pCPUs) seconds per second;
+// max(0, 1 - busy vCPUs/pCPUs) seconds per second; getvcpuinfo gives each
+// vCPU an equal share of its domain's CPU time, on pCPU vcpu mod pCPUs;
 // GuestShutdown from a guest that is not running (never booted, paused,
 // shut down, dying) is EBUSY, since it cannot execute the hypercall.
 //

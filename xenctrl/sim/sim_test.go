@@ -645,3 +645,41 @@ func TestCPUIdle(t *testing.T) {
 		t.Errorf("paused guest: each pCPU gained %v of idle time in %v..%v", g, low, high)
 	}
 }
+
+// TestGetVCPUInfo: a booted 2-vCPU domain's vCPUs are online and running,
+// each with half its CPU time, on pCPUs vcpu mod pCPUs; paused, neither
+// runs.
+func TestGetVCPUInfo(t *testing.T) {
+	ctx := context.Background()
+	h := newSim(t, Config{NrCPUs: 1})
+	d := mustCreate(t, h, xenctrl.DomainConfig{MaxVCPUs: 2})
+	if err := h.SetMaxMem(ctx, d, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PopulatePhysmap(ctx, d, 256); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.UnpauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PauseDomain(ctx, d); err != nil { // CPU time stands still from here
+		t.Fatal(err)
+	}
+	total := info(t, h, d).CPUTime
+	for vcpu := range uint32(2) {
+		vi, err := h.GetVCPUInfo(ctx, d, vcpu)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (xenctrl.VCPUInfo{VCPU: vcpu, Online: true, CPUTime: total / 2}); vi != want {
+			t.Errorf("paused domain's vCPU %d: %+v, want %+v", vcpu, vi, want)
+		}
+	}
+	if err := h.UnpauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if vi, err := h.GetVCPUInfo(ctx, d, 1); err != nil || !vi.Running || !vi.Online || vi.CPU != 0 || vi.CPUTime < total/2 {
+		t.Errorf("running domain's vCPU 1: %+v, %v", vi, err)
+	}
+	wantErrno(t, func() error { _, err := h.GetVCPUInfo(ctx, d, 2); return err }(), syscall.EINVAL)
+}

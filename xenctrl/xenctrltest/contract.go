@@ -25,6 +25,7 @@ func RunContract(t *testing.T, hv xenctrl.Hypervisor) {
 	t.Run("HostInfo", func(t *testing.T) { testHostInfo(t, hv) })
 	t.Run("CPUIdle", func(t *testing.T) { testCPUIdle(t, hv) })
 	t.Run("CreateEmpty", func(t *testing.T) { testCreateEmpty(t, hv) })
+	t.Run("VCPUInfo", func(t *testing.T) { testVCPUInfo(t, hv) })
 	t.Run("CreateRejectsZeroVCPUs", func(t *testing.T) { testCreateZeroVCPUs(t, hv) })
 	t.Run("CreateRequestedDomid", func(t *testing.T) { testCreateRequestedDomid(t, hv) })
 	t.Run("MemoryAccounting", func(t *testing.T) { testMemoryAccounting(t, hv) })
@@ -251,6 +252,22 @@ func testCPUIdle(t *testing.T, hv xenctrl.Hypervisor) {
 		}
 	}
 	t.Logf("%s: idle per CPU %v", hv.Kind(), second)
+}
+
+// testVCPUInfo: on 4.17 createdomain only sizes the vCPU array, so a new
+// domain's vCPUs do not exist yet (ESRCH); one past the count is EINVAL.
+func testVCPUInfo(t *testing.T, hv xenctrl.Hypervisor) {
+	ctx := ctxFor(t)
+	d := create(t, hv, handleFor(t, 7))
+	if _, err := hv.GetVCPUInfo(ctx, d, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("GetVCPUInfo(0) of a new domain: %v, want ESRCH", err)
+	}
+	if _, err := hv.GetVCPUInfo(ctx, d, 1); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("GetVCPUInfo(1) of a 1-vCPU domain: %v, want EINVAL", err)
+	}
+	if _, err := hv.GetVCPUInfo(ctx, xenctrl.DomidFirstReserved-1, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("GetVCPUInfo of no domain: %v, want ESRCH", err)
+	}
 }
 
 func testCreateEmpty(t *testing.T, hv xenctrl.Hypervisor) {

@@ -1344,6 +1344,145 @@ func (x *DomainInfoResponse) GetDomain() *DomainRecords {
 	return nil
 }
 
+type GetVCPUInfoRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Domid         uint32                 `protobuf:"varint,1,opt,name=domid,proto3" json:"domid,omitempty"`
+	Vcpu          uint32                 `protobuf:"varint,2,opt,name=vcpu,proto3" json:"vcpu,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVCPUInfoRequest) Reset() {
+	*x = GetVCPUInfoRequest{}
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVCPUInfoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVCPUInfoRequest) ProtoMessage() {}
+
+func (x *GetVCPUInfoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVCPUInfoRequest.ProtoReflect.Descriptor instead.
+func (*GetVCPUInfoRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetVCPUInfoRequest) GetDomid() uint32 {
+	if x != nil {
+		return x.Domid
+	}
+	return 0
+}
+
+func (x *GetVCPUInfoRequest) GetVcpu() uint32 {
+	if x != nil {
+		return x.Vcpu
+	}
+	return 0
+}
+
+// GetVCPUInfoResponse is xenctrl.VCPUInfo (struct xen_domctl_getvcpuinfo).
+type GetVCPUInfoResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Vcpu    uint32                 `protobuf:"varint,1,opt,name=vcpu,proto3" json:"vcpu,omitempty"`
+	Online  bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
+	Blocked bool                   `protobuf:"varint,3,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	Running bool                   `protobuf:"varint,4,opt,name=running,proto3" json:"running,omitempty"`
+	// cpu_time_ns is the time the vCPU has run, in nanoseconds.
+	CpuTimeNs uint64 `protobuf:"varint,5,opt,name=cpu_time_ns,json=cpuTimeNs,proto3" json:"cpu_time_ns,omitempty"`
+	// cpu is the physical CPU it runs or last ran on.
+	Cpu           uint32 `protobuf:"varint,6,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVCPUInfoResponse) Reset() {
+	*x = GetVCPUInfoResponse{}
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVCPUInfoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVCPUInfoResponse) ProtoMessage() {}
+
+func (x *GetVCPUInfoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVCPUInfoResponse.ProtoReflect.Descriptor instead.
+func (*GetVCPUInfoResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GetVCPUInfoResponse) GetVcpu() uint32 {
+	if x != nil {
+		return x.Vcpu
+	}
+	return 0
+}
+
+func (x *GetVCPUInfoResponse) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
+func (x *GetVCPUInfoResponse) GetBlocked() bool {
+	if x != nil {
+		return x.Blocked
+	}
+	return false
+}
+
+func (x *GetVCPUInfoResponse) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
+}
+
+func (x *GetVCPUInfoResponse) GetCpuTimeNs() uint64 {
+	if x != nil {
+		return x.CpuTimeNs
+	}
+	return 0
+}
+
+func (x *GetVCPUInfoResponse) GetCpu() uint32 {
+	if x != nil {
+		return x.Cpu
+	}
+	return 0
+}
+
 type ListDomainsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1352,7 +1491,7 @@ type ListDomainsRequest struct {
 
 func (x *ListDomainsRequest) Reset() {
 	*x = ListDomainsRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1503,7 @@ func (x *ListDomainsRequest) String() string {
 func (*ListDomainsRequest) ProtoMessage() {}
 
 func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1516,7 @@ func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsRequest.ProtoReflect.Descriptor instead.
 func (*ListDomainsRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{27}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{29}
 }
 
 type ListDomainsResponse struct {
@@ -1390,7 +1529,7 @@ type ListDomainsResponse struct {
 
 func (x *ListDomainsResponse) Reset() {
 	*x = ListDomainsResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1541,7 @@ func (x *ListDomainsResponse) String() string {
 func (*ListDomainsResponse) ProtoMessage() {}
 
 func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1554,7 @@ func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsResponse.ProtoReflect.Descriptor instead.
 func (*ListDomainsResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{28}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListDomainsResponse) GetDomains() *DomainRecords {
@@ -1502,10 +1641,21 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"\x11DomainInfoRequest\x12\x14\n" +
 	"\x05domid\x18\x01 \x01(\rR\x05domid\"O\n" +
 	"\x12DomainInfoResponse\x129\n" +
-	"\x06domain\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\x06domain\"\x14\n" +
+	"\x06domain\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\x06domain\">\n" +
+	"\x12GetVCPUInfoRequest\x12\x14\n" +
+	"\x05domid\x18\x01 \x01(\rR\x05domid\x12\x12\n" +
+	"\x04vcpu\x18\x02 \x01(\rR\x04vcpu\"\xa7\x01\n" +
+	"\x13GetVCPUInfoResponse\x12\x12\n" +
+	"\x04vcpu\x18\x01 \x01(\rR\x04vcpu\x12\x16\n" +
+	"\x06online\x18\x02 \x01(\bR\x06online\x12\x18\n" +
+	"\ablocked\x18\x03 \x01(\bR\ablocked\x12\x18\n" +
+	"\arunning\x18\x04 \x01(\bR\arunning\x12\x1e\n" +
+	"\vcpu_time_ns\x18\x05 \x01(\x04R\tcpuTimeNs\x12\x10\n" +
+	"\x03cpu\x18\x06 \x01(\rR\x03cpu\"\x14\n" +
 	"\x12ListDomainsRequest\"R\n" +
 	"\x13ListDomainsResponse\x12;\n" +
-	"\adomains\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\adomains2\xed\t\n" +
+	"\adomains\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\adomains2\xcd\n" +
+	"\n" +
 	"\x11HypervisorService\x12R\n" +
 	"\aVersion\x12\".xenopsd.simhost.v1.VersionRequest\x1a#.xenopsd.simhost.v1.VersionResponse\x12U\n" +
 	"\bPhysInfo\x12#.xenopsd.simhost.v1.PhysInfoRequest\x1a$.xenopsd.simhost.v1.PhysInfoResponse\x12R\n" +
@@ -1520,6 +1670,7 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"\rDestroyDomain\x12(.xenopsd.simhost.v1.DestroyDomainRequest\x1a).xenopsd.simhost.v1.DestroyDomainResponse\x12[\n" +
 	"\n" +
 	"DomainInfo\x12%.xenopsd.simhost.v1.DomainInfoRequest\x1a&.xenopsd.simhost.v1.DomainInfoResponse\x12^\n" +
+	"\vGetVCPUInfo\x12&.xenopsd.simhost.v1.GetVCPUInfoRequest\x1a'.xenopsd.simhost.v1.GetVCPUInfoResponse\x12^\n" +
 	"\vListDomains\x12&.xenopsd.simhost.v1.ListDomainsRequest\x1a'.xenopsd.simhost.v1.ListDomainsResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
 
 var (
@@ -1534,7 +1685,7 @@ func file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP() []byte {
 	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescData
 }
 
-var file_xenopsd_simhost_v1_hypervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_xenopsd_simhost_v1_hypervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_xenopsd_simhost_v1_hypervisor_proto_goTypes = []any{
 	(*HypervisorError)(nil),         // 0: xenopsd.simhost.v1.HypervisorError
 	(*DomainConfig)(nil),            // 1: xenopsd.simhost.v1.DomainConfig
@@ -1563,8 +1714,10 @@ var file_xenopsd_simhost_v1_hypervisor_proto_goTypes = []any{
 	(*DestroyDomainResponse)(nil),   // 24: xenopsd.simhost.v1.DestroyDomainResponse
 	(*DomainInfoRequest)(nil),       // 25: xenopsd.simhost.v1.DomainInfoRequest
 	(*DomainInfoResponse)(nil),      // 26: xenopsd.simhost.v1.DomainInfoResponse
-	(*ListDomainsRequest)(nil),      // 27: xenopsd.simhost.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),     // 28: xenopsd.simhost.v1.ListDomainsResponse
+	(*GetVCPUInfoRequest)(nil),      // 27: xenopsd.simhost.v1.GetVCPUInfoRequest
+	(*GetVCPUInfoResponse)(nil),     // 28: xenopsd.simhost.v1.GetVCPUInfoResponse
+	(*ListDomainsRequest)(nil),      // 29: xenopsd.simhost.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),     // 30: xenopsd.simhost.v1.ListDomainsResponse
 }
 var file_xenopsd_simhost_v1_hypervisor_proto_depIdxs = []int32{
 	1,  // 0: xenopsd.simhost.v1.CreateDomainRequest.config:type_name -> xenopsd.simhost.v1.DomainConfig
@@ -1582,22 +1735,24 @@ var file_xenopsd_simhost_v1_hypervisor_proto_depIdxs = []int32{
 	21, // 12: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:input_type -> xenopsd.simhost.v1.ShutdownDomainRequest
 	23, // 13: xenopsd.simhost.v1.HypervisorService.DestroyDomain:input_type -> xenopsd.simhost.v1.DestroyDomainRequest
 	25, // 14: xenopsd.simhost.v1.HypervisorService.DomainInfo:input_type -> xenopsd.simhost.v1.DomainInfoRequest
-	27, // 15: xenopsd.simhost.v1.HypervisorService.ListDomains:input_type -> xenopsd.simhost.v1.ListDomainsRequest
-	4,  // 16: xenopsd.simhost.v1.HypervisorService.Version:output_type -> xenopsd.simhost.v1.VersionResponse
-	6,  // 17: xenopsd.simhost.v1.HypervisorService.PhysInfo:output_type -> xenopsd.simhost.v1.PhysInfoResponse
-	8,  // 18: xenopsd.simhost.v1.HypervisorService.CPUIdle:output_type -> xenopsd.simhost.v1.CPUIdleResponse
-	10, // 19: xenopsd.simhost.v1.HypervisorService.CreateDomain:output_type -> xenopsd.simhost.v1.CreateDomainResponse
-	12, // 20: xenopsd.simhost.v1.HypervisorService.SetMaxMem:output_type -> xenopsd.simhost.v1.SetMaxMemResponse
-	14, // 21: xenopsd.simhost.v1.HypervisorService.SetMaxVCPUs:output_type -> xenopsd.simhost.v1.SetMaxVCPUsResponse
-	16, // 22: xenopsd.simhost.v1.HypervisorService.PopulatePhysmap:output_type -> xenopsd.simhost.v1.PopulatePhysmapResponse
-	18, // 23: xenopsd.simhost.v1.HypervisorService.PauseDomain:output_type -> xenopsd.simhost.v1.PauseDomainResponse
-	20, // 24: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:output_type -> xenopsd.simhost.v1.UnpauseDomainResponse
-	22, // 25: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:output_type -> xenopsd.simhost.v1.ShutdownDomainResponse
-	24, // 26: xenopsd.simhost.v1.HypervisorService.DestroyDomain:output_type -> xenopsd.simhost.v1.DestroyDomainResponse
-	26, // 27: xenopsd.simhost.v1.HypervisorService.DomainInfo:output_type -> xenopsd.simhost.v1.DomainInfoResponse
-	28, // 28: xenopsd.simhost.v1.HypervisorService.ListDomains:output_type -> xenopsd.simhost.v1.ListDomainsResponse
-	16, // [16:29] is the sub-list for method output_type
-	3,  // [3:16] is the sub-list for method input_type
+	27, // 15: xenopsd.simhost.v1.HypervisorService.GetVCPUInfo:input_type -> xenopsd.simhost.v1.GetVCPUInfoRequest
+	29, // 16: xenopsd.simhost.v1.HypervisorService.ListDomains:input_type -> xenopsd.simhost.v1.ListDomainsRequest
+	4,  // 17: xenopsd.simhost.v1.HypervisorService.Version:output_type -> xenopsd.simhost.v1.VersionResponse
+	6,  // 18: xenopsd.simhost.v1.HypervisorService.PhysInfo:output_type -> xenopsd.simhost.v1.PhysInfoResponse
+	8,  // 19: xenopsd.simhost.v1.HypervisorService.CPUIdle:output_type -> xenopsd.simhost.v1.CPUIdleResponse
+	10, // 20: xenopsd.simhost.v1.HypervisorService.CreateDomain:output_type -> xenopsd.simhost.v1.CreateDomainResponse
+	12, // 21: xenopsd.simhost.v1.HypervisorService.SetMaxMem:output_type -> xenopsd.simhost.v1.SetMaxMemResponse
+	14, // 22: xenopsd.simhost.v1.HypervisorService.SetMaxVCPUs:output_type -> xenopsd.simhost.v1.SetMaxVCPUsResponse
+	16, // 23: xenopsd.simhost.v1.HypervisorService.PopulatePhysmap:output_type -> xenopsd.simhost.v1.PopulatePhysmapResponse
+	18, // 24: xenopsd.simhost.v1.HypervisorService.PauseDomain:output_type -> xenopsd.simhost.v1.PauseDomainResponse
+	20, // 25: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:output_type -> xenopsd.simhost.v1.UnpauseDomainResponse
+	22, // 26: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:output_type -> xenopsd.simhost.v1.ShutdownDomainResponse
+	24, // 27: xenopsd.simhost.v1.HypervisorService.DestroyDomain:output_type -> xenopsd.simhost.v1.DestroyDomainResponse
+	26, // 28: xenopsd.simhost.v1.HypervisorService.DomainInfo:output_type -> xenopsd.simhost.v1.DomainInfoResponse
+	28, // 29: xenopsd.simhost.v1.HypervisorService.GetVCPUInfo:output_type -> xenopsd.simhost.v1.GetVCPUInfoResponse
+	30, // 30: xenopsd.simhost.v1.HypervisorService.ListDomains:output_type -> xenopsd.simhost.v1.ListDomainsResponse
+	17, // [17:31] is the sub-list for method output_type
+	3,  // [3:17] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
 	3,  // [3:3] is the sub-list for extension extendee
 	0,  // [0:3] is the sub-list for field type_name
@@ -1614,7 +1769,7 @@ func file_xenopsd_simhost_v1_hypervisor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_simhost_v1_hypervisor_proto_rawDesc), len(file_xenopsd_simhost_v1_hypervisor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	HypervisorService_ShutdownDomain_FullMethodName  = "/xenopsd.simhost.v1.HypervisorService/ShutdownDomain"
 	HypervisorService_DestroyDomain_FullMethodName   = "/xenopsd.simhost.v1.HypervisorService/DestroyDomain"
 	HypervisorService_DomainInfo_FullMethodName      = "/xenopsd.simhost.v1.HypervisorService/DomainInfo"
+	HypervisorService_GetVCPUInfo_FullMethodName     = "/xenopsd.simhost.v1.HypervisorService/GetVCPUInfo"
 	HypervisorService_ListDomains_FullMethodName     = "/xenopsd.simhost.v1.HypervisorService/ListDomains"
 )
 
@@ -53,6 +54,7 @@ type HypervisorServiceClient interface {
 	ShutdownDomain(ctx context.Context, in *ShutdownDomainRequest, opts ...grpc.CallOption) (*ShutdownDomainResponse, error)
 	DestroyDomain(ctx context.Context, in *DestroyDomainRequest, opts ...grpc.CallOption) (*DestroyDomainResponse, error)
 	DomainInfo(ctx context.Context, in *DomainInfoRequest, opts ...grpc.CallOption) (*DomainInfoResponse, error)
+	GetVCPUInfo(ctx context.Context, in *GetVCPUInfoRequest, opts ...grpc.CallOption) (*GetVCPUInfoResponse, error)
 	ListDomains(ctx context.Context, in *ListDomainsRequest, opts ...grpc.CallOption) (*ListDomainsResponse, error)
 }
 
@@ -184,6 +186,16 @@ func (c *hypervisorServiceClient) DomainInfo(ctx context.Context, in *DomainInfo
 	return out, nil
 }
 
+func (c *hypervisorServiceClient) GetVCPUInfo(ctx context.Context, in *GetVCPUInfoRequest, opts ...grpc.CallOption) (*GetVCPUInfoResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetVCPUInfoResponse)
+	err := c.cc.Invoke(ctx, HypervisorService_GetVCPUInfo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *hypervisorServiceClient) ListDomains(ctx context.Context, in *ListDomainsRequest, opts ...grpc.CallOption) (*ListDomainsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListDomainsResponse)
@@ -213,6 +225,7 @@ type HypervisorServiceServer interface {
 	ShutdownDomain(context.Context, *ShutdownDomainRequest) (*ShutdownDomainResponse, error)
 	DestroyDomain(context.Context, *DestroyDomainRequest) (*DestroyDomainResponse, error)
 	DomainInfo(context.Context, *DomainInfoRequest) (*DomainInfoResponse, error)
+	GetVCPUInfo(context.Context, *GetVCPUInfoRequest) (*GetVCPUInfoResponse, error)
 	ListDomains(context.Context, *ListDomainsRequest) (*ListDomainsResponse, error)
 	mustEmbedUnimplementedHypervisorServiceServer()
 }
@@ -259,6 +272,9 @@ func (UnimplementedHypervisorServiceServer) DestroyDomain(context.Context, *Dest
 }
 func (UnimplementedHypervisorServiceServer) DomainInfo(context.Context, *DomainInfoRequest) (*DomainInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DomainInfo not implemented")
+}
+func (UnimplementedHypervisorServiceServer) GetVCPUInfo(context.Context, *GetVCPUInfoRequest) (*GetVCPUInfoResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVCPUInfo not implemented")
 }
 func (UnimplementedHypervisorServiceServer) ListDomains(context.Context, *ListDomainsRequest) (*ListDomainsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDomains not implemented")
@@ -500,6 +516,24 @@ func _HypervisorService_DomainInfo_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HypervisorService_GetVCPUInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVCPUInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HypervisorServiceServer).GetVCPUInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HypervisorService_GetVCPUInfo_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HypervisorServiceServer).GetVCPUInfo(ctx, req.(*GetVCPUInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _HypervisorService_ListDomains_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListDomainsRequest)
 	if err := dec(in); err != nil {
@@ -572,6 +606,10 @@ var HypervisorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DomainInfo",
 			Handler:    _HypervisorService_DomainInfo_Handler,
+		},
+		{
+			MethodName: "GetVCPUInfo",
+			Handler:    _HypervisorService_GetVCPUInfo_Handler,
 		},
 		{
 			MethodName: "ListDomains",
