@@ -24,6 +24,7 @@ type Hypervisor interface {
 	CPUIdle(ctx context.Context) ([]time.Duration, error)
 	ListDomains(ctx context.Context) ([]xenctrl.DomainInfo, error)
 	DomainInfo(ctx context.Context, d xenctrl.Domid) (xenctrl.DomainInfo, error)
+	GetVCPUInfo(ctx context.Context, d xenctrl.Domid, vcpu uint32) (xenctrl.VCPUInfo, error)
 }
 
 // Manager is what Collector reads from the domain manager (the VMs the

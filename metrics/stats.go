@@ -34,6 +34,10 @@ type VMStats struct {
 	VCPUsOnline      uint32
 	MemoryBytes      uint64 // what the domain holds
 	MemoryLimitBytes uint64 // max_pages
+	// VCPUs are the domain's vCPUs, one getvcpuinfo each (the scrape
+	// exports no per-vCPU series: that would cost a hypercall per vCPU
+	// of every VM).
+	VCPUs []xenctrl.VCPUInfo
 }
 
 // HostStats reads the host's statistics (a snapshot within MaxAge of the
@@ -68,8 +72,8 @@ func (c *Collector) HostStats(ctx context.Context) (HostStats, error) {
 }
 
 // VMStats reads one VM's statistics: the VM by id or name (the domain
-// manager's errors for a bad or unknown ref), and one getdomaininfo of its
-// domain, if it has one.
+// manager's errors for a bad or unknown ref), one getdomaininfo of its
+// domain, if it has one, and one getvcpuinfo per vCPU.
 func (c *Collector) VMStats(ctx context.Context, ref string) (VMStats, error) {
 	vm, err := c.mgr.GetVM(ctx, ref)
 	if err != nil {
@@ -95,5 +99,18 @@ func (c *Collector) VMStats(ctx context.Context, ref string) (VMStats, error) {
 	out.VCPUsOnline = d.OnlineVCPUs
 	out.MemoryBytes = d.TotPages * xenctrl.PageSize
 	out.MemoryLimitBytes = d.MaxPages * xenctrl.PageSize
+	if d.MaxVCPUID == xenctrl.InvalidMaxVCPUID {
+		return out, nil // the vCPUs do not exist yet
+	}
+	for vcpu := uint32(0); vcpu <= d.MaxVCPUID; vcpu++ {
+		v, err := c.hv.GetVCPUInfo(ctx, d.Domid, vcpu)
+		if xenctrl.IsNoDomain(err) {
+			return out, nil // destroyed meanwhile: what was read stands
+		}
+		if err != nil {
+			return VMStats{}, err
+		}
+		out.VCPUs = append(out.VCPUs, v)
+	}
 	return out, nil
 }

@@ -33,8 +33,13 @@ func TestStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !s.HasDomain || s.VM.ID != webID || s.DomainState != "running" || s.VCPUsOnline != 2 || s.MemoryBytes != 256*4096 ||
-		s.MemoryLimitBytes != 1024<<10 || s.CPUTime <= 0 {
-		t.Errorf("web's stats %+v", s)
+		s.MemoryLimitBytes != 1024<<10 || s.CPUTime <= 0 || len(s.VCPUs) != 2 {
+		t.Fatalf("web's stats %+v", s)
+	}
+	for i, v := range s.VCPUs {
+		if v.VCPU != uint32(i) || !v.Online || !v.Running || v.CPUTime == 0 {
+			t.Errorf("web's vCPU %d: %+v", i, v)
+		}
 	}
 	for _, ref := range []string{"db", "imposter"} {
 		if s, err := c.VMStats(ctx, ref); err != nil || s.HasDomain || s.CPUTime != 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -77,6 +78,10 @@ func VMStatsToPB(v metrics.VMStats) *pb.VMStats {
 		out.VcpusOnline = v.VCPUsOnline
 		out.MemoryBytes = v.MemoryBytes
 		out.MemoryLimitBytes = v.MemoryLimitBytes
+	}
+	for _, c := range v.VCPUs {
+		out.Vcpus = append(out.Vcpus, &pb.VCPUStats{Vcpu: c.VCPU, Online: c.Online, Running: c.Running, Blocked: c.Blocked,
+			CpuTime: durationpb.New(time.Duration(c.CPUTime)), Cpu: c.CPU})
 	}
 	return out
 }

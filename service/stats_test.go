@@ -11,6 +11,7 @@ import (
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/metrics"
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
 // fakeStats answers for one VM, "web", and the host.
@@ -29,7 +30,8 @@ func (fakeStats) VMStats(_ context.Context, ref string) (metrics.VMStats, error)
 	return metrics.VMStats{VM: domain.VM{ID: "web-id", Power: domain.Running, Domid: 7,
 		Spec: domain.Spec{Name: "web", MemoryStaticMax: 512 << 20, MemoryDynamicMax: 256 << 20}},
 		HasDomain: true, DomainState: "running", CPUTime: 1500 * time.Millisecond, VCPUsOnline: 2,
-		MemoryBytes: 256 << 20, MemoryLimitBytes: 257 << 20}, nil
+		MemoryBytes: 256 << 20, MemoryLimitBytes: 257 << 20,
+		VCPUs: []xenctrl.VCPUInfo{{VCPU: 0, Online: true, Running: true, CPUTime: 1e9, CPU: 3}, {VCPU: 1, Online: true, Blocked: true, CPUTime: 5e8}}}, nil
 }
 
 func TestStatsService(t *testing.T) {
@@ -58,6 +60,10 @@ func TestStatsService(t *testing.T) {
 		vs.GetMemoryLimitBytes() != 257<<20 || vs.GetMemoryStaticMaxBytes() != 512<<20 || vs.GetMemoryTargetBytes() != 256<<20 ||
 		vs.GetPowerState() != pb.PowerState_POWER_STATE_RUNNING || vs.GetDomainState() != "running" {
 		t.Errorf("web's stats %v", vs)
+	}
+	if v := vs.GetVcpus(); len(v) != 2 || !v[0].GetRunning() || v[0].GetCpu() != 3 || v[0].GetCpuTime().AsDuration() != time.Second ||
+		v[1].GetVcpu() != 1 || !v[1].GetBlocked() || v[1].GetCpuTime().AsDuration() != 500*time.Millisecond {
+		t.Errorf("web's vCPUs %v", v)
 	}
 	if _, err := c.GetVMStats(ctx, &pb.GetVMStatsRequest{Id: "nosuch"}); status.Code(err) != codes.NotFound {
 		t.Errorf("unknown VM: %v, want NOT_FOUND", err)

@@ -114,9 +114,13 @@ type DomainInfo struct {
 	MaxPages       uint64 // its memory limit in pages
 	CPUTime        uint64 // nanoseconds
 	OnlineVCPUs    uint32
-	MaxVCPUID      uint32
+	MaxVCPUID      uint32 // InvalidMaxVCPUID until the vCPUs exist
 	CPUPool        uint32
 }
+
+// InvalidMaxVCPUID is XEN_INVALID_MAX_VCPU_ID: the max_vcpu_id of a domain
+// whose vCPUs do not exist yet.
+const InvalidMaxVCPUID uint32 = 0xFFFFFFFF
 
 // Version is the running hypervisor's version (XENVER_version, XENVER_extraversion).
 type Version struct {

@@ -84,7 +84,7 @@ func (a *app) vmStatsCmd() *cobra.Command {
 				if !s.GetHasDomain() {
 					return a.fields(append(kv, [2]string{"domain", "none"}))
 				}
-				return a.fields(append(kv,
+				kv = append(kv,
 					[2]string{"domid", fmt.Sprint(s.GetDomid())},
 					[2]string{"domain_state", s.GetDomainState()},
 					[2]string{"cpu_time", s.GetCpuTime().AsDuration().Round(time.Millisecond).String()},
@@ -92,8 +92,26 @@ func (a *app) vmStatsCmd() *cobra.Command {
 					[2]string{"memory", fmt.Sprintf("%s held, limit %s, static-max %s, target %s",
 						bytesize.Format(s.GetMemoryBytes()), bytesize.Format(s.GetMemoryLimitBytes()),
 						bytesize.Format(s.GetMemoryStaticMaxBytes()), bytesize.Format(s.GetMemoryTargetBytes()))},
-				))
+				)
+				for _, v := range s.GetVcpus() {
+					kv = append(kv, [2]string{fmt.Sprintf("vcpu%d", v.GetVcpu()), fmt.Sprintf("%s on pcpu %d, %s",
+						v.GetCpuTime().AsDuration().Round(time.Millisecond), v.GetCpu(), vcpuState(v))})
+				}
+				return a.fields(kv)
 			})
 		},
 	}
+}
+
+// vcpuState is running, blocked, runnable or offline.
+func vcpuState(v *apiv1.VCPUStats) string {
+	switch {
+	case !v.GetOnline():
+		return "offline"
+	case v.GetRunning():
+		return "running"
+	case v.GetBlocked():
+		return "blocked"
+	}
+	return "runnable"
 }

@@ -103,7 +103,8 @@ func TestPrometheusScrapesTheDaemon(t *testing.T) {
 	if err := protojson.Unmarshal([]byte(cli(t, d, "vm", "stats", "busy", "-o", "json")), st); err != nil {
 		t.Fatalf("vm stats -o json: %v", err)
 	}
-	if !st.GetHasDomain() || st.GetCpuTime().AsDuration() <= 0 || st.GetMemoryBytes() != 64<<20 || st.GetVcpusOnline() != 2 {
+	if !st.GetHasDomain() || st.GetCpuTime().AsDuration() <= 0 || st.GetMemoryBytes() != 64<<20 || st.GetVcpusOnline() != 2 ||
+		len(st.GetVcpus()) != 2 || !st.GetVcpus()[1].GetRunning() || st.GetVcpus()[1].GetCpuTime().AsDuration() <= 0 {
 		t.Errorf("vm stats busy: %v", st)
 	}
 	if out := cli(t, d, "host", "stats"); !strings.Contains(out, "vms:") || !strings.Contains(out, "running 2") || !strings.Contains(out, "cpu_idle:") {

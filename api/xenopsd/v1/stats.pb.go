@@ -377,8 +377,10 @@ type VMStats struct {
 	MemoryStaticMaxBytes uint64 `protobuf:"varint,11,opt,name=memory_static_max_bytes,json=memoryStaticMaxBytes,proto3" json:"memory_static_max_bytes,omitempty"`
 	// memory_target_bytes is the target the toolstack set for the guest.
 	MemoryTargetBytes uint64 `protobuf:"varint,12,opt,name=memory_target_bytes,json=memoryTargetBytes,proto3" json:"memory_target_bytes,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// vcpus are the domain's vCPUs (none before they exist).
+	Vcpus         []*VCPUStats `protobuf:"bytes,13,rep,name=vcpus,proto3" json:"vcpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VMStats) Reset() {
@@ -495,6 +497,100 @@ func (x *VMStats) GetMemoryTargetBytes() uint64 {
 	return 0
 }
 
+func (x *VMStats) GetVcpus() []*VCPUStats {
+	if x != nil {
+		return x.Vcpus
+	}
+	return nil
+}
+
+// VCPUStats is one vCPU as Xen reports it (XEN_DOMCTL_getvcpuinfo).
+type VCPUStats struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Vcpu    uint32                 `protobuf:"varint,1,opt,name=vcpu,proto3" json:"vcpu,omitempty"`
+	Online  bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
+	Running bool                   `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
+	Blocked bool                   `protobuf:"varint,4,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	// cpu_time is the time the vCPU has run.
+	CpuTime *durationpb.Duration `protobuf:"bytes,5,opt,name=cpu_time,json=cpuTime,proto3" json:"cpu_time,omitempty"`
+	// cpu is the physical CPU it runs or last ran on.
+	Cpu           uint32 `protobuf:"varint,6,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VCPUStats) Reset() {
+	*x = VCPUStats{}
+	mi := &file_xenopsd_v1_stats_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VCPUStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VCPUStats) ProtoMessage() {}
+
+func (x *VCPUStats) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_stats_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VCPUStats.ProtoReflect.Descriptor instead.
+func (*VCPUStats) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_stats_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *VCPUStats) GetVcpu() uint32 {
+	if x != nil {
+		return x.Vcpu
+	}
+	return 0
+}
+
+func (x *VCPUStats) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
+func (x *VCPUStats) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
+}
+
+func (x *VCPUStats) GetBlocked() bool {
+	if x != nil {
+		return x.Blocked
+	}
+	return false
+}
+
+func (x *VCPUStats) GetCpuTime() *durationpb.Duration {
+	if x != nil {
+		return x.CpuTime
+	}
+	return nil
+}
+
+func (x *VCPUStats) GetCpu() uint32 {
+	if x != nil {
+		return x.Cpu
+	}
+	return 0
+}
+
 var File_xenopsd_v1_stats_proto protoreflect.FileDescriptor
 
 const file_xenopsd_v1_stats_proto_rawDesc = "" +
@@ -523,7 +619,7 @@ const file_xenopsd_v1_stats_proto_rawDesc = "" +
 	"\x11GetVMStatsRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"?\n" +
 	"\x12GetVMStatsResponse\x12)\n" +
-	"\x05stats\x18\x01 \x01(\v2\x13.xenopsd.v1.VMStatsR\x05stats\"\xcf\x03\n" +
+	"\x05stats\x18\x01 \x01(\v2\x13.xenopsd.v1.VMStatsR\x05stats\"\xfc\x03\n" +
 	"\aVMStats\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x127\n" +
@@ -539,7 +635,15 @@ const file_xenopsd_v1_stats_proto_rawDesc = "" +
 	"\x12memory_limit_bytes\x18\n" +
 	" \x01(\x04R\x10memoryLimitBytes\x125\n" +
 	"\x17memory_static_max_bytes\x18\v \x01(\x04R\x14memoryStaticMaxBytes\x12.\n" +
-	"\x13memory_target_bytes\x18\f \x01(\x04R\x11memoryTargetBytes2\xae\x01\n" +
+	"\x13memory_target_bytes\x18\f \x01(\x04R\x11memoryTargetBytes\x12+\n" +
+	"\x05vcpus\x18\r \x03(\v2\x15.xenopsd.v1.VCPUStatsR\x05vcpus\"\xb3\x01\n" +
+	"\tVCPUStats\x12\x12\n" +
+	"\x04vcpu\x18\x01 \x01(\rR\x04vcpu\x12\x16\n" +
+	"\x06online\x18\x02 \x01(\bR\x06online\x12\x18\n" +
+	"\arunning\x18\x03 \x01(\bR\arunning\x12\x18\n" +
+	"\ablocked\x18\x04 \x01(\bR\ablocked\x124\n" +
+	"\bcpu_time\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\acpuTime\x12\x10\n" +
+	"\x03cpu\x18\x06 \x01(\rR\x03cpu2\xae\x01\n" +
 	"\fStatsService\x12Q\n" +
 	"\fGetHostStats\x12\x1f.xenopsd.v1.GetHostStatsRequest\x1a .xenopsd.v1.GetHostStatsResponse\x12K\n" +
 	"\n" +
@@ -557,7 +661,7 @@ func file_xenopsd_v1_stats_proto_rawDescGZIP() []byte {
 	return file_xenopsd_v1_stats_proto_rawDescData
 }
 
-var file_xenopsd_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_xenopsd_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_xenopsd_v1_stats_proto_goTypes = []any{
 	(*GetHostStatsRequest)(nil),  // 0: xenopsd.v1.GetHostStatsRequest
 	(*GetHostStatsResponse)(nil), // 1: xenopsd.v1.GetHostStatsResponse
@@ -566,28 +670,31 @@ var file_xenopsd_v1_stats_proto_goTypes = []any{
 	(*GetVMStatsRequest)(nil),    // 4: xenopsd.v1.GetVMStatsRequest
 	(*GetVMStatsResponse)(nil),   // 5: xenopsd.v1.GetVMStatsResponse
 	(*VMStats)(nil),              // 6: xenopsd.v1.VMStats
-	nil,                          // 7: xenopsd.v1.HostStats.DomainsEntry
-	(*durationpb.Duration)(nil),  // 8: google.protobuf.Duration
-	(PowerState)(0),              // 9: xenopsd.v1.PowerState
+	(*VCPUStats)(nil),            // 7: xenopsd.v1.VCPUStats
+	nil,                          // 8: xenopsd.v1.HostStats.DomainsEntry
+	(*durationpb.Duration)(nil),  // 9: google.protobuf.Duration
+	(PowerState)(0),              // 10: xenopsd.v1.PowerState
 }
 var file_xenopsd_v1_stats_proto_depIdxs = []int32{
 	2,  // 0: xenopsd.v1.GetHostStatsResponse.stats:type_name -> xenopsd.v1.HostStats
-	8,  // 1: xenopsd.v1.HostStats.cpu_idle:type_name -> google.protobuf.Duration
-	7,  // 2: xenopsd.v1.HostStats.domains:type_name -> xenopsd.v1.HostStats.DomainsEntry
+	9,  // 1: xenopsd.v1.HostStats.cpu_idle:type_name -> google.protobuf.Duration
+	8,  // 2: xenopsd.v1.HostStats.domains:type_name -> xenopsd.v1.HostStats.DomainsEntry
 	3,  // 3: xenopsd.v1.HostStats.vms:type_name -> xenopsd.v1.PowerStateCount
-	9,  // 4: xenopsd.v1.PowerStateCount.power_state:type_name -> xenopsd.v1.PowerState
+	10, // 4: xenopsd.v1.PowerStateCount.power_state:type_name -> xenopsd.v1.PowerState
 	6,  // 5: xenopsd.v1.GetVMStatsResponse.stats:type_name -> xenopsd.v1.VMStats
-	9,  // 6: xenopsd.v1.VMStats.power_state:type_name -> xenopsd.v1.PowerState
-	8,  // 7: xenopsd.v1.VMStats.cpu_time:type_name -> google.protobuf.Duration
-	0,  // 8: xenopsd.v1.StatsService.GetHostStats:input_type -> xenopsd.v1.GetHostStatsRequest
-	4,  // 9: xenopsd.v1.StatsService.GetVMStats:input_type -> xenopsd.v1.GetVMStatsRequest
-	1,  // 10: xenopsd.v1.StatsService.GetHostStats:output_type -> xenopsd.v1.GetHostStatsResponse
-	5,  // 11: xenopsd.v1.StatsService.GetVMStats:output_type -> xenopsd.v1.GetVMStatsResponse
-	10, // [10:12] is the sub-list for method output_type
-	8,  // [8:10] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	10, // 6: xenopsd.v1.VMStats.power_state:type_name -> xenopsd.v1.PowerState
+	9,  // 7: xenopsd.v1.VMStats.cpu_time:type_name -> google.protobuf.Duration
+	7,  // 8: xenopsd.v1.VMStats.vcpus:type_name -> xenopsd.v1.VCPUStats
+	9,  // 9: xenopsd.v1.VCPUStats.cpu_time:type_name -> google.protobuf.Duration
+	0,  // 10: xenopsd.v1.StatsService.GetHostStats:input_type -> xenopsd.v1.GetHostStatsRequest
+	4,  // 11: xenopsd.v1.StatsService.GetVMStats:input_type -> xenopsd.v1.GetVMStatsRequest
+	1,  // 12: xenopsd.v1.StatsService.GetHostStats:output_type -> xenopsd.v1.GetHostStatsResponse
+	5,  // 13: xenopsd.v1.StatsService.GetVMStats:output_type -> xenopsd.v1.GetVMStatsResponse
+	12, // [12:14] is the sub-list for method output_type
+	10, // [10:12] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_xenopsd_v1_stats_proto_init() }
@@ -602,7 +709,7 @@ func file_xenopsd_v1_stats_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_v1_stats_proto_rawDesc), len(file_xenopsd_v1_stats_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,7 +30,8 @@ const (
 // StatsService answers what the daemon's metrics listener exports
 // (--metrics-listen, Prometheus and OpenMetrics), for callers that do not
 // scrape. Both read the hypervisor the same way: one batch per host
-// reading, one domain-info call per VM asked about.
+// reading; GetVMStats makes one domain-info call and one vCPU-info call per
+// vCPU of the VM asked about (per-vCPU figures are the API's alone).
 type StatsServiceClient interface {
 	// GetHostStats returns the host's memory, physical CPUs and domains now.
 	GetHostStats(ctx context.Context, in *GetHostStatsRequest, opts ...grpc.CallOption) (*GetHostStatsResponse, error)
@@ -74,7 +75,8 @@ func (c *statsServiceClient) GetVMStats(ctx context.Context, in *GetVMStatsReque
 // StatsService answers what the daemon's metrics listener exports
 // (--metrics-listen, Prometheus and OpenMetrics), for callers that do not
 // scrape. Both read the hypervisor the same way: one batch per host
-// reading, one domain-info call per VM asked about.
+// reading; GetVMStats makes one domain-info call and one vCPU-info call per
+// vCPU of the VM asked about (per-vCPU figures are the API's alone).
 type StatsServiceServer interface {
 	// GetHostStats returns the host's memory, physical CPUs and domains now.
 	GetHostStats(context.Context, *GetHostStatsRequest) (*GetHostStatsResponse, error)
