@@ -265,14 +265,19 @@ func (c *Collector) collectVMs(ch chan<- prometheus.Metric, s snapshot) {
 }
 
 func (c *Collector) collectDomain(ch chan<- prometheus.Metric, vm domain.VM, d xenctrl.DomainInfo) {
-	l := []string{vm.ID, vm.Spec.Name, strconv.Itoa(int(d.Domid))}
-	ch <- prometheus.MustNewConstMetric(c.d.vmCPU, prometheus.CounterValue, float64(d.CPUTime)/1e9, l...)
-	ch <- c.d.gauge(c.d.vmVCPUs, float64(d.OnlineVCPUs), l...)
-	ch <- c.d.gauge(c.d.vmMem, pagesToBytes(d.TotPages), l...)
-	ch <- c.d.gauge(c.d.vmMemMax, pagesToBytes(d.MaxPages), l...)
-	ch <- c.d.gauge(c.d.vmStaticMax, float64(vm.Spec.MemoryStaticMax), l...)
-	ch <- c.d.gauge(c.d.vmTarget, float64(vm.Spec.MemoryDynamicMax), l...)
-	ch <- c.d.gauge(c.d.vmDomainState, 1, append(l, domainState(d))...)
+	domid := strconv.Itoa(int(d.Domid))
+	l := domainLabels(vm.ID, vm.Spec.Name, domid)
+	gauge := func(desc *prometheus.Desc, v float64) prometheus.Metric {
+		return domainMetric{desc: desc, labels: l, kind: prometheus.GaugeValue, value: v}
+	}
+	ch <- domainMetric{desc: c.d.vmCPU, labels: l, kind: prometheus.CounterValue, value: float64(d.CPUTime) / 1e9}
+	ch <- gauge(c.d.vmVCPUs, float64(d.OnlineVCPUs))
+	ch <- gauge(c.d.vmMem, pagesToBytes(d.TotPages))
+	ch <- gauge(c.d.vmMemMax, pagesToBytes(d.MaxPages))
+	ch <- gauge(c.d.vmStaticMax, float64(vm.Spec.MemoryStaticMax))
+	ch <- gauge(c.d.vmTarget, float64(vm.Spec.MemoryDynamicMax))
+	ch <- domainMetric{desc: c.d.vmDomainState, kind: prometheus.GaugeValue, value: 1,
+		labels: domainLabels(vm.ID, vm.Spec.Name, domid, labelPair("state", domainState(d)))}
 }
 
 func pagesToBytes(pages uint64) float64 { return float64(pages) * xenctrl.PageSize }
