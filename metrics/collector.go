@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
@@ -249,7 +250,8 @@ func (c *Collector) collectVMs(ch chan<- prometheus.Metric, s snapshot) {
 		byDomid[d.Domid] = i
 	}
 	for _, vm := range s.vms {
-		ch <- c.d.gauge(c.d.vmPower, 1, vm.ID, vm.Spec.Name, powerLabel(vm.Power))
+		ch <- domainMetric{desc: c.d.vmPower, kind: prometheus.GaugeValue, value: 1, labels: []*dto.LabelPair{
+			labelPair("name", vm.Spec.Name), labelPair("state", powerLabel(vm.Power)), labelPair("uuid", vm.ID)}}
 		if vm.Domid == 0 {
 			continue
 		}

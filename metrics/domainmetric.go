@@ -5,10 +5,10 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
-// domainMetric is one series of a VM's domain. Its label pairs are built
-// once per VM and shared by the VM's series: prometheus.NewConstMetric
-// would build, validate and sort them again for each, which at 10,000 VMs
-// is much of a scrape's cost.
+// domainMetric is one series of a VM (most of them of its domain). Its
+// label pairs are built once per VM and shared by the VM's series:
+// prometheus.NewConstMetric would build, validate and sort them again for
+// each, which at 10,000 VMs is much of a scrape's cost.
 type domainMetric struct {
 	desc   *prometheus.Desc
 	labels []*dto.LabelPair // sorted by name
