@@ -37,6 +37,7 @@ type env struct {
 	retain  int
 	builder Builder
 	devs    Devices
+	onOp    func(string, error, time.Duration)
 	guests  sync.WaitGroup
 }
 
@@ -47,6 +48,7 @@ type envOpts struct {
 	noGuest bool
 	builder func(xenctrl.Hypervisor) Builder // nil: the Manager's default
 	devices Devices
+	onOp    func(op string, err error, took time.Duration) // Config.OnOperation
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -55,7 +57,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		o.memory = 64 << 30
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, ctx: ctx, cancel: cancel, retain: o.retain, devs: o.devices}
+	e := &env{t: t, ctx: ctx, cancel: cancel, retain: o.retain, devs: o.devices, onOp: o.onOp}
 	var srvMu sync.Mutex
 	var srv *xenstored.Server
 	e.hv = sim.New(sim.Config{
@@ -125,7 +127,7 @@ func (e *env) open(workers int) {
 		e.t.Fatal(err)
 	}
 	e.st = st
-	m, err := New(e.ctx, Config{Hypervisor: e.hv, Xenstore: e.xs, Store: st, Workers: workers, Builder: e.builder, Devices: e.devs})
+	m, err := New(e.ctx, Config{Hypervisor: e.hv, Xenstore: e.xs, Store: st, Workers: workers, Builder: e.builder, Devices: e.devs, OnOperation: e.onOp})
 	if err != nil {
 		e.t.Fatal(err)
 	}

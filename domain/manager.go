@@ -50,6 +50,9 @@ type Config struct {
 	Devices Devices
 	Workers int // worker pool size (0: DefaultWorkers)
 	Logger  *slog.Logger
+	// OnOperation, if set, is called after each operation has run, with
+	// its name, its error and how long it ran (metrics). It must not block.
+	OnOperation func(op string, err error, took time.Duration)
 }
 
 // Manager owns every VM on the host. Create it with New.
@@ -60,6 +63,7 @@ type Manager struct {
 	builder Builder
 	devs    Devices // nil: no device backend
 	log     *slog.Logger
+	onOp    func(op string, err error, took time.Duration) // Config.OnOperation
 
 	baseCtx    context.Context // cancelled when Close gives up waiting
 	baseCancel context.CancelFunc
@@ -133,7 +137,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, errors.New("domain.New: Hypervisor, Xenstore and Store are required")
 	}
 	m := &Manager{
-		hv: cfg.Hypervisor, xs: cfg.Xenstore, st: cfg.Store, builder: cfg.Builder, devs: cfg.Devices, log: cfg.Logger,
+		hv: cfg.Hypervisor, xs: cfg.Xenstore, st: cfg.Store, builder: cfg.Builder, devs: cfg.Devices, log: cfg.Logger, onOp: cfg.OnOperation,
 		diskUse: map[fileID][]deviceUse{}, macUse: map[string]deviceUse{},
 		vms: map[string]*vmEntry{}, names: map[string]string{}, pending: map[string]bool{},
 		reqs: map[string]string{}, inflight: map[string]chan struct{}{}, tasks: map[string]*taskEntry{},

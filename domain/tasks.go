@@ -173,7 +173,11 @@ func (m *Manager) runOp(e *vmEntry, o *op) {
 			return // cancelled or interrupted while queued
 		}
 	}
+	began := time.Now()
 	mut, err := o.run(ctx, e, te)
+	if m.onOp != nil {
+		m.onOp(o.name, err, time.Since(began))
+	}
 	if err != nil {
 		m.log.Warn("operation failed", "vm", e.id, "op", o.name, "err", err)
 	}

@@ -20,6 +20,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Console serves VMService.StreamConsole; nil => FAILED_PRECONDITION.
 	Console ConsoleLogs
+	// Stats serves StatsService; nil => the service is not registered.
+	Stats Stats
 }
 
 // Server implements the four xenopsd.v1 services on top of a Manager.
@@ -38,13 +40,17 @@ func New(m Manager, opts Options) *Server {
 	return &Server{m: m, opts: opts, log: log}
 }
 
-// Register registers the Host, VM, Task and Event services on r. A request
+// Register registers the Host, VM, Task, Event (and with Options.Stats,
+// Stats) services on r. A request
 // that cannot be decoded is INVALID_ARGUMENT (see registerDecoding).
 func (s *Server) Register(r grpc.ServiceRegistrar) {
 	registerDecoding(r, &pb.HostService_ServiceDesc, hostServer{Server: s})
 	registerDecoding(r, &pb.VMService_ServiceDesc, vmServer{Server: s})
 	registerDecoding(r, &pb.TaskService_ServiceDesc, taskServer{Server: s})
 	registerDecoding(r, &pb.EventService_ServiceDesc, eventServer{Server: s})
+	if s.opts.Stats != nil {
+		registerDecoding(r, &pb.StatsService_ServiceDesc, statsServer{Server: s})
+	}
 }
 
 // fail converts a core error into a status, logging INTERNAL ones (their

@@ -235,6 +235,30 @@ func (c *Client) PhysInfo(ctx context.Context) (p xenctrl.PhysInfo, err error) {
 	return p, err
 }
 
+// CPUIdle implements xenctrl.Hypervisor.
+func (c *Client) CPUIdle(ctx context.Context) (idle []time.Duration, err error) {
+	err = c.call(ctx, "CPUIdle", func(ctx context.Context, cn *conn) error {
+		r, err := cn.hv.CPUIdle(ctx, &pb.CPUIdleRequest{})
+		idle = make([]time.Duration, len(r.GetIdleNs()))
+		for i, ns := range r.GetIdleNs() {
+			idle[i] = time.Duration(ns)
+		}
+		return err
+	})
+	return idle, err
+}
+
+// GetVCPUInfo implements xenctrl.Hypervisor.
+func (c *Client) GetVCPUInfo(ctx context.Context, d xenctrl.Domid, vcpu uint32) (v xenctrl.VCPUInfo, err error) {
+	err = c.call(ctx, "GetVCPUInfo", func(ctx context.Context, cn *conn) error {
+		r, err := cn.hv.GetVCPUInfo(ctx, &pb.GetVCPUInfoRequest{Domid: uint32(d), Vcpu: vcpu})
+		v = xenctrl.VCPUInfo{VCPU: r.GetVcpu(), Online: r.GetOnline(), Blocked: r.GetBlocked(), Running: r.GetRunning(),
+			CPUTime: r.GetCpuTimeNs(), CPU: r.GetCpu()}
+		return err
+	})
+	return v, err
+}
+
 // CreateDomain implements xenctrl.Hypervisor.
 func (c *Client) CreateDomain(ctx context.Context, cfg xenctrl.DomainConfig) (d xenctrl.Domid, err error) {
 	err = c.call(ctx, "CreateDomain", func(ctx context.Context, cn *conn) error {

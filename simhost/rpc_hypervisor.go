@@ -38,6 +38,18 @@ func (s *hypervisorServer) PhysInfo(ctx context.Context, _ *pb.PhysInfoRequest) 
 	return physInfoToRPC(p), nil
 }
 
+func (s *hypervisorServer) CPUIdle(ctx context.Context, _ *pb.CPUIdleRequest) (*pb.CPUIdleResponse, error) {
+	idle, err := s.hv.CPUIdle(ctx)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	r := &pb.CPUIdleResponse{IdleNs: make([]uint64, len(idle))}
+	for i, d := range idle {
+		r.IdleNs[i] = uint64(d)
+	}
+	return r, nil
+}
+
 func (s *hypervisorServer) CreateDomain(ctx context.Context, r *pb.CreateDomainRequest) (*pb.CreateDomainResponse, error) {
 	cfg, err := domainConfigFromRPC(r.GetConfig())
 	if err != nil {
@@ -120,6 +132,19 @@ func (s *hypervisorServer) DomainInfo(ctx context.Context, r *pb.DomainInfoReque
 		return nil, rpcError(err)
 	}
 	return &pb.DomainInfoResponse{Domain: &pb.DomainRecords{Records: encodeInfos([]xenctrl.DomainInfo{di})}}, nil
+}
+
+func (s *hypervisorServer) GetVCPUInfo(ctx context.Context, r *pb.GetVCPUInfoRequest) (*pb.GetVCPUInfoResponse, error) {
+	d, err := domidArg("domid", r.GetDomid())
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.hv.GetVCPUInfo(ctx, d, r.GetVcpu())
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return &pb.GetVCPUInfoResponse{Vcpu: v.VCPU, Online: v.Online, Blocked: v.Blocked, Running: v.Running,
+		CpuTimeNs: v.CPUTime, Cpu: v.CPU}, nil
 }
 
 func (s *hypervisorServer) ListDomains(ctx context.Context, _ *pb.ListDomainsRequest) (*pb.ListDomainsResponse, error) {

@@ -12,6 +12,7 @@ package xenctrl
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 )
 
 var le = binary.LittleEndian
@@ -52,6 +53,7 @@ const (
 const (
 	sysctlPhysinfo          = 3
 	sysctlGetDomainInfoList = 6
+	sysctlGetCPUInfo        = 8
 )
 
 // Memory and scheduler sub-commands.
@@ -225,6 +227,29 @@ func encodeGetDomainInfoList(sc []byte, first Domid, max uint32, buf uintptr) {
 
 // getDomainInfoListCount reads num_domains back.
 func getDomainInfoListCount(sc []byte) uint32 { return le.Uint32(sc[sysctlUnionOff+16:]) }
+
+// encodeGetCPUInfo fills xen_sysctl.u.getcpuinfo: max_cpus at 0, the
+// xen_sysctl_cpuinfo array (one uint64 idletime each) at 8.
+func encodeGetCPUInfo(sc []byte, max uint32, buf uintptr) {
+	u := sc[sysctlUnionOff:]
+	le.PutUint32(u[0:], max)
+	le.PutUint64(u[8:], uint64(buf))
+}
+
+// getCPUInfoCount reads nr_cpus back: min(max_cpus, nr_cpu_ids).
+func getCPUInfoCount(sc []byte) uint32 { return le.Uint32(sc[sysctlUnionOff+16:]) }
+
+// cpuInfoSize is sizeof(struct xen_sysctl_cpuinfo).
+const cpuInfoSize = 8
+
+// decodeCPUIdle decodes n xen_sysctl_cpuinfo entries (idle nanoseconds).
+func decodeCPUIdle(b []byte, n int) []time.Duration {
+	out := make([]time.Duration, n)
+	for i := range out {
+		out[i] = time.Duration(le.Uint64(b[i*cpuInfoSize:]))
+	}
+	return out
+}
 
 // encodeMemReservation writes struct xen_memory_reservation.
 func encodeMemReservation(b []byte, extents uintptr, nr uint64, order uint32, d Domid) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The numbers in these tests are copied from offsets dumped from Xen's
@@ -243,4 +244,28 @@ func FuzzDecodeDomainInfo(f *testing.F) {
 			t.Fatalf("decode disagrees with flags %#x: %+v", flags, di)
 		}
 	})
+}
+
+// TestGetCPUInfoLayout: struct xen_sysctl_getcpuinfo is max_cpus@0,
+// info handle@8, nr_cpus@16; xen_sysctl_cpuinfo is one uint64 idletime.
+func TestGetCPUInfoLayout(t *testing.T) {
+	a, err := abiFor(4, 17)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := a.newSysctl(sysctlGetCPUInfo)
+	encodeGetCPUInfo(sc, 8, 0xdead000)
+	if le.Uint32(sc[0:]) != 8 || le.Uint32(sc[8:]) != 8 || le.Uint64(sc[16:]) != 0xdead000 {
+		t.Errorf("getcpuinfo: % x", sc[:32])
+	}
+	le.PutUint32(sc[24:], 2)
+	if n := getCPUInfoCount(sc); n != 2 {
+		t.Errorf("nr_cpus %d, want 2", n)
+	}
+	info := make([]byte, 2*cpuInfoSize)
+	le.PutUint64(info[0:], 1_500_000_000)
+	le.PutUint64(info[8:], 7)
+	if got := decodeCPUIdle(info, 2); len(got) != 2 || got[0] != 1500*time.Millisecond || got[1] != 7 {
+		t.Errorf("idle times %v", got)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+	"time"
 )
 
 // PageSize is the size of a Xen x86 page frame in bytes.
@@ -113,9 +114,13 @@ type DomainInfo struct {
 	MaxPages       uint64 // its memory limit in pages
 	CPUTime        uint64 // nanoseconds
 	OnlineVCPUs    uint32
-	MaxVCPUID      uint32
+	MaxVCPUID      uint32 // InvalidMaxVCPUID until the vCPUs exist
 	CPUPool        uint32
 }
+
+// InvalidMaxVCPUID is XEN_INVALID_MAX_VCPU_ID: the max_vcpu_id of a domain
+// whose vCPUs do not exist yet.
+const InvalidMaxVCPUID uint32 = 0xFFFFFFFF
 
 // Version is the running hypervisor's version (XENVER_version, XENVER_extraversion).
 type Version struct {
@@ -153,6 +158,10 @@ type Hypervisor interface {
 	Kind() string
 	Version(ctx context.Context) (Version, error)
 	PhysInfo(ctx context.Context) (PhysInfo, error)
+	// CPUIdle reports how long each physical CPU has been idle since the
+	// host booted, indexed by CPU number; an offline CPU reads 0
+	// (XEN_SYSCTL_getcpuinfo).
+	CPUIdle(ctx context.Context) ([]time.Duration, error)
 
 	// CreateDomain creates a paused domain with no memory
 	// (XEN_DOMCTL_createdomain), with cfg.Domid if it is not 0.
@@ -177,6 +186,10 @@ type Hypervisor interface {
 	// DomainInfo reports one domain; an error matching syscall.ESRCH if it
 	// does not exist.
 	DomainInfo(ctx context.Context, d Domid) (DomainInfo, error)
+	// GetVCPUInfo reports one vCPU of d (XEN_DOMCTL_getvcpuinfo): EINVAL
+	// for a vcpu at or past the domain's vCPU count, ESRCH while its vCPUs
+	// do not exist yet.
+	GetVCPUInfo(ctx context.Context, d Domid, vcpu uint32) (VCPUInfo, error)
 	// ListDomains reports every domain, dom0 included, in domid order.
 	ListDomains(ctx context.Context) ([]DomainInfo, error)
 	Close() error

@@ -150,6 +150,31 @@ func (x *Xen) PhysInfo(ctx context.Context) (PhysInfo, error) {
 	return decodePhysInfo(sc[sysctlUnionOff:]), nil
 }
 
+// CPUIdle is XEN_SYSCTL_getcpuinfo for every possible CPU (max_cpu_id+1
+// of physinfo).
+func (x *Xen) CPUIdle(ctx context.Context) ([]time.Duration, error) {
+	pi, err := x.PhysInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	max := pi.MaxCPUID + 1
+	buf, err := x.pc.alloc(int(max) * cpuInfoSize)
+	if err != nil {
+		return nil, err
+	}
+	defer x.pc.release(buf)
+	sc := x.abi.newSysctl(sysctlGetCPUInfo)
+	encodeGetCPUInfo(sc, max, buf.addr())
+	if err := x.sysctl("getcpuinfo", sc); err != nil {
+		return nil, err
+	}
+	n := getCPUInfoCount(sc)
+	if n > max {
+		return nil, fmt.Errorf("xenctrl: getcpuinfo returned %d CPUs for a buffer of %d", n, max)
+	}
+	return decodeCPUIdle(buf.mem, int(n)), nil
+}
+
 // CreateDomain creates a paused domain with no memory. Zero fields of cfg
 // get libxl's defaults: MaxEvtchnPort 1023, grant and maptrack frames Xen's
 // own defaults (-1), grant table version 2 when the host offers it, else 1.

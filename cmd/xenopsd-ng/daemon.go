@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
+	"github.com/xenopsd-ng/xenopsd-ng/metrics"
 	"github.com/xenopsd-ng/xenopsd-ng/store"
 )
 
@@ -42,21 +43,32 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 	}
 	defer closeStore(st, log)
 
+	dm := newDaemonMetrics(cfg)
 	mgr, err := domain.New(ctx, domain.Config{
-		Hypervisor: be.hv,
-		Xenstore:   be.xs,
-		Store:      st,
-		Builder:    be.builder,
-		Devices:    be.devices,
-		Workers:    cfg.workers,
-		Logger:     log.With("component", "domain"),
+		Hypervisor:  be.hv,
+		Xenstore:    be.xs,
+		Store:       st,
+		Builder:     be.builder,
+		Devices:     be.devices,
+		Workers:     cfg.workers,
+		Logger:      log.With("component", "domain"),
+		OnOperation: dm.onOperation(),
 	})
 	if err != nil {
 		return fmt.Errorf("start VM manager: %w", err)
 	}
 
-	api, err := serveAPI(cfg, mgr, log)
+	// The host's and the VMs' metrics, for the metrics listener and the
+	// API's StatsService alike.
+	collector := metrics.NewCollector(be.hv, mgr, metrics.CollectorOptions{Logger: log.With("component", "metrics")})
+	ms, err := serveMetrics(cfg, dm, collector, log)
 	if err != nil {
+		closeManager(mgr, cfg.drainTimeout, log)
+		return err
+	}
+	api, err := serveAPI(cfg, mgr, dm, collector, log)
+	if err != nil {
+		ms.stop()
 		closeManager(mgr, cfg.drainTimeout, log)
 		return err
 	}
@@ -71,8 +83,11 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 		log.Info("stopping: signal received; no new requests, draining tasks", "drain_timeout", cfg.drainTimeout)
 	case runErr = <-api.failed():
 		log.Error("stopping: API server failed", "err", runErr)
+	case runErr = <-ms.failed():
+		log.Error("stopping: metrics server failed", "err", runErr)
 	}
 	api.stop(func() { closeManager(mgr, cfg.drainTimeout, log) })
+	ms.stop()
 	log.Info("xenopsd-ng stopped")
 	return runErr
 }

@@ -48,11 +48,16 @@ type config struct {
 	insecureListen bool
 	// anyClient: serve TLS without verifying client certificates
 	// (--insecure-no-client-cert); warned about at start-up.
-	anyClient    bool
-	workers      int
-	logLevel     slog.Level
-	logFormat    string
-	drainTimeout time.Duration
+	anyClient bool
+	// metricsListen serves /metrics over HTTP there (plaintext on loopback
+	// only), over HTTPS with metricsTLSCert and metricsTLSKey.
+	metricsListen  string
+	metricsTLSCert string
+	metricsTLSKey  string
+	workers        int
+	logLevel       slog.Level
+	logFormat      string
+	drainTimeout   time.Duration
 	// memoryLimit is the daemon's memory budget in bytes (0: none): the Go
 	// runtime's soft limit, and the memory that builds may hold at once
 	// for decompressed kernels.
@@ -75,6 +80,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.tlsClientCA, "tls-client-ca", "", "PEM CA bundle: require --listen clients to present a certificate it signed")
 	fs.BoolVar(&c.anyClient, "insecure-no-client-cert", false, "serve --listen over TLS without --tls-client-ca: any client that reaches the port controls the host")
 	fs.BoolVar(&c.insecureListen, "insecure-listen", false, "allow --listen without TLS (testing; only on a loopback address)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus/OpenMetrics metrics at http://HOST:PORT/metrics (plaintext on a loopback HOST only, else needs --metrics-tls-cert and --metrics-tls-key)")
+	fs.StringVar(&c.metricsTLSCert, "metrics-tls-cert", "", "PEM certificate: serve --metrics-listen over HTTPS")
+	fs.StringVar(&c.metricsTLSKey, "metrics-tls-key", "", "PEM private key for --metrics-tls-cert")
 	fs.IntVar(&c.workers, "workers", domain.DefaultWorkers, "size of the worker pool running VM operations")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
@@ -140,13 +148,44 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if c.insecureListen {
 		ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
 		defer cancel()
-		addr, err := loopbackOnly(ctx, net.DefaultResolver, c.listen)
+		addr, err := loopbackOnly(ctx, net.DefaultResolver, apiPlaintext, c.listen)
 		if err != nil {
 			return c, err
 		}
 		c.listen = addr
 	}
+	if err := checkMetricsListen(c); err != nil {
+		return c, err
+	}
+	if c.metricsListen != "" && c.metricsTLSCert == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+		defer cancel()
+		addr, err := loopbackOnly(ctx, net.DefaultResolver, metricsPlaintext, c.metricsListen)
+		if err != nil {
+			return c, err
+		}
+		c.metricsListen = addr
+	}
 	return c, nil
+}
+
+// checkMetricsListen checks that the metrics listener is plaintext (and
+// then must be on loopback, which parseFlags checks next) or HTTPS with
+// both a certificate and a key.
+func checkMetricsListen(c config) error {
+	hasTLS := c.metricsTLSCert != "" || c.metricsTLSKey != ""
+	switch {
+	case c.metricsListen == "" && hasTLS:
+		return errors.New("--metrics-tls-cert and --metrics-tls-key need --metrics-listen")
+	case c.metricsListen == "":
+		return nil
+	case hasTLS && (c.metricsTLSCert == "" || c.metricsTLSKey == ""):
+		return errors.New("--metrics-listen with TLS needs both --metrics-tls-cert and --metrics-tls-key")
+	}
+	if _, _, err := net.SplitHostPort(c.metricsListen); err != nil {
+		return fmt.Errorf("--metrics-listen %q: want HOST:PORT", c.metricsListen)
+	}
+	return nil
 }
 
 // checkListen checks that the --listen flags make one of three listeners:

@@ -106,7 +106,7 @@ func TestInsecureListenOnlyOnLoopback(t *testing.T) {
 		{"7000", "", "HOST:PORT"},
 	}
 	for _, tt := range tests {
-		got, err := loopbackOnly(context.Background(), r, tt.addr)
+		got, err := loopbackOnly(context.Background(), r, apiPlaintext, tt.addr)
 		switch {
 		case tt.wantErr == "" && (err != nil || got != tt.want):
 			t.Errorf("%s: %q, %v; want %q", tt.addr, got, err, tt.want)

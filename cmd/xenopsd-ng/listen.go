@@ -69,29 +69,42 @@ type resolver interface {
 	LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error)
 }
 
-// loopbackOnly checks that the --insecure-listen address hostPort is on
-// loopback: its host must be a loopback IP or a name that resolves to
+// plaintextListener names, for loopbackOnly's errors, a flag that serves
+// plaintext on loopback only.
+type plaintextListener struct {
+	flag   string // the address flag, e.g. "--listen"
+	reason string // why it must be loopback, e.g. "--insecure-listen"
+	tls    string // the flags that would allow any address
+}
+
+var (
+	apiPlaintext     = plaintextListener{"--listen", "--insecure-listen", "--tls-cert, --tls-key and --tls-client-ca"}
+	metricsPlaintext = plaintextListener{"--metrics-listen", "--metrics-listen without TLS", "--metrics-tls-cert and --metrics-tls-key"}
+)
+
+// loopbackOnly checks that the plaintext address hostPort of the listener p
+// is on loopback: its host must be a loopback IP or a name that resolves to
 // loopback addresses only (an empty host means every interface). It returns
 // HOST:PORT with the host replaced by the first address it resolved to, so
 // the listener binds exactly the address that was checked.
-func loopbackOnly(ctx context.Context, r resolver, hostPort string) (string, error) {
+func loopbackOnly(ctx context.Context, r resolver, p plaintextListener, hostPort string) (string, error) {
 	host, port, err := net.SplitHostPort(hostPort)
 	if err != nil {
-		return "", fmt.Errorf("--listen %q: want HOST:PORT", hostPort)
+		return "", fmt.Errorf("%s %q: want HOST:PORT", p.flag, hostPort)
 	}
 	if host == "" {
-		return "", fmt.Errorf("--insecure-listen: --listen %q has no host, so it listens on every interface; plaintext is only allowed on loopback (e.g. 127.0.0.1:%s)", hostPort, port)
+		return "", fmt.Errorf("%s: %s %q has no host, so it listens on every interface; plaintext is only allowed on loopback (e.g. 127.0.0.1:%s)", p.reason, p.flag, hostPort, port)
 	}
 	addrs, err := r.LookupIPAddr(ctx, host)
 	if err != nil {
-		return "", fmt.Errorf("--insecure-listen: cannot resolve --listen host %q to check that it is loopback: %w", host, err)
+		return "", fmt.Errorf("%s: cannot resolve %s host %q to check that it is loopback: %w", p.reason, p.flag, host, err)
 	}
 	if len(addrs) == 0 {
-		return "", fmt.Errorf("--insecure-listen: --listen host %q resolves to no address", host)
+		return "", fmt.Errorf("%s: %s host %q resolves to no address", p.reason, p.flag, host)
 	}
 	for _, a := range addrs {
 		if !a.IP.IsLoopback() {
-			return "", fmt.Errorf("--insecure-listen: --listen host %q is %s, not a loopback address; plaintext is only allowed on loopback (use TLS with --tls-cert, --tls-key and --tls-client-ca)", host, a.IP)
+			return "", fmt.Errorf("%s: %s host %q is %s, not a loopback address; plaintext is only allowed on loopback (use TLS with %s)", p.reason, p.flag, host, a.IP, p.tls)
 		}
 	}
 	return net.JoinHostPort(addrs[0].IP.String(), port), nil

@@ -5,6 +5,7 @@
 //	xenopsd-ng --backend=sim|xen --socket PATH --state-dir DIR [--sim-dir DIR]
 //	           [--listen HOST:PORT (--tls-cert F --tls-key F (--tls-client-ca F | --insecure-no-client-cert)
 //	                                | --insecure-listen on a loopback HOST)]
+//	           [--metrics-listen HOST:PORT (a loopback HOST | --metrics-tls-cert F --metrics-tls-key F)]
 //	           [--workers N] [--log-level debug|info|warn|error] [--log-format text|json]
 //	           [--drain-timeout D] [--memory-limit SIZE (default 64M; 0: none)]
 //	xenopsd-ng sim-host --dir DIR [--memory 16G] [--cpus 8] [--bridges xenbr0]

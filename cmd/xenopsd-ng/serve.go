@@ -39,19 +39,27 @@ type serving struct {
 	name string
 }
 
-// serveAPI listens where cfg says and serves mgr's API there.
-func serveAPI(cfg config, mgr *domain.Manager, log *slog.Logger) (*apiServers, error) {
+// serveAPI listens where cfg says and serves mgr's API there (and stats'
+// StatsService), observed by dm's gRPC metrics unless dm is nil.
+func serveAPI(cfg config, mgr *domain.Manager, dm *daemonMetrics, stats service.Stats, log *slog.Logger) (*apiServers, error) {
 	api := service.New(mgr, service.Options{Version: daemonVersion(), Logger: log.With("component", "api"),
-		Console: &console.Logs{Dir: cfg.consoleLogDir}})
+		Console: &console.Logs{Dir: cfg.consoleLogDir}, Stats: stats})
 	a := &apiServers{log: log, health: health.NewServer()}
 	newServer := func(opts ...grpc.ServerOption) *grpc.Server {
 		apiLog := log.With("component", "grpc")
 		opts = append(opts, grpc.ChainUnaryInterceptor(service.UnaryLogger(apiLog)),
 			grpc.ChainStreamInterceptor(service.StreamLogger(apiLog)))
+		if dm != nil {
+			opts = append(opts, grpc.ChainUnaryInterceptor(dm.grpc.UnaryServerInterceptor()),
+				grpc.ChainStreamInterceptor(dm.grpc.StreamServerInterceptor()))
+		}
 		s := grpc.NewServer(opts...)
 		api.Register(s)
 		healthpb.RegisterHealthServer(s, a.health)
 		reflection.Register(s)
+		if dm != nil {
+			dm.grpc.InitializeMetrics(s)
+		}
 		return s
 	}
 
@@ -72,7 +80,7 @@ func serveAPI(cfg config, mgr *domain.Manager, log *slog.Logger) (*apiServers, e
 	}
 
 	for _, name := range []string{"", pb.HostService_ServiceDesc.ServiceName, pb.VMService_ServiceDesc.ServiceName,
-		pb.TaskService_ServiceDesc.ServiceName, pb.EventService_ServiceDesc.ServiceName} {
+		pb.TaskService_ServiceDesc.ServiceName, pb.EventService_ServiceDesc.ServiceName, pb.StatsService_ServiceDesc.ServiceName} {
 		a.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	a.errs = make(chan error, len(a.servers))

@@ -45,5 +45,6 @@ func (a *app) hostCmd() *cobra.Command {
 			})
 		},
 	})
+	host.AddCommand(a.hostStatsCmd())
 	return host
 }

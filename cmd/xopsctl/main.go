@@ -1,8 +1,8 @@
 // Command xopsctl is the operator's command line for xenopsd-ng.
 //
 // It talks to the daemon's gRPC API (package xenopsd.v1) over the daemon's
-// unix socket and offers one subcommand per API call: host info; vm
-// create/list/get/start/pause/unpause/shutdown/reboot/destroy/delete/console; task
+// unix socket and offers one subcommand per API call: host info/stats; vm
+// create/list/get/start/pause/unpause/shutdown/reboot/destroy/delete/console/stats; task
 // list/get/cancel/wait; events watch. Lifecycle commands wait for their task
 // and report progress on stderr unless --no-wait is given. Output is a
 // readable table, or the API's protobuf JSON mapping (-o json), or the same as

@@ -161,6 +161,7 @@ type clients struct {
 	vm    apiv1.VMServiceClient
 	task  apiv1.TaskServiceClient
 	event apiv1.EventServiceClient
+	stats apiv1.StatsServiceClient
 }
 
 func (a *app) clients() (*clients, error) {
@@ -173,6 +174,7 @@ func (a *app) clients() (*clients, error) {
 		vm:    apiv1.NewVMServiceClient(conn),
 		task:  apiv1.NewTaskServiceClient(conn),
 		event: apiv1.NewEventServiceClient(conn),
+		stats: apiv1.NewStatsServiceClient(conn),
 	}, nil
 }
 

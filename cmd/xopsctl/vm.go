@@ -18,7 +18,7 @@ import (
 
 func (a *app) vmCmd() *cobra.Command {
 	vm := &cobra.Command{Use: "vm", Short: "Create, inspect and run VMs (by id or name)"}
-	vm.AddCommand(a.vmCreateCmd(), a.vmListCmd(), a.vmGetCmd(), a.vmDeleteCmd())
+	vm.AddCommand(a.vmCreateCmd(), a.vmListCmd(), a.vmGetCmd(), a.vmDeleteCmd(), a.vmStatsCmd())
 	vm.AddCommand(a.lifecycleCmds()...)
 	vm.AddCommand(a.vmConsoleCmd(), a.vmDiskCmd(), a.vmNICCmd())
 	return vm

@@ -116,16 +116,15 @@ func setup(b *testing.B, existing int, clients int) *env {
 		e.conn = append(e.conn, d.Conn())
 	}
 	start := time.Now()
-	populate(b, e, existing)
+	populate(b, e, existing, os.Getenv("BENCH_EXISTING_RUNNING") == "1")
 	b.Logf("existing=%d: populated in %v", existing, time.Since(start).Round(time.Millisecond))
 	envs[existing] = e
 	return e
 }
 
-// populate creates n VMs (and starts them with BENCH_EXISTING_RUNNING=1),
-// 16 clients at a time.
-func populate(b *testing.B, e *env, n int) {
-	running := os.Getenv("BENCH_EXISTING_RUNNING") == "1"
+// populate creates n VMs (and starts them if running), 16 clients at a
+// time.
+func populate(b *testing.B, e *env, n int, running bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	work := make(chan int)

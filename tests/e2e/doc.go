@@ -4,7 +4,9 @@
 // temporary socket and state directory, and drive it with xopsctl and with
 // gRPC clients, the way an operator and XAPI would. They cover the VM
 // lifecycle, kill -9 crashes and re-adoption, concurrency, bad input,
-// resumable event streams and the embedded xenstore seen by xenstore-ls.
+// resumable event streams, the embedded xenstore seen by xenstore-ls, and
+// the metrics listener scraped by Debian's prometheus.
 //
-// Every daemon and sim host a test starts is stopped by that test.
+// Every daemon, sim host and prometheus a test starts is stopped by that
+// test.
 package e2e

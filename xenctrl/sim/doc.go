@@ -6,7 +6,8 @@
 // xen/common/domain.c, xen/arch/x86/domain.c, xen/common/page_alloc.c,
 // xen/common/grant_table.c) and returns the errno Xen returns.
 //
-//   - Domain 0 exists from boot and owns part of the host's memory.
+//   - Domain 0 exists from boot, owns part of the host's memory and sits
+//     idle (blocked, gaining no CPU time).
 //   - New domids come from a rover: the search starts after the last domid
 //     handed out, wraps from DOMID_FIRST_RESERVED back to 1 and skips every
 //     domid still in use, dying domains included (XEN_DOMCTL_createdomain,
@@ -79,10 +80,14 @@
 // EINVAL (Xen would power off or reboot the host); a shutdown code above
 // SHUTDOWN_soft_reset is EINVAL (Xen stores any byte); the host has no
 // IOMMU, vPMU or TBOOT, so asking for them is EINVAL as on such a host;
-// a running guest accrues CPU time like one busy vCPU (none when
-// GuestBehaviour.Idle); GuestShutdown from a guest that is not running
-// (never booted, paused, shut down, dying) is EBUSY, since it cannot
-// execute the hypercall.
+// a running guest's vCPUs are all busy, so its CPU time rises by one
+// second per second for each online vCPU (none when GuestBehaviour.Idle),
+// and with no scheduler the busy vCPUs are spread evenly over the pCPUs:
+// every pCPU reports the same idle time (getcpuinfo), growing at
+// max(0, 1 - busy vCPUs/pCPUs) seconds per second; getvcpuinfo gives each
+// vCPU an equal share of its domain's CPU time, on pCPU vcpu mod pCPUs;
+// GuestShutdown from a guest that is not running (never booted, paused,
+// shut down, dying) is EBUSY, since it cannot execute the hypercall.
 //
 // Config.OnDomainException is called where Xen raises VIRQ_DOM_EXC: after a
 // shutdown, after destroy marks a domain dying, and after its final release.

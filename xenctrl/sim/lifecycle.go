@@ -26,17 +26,27 @@ func (h *Hypervisor) fire(ev events) {
 	}
 }
 
-// change runs fn on dom with CPU-time accounting around it and wakes
-// everyone waiting on the domain's state. h.mu must be held.
+// change runs fn on dom with CPU-time accounting (the domain's and the
+// pCPUs') around it and wakes everyone waiting on the domain's state. h.mu
+// must be held.
 func (h *Hypervisor) change(dom *domain, fn func()) {
 	now := time.Now()
-	if !dom.runSince.IsZero() {
-		dom.cpuNS += uint64(now.Sub(dom.runSince))
+	wasBusy := !dom.runSince.IsZero()
+	if wasBusy {
+		dom.cpuNS += dom.ranSince(now)
 		dom.runSince = time.Time{}
 	}
 	fn()
-	if dom.busy() {
+	busy := dom.busy()
+	if busy {
 		dom.runSince = now
+	}
+	if busy != wasBusy {
+		delta := int64(dom.maxVCPUs)
+		if wasBusy {
+			delta = -delta
+		}
+		h.cpus.addBusy(now, delta)
 	}
 	close(dom.changed)
 	dom.changed = make(chan struct{})

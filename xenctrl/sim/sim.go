@@ -104,6 +104,7 @@ type Hypervisor struct {
 	rover     xenctrl.Domid             // last domid handed out (domctl.c's static rover)
 	usedPages uint64                    // pages owned by all domains, dom0 included
 	machine   machineFrames             // the host's RAM, frame by frame (frames.go)
+	cpus      pcpus                     // the pCPUs' idle time (cpus.go)
 }
 
 type domain struct {
@@ -166,6 +167,7 @@ func New(cfg Config) *Hypervisor {
 		xenPages:   cfg.XenMemory / xenctrl.PageSize,
 		domains:    make(map[xenctrl.Domid]*domain),
 		dying:      make(map[xenctrl.Domid]*domain),
+		cpus:       pcpus{nr: cfg.NrCPUs, since: time.Now()},
 	}
 	dom0Pages := cfg.Dom0Memory / xenctrl.PageSize
 	h.domains[0] = &domain{
@@ -176,8 +178,10 @@ func New(cfg Config) *Hypervisor {
 		vcpusUp:  true,
 		totPages: dom0Pages,
 		maxPages: maxPagesLimit,
-		runSince: time.Now(),
-		changed:  make(chan struct{}),
+		// dom0 sits idle: the simulator runs no toolstack in it, and a
+		// busy dom0 would gain CPU time on every pCPU at once.
+		behaviour: GuestBehaviour{Idle: true},
+		changed:   make(chan struct{}),
 	}
 	h.usedPages = dom0Pages
 	return h
@@ -448,7 +452,14 @@ func (d *domain) info(now time.Time) xenctrl.DomainInfo {
 		di.Blocked = d.runnable() && d.behaviour.Idle
 	}
 	if !d.runSince.IsZero() {
-		di.CPUTime += uint64(now.Sub(d.runSince))
+		di.CPUTime += d.ranSince(now)
 	}
 	return di
+}
+
+// ranSince is the CPU time in nanoseconds a busy domain gained since
+// runSince: like Xen's cpu_time (the sum of its vCPUs' running time), one
+// second per second for each online vCPU.
+func (d *domain) ranSince(now time.Time) uint64 {
+	return uint64(now.Sub(d.runSince)) * uint64(d.maxVCPUs)
 }

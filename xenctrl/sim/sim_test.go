@@ -557,3 +557,129 @@ func BenchmarkCreateDestroy(b *testing.B) {
 		})
 	}
 }
+
+// TestCPUTimePerVCPU: a busy guest's CPU time is the sum of its vCPUs'
+// running time, so four busy vCPUs gain four seconds per second. The
+// bounds come from clock readings around the two DomainInfo calls, so the
+// check does not depend on how long anything takes.
+func TestCPUTimePerVCPU(t *testing.T) {
+	ctx := context.Background()
+	h := newSim(t, Config{})
+	d := mustCreate(t, h, xenctrl.DomainConfig{MaxVCPUs: 4})
+	if err := h.SetMaxMem(ctx, d, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PopulatePhysmap(ctx, d, 256); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.UnpauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	beforeFirst := time.Now()
+	c1 := info(t, h, d).CPUTime
+	afterFirst := time.Now()
+	time.Sleep(20 * time.Millisecond)
+	beforeSecond := time.Now()
+	di := info(t, h, d)
+	afterSecond := time.Now()
+	if di.OnlineVCPUs != 4 {
+		t.Fatalf("online vCPUs %d, want 4", di.OnlineVCPUs)
+	}
+	gained := time.Duration(di.CPUTime - c1)
+	if low, high := 4*beforeSecond.Sub(afterFirst), 4*afterSecond.Sub(beforeFirst); gained < low || gained > high {
+		t.Fatalf("4 busy vCPUs gained %v of CPU time, want %v..%v (4 s per s of wall time)", gained, low, high)
+	}
+}
+
+// TestCPUIdle: with nothing running every pCPU is idle all the time; a
+// busy 2-vCPU guest on 4 pCPUs halves the rate; pausing it stops that. The
+// bounds come from clock readings around the calls.
+func TestCPUIdle(t *testing.T) {
+	ctx := context.Background()
+	h := newSim(t, Config{NrCPUs: 4})
+	idle := func() time.Duration {
+		t.Helper()
+		got, err := h.CPUIdle(ctx)
+		if err != nil || len(got) != 4 {
+			t.Fatalf("CPUIdle: %v, %v; want 4 CPUs", got, err)
+		}
+		for _, c := range got[1:] {
+			if c != got[0] {
+				t.Fatalf("CPUIdle %v: want the same for every pCPU", got)
+			}
+		}
+		return got[0]
+	}
+	// rate measures the idle time gained over a short sleep against the
+	// wall time bracketing it.
+	rate := func() (gained, low, high time.Duration) {
+		beforeFirst := time.Now()
+		i0 := idle()
+		afterFirst := time.Now()
+		time.Sleep(20 * time.Millisecond)
+		beforeSecond := time.Now()
+		i1 := idle()
+		afterSecond := time.Now()
+		return i1 - i0, beforeSecond.Sub(afterFirst), afterSecond.Sub(beforeFirst)
+	}
+	if g, low, high := rate(); g < low || g > high {
+		t.Errorf("idle host: each pCPU gained %v of idle time in %v..%v", g, low, high)
+	}
+	d := mustCreate(t, h, xenctrl.DomainConfig{MaxVCPUs: 2})
+	if err := h.SetMaxMem(ctx, d, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PopulatePhysmap(ctx, d, 256); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.UnpauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if g, low, high := rate(); g < low/2-4 || g > high/2+4 { // /2 rounds down per step
+		t.Errorf("2 busy vCPUs on 4 pCPUs: each gained %v of idle time in %v..%v, want half", g, low, high)
+	}
+	if err := h.PauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if g, low, high := rate(); g < low || g > high {
+		t.Errorf("paused guest: each pCPU gained %v of idle time in %v..%v", g, low, high)
+	}
+}
+
+// TestGetVCPUInfo: a booted 2-vCPU domain's vCPUs are online and running,
+// each with half its CPU time, on pCPUs vcpu mod pCPUs; paused, neither
+// runs.
+func TestGetVCPUInfo(t *testing.T) {
+	ctx := context.Background()
+	h := newSim(t, Config{NrCPUs: 1})
+	d := mustCreate(t, h, xenctrl.DomainConfig{MaxVCPUs: 2})
+	if err := h.SetMaxMem(ctx, d, 1024); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PopulatePhysmap(ctx, d, 256); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.UnpauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.PauseDomain(ctx, d); err != nil { // CPU time stands still from here
+		t.Fatal(err)
+	}
+	total := info(t, h, d).CPUTime
+	for vcpu := range uint32(2) {
+		vi, err := h.GetVCPUInfo(ctx, d, vcpu)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (xenctrl.VCPUInfo{VCPU: vcpu, Online: true, CPUTime: total / 2}); vi != want {
+			t.Errorf("paused domain's vCPU %d: %+v, want %+v", vcpu, vi, want)
+		}
+	}
+	if err := h.UnpauseDomain(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if vi, err := h.GetVCPUInfo(ctx, d, 1); err != nil || !vi.Running || !vi.Online || vi.CPU != 0 || vi.CPUTime < total/2 {
+		t.Errorf("running domain's vCPU 1: %+v, %v", vi, err)
+	}
+	wantErrno(t, func() error { _, err := h.GetVCPUInfo(ctx, d, 2); return err }(), syscall.EINVAL)
+}

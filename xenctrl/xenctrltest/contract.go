@@ -23,7 +23,9 @@ const goneTimeout = 20 * time.Second
 // domains of its own and leaves existing ones alone.
 func RunContract(t *testing.T, hv xenctrl.Hypervisor) {
 	t.Run("HostInfo", func(t *testing.T) { testHostInfo(t, hv) })
+	t.Run("CPUIdle", func(t *testing.T) { testCPUIdle(t, hv) })
 	t.Run("CreateEmpty", func(t *testing.T) { testCreateEmpty(t, hv) })
+	t.Run("VCPUInfo", func(t *testing.T) { testVCPUInfo(t, hv) })
 	t.Run("CreateRejectsZeroVCPUs", func(t *testing.T) { testCreateZeroVCPUs(t, hv) })
 	t.Run("CreateRequestedDomid", func(t *testing.T) { testCreateRequestedDomid(t, hv) })
 	t.Run("MemoryAccounting", func(t *testing.T) { testMemoryAccounting(t, hv) })
@@ -215,6 +217,56 @@ func testHostInfo(t *testing.T, hv xenctrl.Hypervisor) {
 	}
 	if doms[0].Dying || doms[0].Shutdown || doms[0].Paused {
 		t.Errorf("dom0 = %+v: want running, not paused, dying or shut down", doms[0])
+	}
+}
+
+// testCPUIdle: getcpuinfo answers for every possible CPU (max_cpu_id+1
+// entries), idle times never go back, and the host has been idle at all.
+func testCPUIdle(t *testing.T, hv xenctrl.Hypervisor) {
+	ctx := ctxFor(t)
+	pi, err := hv.PhysInfo(ctx)
+	if err != nil {
+		t.Fatalf("PhysInfo: %v", err)
+	}
+	first, err := hv.CPUIdle(ctx)
+	if err != nil {
+		t.Fatalf("CPUIdle: %v", err)
+	}
+	if uint32(len(first)) != pi.MaxCPUID+1 {
+		t.Fatalf("CPUIdle has %d CPUs, want max_cpu_id+1 = %d", len(first), pi.MaxCPUID+1)
+	}
+	var total time.Duration
+	for _, d := range first {
+		total += d
+	}
+	if total <= 0 {
+		t.Errorf("CPUIdle %v: no CPU was ever idle", first)
+	}
+	second, err := hv.CPUIdle(ctx)
+	if err != nil {
+		t.Fatalf("CPUIdle: %v", err)
+	}
+	for i := range first {
+		if second[i] < first[i] {
+			t.Errorf("CPU %d: idle time went back from %v to %v", i, first[i], second[i])
+		}
+	}
+	t.Logf("%s: idle per CPU %v", hv.Kind(), second)
+}
+
+// testVCPUInfo: on 4.17 createdomain only sizes the vCPU array, so a new
+// domain's vCPUs do not exist yet (ESRCH); one past the count is EINVAL.
+func testVCPUInfo(t *testing.T, hv xenctrl.Hypervisor) {
+	ctx := ctxFor(t)
+	d := create(t, hv, handleFor(t, 7))
+	if _, err := hv.GetVCPUInfo(ctx, d, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("GetVCPUInfo(0) of a new domain: %v, want ESRCH", err)
+	}
+	if _, err := hv.GetVCPUInfo(ctx, d, 1); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("GetVCPUInfo(1) of a 1-vCPU domain: %v, want EINVAL", err)
+	}
+	if _, err := hv.GetVCPUInfo(ctx, xenctrl.DomidFirstReserved-1, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("GetVCPUInfo of no domain: %v, want ESRCH", err)
 	}
 }
 

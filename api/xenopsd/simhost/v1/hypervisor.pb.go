@@ -491,6 +491,89 @@ func (x *PhysInfoResponse) GetScrubPages() uint64 {
 	return 0
 }
 
+type CPUIdleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CPUIdleRequest) Reset() {
+	*x = CPUIdleRequest{}
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CPUIdleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CPUIdleRequest) ProtoMessage() {}
+
+func (x *CPUIdleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CPUIdleRequest.ProtoReflect.Descriptor instead.
+func (*CPUIdleRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{7}
+}
+
+// CPUIdleResponse is xenctrl.Hypervisor.CPUIdle (XEN_SYSCTL_getcpuinfo).
+type CPUIdleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// idle_ns is each physical CPU's idle time since boot in nanoseconds,
+	// indexed by CPU number.
+	IdleNs        []uint64 `protobuf:"varint,1,rep,packed,name=idle_ns,json=idleNs,proto3" json:"idle_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CPUIdleResponse) Reset() {
+	*x = CPUIdleResponse{}
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CPUIdleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CPUIdleResponse) ProtoMessage() {}
+
+func (x *CPUIdleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CPUIdleResponse.ProtoReflect.Descriptor instead.
+func (*CPUIdleResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CPUIdleResponse) GetIdleNs() []uint64 {
+	if x != nil {
+		return x.IdleNs
+	}
+	return nil
+}
+
 type CreateDomainRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Config        *DomainConfig          `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
@@ -500,7 +583,7 @@ type CreateDomainRequest struct {
 
 func (x *CreateDomainRequest) Reset() {
 	*x = CreateDomainRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[7]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +595,7 @@ func (x *CreateDomainRequest) String() string {
 func (*CreateDomainRequest) ProtoMessage() {}
 
 func (x *CreateDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[7]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +608,7 @@ func (x *CreateDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDomainRequest.ProtoReflect.Descriptor instead.
 func (*CreateDomainRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{7}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateDomainRequest) GetConfig() *DomainConfig {
@@ -544,7 +627,7 @@ type CreateDomainResponse struct {
 
 func (x *CreateDomainResponse) Reset() {
 	*x = CreateDomainResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[8]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +639,7 @@ func (x *CreateDomainResponse) String() string {
 func (*CreateDomainResponse) ProtoMessage() {}
 
 func (x *CreateDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[8]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +652,7 @@ func (x *CreateDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDomainResponse.ProtoReflect.Descriptor instead.
 func (*CreateDomainResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{8}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateDomainResponse) GetDomid() uint32 {
@@ -589,7 +672,7 @@ type SetMaxMemRequest struct {
 
 func (x *SetMaxMemRequest) Reset() {
 	*x = SetMaxMemRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[9]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -601,7 +684,7 @@ func (x *SetMaxMemRequest) String() string {
 func (*SetMaxMemRequest) ProtoMessage() {}
 
 func (x *SetMaxMemRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[9]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -614,7 +697,7 @@ func (x *SetMaxMemRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMaxMemRequest.ProtoReflect.Descriptor instead.
 func (*SetMaxMemRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{9}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetMaxMemRequest) GetDomid() uint32 {
@@ -639,7 +722,7 @@ type SetMaxMemResponse struct {
 
 func (x *SetMaxMemResponse) Reset() {
 	*x = SetMaxMemResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[10]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +734,7 @@ func (x *SetMaxMemResponse) String() string {
 func (*SetMaxMemResponse) ProtoMessage() {}
 
 func (x *SetMaxMemResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[10]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +747,7 @@ func (x *SetMaxMemResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMaxMemResponse.ProtoReflect.Descriptor instead.
 func (*SetMaxMemResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{10}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{12}
 }
 
 type SetMaxVCPUsRequest struct {
@@ -677,7 +760,7 @@ type SetMaxVCPUsRequest struct {
 
 func (x *SetMaxVCPUsRequest) Reset() {
 	*x = SetMaxVCPUsRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[11]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +772,7 @@ func (x *SetMaxVCPUsRequest) String() string {
 func (*SetMaxVCPUsRequest) ProtoMessage() {}
 
 func (x *SetMaxVCPUsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[11]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +785,7 @@ func (x *SetMaxVCPUsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMaxVCPUsRequest.ProtoReflect.Descriptor instead.
 func (*SetMaxVCPUsRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{11}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetMaxVCPUsRequest) GetDomid() uint32 {
@@ -727,7 +810,7 @@ type SetMaxVCPUsResponse struct {
 
 func (x *SetMaxVCPUsResponse) Reset() {
 	*x = SetMaxVCPUsResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[12]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +822,7 @@ func (x *SetMaxVCPUsResponse) String() string {
 func (*SetMaxVCPUsResponse) ProtoMessage() {}
 
 func (x *SetMaxVCPUsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[12]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +835,7 @@ func (x *SetMaxVCPUsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetMaxVCPUsResponse.ProtoReflect.Descriptor instead.
 func (*SetMaxVCPUsResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{12}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{14}
 }
 
 type PopulatePhysmapRequest struct {
@@ -765,7 +848,7 @@ type PopulatePhysmapRequest struct {
 
 func (x *PopulatePhysmapRequest) Reset() {
 	*x = PopulatePhysmapRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[13]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +860,7 @@ func (x *PopulatePhysmapRequest) String() string {
 func (*PopulatePhysmapRequest) ProtoMessage() {}
 
 func (x *PopulatePhysmapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[13]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +873,7 @@ func (x *PopulatePhysmapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PopulatePhysmapRequest.ProtoReflect.Descriptor instead.
 func (*PopulatePhysmapRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{13}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PopulatePhysmapRequest) GetDomid() uint32 {
@@ -815,7 +898,7 @@ type PopulatePhysmapResponse struct {
 
 func (x *PopulatePhysmapResponse) Reset() {
 	*x = PopulatePhysmapResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[14]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +910,7 @@ func (x *PopulatePhysmapResponse) String() string {
 func (*PopulatePhysmapResponse) ProtoMessage() {}
 
 func (x *PopulatePhysmapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[14]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +923,7 @@ func (x *PopulatePhysmapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PopulatePhysmapResponse.ProtoReflect.Descriptor instead.
 func (*PopulatePhysmapResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{14}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{16}
 }
 
 type PauseDomainRequest struct {
@@ -852,7 +935,7 @@ type PauseDomainRequest struct {
 
 func (x *PauseDomainRequest) Reset() {
 	*x = PauseDomainRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[15]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +947,7 @@ func (x *PauseDomainRequest) String() string {
 func (*PauseDomainRequest) ProtoMessage() {}
 
 func (x *PauseDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[15]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +960,7 @@ func (x *PauseDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseDomainRequest.ProtoReflect.Descriptor instead.
 func (*PauseDomainRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{15}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PauseDomainRequest) GetDomid() uint32 {
@@ -895,7 +978,7 @@ type PauseDomainResponse struct {
 
 func (x *PauseDomainResponse) Reset() {
 	*x = PauseDomainResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[16]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +990,7 @@ func (x *PauseDomainResponse) String() string {
 func (*PauseDomainResponse) ProtoMessage() {}
 
 func (x *PauseDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[16]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1003,7 @@ func (x *PauseDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseDomainResponse.ProtoReflect.Descriptor instead.
 func (*PauseDomainResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{16}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{18}
 }
 
 type UnpauseDomainRequest struct {
@@ -932,7 +1015,7 @@ type UnpauseDomainRequest struct {
 
 func (x *UnpauseDomainRequest) Reset() {
 	*x = UnpauseDomainRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[17]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1027,7 @@ func (x *UnpauseDomainRequest) String() string {
 func (*UnpauseDomainRequest) ProtoMessage() {}
 
 func (x *UnpauseDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[17]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1040,7 @@ func (x *UnpauseDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpauseDomainRequest.ProtoReflect.Descriptor instead.
 func (*UnpauseDomainRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{17}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UnpauseDomainRequest) GetDomid() uint32 {
@@ -975,7 +1058,7 @@ type UnpauseDomainResponse struct {
 
 func (x *UnpauseDomainResponse) Reset() {
 	*x = UnpauseDomainResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[18]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1070,7 @@ func (x *UnpauseDomainResponse) String() string {
 func (*UnpauseDomainResponse) ProtoMessage() {}
 
 func (x *UnpauseDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[18]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1083,7 @@ func (x *UnpauseDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpauseDomainResponse.ProtoReflect.Descriptor instead.
 func (*UnpauseDomainResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{18}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{20}
 }
 
 type ShutdownDomainRequest struct {
@@ -1014,7 +1097,7 @@ type ShutdownDomainRequest struct {
 
 func (x *ShutdownDomainRequest) Reset() {
 	*x = ShutdownDomainRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[19]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1109,7 @@ func (x *ShutdownDomainRequest) String() string {
 func (*ShutdownDomainRequest) ProtoMessage() {}
 
 func (x *ShutdownDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[19]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1122,7 @@ func (x *ShutdownDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownDomainRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownDomainRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{19}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ShutdownDomainRequest) GetDomid() uint32 {
@@ -1064,7 +1147,7 @@ type ShutdownDomainResponse struct {
 
 func (x *ShutdownDomainResponse) Reset() {
 	*x = ShutdownDomainResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[20]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1159,7 @@ func (x *ShutdownDomainResponse) String() string {
 func (*ShutdownDomainResponse) ProtoMessage() {}
 
 func (x *ShutdownDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[20]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1172,7 @@ func (x *ShutdownDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownDomainResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownDomainResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{20}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{22}
 }
 
 type DestroyDomainRequest struct {
@@ -1101,7 +1184,7 @@ type DestroyDomainRequest struct {
 
 func (x *DestroyDomainRequest) Reset() {
 	*x = DestroyDomainRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[21]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1196,7 @@ func (x *DestroyDomainRequest) String() string {
 func (*DestroyDomainRequest) ProtoMessage() {}
 
 func (x *DestroyDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[21]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1209,7 @@ func (x *DestroyDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyDomainRequest.ProtoReflect.Descriptor instead.
 func (*DestroyDomainRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{21}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DestroyDomainRequest) GetDomid() uint32 {
@@ -1144,7 +1227,7 @@ type DestroyDomainResponse struct {
 
 func (x *DestroyDomainResponse) Reset() {
 	*x = DestroyDomainResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[22]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1239,7 @@ func (x *DestroyDomainResponse) String() string {
 func (*DestroyDomainResponse) ProtoMessage() {}
 
 func (x *DestroyDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[22]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1252,7 @@ func (x *DestroyDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyDomainResponse.ProtoReflect.Descriptor instead.
 func (*DestroyDomainResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{22}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{24}
 }
 
 type DomainInfoRequest struct {
@@ -1181,7 +1264,7 @@ type DomainInfoRequest struct {
 
 func (x *DomainInfoRequest) Reset() {
 	*x = DomainInfoRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[23]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1276,7 @@ func (x *DomainInfoRequest) String() string {
 func (*DomainInfoRequest) ProtoMessage() {}
 
 func (x *DomainInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[23]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1289,7 @@ func (x *DomainInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainInfoRequest.ProtoReflect.Descriptor instead.
 func (*DomainInfoRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{23}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DomainInfoRequest) GetDomid() uint32 {
@@ -1226,7 +1309,7 @@ type DomainInfoResponse struct {
 
 func (x *DomainInfoResponse) Reset() {
 	*x = DomainInfoResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[24]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1321,7 @@ func (x *DomainInfoResponse) String() string {
 func (*DomainInfoResponse) ProtoMessage() {}
 
 func (x *DomainInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[24]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1334,7 @@ func (x *DomainInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainInfoResponse.ProtoReflect.Descriptor instead.
 func (*DomainInfoResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{24}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DomainInfoResponse) GetDomain() *DomainRecords {
@@ -1259,6 +1342,145 @@ func (x *DomainInfoResponse) GetDomain() *DomainRecords {
 		return x.Domain
 	}
 	return nil
+}
+
+type GetVCPUInfoRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Domid         uint32                 `protobuf:"varint,1,opt,name=domid,proto3" json:"domid,omitempty"`
+	Vcpu          uint32                 `protobuf:"varint,2,opt,name=vcpu,proto3" json:"vcpu,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVCPUInfoRequest) Reset() {
+	*x = GetVCPUInfoRequest{}
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVCPUInfoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVCPUInfoRequest) ProtoMessage() {}
+
+func (x *GetVCPUInfoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVCPUInfoRequest.ProtoReflect.Descriptor instead.
+func (*GetVCPUInfoRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *GetVCPUInfoRequest) GetDomid() uint32 {
+	if x != nil {
+		return x.Domid
+	}
+	return 0
+}
+
+func (x *GetVCPUInfoRequest) GetVcpu() uint32 {
+	if x != nil {
+		return x.Vcpu
+	}
+	return 0
+}
+
+// GetVCPUInfoResponse is xenctrl.VCPUInfo (struct xen_domctl_getvcpuinfo).
+type GetVCPUInfoResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Vcpu    uint32                 `protobuf:"varint,1,opt,name=vcpu,proto3" json:"vcpu,omitempty"`
+	Online  bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
+	Blocked bool                   `protobuf:"varint,3,opt,name=blocked,proto3" json:"blocked,omitempty"`
+	Running bool                   `protobuf:"varint,4,opt,name=running,proto3" json:"running,omitempty"`
+	// cpu_time_ns is the time the vCPU has run, in nanoseconds.
+	CpuTimeNs uint64 `protobuf:"varint,5,opt,name=cpu_time_ns,json=cpuTimeNs,proto3" json:"cpu_time_ns,omitempty"`
+	// cpu is the physical CPU it runs or last ran on.
+	Cpu           uint32 `protobuf:"varint,6,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVCPUInfoResponse) Reset() {
+	*x = GetVCPUInfoResponse{}
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVCPUInfoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVCPUInfoResponse) ProtoMessage() {}
+
+func (x *GetVCPUInfoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVCPUInfoResponse.ProtoReflect.Descriptor instead.
+func (*GetVCPUInfoResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *GetVCPUInfoResponse) GetVcpu() uint32 {
+	if x != nil {
+		return x.Vcpu
+	}
+	return 0
+}
+
+func (x *GetVCPUInfoResponse) GetOnline() bool {
+	if x != nil {
+		return x.Online
+	}
+	return false
+}
+
+func (x *GetVCPUInfoResponse) GetBlocked() bool {
+	if x != nil {
+		return x.Blocked
+	}
+	return false
+}
+
+func (x *GetVCPUInfoResponse) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
+}
+
+func (x *GetVCPUInfoResponse) GetCpuTimeNs() uint64 {
+	if x != nil {
+		return x.CpuTimeNs
+	}
+	return 0
+}
+
+func (x *GetVCPUInfoResponse) GetCpu() uint32 {
+	if x != nil {
+		return x.Cpu
+	}
+	return 0
 }
 
 type ListDomainsRequest struct {
@@ -1269,7 +1491,7 @@ type ListDomainsRequest struct {
 
 func (x *ListDomainsRequest) Reset() {
 	*x = ListDomainsRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[25]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1503,7 @@ func (x *ListDomainsRequest) String() string {
 func (*ListDomainsRequest) ProtoMessage() {}
 
 func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[25]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1516,7 @@ func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsRequest.ProtoReflect.Descriptor instead.
 func (*ListDomainsRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{25}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{29}
 }
 
 type ListDomainsResponse struct {
@@ -1307,7 +1529,7 @@ type ListDomainsResponse struct {
 
 func (x *ListDomainsResponse) Reset() {
 	*x = ListDomainsResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[26]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1319,7 +1541,7 @@ func (x *ListDomainsResponse) String() string {
 func (*ListDomainsResponse) ProtoMessage() {}
 
 func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[26]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1332,7 +1554,7 @@ func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsResponse.ProtoReflect.Descriptor instead.
 func (*ListDomainsResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{26}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListDomainsResponse) GetDomains() *DomainRecords {
@@ -1383,7 +1605,10 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"free_pages\x18\t \x01(\x04R\tfreePages\x12\x1f\n" +
 	"\vscrub_pages\x18\n" +
 	" \x01(\x04R\n" +
-	"scrubPages\"O\n" +
+	"scrubPages\"\x10\n" +
+	"\x0eCPUIdleRequest\"*\n" +
+	"\x0fCPUIdleResponse\x12\x17\n" +
+	"\aidle_ns\x18\x01 \x03(\x04R\x06idleNs\"O\n" +
 	"\x13CreateDomainRequest\x128\n" +
 	"\x06config\x18\x01 \x01(\v2 .xenopsd.simhost.v1.DomainConfigR\x06config\",\n" +
 	"\x14CreateDomainResponse\x12\x14\n" +
@@ -1416,13 +1641,25 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"\x11DomainInfoRequest\x12\x14\n" +
 	"\x05domid\x18\x01 \x01(\rR\x05domid\"O\n" +
 	"\x12DomainInfoResponse\x129\n" +
-	"\x06domain\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\x06domain\"\x14\n" +
+	"\x06domain\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\x06domain\">\n" +
+	"\x12GetVCPUInfoRequest\x12\x14\n" +
+	"\x05domid\x18\x01 \x01(\rR\x05domid\x12\x12\n" +
+	"\x04vcpu\x18\x02 \x01(\rR\x04vcpu\"\xa7\x01\n" +
+	"\x13GetVCPUInfoResponse\x12\x12\n" +
+	"\x04vcpu\x18\x01 \x01(\rR\x04vcpu\x12\x16\n" +
+	"\x06online\x18\x02 \x01(\bR\x06online\x12\x18\n" +
+	"\ablocked\x18\x03 \x01(\bR\ablocked\x12\x18\n" +
+	"\arunning\x18\x04 \x01(\bR\arunning\x12\x1e\n" +
+	"\vcpu_time_ns\x18\x05 \x01(\x04R\tcpuTimeNs\x12\x10\n" +
+	"\x03cpu\x18\x06 \x01(\rR\x03cpu\"\x14\n" +
 	"\x12ListDomainsRequest\"R\n" +
 	"\x13ListDomainsResponse\x12;\n" +
-	"\adomains\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\adomains2\x99\t\n" +
+	"\adomains\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\adomains2\xcd\n" +
+	"\n" +
 	"\x11HypervisorService\x12R\n" +
 	"\aVersion\x12\".xenopsd.simhost.v1.VersionRequest\x1a#.xenopsd.simhost.v1.VersionResponse\x12U\n" +
-	"\bPhysInfo\x12#.xenopsd.simhost.v1.PhysInfoRequest\x1a$.xenopsd.simhost.v1.PhysInfoResponse\x12a\n" +
+	"\bPhysInfo\x12#.xenopsd.simhost.v1.PhysInfoRequest\x1a$.xenopsd.simhost.v1.PhysInfoResponse\x12R\n" +
+	"\aCPUIdle\x12\".xenopsd.simhost.v1.CPUIdleRequest\x1a#.xenopsd.simhost.v1.CPUIdleResponse\x12a\n" +
 	"\fCreateDomain\x12'.xenopsd.simhost.v1.CreateDomainRequest\x1a(.xenopsd.simhost.v1.CreateDomainResponse\x12X\n" +
 	"\tSetMaxMem\x12$.xenopsd.simhost.v1.SetMaxMemRequest\x1a%.xenopsd.simhost.v1.SetMaxMemResponse\x12^\n" +
 	"\vSetMaxVCPUs\x12&.xenopsd.simhost.v1.SetMaxVCPUsRequest\x1a'.xenopsd.simhost.v1.SetMaxVCPUsResponse\x12j\n" +
@@ -1433,6 +1670,7 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"\rDestroyDomain\x12(.xenopsd.simhost.v1.DestroyDomainRequest\x1a).xenopsd.simhost.v1.DestroyDomainResponse\x12[\n" +
 	"\n" +
 	"DomainInfo\x12%.xenopsd.simhost.v1.DomainInfoRequest\x1a&.xenopsd.simhost.v1.DomainInfoResponse\x12^\n" +
+	"\vGetVCPUInfo\x12&.xenopsd.simhost.v1.GetVCPUInfoRequest\x1a'.xenopsd.simhost.v1.GetVCPUInfoResponse\x12^\n" +
 	"\vListDomains\x12&.xenopsd.simhost.v1.ListDomainsRequest\x1a'.xenopsd.simhost.v1.ListDomainsResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
 
 var (
@@ -1447,7 +1685,7 @@ func file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP() []byte {
 	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescData
 }
 
-var file_xenopsd_simhost_v1_hypervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_xenopsd_simhost_v1_hypervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_xenopsd_simhost_v1_hypervisor_proto_goTypes = []any{
 	(*HypervisorError)(nil),         // 0: xenopsd.simhost.v1.HypervisorError
 	(*DomainConfig)(nil),            // 1: xenopsd.simhost.v1.DomainConfig
@@ -1456,26 +1694,30 @@ var file_xenopsd_simhost_v1_hypervisor_proto_goTypes = []any{
 	(*VersionResponse)(nil),         // 4: xenopsd.simhost.v1.VersionResponse
 	(*PhysInfoRequest)(nil),         // 5: xenopsd.simhost.v1.PhysInfoRequest
 	(*PhysInfoResponse)(nil),        // 6: xenopsd.simhost.v1.PhysInfoResponse
-	(*CreateDomainRequest)(nil),     // 7: xenopsd.simhost.v1.CreateDomainRequest
-	(*CreateDomainResponse)(nil),    // 8: xenopsd.simhost.v1.CreateDomainResponse
-	(*SetMaxMemRequest)(nil),        // 9: xenopsd.simhost.v1.SetMaxMemRequest
-	(*SetMaxMemResponse)(nil),       // 10: xenopsd.simhost.v1.SetMaxMemResponse
-	(*SetMaxVCPUsRequest)(nil),      // 11: xenopsd.simhost.v1.SetMaxVCPUsRequest
-	(*SetMaxVCPUsResponse)(nil),     // 12: xenopsd.simhost.v1.SetMaxVCPUsResponse
-	(*PopulatePhysmapRequest)(nil),  // 13: xenopsd.simhost.v1.PopulatePhysmapRequest
-	(*PopulatePhysmapResponse)(nil), // 14: xenopsd.simhost.v1.PopulatePhysmapResponse
-	(*PauseDomainRequest)(nil),      // 15: xenopsd.simhost.v1.PauseDomainRequest
-	(*PauseDomainResponse)(nil),     // 16: xenopsd.simhost.v1.PauseDomainResponse
-	(*UnpauseDomainRequest)(nil),    // 17: xenopsd.simhost.v1.UnpauseDomainRequest
-	(*UnpauseDomainResponse)(nil),   // 18: xenopsd.simhost.v1.UnpauseDomainResponse
-	(*ShutdownDomainRequest)(nil),   // 19: xenopsd.simhost.v1.ShutdownDomainRequest
-	(*ShutdownDomainResponse)(nil),  // 20: xenopsd.simhost.v1.ShutdownDomainResponse
-	(*DestroyDomainRequest)(nil),    // 21: xenopsd.simhost.v1.DestroyDomainRequest
-	(*DestroyDomainResponse)(nil),   // 22: xenopsd.simhost.v1.DestroyDomainResponse
-	(*DomainInfoRequest)(nil),       // 23: xenopsd.simhost.v1.DomainInfoRequest
-	(*DomainInfoResponse)(nil),      // 24: xenopsd.simhost.v1.DomainInfoResponse
-	(*ListDomainsRequest)(nil),      // 25: xenopsd.simhost.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),     // 26: xenopsd.simhost.v1.ListDomainsResponse
+	(*CPUIdleRequest)(nil),          // 7: xenopsd.simhost.v1.CPUIdleRequest
+	(*CPUIdleResponse)(nil),         // 8: xenopsd.simhost.v1.CPUIdleResponse
+	(*CreateDomainRequest)(nil),     // 9: xenopsd.simhost.v1.CreateDomainRequest
+	(*CreateDomainResponse)(nil),    // 10: xenopsd.simhost.v1.CreateDomainResponse
+	(*SetMaxMemRequest)(nil),        // 11: xenopsd.simhost.v1.SetMaxMemRequest
+	(*SetMaxMemResponse)(nil),       // 12: xenopsd.simhost.v1.SetMaxMemResponse
+	(*SetMaxVCPUsRequest)(nil),      // 13: xenopsd.simhost.v1.SetMaxVCPUsRequest
+	(*SetMaxVCPUsResponse)(nil),     // 14: xenopsd.simhost.v1.SetMaxVCPUsResponse
+	(*PopulatePhysmapRequest)(nil),  // 15: xenopsd.simhost.v1.PopulatePhysmapRequest
+	(*PopulatePhysmapResponse)(nil), // 16: xenopsd.simhost.v1.PopulatePhysmapResponse
+	(*PauseDomainRequest)(nil),      // 17: xenopsd.simhost.v1.PauseDomainRequest
+	(*PauseDomainResponse)(nil),     // 18: xenopsd.simhost.v1.PauseDomainResponse
+	(*UnpauseDomainRequest)(nil),    // 19: xenopsd.simhost.v1.UnpauseDomainRequest
+	(*UnpauseDomainResponse)(nil),   // 20: xenopsd.simhost.v1.UnpauseDomainResponse
+	(*ShutdownDomainRequest)(nil),   // 21: xenopsd.simhost.v1.ShutdownDomainRequest
+	(*ShutdownDomainResponse)(nil),  // 22: xenopsd.simhost.v1.ShutdownDomainResponse
+	(*DestroyDomainRequest)(nil),    // 23: xenopsd.simhost.v1.DestroyDomainRequest
+	(*DestroyDomainResponse)(nil),   // 24: xenopsd.simhost.v1.DestroyDomainResponse
+	(*DomainInfoRequest)(nil),       // 25: xenopsd.simhost.v1.DomainInfoRequest
+	(*DomainInfoResponse)(nil),      // 26: xenopsd.simhost.v1.DomainInfoResponse
+	(*GetVCPUInfoRequest)(nil),      // 27: xenopsd.simhost.v1.GetVCPUInfoRequest
+	(*GetVCPUInfoResponse)(nil),     // 28: xenopsd.simhost.v1.GetVCPUInfoResponse
+	(*ListDomainsRequest)(nil),      // 29: xenopsd.simhost.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),     // 30: xenopsd.simhost.v1.ListDomainsResponse
 }
 var file_xenopsd_simhost_v1_hypervisor_proto_depIdxs = []int32{
 	1,  // 0: xenopsd.simhost.v1.CreateDomainRequest.config:type_name -> xenopsd.simhost.v1.DomainConfig
@@ -1483,30 +1725,34 @@ var file_xenopsd_simhost_v1_hypervisor_proto_depIdxs = []int32{
 	2,  // 2: xenopsd.simhost.v1.ListDomainsResponse.domains:type_name -> xenopsd.simhost.v1.DomainRecords
 	3,  // 3: xenopsd.simhost.v1.HypervisorService.Version:input_type -> xenopsd.simhost.v1.VersionRequest
 	5,  // 4: xenopsd.simhost.v1.HypervisorService.PhysInfo:input_type -> xenopsd.simhost.v1.PhysInfoRequest
-	7,  // 5: xenopsd.simhost.v1.HypervisorService.CreateDomain:input_type -> xenopsd.simhost.v1.CreateDomainRequest
-	9,  // 6: xenopsd.simhost.v1.HypervisorService.SetMaxMem:input_type -> xenopsd.simhost.v1.SetMaxMemRequest
-	11, // 7: xenopsd.simhost.v1.HypervisorService.SetMaxVCPUs:input_type -> xenopsd.simhost.v1.SetMaxVCPUsRequest
-	13, // 8: xenopsd.simhost.v1.HypervisorService.PopulatePhysmap:input_type -> xenopsd.simhost.v1.PopulatePhysmapRequest
-	15, // 9: xenopsd.simhost.v1.HypervisorService.PauseDomain:input_type -> xenopsd.simhost.v1.PauseDomainRequest
-	17, // 10: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:input_type -> xenopsd.simhost.v1.UnpauseDomainRequest
-	19, // 11: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:input_type -> xenopsd.simhost.v1.ShutdownDomainRequest
-	21, // 12: xenopsd.simhost.v1.HypervisorService.DestroyDomain:input_type -> xenopsd.simhost.v1.DestroyDomainRequest
-	23, // 13: xenopsd.simhost.v1.HypervisorService.DomainInfo:input_type -> xenopsd.simhost.v1.DomainInfoRequest
-	25, // 14: xenopsd.simhost.v1.HypervisorService.ListDomains:input_type -> xenopsd.simhost.v1.ListDomainsRequest
-	4,  // 15: xenopsd.simhost.v1.HypervisorService.Version:output_type -> xenopsd.simhost.v1.VersionResponse
-	6,  // 16: xenopsd.simhost.v1.HypervisorService.PhysInfo:output_type -> xenopsd.simhost.v1.PhysInfoResponse
-	8,  // 17: xenopsd.simhost.v1.HypervisorService.CreateDomain:output_type -> xenopsd.simhost.v1.CreateDomainResponse
-	10, // 18: xenopsd.simhost.v1.HypervisorService.SetMaxMem:output_type -> xenopsd.simhost.v1.SetMaxMemResponse
-	12, // 19: xenopsd.simhost.v1.HypervisorService.SetMaxVCPUs:output_type -> xenopsd.simhost.v1.SetMaxVCPUsResponse
-	14, // 20: xenopsd.simhost.v1.HypervisorService.PopulatePhysmap:output_type -> xenopsd.simhost.v1.PopulatePhysmapResponse
-	16, // 21: xenopsd.simhost.v1.HypervisorService.PauseDomain:output_type -> xenopsd.simhost.v1.PauseDomainResponse
-	18, // 22: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:output_type -> xenopsd.simhost.v1.UnpauseDomainResponse
-	20, // 23: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:output_type -> xenopsd.simhost.v1.ShutdownDomainResponse
-	22, // 24: xenopsd.simhost.v1.HypervisorService.DestroyDomain:output_type -> xenopsd.simhost.v1.DestroyDomainResponse
-	24, // 25: xenopsd.simhost.v1.HypervisorService.DomainInfo:output_type -> xenopsd.simhost.v1.DomainInfoResponse
-	26, // 26: xenopsd.simhost.v1.HypervisorService.ListDomains:output_type -> xenopsd.simhost.v1.ListDomainsResponse
-	15, // [15:27] is the sub-list for method output_type
-	3,  // [3:15] is the sub-list for method input_type
+	7,  // 5: xenopsd.simhost.v1.HypervisorService.CPUIdle:input_type -> xenopsd.simhost.v1.CPUIdleRequest
+	9,  // 6: xenopsd.simhost.v1.HypervisorService.CreateDomain:input_type -> xenopsd.simhost.v1.CreateDomainRequest
+	11, // 7: xenopsd.simhost.v1.HypervisorService.SetMaxMem:input_type -> xenopsd.simhost.v1.SetMaxMemRequest
+	13, // 8: xenopsd.simhost.v1.HypervisorService.SetMaxVCPUs:input_type -> xenopsd.simhost.v1.SetMaxVCPUsRequest
+	15, // 9: xenopsd.simhost.v1.HypervisorService.PopulatePhysmap:input_type -> xenopsd.simhost.v1.PopulatePhysmapRequest
+	17, // 10: xenopsd.simhost.v1.HypervisorService.PauseDomain:input_type -> xenopsd.simhost.v1.PauseDomainRequest
+	19, // 11: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:input_type -> xenopsd.simhost.v1.UnpauseDomainRequest
+	21, // 12: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:input_type -> xenopsd.simhost.v1.ShutdownDomainRequest
+	23, // 13: xenopsd.simhost.v1.HypervisorService.DestroyDomain:input_type -> xenopsd.simhost.v1.DestroyDomainRequest
+	25, // 14: xenopsd.simhost.v1.HypervisorService.DomainInfo:input_type -> xenopsd.simhost.v1.DomainInfoRequest
+	27, // 15: xenopsd.simhost.v1.HypervisorService.GetVCPUInfo:input_type -> xenopsd.simhost.v1.GetVCPUInfoRequest
+	29, // 16: xenopsd.simhost.v1.HypervisorService.ListDomains:input_type -> xenopsd.simhost.v1.ListDomainsRequest
+	4,  // 17: xenopsd.simhost.v1.HypervisorService.Version:output_type -> xenopsd.simhost.v1.VersionResponse
+	6,  // 18: xenopsd.simhost.v1.HypervisorService.PhysInfo:output_type -> xenopsd.simhost.v1.PhysInfoResponse
+	8,  // 19: xenopsd.simhost.v1.HypervisorService.CPUIdle:output_type -> xenopsd.simhost.v1.CPUIdleResponse
+	10, // 20: xenopsd.simhost.v1.HypervisorService.CreateDomain:output_type -> xenopsd.simhost.v1.CreateDomainResponse
+	12, // 21: xenopsd.simhost.v1.HypervisorService.SetMaxMem:output_type -> xenopsd.simhost.v1.SetMaxMemResponse
+	14, // 22: xenopsd.simhost.v1.HypervisorService.SetMaxVCPUs:output_type -> xenopsd.simhost.v1.SetMaxVCPUsResponse
+	16, // 23: xenopsd.simhost.v1.HypervisorService.PopulatePhysmap:output_type -> xenopsd.simhost.v1.PopulatePhysmapResponse
+	18, // 24: xenopsd.simhost.v1.HypervisorService.PauseDomain:output_type -> xenopsd.simhost.v1.PauseDomainResponse
+	20, // 25: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:output_type -> xenopsd.simhost.v1.UnpauseDomainResponse
+	22, // 26: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:output_type -> xenopsd.simhost.v1.ShutdownDomainResponse
+	24, // 27: xenopsd.simhost.v1.HypervisorService.DestroyDomain:output_type -> xenopsd.simhost.v1.DestroyDomainResponse
+	26, // 28: xenopsd.simhost.v1.HypervisorService.DomainInfo:output_type -> xenopsd.simhost.v1.DomainInfoResponse
+	28, // 29: xenopsd.simhost.v1.HypervisorService.GetVCPUInfo:output_type -> xenopsd.simhost.v1.GetVCPUInfoResponse
+	30, // 30: xenopsd.simhost.v1.HypervisorService.ListDomains:output_type -> xenopsd.simhost.v1.ListDomainsResponse
+	17, // [17:31] is the sub-list for method output_type
+	3,  // [3:17] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
 	3,  // [3:3] is the sub-list for extension extendee
 	0,  // [0:3] is the sub-list for field type_name
@@ -1523,7 +1769,7 @@ func file_xenopsd_simhost_v1_hypervisor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_simhost_v1_hypervisor_proto_rawDesc), len(file_xenopsd_simhost_v1_hypervisor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

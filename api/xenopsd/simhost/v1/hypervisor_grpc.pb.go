@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	HypervisorService_Version_FullMethodName         = "/xenopsd.simhost.v1.HypervisorService/Version"
 	HypervisorService_PhysInfo_FullMethodName        = "/xenopsd.simhost.v1.HypervisorService/PhysInfo"
+	HypervisorService_CPUIdle_FullMethodName         = "/xenopsd.simhost.v1.HypervisorService/CPUIdle"
 	HypervisorService_CreateDomain_FullMethodName    = "/xenopsd.simhost.v1.HypervisorService/CreateDomain"
 	HypervisorService_SetMaxMem_FullMethodName       = "/xenopsd.simhost.v1.HypervisorService/SetMaxMem"
 	HypervisorService_SetMaxVCPUs_FullMethodName     = "/xenopsd.simhost.v1.HypervisorService/SetMaxVCPUs"
@@ -30,6 +31,7 @@ const (
 	HypervisorService_ShutdownDomain_FullMethodName  = "/xenopsd.simhost.v1.HypervisorService/ShutdownDomain"
 	HypervisorService_DestroyDomain_FullMethodName   = "/xenopsd.simhost.v1.HypervisorService/DestroyDomain"
 	HypervisorService_DomainInfo_FullMethodName      = "/xenopsd.simhost.v1.HypervisorService/DomainInfo"
+	HypervisorService_GetVCPUInfo_FullMethodName     = "/xenopsd.simhost.v1.HypervisorService/GetVCPUInfo"
 	HypervisorService_ListDomains_FullMethodName     = "/xenopsd.simhost.v1.HypervisorService/ListDomains"
 )
 
@@ -42,6 +44,7 @@ const (
 type HypervisorServiceClient interface {
 	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
 	PhysInfo(ctx context.Context, in *PhysInfoRequest, opts ...grpc.CallOption) (*PhysInfoResponse, error)
+	CPUIdle(ctx context.Context, in *CPUIdleRequest, opts ...grpc.CallOption) (*CPUIdleResponse, error)
 	CreateDomain(ctx context.Context, in *CreateDomainRequest, opts ...grpc.CallOption) (*CreateDomainResponse, error)
 	SetMaxMem(ctx context.Context, in *SetMaxMemRequest, opts ...grpc.CallOption) (*SetMaxMemResponse, error)
 	SetMaxVCPUs(ctx context.Context, in *SetMaxVCPUsRequest, opts ...grpc.CallOption) (*SetMaxVCPUsResponse, error)
@@ -51,6 +54,7 @@ type HypervisorServiceClient interface {
 	ShutdownDomain(ctx context.Context, in *ShutdownDomainRequest, opts ...grpc.CallOption) (*ShutdownDomainResponse, error)
 	DestroyDomain(ctx context.Context, in *DestroyDomainRequest, opts ...grpc.CallOption) (*DestroyDomainResponse, error)
 	DomainInfo(ctx context.Context, in *DomainInfoRequest, opts ...grpc.CallOption) (*DomainInfoResponse, error)
+	GetVCPUInfo(ctx context.Context, in *GetVCPUInfoRequest, opts ...grpc.CallOption) (*GetVCPUInfoResponse, error)
 	ListDomains(ctx context.Context, in *ListDomainsRequest, opts ...grpc.CallOption) (*ListDomainsResponse, error)
 }
 
@@ -76,6 +80,16 @@ func (c *hypervisorServiceClient) PhysInfo(ctx context.Context, in *PhysInfoRequ
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PhysInfoResponse)
 	err := c.cc.Invoke(ctx, HypervisorService_PhysInfo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *hypervisorServiceClient) CPUIdle(ctx context.Context, in *CPUIdleRequest, opts ...grpc.CallOption) (*CPUIdleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CPUIdleResponse)
+	err := c.cc.Invoke(ctx, HypervisorService_CPUIdle_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -172,6 +186,16 @@ func (c *hypervisorServiceClient) DomainInfo(ctx context.Context, in *DomainInfo
 	return out, nil
 }
 
+func (c *hypervisorServiceClient) GetVCPUInfo(ctx context.Context, in *GetVCPUInfoRequest, opts ...grpc.CallOption) (*GetVCPUInfoResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetVCPUInfoResponse)
+	err := c.cc.Invoke(ctx, HypervisorService_GetVCPUInfo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *hypervisorServiceClient) ListDomains(ctx context.Context, in *ListDomainsRequest, opts ...grpc.CallOption) (*ListDomainsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListDomainsResponse)
@@ -191,6 +215,7 @@ func (c *hypervisorServiceClient) ListDomains(ctx context.Context, in *ListDomai
 type HypervisorServiceServer interface {
 	Version(context.Context, *VersionRequest) (*VersionResponse, error)
 	PhysInfo(context.Context, *PhysInfoRequest) (*PhysInfoResponse, error)
+	CPUIdle(context.Context, *CPUIdleRequest) (*CPUIdleResponse, error)
 	CreateDomain(context.Context, *CreateDomainRequest) (*CreateDomainResponse, error)
 	SetMaxMem(context.Context, *SetMaxMemRequest) (*SetMaxMemResponse, error)
 	SetMaxVCPUs(context.Context, *SetMaxVCPUsRequest) (*SetMaxVCPUsResponse, error)
@@ -200,6 +225,7 @@ type HypervisorServiceServer interface {
 	ShutdownDomain(context.Context, *ShutdownDomainRequest) (*ShutdownDomainResponse, error)
 	DestroyDomain(context.Context, *DestroyDomainRequest) (*DestroyDomainResponse, error)
 	DomainInfo(context.Context, *DomainInfoRequest) (*DomainInfoResponse, error)
+	GetVCPUInfo(context.Context, *GetVCPUInfoRequest) (*GetVCPUInfoResponse, error)
 	ListDomains(context.Context, *ListDomainsRequest) (*ListDomainsResponse, error)
 	mustEmbedUnimplementedHypervisorServiceServer()
 }
@@ -216,6 +242,9 @@ func (UnimplementedHypervisorServiceServer) Version(context.Context, *VersionReq
 }
 func (UnimplementedHypervisorServiceServer) PhysInfo(context.Context, *PhysInfoRequest) (*PhysInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PhysInfo not implemented")
+}
+func (UnimplementedHypervisorServiceServer) CPUIdle(context.Context, *CPUIdleRequest) (*CPUIdleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CPUIdle not implemented")
 }
 func (UnimplementedHypervisorServiceServer) CreateDomain(context.Context, *CreateDomainRequest) (*CreateDomainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateDomain not implemented")
@@ -243,6 +272,9 @@ func (UnimplementedHypervisorServiceServer) DestroyDomain(context.Context, *Dest
 }
 func (UnimplementedHypervisorServiceServer) DomainInfo(context.Context, *DomainInfoRequest) (*DomainInfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DomainInfo not implemented")
+}
+func (UnimplementedHypervisorServiceServer) GetVCPUInfo(context.Context, *GetVCPUInfoRequest) (*GetVCPUInfoResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVCPUInfo not implemented")
 }
 func (UnimplementedHypervisorServiceServer) ListDomains(context.Context, *ListDomainsRequest) (*ListDomainsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDomains not implemented")
@@ -300,6 +332,24 @@ func _HypervisorService_PhysInfo_Handler(srv interface{}, ctx context.Context, d
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(HypervisorServiceServer).PhysInfo(ctx, req.(*PhysInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _HypervisorService_CPUIdle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CPUIdleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HypervisorServiceServer).CPUIdle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HypervisorService_CPUIdle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HypervisorServiceServer).CPUIdle(ctx, req.(*CPUIdleRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -466,6 +516,24 @@ func _HypervisorService_DomainInfo_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HypervisorService_GetVCPUInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVCPUInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HypervisorServiceServer).GetVCPUInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HypervisorService_GetVCPUInfo_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HypervisorServiceServer).GetVCPUInfo(ctx, req.(*GetVCPUInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _HypervisorService_ListDomains_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListDomainsRequest)
 	if err := dec(in); err != nil {
@@ -498,6 +566,10 @@ var HypervisorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PhysInfo",
 			Handler:    _HypervisorService_PhysInfo_Handler,
+		},
+		{
+			MethodName: "CPUIdle",
+			Handler:    _HypervisorService_CPUIdle_Handler,
 		},
 		{
 			MethodName: "CreateDomain",
@@ -534,6 +606,10 @@ var HypervisorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DomainInfo",
 			Handler:    _HypervisorService_DomainInfo_Handler,
+		},
+		{
+			MethodName: "GetVCPUInfo",
+			Handler:    _HypervisorService_GetVCPUInfo_Handler,
 		},
 		{
 			MethodName: "ListDomains",

@@ -1,0 +1,63 @@
+package metrics
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// descs are the host and VM metrics Collector exports.
+type descs struct {
+	scrapeError *prometheus.Desc
+	versionInfo *prometheus.Desc
+
+	hostMemTotal, hostMemFree, hostMemScrub *prometheus.Desc
+	hostCPUs, hostCPUHz, hostCPUIdle        *prometheus.Desc
+	hostDomains                             *prometheus.Desc
+	vms, tasks                              *prometheus.Desc
+
+	vmPower                                *prometheus.Desc
+	vmCPU, vmVCPUs                         *prometheus.Desc
+	vmMem, vmMemMax, vmStaticMax, vmTarget *prometheus.Desc
+	vmDomainState                          *prometheus.Desc
+}
+
+// vmLabels name a VM's domain: the VM, and the domain it runs in now.
+var vmLabels = []string{"uuid", "name", "domid"}
+
+func newDescs() descs {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return descs{
+		scrapeError: d("xenopsd_metrics_snapshot", "reading the hypervisor or the VM list for a scrape failed"),
+		versionInfo: d("xen_version_info", "the running hypervisor's version (always 1)", "version", "major", "minor", "backend"),
+
+		hostMemTotal: d("xen_host_memory_total_bytes", "the host's RAM as Xen counts it (total_pages)"),
+		hostMemFree:  d("xen_host_memory_free_bytes", "RAM no domain owns (free_pages)"),
+		hostMemScrub: d("xen_host_memory_scrub_pending_bytes", "freed RAM Xen is still scrubbing, free once scrubbed (scrub_pages)"),
+		hostCPUs:     d("xen_host_cpus", "physical CPUs online (nr_cpus)"),
+		hostCPUHz:    d("xen_host_cpu_frequency_hertz", "the physical CPUs' nominal frequency"),
+		hostCPUIdle:  d("xen_host_cpu_idle_seconds_total", "time the physical CPU has been idle since the host booted (busy: 1 - rate of this)", "cpu"),
+		hostDomains:  d("xen_host_domains", "domains by state, dom0 and domains of other toolstacks included", "state"),
+		vms:          d("xenopsd_vms", "the daemon's VMs by power state", "state"),
+		tasks:        d("xenopsd_tasks", "the daemon's tasks by state (finished ones until they are pruned)", "state"),
+
+		vmPower:       d("xenopsd_vm_power_state", "the VM's power state (1 for the state it is in)", "uuid", "name", "state"),
+		vmCPU:         d("xen_vm_cpu_seconds_total", "CPU time the VM's domain has run, summed over its vCPUs", vmLabels...),
+		vmVCPUs:       d("xen_vm_vcpus_online", "the domain's online vCPUs", vmLabels...),
+		vmMem:         d("xen_vm_memory_bytes", "RAM the domain holds now (tot_pages)", vmLabels...),
+		vmMemMax:      d("xen_vm_memory_limit_bytes", "the most RAM Xen lets the domain hold (max_pages)", vmLabels...),
+		vmStaticMax:   d("xen_vm_memory_static_max_bytes", "the VM's static maximum memory (its spec)", vmLabels...),
+		vmTarget:      d("xen_vm_memory_target_bytes", "the memory target the toolstack set for the guest (memory/target)", vmLabels...),
+		vmDomainState: d("xen_vm_domain_state", "the domain's state as Xen reports it (1 for the state it is in)", append(vmLabels, "state")...),
+	}
+}
+
+func (d descs) describe(ch chan<- *prometheus.Desc) {
+	for _, x := range []*prometheus.Desc{d.scrapeError, d.versionInfo, d.hostMemTotal, d.hostMemFree, d.hostMemScrub,
+		d.hostCPUs, d.hostCPUHz, d.hostCPUIdle, d.hostDomains, d.vms, d.tasks, d.vmPower, d.vmCPU, d.vmVCPUs, d.vmMem, d.vmMemMax,
+		d.vmStaticMax, d.vmTarget, d.vmDomainState} {
+		ch <- x
+	}
+}
+
+func (descs) gauge(desc *prometheus.Desc, v float64, labels ...string) prometheus.Metric {
+	return prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+}
