@@ -252,6 +252,14 @@ func TestHotplugDisksAndNICs(t *testing.T) {
 	} else if de := new(Error); errors.As(err, &de) && de.Field != "disk.device" {
 		t.Fatalf("field %q, want disk.device", de.Field)
 	}
+	if _, err := e.m.AddNIC(e.ctx, vm.ID, NIC{Bridge: "br9"}); CodeOf(err) != CodeFailedPrecondition {
+		t.Fatalf("add a NIC on a missing bridge: %v", err)
+	} else if de := new(Error); errors.As(err, &de) && de.Field != "nic.bridge" {
+		t.Fatalf("field %q, want nic.bridge", de.Field)
+	}
+	if tasks, _ := e.m.ListTasks(e.ctx, vm.ID); len(tasks) != 1 {
+		t.Fatalf("refused hot-plugs left tasks: %d tasks", len(tasks))
+	}
 	e.run(e.m.AddDisk(e.ctx, vm.ID, Disk{Device: "xvdb", Path: img, Mode: DiskRO}))
 	e.run(e.m.AddNIC(e.ctx, vm.ID, NIC{}))
 	got := e.vm(vm.ID)

@@ -22,7 +22,7 @@ func (m *Manager) AddDisk(ctx context.Context, ref string, disk Disk) (Task, err
 		return Task{}, err
 	}
 	spec := m.vmSnapshot(e).VM.Spec
-	if err := checkAddition(spec, func(s *Spec) { s.Disks = append(s.Disks, disk) }, fmt.Sprintf("spec.disks[%d]", len(spec.Disks)), "disk"); err != nil {
+	if err := m.checkAddition(ctx, e.id, spec, func(s *Spec) { s.Disks = append(s.Disks, disk) }, fmt.Sprintf("spec.disks[%d]", len(spec.Disks)), "disk"); err != nil {
 		return Task{}, err
 	}
 	return m.hotplug(ctx, ref, "add-disk", func(ctx context.Context, e *vmEntry, r vmRecord) (func(*vmRecord), error) {
@@ -59,7 +59,7 @@ func (m *Manager) AddNIC(ctx context.Context, ref string, nic NIC) (Task, error)
 	}
 	nic.MAC = strings.ToLower(nic.MAC)
 	spec := m.vmSnapshot(e).VM.Spec
-	if err := checkAddition(spec, func(s *Spec) { s.NICs = append(s.NICs, nic) }, fmt.Sprintf("spec.nics[%d]", len(spec.NICs)), "nic"); err != nil {
+	if err := m.checkAddition(ctx, e.id, spec, func(s *Spec) { s.NICs = append(s.NICs, nic) }, fmt.Sprintf("spec.nics[%d]", len(spec.NICs)), "nic"); err != nil {
 		return Task{}, err
 	}
 	return m.hotplug(ctx, ref, "add-nic", func(ctx context.Context, e *vmEntry, r vmRecord) (func(*vmRecord), error) {
@@ -194,12 +194,20 @@ func (m *Manager) reserveSpec(ctx context.Context, id string, spec Spec) {
 	}
 }
 
-// checkAddition validates spec with one device added (by add), naming the
-// new device's fields after the request's (field) rather than the spec's.
-func checkAddition(spec Spec, add func(*Spec), specField, field string) error {
+// checkAddition checks, before a hot-plug is queued, spec with one device
+// added (by add) as Start checks a spec (checkDevices), naming the new
+// device's fields after the request's (field) rather than the spec's. A
+// NIC without a MAC gets its MAC when the plug runs.
+func (m *Manager) checkAddition(ctx context.Context, id string, spec Spec, add func(*Spec), specField, field string) error {
 	s := cloneSpec(spec)
 	add(&s)
-	return renameField(validateDevices(s), specField, field)
+	if err := renameField(validateDevices(s), specField, field); err != nil {
+		return err
+	}
+	if m.devs == nil {
+		return nil // hotplug says so
+	}
+	return renameField(m.checkDevices(ctx, id, s, false), specField, field)
 }
 
 // renameField rewrites err's field from the spec's name for a device to
