@@ -130,6 +130,30 @@ type Host interface {
 	ConnectVIF(ctx context.Context, name, bridge string, mtu uint32) error
 	// DisconnectVIF takes name out of its bridge; a missing one is no error.
 	DisconnectVIF(ctx context.Context, name string) error
+	// Counters reads the I/O counters dom0 keeps for a plugged device:
+	// blkback's statistics for a vbd, the interface's counters for a vif.
+	// The error wraps fs.ErrNotExist while dom0 has no such device (a vbd
+	// before blkback connected it, a vif netback has not created).
+	Counters(ctx context.Context, rec Record) (Counters, error)
+}
+
+// Counters are a device's I/O counters since its backend connected (a
+// vbd) or its interface was created (a vif). A vbd fills the disk fields,
+// a vif the NIC fields; the others stay zero.
+type Counters struct {
+	// A disk's, from blkback: requests and bytes the guest read and wrote.
+	ReadRequests, WriteRequests uint64
+	ReadBytes, WriteBytes       uint64
+	// OutOfRequests counts the times the guest's ring held more requests
+	// than blkback had free slots for (oo_req): blkback counts no errors.
+	OutOfRequests uint64
+
+	// A NIC's, from the guest's point of view: Rx is what the guest
+	// received (what dom0 sent on the vif), Tx what it sent.
+	RxBytes, TxBytes     uint64
+	RxPackets, TxPackets uint64
+	RxErrors, TxErrors   uint64
+	RxDrops, TxDrops     uint64
 }
 
 // Record is what is persisted about one plugged device: enough to show it,

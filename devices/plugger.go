@@ -301,3 +301,12 @@ func (r Record) check() error {
 func (p *Plugger) CheckBridge(ctx context.Context, bridge string) error {
 	return p.host.CheckBridge(ctx, bridge)
 }
+
+// Counters reads a plugged device's I/O counters from dom0 (the Host's
+// Counters): no xenstore access, no hypercall.
+func (p *Plugger) Counters(ctx context.Context, rec Record) (Counters, error) {
+	if err := rec.check(); err != nil {
+		return Counters{}, err
+	}
+	return p.host.Counters(ctx, rec)
+}

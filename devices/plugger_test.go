@@ -92,6 +92,12 @@ func TestNICLifecycle(t *testing.T) {
 	if c := e.host.connectedVIFs(); c["vif5.0"] != "xenbr0" {
 		t.Fatalf("host vifs %v", c)
 	}
+	if c, err := e.p.Counters(e.ctx, rec); err != nil || c.TxPackets != uint64(len("vif5.0")) {
+		t.Errorf("Counters = %+v, %v; want the host's", c, err)
+	}
+	if _, err := e.p.Counters(e.ctx, Record{Kind: "vtpm"}); err == nil {
+		t.Error("Counters of an unknown kind: no error")
+	}
 	be, fe := rec.BackendPath(), rec.FrontendPath()
 	for k, v := range map[string]string{"frontend": fe, "frontend-id": "5", "online": "1", "handle": "0",
 		"mac": "00:16:3e:01:02:03", "bridge": "xenbr0", "mtu": "1500", "type": "vif"} {

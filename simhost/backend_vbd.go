@@ -68,6 +68,7 @@ func (b *blkback) probe(ctx context.Context) bool {
 		"max-ring-page-order", strconv.Itoa(blkbackMaxRingPageOrder)); err != nil {
 		x.log.Debug("simhost: blkback: cannot advertise features", "dev", x.nodename, "err", err)
 	}
+	b.bus.d0.deviceAdded(b.trafficKey(), devices.KindVBD)
 	x.switchState(ctx, devices.StateInitWait)
 	b.backendChanged(ctx) // the physical-device watch fires once at once
 	return true
@@ -125,8 +126,10 @@ func (b *blkback) frontendChanged(ctx context.Context, s devices.State) bool {
 			b.updateStatus(ctx)
 		}
 	case devices.StateClosing:
+		b.bus.d0.deviceDisconnected(b.trafficKey())
 		x.switchState(ctx, devices.StateClosing)
 	case devices.StateClosed:
+		b.bus.d0.deviceDisconnected(b.trafficKey())
 		b.ring = false
 		x.switchState(ctx, devices.StateClosed)
 		return !x.online(ctx)
@@ -253,9 +256,14 @@ func (b *blkback) updateStatus(ctx context.Context) {
 		return
 	}
 	x.switchState(ctx, devices.StateConnected)
+	b.bus.d0.deviceConnected(b.trafficKey(), b.readOnly)
 }
 
+// trafficKey names the vbd's counters in dom0.
+func (b *blkback) trafficKey() string { return vbdTrafficKey(b.dev.domid, b.dev.devid) }
+
 func (b *blkback) remove(context.Context) {
+	b.bus.d0.deviceRemoved(b.trafficKey())
 	if b.bdev.close != nil {
 		b.bdev.close()
 		b.bdev = blockDev{}

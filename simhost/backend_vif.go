@@ -127,8 +127,10 @@ func (n *netback) setState(ctx context.Context, target devices.State) {
 				return
 			}
 			n.switchTo(ctx, devices.StateConnected)
+			n.bus.d0.deviceConnected(n.link, false)
 			n.hotplugChanged(ctx) // the new watch fires once at once
 		case devices.StateConnected:
+			n.bus.d0.deviceDisconnected(n.link)
 			n.switchTo(ctx, devices.StateClosing) // backend_disconnect: rings unmapped
 		default: // Closing
 			n.switchTo(ctx, devices.StateClosed)

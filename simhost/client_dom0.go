@@ -67,6 +67,17 @@ func (c *Client) DisconnectVIF(ctx context.Context, name string) error {
 	})
 }
 
+// Counters implements devices.Host.
+func (c *Client) Counters(ctx context.Context, rec devices.Record) (cs devices.Counters, err error) {
+	err = c.call(ctx, "DeviceCounters", func(ctx context.Context, cn *conn) error {
+		r, err := cn.dom0.DeviceCounters(ctx, &pb.DeviceCountersRequest{
+			Kind: string(rec.Kind), Domid: rec.Domid, Devid: uint32(rec.DevID), Vif: rec.VIF})
+		cs = countersFromRPC(r)
+		return err
+	})
+	return cs, err
+}
+
 // Dom0State reports the sim host's loop devices, network interfaces and
 // bridges: what a test checks for leaks after unplug and destroy.
 func (c *Client) Dom0State(ctx context.Context) (st Dom0State, err error) {

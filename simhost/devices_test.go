@@ -3,6 +3,7 @@ package simhost
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"strconv"
 	"strings"
 	"testing"
@@ -343,3 +344,66 @@ func TestBackendFailures(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestDeviceCountersRise: through Dom0Service, a connected disk and NIC
+// show the connect's I/O at once and more as they stay connected; an
+// unplugged one has none.
+func TestDeviceCountersRise(t *testing.T) {
+	ts := newToolstack(t, Config{})
+	d := ts.bootWithDevices(t)
+	ctx := testCtx(t)
+	vbd := ts.plugVBD(t, d, 51712, diskFile(t, 1<<20), false)
+	vif := ts.plugVIF(t, d, 0)
+	recs := []devices.Record{
+		{Kind: devices.KindVBD, Domid: uint32(d), DevID: 51712},
+		{Kind: devices.KindVIF, Domid: uint32(d), VIF: vif.linkName},
+	}
+	for _, v := range []vdev{vbd, vif} {
+		ts.waitState(t, v.be, devices.StateConnected)
+	}
+	first := make([]devices.Counters, len(recs))
+	for i, rec := range recs {
+		c, err := ts.hv.Counters(ctx, rec)
+		if err != nil {
+			t.Fatalf("Counters(%s): %v", rec.Kind, err)
+		}
+		if c.ReadRequests < diskReadsPerConnect && c.TxPackets < nicPacketsPerConnect {
+			t.Errorf("Counters(%s) = %+v: the connect did no I/O", rec.Kind, c)
+		}
+		first[i] = c
+	}
+	// Bounded: the counters move each connected second.
+	for i, rec := range recs {
+		for n := 0; ; n++ {
+			c, err := ts.hv.Counters(ctx, rec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.ReadRequests > first[i].ReadRequests || c.TxPackets > first[i].TxPackets {
+				break
+			}
+			if n == 50 {
+				t.Fatalf("Counters(%s) stayed at %+v for 5 s", rec.Kind, c)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	for _, v := range []vdev{vbd, vif} {
+		ts.unplug(t, v)
+		ts.waitState(t, v.be, devices.StateClosed)
+		ts.removeDirs(t, v)
+	}
+	ts.noLeaks(t)
+	for _, rec := range recs {
+		for n := 0; ; n++ {
+			_, err := ts.hv.Counters(ctx, rec)
+			if errors.Is(err, fs.ErrNotExist) {
+				break
+			}
+			if n == 50 {
+				t.Fatalf("Counters(%s) of an unplugged device: %v, want fs.ErrNotExist", rec.Kind, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}

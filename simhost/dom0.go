@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -31,6 +32,8 @@ type dom0 struct {
 	blockDevs map[uint64]string   // block devices AttachDisk saw, by device number
 	links     map[string]*link    // by name
 	changed   chan struct{}       // closed and replaced when links change
+	traffic   map[string]*traffic // the devices' I/O, by vbdTrafficKey or link name
+	now       func() time.Time    // the clock of the traffic
 }
 
 // loopMajor is LOOP_MAJOR.
@@ -78,6 +81,8 @@ func newDom0(bridges []string) *dom0 {
 		blockDevs: make(map[uint64]string),
 		links:     make(map[string]*link),
 		changed:   make(chan struct{}),
+		traffic:   make(map[string]*traffic),
+		now:       time.Now,
 	}
 	for _, b := range bridges {
 		d.bridges[b] = true
@@ -255,6 +260,7 @@ func (d *dom0) createLink(name string, domid, devid uint32) error {
 		return syscall.EEXIST
 	}
 	d.links[name] = &link{name: name, domid: domid, devid: devid, mtu: defaultMTU}
+	d.traffic[name] = &traffic{kind: devices.KindVIF}
 	d.changedLocked()
 	return nil
 }
@@ -265,6 +271,7 @@ func (d *dom0) removeLink(name string) {
 	defer d.mu.Unlock()
 	if d.links[name] != nil {
 		delete(d.links, name)
+		delete(d.traffic, name)
 		d.changedLocked()
 	}
 }

@@ -68,6 +68,44 @@ func (s *dom0Server) Dom0State(context.Context, *pb.Dom0StateRequest) (*pb.Dom0S
 	return resp, nil
 }
 
+func (s *dom0Server) DeviceCounters(_ context.Context, r *pb.DeviceCountersRequest) (*pb.DeviceCountersResponse, error) {
+	var key string
+	switch devices.Kind(r.GetKind()) {
+	case devices.KindVBD:
+		key = vbdTrafficKey(r.GetDomid(), r.GetDevid())
+	case devices.KindVIF:
+		if r.GetVif() == "" {
+			return nil, status.Error(codes.InvalidArgument, "vif: empty")
+		}
+		key = r.GetVif()
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "kind: %q is neither vbd nor vif", r.GetKind())
+	}
+	c, err := s.d.counters(key)
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return countersToRPC(c), nil
+}
+
+func countersToRPC(c devices.Counters) *pb.DeviceCountersResponse {
+	return &pb.DeviceCountersResponse{
+		ReadRequests: c.ReadRequests, WriteRequests: c.WriteRequests,
+		ReadBytes: c.ReadBytes, WriteBytes: c.WriteBytes, OutOfRequests: c.OutOfRequests,
+		RxBytes: c.RxBytes, TxBytes: c.TxBytes, RxPackets: c.RxPackets, TxPackets: c.TxPackets,
+		RxErrors: c.RxErrors, TxErrors: c.TxErrors, RxDrops: c.RxDrops, TxDrops: c.TxDrops,
+	}
+}
+
+func countersFromRPC(m *pb.DeviceCountersResponse) devices.Counters {
+	return devices.Counters{
+		ReadRequests: m.GetReadRequests(), WriteRequests: m.GetWriteRequests(),
+		ReadBytes: m.GetReadBytes(), WriteBytes: m.GetWriteBytes(), OutOfRequests: m.GetOutOfRequests(),
+		RxBytes: m.GetRxBytes(), TxBytes: m.GetTxBytes(), RxPackets: m.GetRxPackets(), TxPackets: m.GetTxPackets(),
+		RxErrors: m.GetRxErrors(), TxErrors: m.GetTxErrors(), RxDrops: m.GetRxDrops(), TxDrops: m.GetTxDrops(),
+	}
+}
+
 func diskAttachmentToRPC(a devices.DiskAttachment) *pb.DiskAttachment {
 	return &pb.DiskAttachment{PhysicalDevice: a.PhysicalDevice, Loop: a.Loop}
 }

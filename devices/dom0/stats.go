@@ -1,12 +1,15 @@
 package dom0
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 )
 
 // DiskStats are blkback's counters for one vbd since it connected.
@@ -25,6 +28,44 @@ type DiskStats struct {
 type NetStats struct {
 	RxBytes, TxBytes     uint64
 	RxPackets, TxPackets uint64
+	RxErrors, TxErrors   uint64
+	RxDropped, TxDropped uint64
+}
+
+// sectorSize is the unit of blkback's rd_sect and wr_sect.
+const sectorSize = 512
+
+// Counters implements devices.Host: DiskStats for a vbd, VIFStats for a
+// vif, turned to the guest's point of view (the vif's tx is what the guest
+// receives).
+func (h *Host) Counters(ctx context.Context, rec devices.Record) (devices.Counters, error) {
+	if err := ctx.Err(); err != nil {
+		return devices.Counters{}, err
+	}
+	switch rec.Kind {
+	case devices.KindVBD:
+		s, err := h.DiskStats(rec.Domid, rec.DevID)
+		if err != nil {
+			return devices.Counters{}, err
+		}
+		return devices.Counters{
+			ReadRequests: s.ReadRequests, WriteRequests: s.WriteRequests,
+			ReadBytes: s.ReadSectors * sectorSize, WriteBytes: s.WriteSectors * sectorSize,
+			OutOfRequests: s.OutOfRequests,
+		}, nil
+	case devices.KindVIF:
+		s, err := h.VIFStats(rec.VIF)
+		if err != nil {
+			return devices.Counters{}, err
+		}
+		return devices.Counters{
+			RxBytes: s.TxBytes, TxBytes: s.RxBytes,
+			RxPackets: s.TxPackets, TxPackets: s.RxPackets,
+			RxErrors: s.TxErrors, TxErrors: s.RxErrors,
+			RxDrops: s.TxDropped, TxDrops: s.RxDropped,
+		}, nil
+	}
+	return devices.Counters{}, fmt.Errorf("counters of a %q device: no such kind", rec.Kind)
 }
 
 // DiskStats reads blkback's statistics of the vbd devid of domain domid
@@ -77,5 +118,7 @@ func (h *Host) VIFStats(name string) (NetStats, error) {
 	return NetStats{
 		RxBytes: st.RxBytes, TxBytes: st.TxBytes,
 		RxPackets: st.RxPackets, TxPackets: st.TxPackets,
+		RxErrors: st.RxErrors, TxErrors: st.TxErrors,
+		RxDropped: st.RxDropped, TxDropped: st.TxDropped,
 	}, nil
 }

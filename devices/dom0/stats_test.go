@@ -1,12 +1,15 @@
 package dom0
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 )
 
 // blkbackStats writes a vbd's statistics as blkback shows them in sysfs.
@@ -42,6 +45,18 @@ func TestDiskStats(t *testing.T) {
 	if _, err := h.DiskStats(7, 51728); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("DiskStats of a missing vbd: %v, want fs.ErrNotExist", err)
 	}
+	c, err := h.Counters(context.Background(), devices.Record{Kind: devices.KindVBD, Domid: 7, DevID: 51712})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantC := devices.Counters{ReadRequests: 12, WriteRequests: 34, ReadBytes: 5600 * 512, WriteBytes: 7800 * 512, OutOfRequests: 9}
+	if c != wantC {
+		t.Errorf("Counters = %+v, want %+v", c, wantC)
+	}
+	if _, err := h.Counters(context.Background(), devices.Record{Kind: "vtpm", Domid: 7}); err == nil {
+		t.Error("Counters of an unknown kind: no error")
+	}
+
 	blkbackStats(t, h.sysfs, "vbd-8-51712", map[string]string{
 		"rd_req": "1\n", "wr_req": "-2\n", "rd_sect": "3\n", "wr_sect": "4\n", "oo_req": "5\n",
 	})

@@ -17,6 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 )
 
 // netHost returns a Host working in a network namespace of its own, which
@@ -271,6 +273,18 @@ func TestVIFStats(t *testing.T) {
 
 	if _, err := h.VIFStats("vif9.9"); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("VIFStats of a missing vif: %v, want fs.ErrNotExist", err)
+	}
+
+	// Counters shows them from the guest's side: what it sent is its Tx.
+	c, err := h.Counters(context.Background(), devices.Record{Kind: devices.KindVIF, Domid: 4, VIF: "vif4.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TxPackets < after.RxPackets || c.RxPackets < after.TxPackets || c.TxBytes < after.RxBytes || c.ReadRequests != 0 {
+		t.Errorf("Counters = %+v, want the vif's counters %+v swapped", c, after)
+	}
+	if _, err := h.Counters(context.Background(), devices.Record{Kind: devices.KindVIF, VIF: "vif9.9"}); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Counters of a missing vif: %v, want fs.ErrNotExist", err)
 	}
 }
 

@@ -789,6 +789,13 @@ type PluggedDevice struct {
 	BackendState  string `protobuf:"bytes,10,opt,name=backend_state,json=backendState,proto3" json:"backend_state,omitempty"`
 	FrontendState string `protobuf:"bytes,11,opt,name=frontend_state,json=frontendState,proto3" json:"frontend_state,omitempty"`
 	Error         string `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`
+	// counters are the device's I/O counters as dom0 shows them now (GetVM
+	// only; absent in ListVMs and events, and while dom0 has none: a disk
+	// blkback has not connected, a vif netback has not created).
+	Counters *DeviceCounters `protobuf:"bytes,13,opt,name=counters,proto3" json:"counters,omitempty"`
+	// counters_error is why the counters could not be read, if they could
+	// not (the device being absent in dom0 is no error).
+	CountersError string `protobuf:"bytes,14,opt,name=counters_error,json=countersError,proto3" json:"counters_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -907,6 +914,168 @@ func (x *PluggedDevice) GetError() string {
 	return ""
 }
 
+func (x *PluggedDevice) GetCounters() *DeviceCounters {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+func (x *PluggedDevice) GetCountersError() string {
+	if x != nil {
+		return x.CountersError
+	}
+	return ""
+}
+
+// DeviceCounters are a plugged device's I/O counters since its backend
+// connected (a disk) or its dom0 interface appeared (a NIC). A disk fills
+// the first five, a NIC the others.
+type DeviceCounters struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Requests and bytes the guest read and wrote (blkback's statistics).
+	ReadRequests  uint64 `protobuf:"varint,1,opt,name=read_requests,json=readRequests,proto3" json:"read_requests,omitempty"`
+	WriteRequests uint64 `protobuf:"varint,2,opt,name=write_requests,json=writeRequests,proto3" json:"write_requests,omitempty"`
+	ReadBytes     uint64 `protobuf:"varint,3,opt,name=read_bytes,json=readBytes,proto3" json:"read_bytes,omitempty"`
+	WriteBytes    uint64 `protobuf:"varint,4,opt,name=write_bytes,json=writeBytes,proto3" json:"write_bytes,omitempty"`
+	// out_of_requests counts the times the guest's ring held more requests
+	// than blkback had free slots for (blkback counts no errors).
+	OutOfRequests uint64 `protobuf:"varint,5,opt,name=out_of_requests,json=outOfRequests,proto3" json:"out_of_requests,omitempty"`
+	// A NIC's, from the guest's point of view: rx is what the guest
+	// received, tx what it sent.
+	RxBytes       uint64 `protobuf:"varint,6,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	TxBytes       uint64 `protobuf:"varint,7,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	RxPackets     uint64 `protobuf:"varint,8,opt,name=rx_packets,json=rxPackets,proto3" json:"rx_packets,omitempty"`
+	TxPackets     uint64 `protobuf:"varint,9,opt,name=tx_packets,json=txPackets,proto3" json:"tx_packets,omitempty"`
+	RxErrors      uint64 `protobuf:"varint,10,opt,name=rx_errors,json=rxErrors,proto3" json:"rx_errors,omitempty"`
+	TxErrors      uint64 `protobuf:"varint,11,opt,name=tx_errors,json=txErrors,proto3" json:"tx_errors,omitempty"`
+	RxDrops       uint64 `protobuf:"varint,12,opt,name=rx_drops,json=rxDrops,proto3" json:"rx_drops,omitempty"`
+	TxDrops       uint64 `protobuf:"varint,13,opt,name=tx_drops,json=txDrops,proto3" json:"tx_drops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceCounters) Reset() {
+	*x = DeviceCounters{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceCounters) ProtoMessage() {}
+
+func (x *DeviceCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceCounters.ProtoReflect.Descriptor instead.
+func (*DeviceCounters) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DeviceCounters) GetReadRequests() uint64 {
+	if x != nil {
+		return x.ReadRequests
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetWriteRequests() uint64 {
+	if x != nil {
+		return x.WriteRequests
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetReadBytes() uint64 {
+	if x != nil {
+		return x.ReadBytes
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetWriteBytes() uint64 {
+	if x != nil {
+		return x.WriteBytes
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetOutOfRequests() uint64 {
+	if x != nil {
+		return x.OutOfRequests
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetRxPackets() uint64 {
+	if x != nil {
+		return x.RxPackets
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetTxPackets() uint64 {
+	if x != nil {
+		return x.TxPackets
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetRxErrors() uint64 {
+	if x != nil {
+		return x.RxErrors
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetTxErrors() uint64 {
+	if x != nil {
+		return x.TxErrors
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetRxDrops() uint64 {
+	if x != nil {
+		return x.RxDrops
+	}
+	return 0
+}
+
+func (x *DeviceCounters) GetTxDrops() uint64 {
+	if x != nil {
+		return x.TxDrops
+	}
+	return 0
+}
+
 type CreateVMRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Spec  *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -920,7 +1089,7 @@ type CreateVMRequest struct {
 
 func (x *CreateVMRequest) Reset() {
 	*x = CreateVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[5]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1101,7 @@ func (x *CreateVMRequest) String() string {
 func (*CreateVMRequest) ProtoMessage() {}
 
 func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[5]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1114,7 @@ func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMRequest.ProtoReflect.Descriptor instead.
 func (*CreateVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{5}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateVMRequest) GetSpec() *VMSpec {
@@ -971,7 +1140,7 @@ type CreateVMResponse struct {
 
 func (x *CreateVMResponse) Reset() {
 	*x = CreateVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[6]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1152,7 @@ func (x *CreateVMResponse) String() string {
 func (*CreateVMResponse) ProtoMessage() {}
 
 func (x *CreateVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[6]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1165,7 @@ func (x *CreateVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMResponse.ProtoReflect.Descriptor instead.
 func (*CreateVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{6}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateVMResponse) GetVm() *VM {
@@ -1016,7 +1185,7 @@ type GetVMRequest struct {
 
 func (x *GetVMRequest) Reset() {
 	*x = GetVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[7]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1197,7 @@ func (x *GetVMRequest) String() string {
 func (*GetVMRequest) ProtoMessage() {}
 
 func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[7]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1210,7 @@ func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
 func (*GetVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{7}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetVMRequest) GetId() string {
@@ -1060,7 +1229,7 @@ type GetVMResponse struct {
 
 func (x *GetVMResponse) Reset() {
 	*x = GetVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[8]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1241,7 @@ func (x *GetVMResponse) String() string {
 func (*GetVMResponse) ProtoMessage() {}
 
 func (x *GetVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[8]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1254,7 @@ func (x *GetVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMResponse.ProtoReflect.Descriptor instead.
 func (*GetVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{8}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetVMResponse) GetVm() *VM {
@@ -1111,7 +1280,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[9]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1292,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[9]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1305,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{9}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListVMsRequest) GetPageSize() int32 {
@@ -1166,7 +1335,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[10]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1347,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[10]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1360,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{10}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -1226,7 +1395,7 @@ type UpdateVMRequest struct {
 
 func (x *UpdateVMRequest) Reset() {
 	*x = UpdateVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[11]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1407,7 @@ func (x *UpdateVMRequest) String() string {
 func (*UpdateVMRequest) ProtoMessage() {}
 
 func (x *UpdateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[11]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1420,7 @@ func (x *UpdateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateVMRequest.ProtoReflect.Descriptor instead.
 func (*UpdateVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{11}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateVMRequest) GetId() string {
@@ -1277,7 +1446,7 @@ type UpdateVMResponse struct {
 
 func (x *UpdateVMResponse) Reset() {
 	*x = UpdateVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[12]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1458,7 @@ func (x *UpdateVMResponse) String() string {
 func (*UpdateVMResponse) ProtoMessage() {}
 
 func (x *UpdateVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[12]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1471,7 @@ func (x *UpdateVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateVMResponse.ProtoReflect.Descriptor instead.
 func (*UpdateVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{12}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateVMResponse) GetVm() *VM {
@@ -1322,7 +1491,7 @@ type DeleteVMRequest struct {
 
 func (x *DeleteVMRequest) Reset() {
 	*x = DeleteVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[13]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1503,7 @@ func (x *DeleteVMRequest) String() string {
 func (*DeleteVMRequest) ProtoMessage() {}
 
 func (x *DeleteVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[13]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1516,7 @@ func (x *DeleteVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVMRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{13}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteVMRequest) GetId() string {
@@ -1365,7 +1534,7 @@ type DeleteVMResponse struct {
 
 func (x *DeleteVMResponse) Reset() {
 	*x = DeleteVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[14]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1546,7 @@ func (x *DeleteVMResponse) String() string {
 func (*DeleteVMResponse) ProtoMessage() {}
 
 func (x *DeleteVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[14]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1559,7 @@ func (x *DeleteVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVMResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{14}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{15}
 }
 
 type StartVMRequest struct {
@@ -1407,7 +1576,7 @@ type StartVMRequest struct {
 
 func (x *StartVMRequest) Reset() {
 	*x = StartVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[15]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1588,7 @@ func (x *StartVMRequest) String() string {
 func (*StartVMRequest) ProtoMessage() {}
 
 func (x *StartVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[15]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1601,7 @@ func (x *StartVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVMRequest.ProtoReflect.Descriptor instead.
 func (*StartVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{15}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartVMRequest) GetId() string {
@@ -1465,7 +1634,7 @@ type StartVMResponse struct {
 
 func (x *StartVMResponse) Reset() {
 	*x = StartVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[16]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1646,7 @@ func (x *StartVMResponse) String() string {
 func (*StartVMResponse) ProtoMessage() {}
 
 func (x *StartVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[16]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1659,7 @@ func (x *StartVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVMResponse.ProtoReflect.Descriptor instead.
 func (*StartVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{16}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartVMResponse) GetTask() *Task {
@@ -1510,7 +1679,7 @@ type PauseVMRequest struct {
 
 func (x *PauseVMRequest) Reset() {
 	*x = PauseVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[17]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1691,7 @@ func (x *PauseVMRequest) String() string {
 func (*PauseVMRequest) ProtoMessage() {}
 
 func (x *PauseVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[17]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1704,7 @@ func (x *PauseVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseVMRequest.ProtoReflect.Descriptor instead.
 func (*PauseVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{17}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PauseVMRequest) GetId() string {
@@ -1561,7 +1730,7 @@ type PauseVMResponse struct {
 
 func (x *PauseVMResponse) Reset() {
 	*x = PauseVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[18]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1573,7 +1742,7 @@ func (x *PauseVMResponse) String() string {
 func (*PauseVMResponse) ProtoMessage() {}
 
 func (x *PauseVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[18]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1586,7 +1755,7 @@ func (x *PauseVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseVMResponse.ProtoReflect.Descriptor instead.
 func (*PauseVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{18}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PauseVMResponse) GetTask() *Task {
@@ -1606,7 +1775,7 @@ type UnpauseVMRequest struct {
 
 func (x *UnpauseVMRequest) Reset() {
 	*x = UnpauseVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[19]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1787,7 @@ func (x *UnpauseVMRequest) String() string {
 func (*UnpauseVMRequest) ProtoMessage() {}
 
 func (x *UnpauseVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[19]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1800,7 @@ func (x *UnpauseVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpauseVMRequest.ProtoReflect.Descriptor instead.
 func (*UnpauseVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{19}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UnpauseVMRequest) GetId() string {
@@ -1657,7 +1826,7 @@ type UnpauseVMResponse struct {
 
 func (x *UnpauseVMResponse) Reset() {
 	*x = UnpauseVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[20]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1838,7 @@ func (x *UnpauseVMResponse) String() string {
 func (*UnpauseVMResponse) ProtoMessage() {}
 
 func (x *UnpauseVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[20]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1851,7 @@ func (x *UnpauseVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpauseVMResponse.ProtoReflect.Descriptor instead.
 func (*UnpauseVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{20}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UnpauseVMResponse) GetTask() *Task {
@@ -1708,7 +1877,7 @@ type ShutdownVMRequest struct {
 
 func (x *ShutdownVMRequest) Reset() {
 	*x = ShutdownVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[21]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1889,7 @@ func (x *ShutdownVMRequest) String() string {
 func (*ShutdownVMRequest) ProtoMessage() {}
 
 func (x *ShutdownVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[21]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1902,7 @@ func (x *ShutdownVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownVMRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{21}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ShutdownVMRequest) GetId() string {
@@ -1773,7 +1942,7 @@ type ShutdownVMResponse struct {
 
 func (x *ShutdownVMResponse) Reset() {
 	*x = ShutdownVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[22]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +1954,7 @@ func (x *ShutdownVMResponse) String() string {
 func (*ShutdownVMResponse) ProtoMessage() {}
 
 func (x *ShutdownVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[22]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +1967,7 @@ func (x *ShutdownVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownVMResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{22}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ShutdownVMResponse) GetTask() *Task {
@@ -1823,7 +1992,7 @@ type RebootVMRequest struct {
 
 func (x *RebootVMRequest) Reset() {
 	*x = RebootVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[23]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1835,7 +2004,7 @@ func (x *RebootVMRequest) String() string {
 func (*RebootVMRequest) ProtoMessage() {}
 
 func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[23]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1848,7 +2017,7 @@ func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMRequest.ProtoReflect.Descriptor instead.
 func (*RebootVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{23}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RebootVMRequest) GetId() string {
@@ -1888,7 +2057,7 @@ type RebootVMResponse struct {
 
 func (x *RebootVMResponse) Reset() {
 	*x = RebootVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2069,7 @@ func (x *RebootVMResponse) String() string {
 func (*RebootVMResponse) ProtoMessage() {}
 
 func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2082,7 @@ func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMResponse.ProtoReflect.Descriptor instead.
 func (*RebootVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{24}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RebootVMResponse) GetTask() *Task {
@@ -1933,7 +2102,7 @@ type DestroyVMRequest struct {
 
 func (x *DestroyVMRequest) Reset() {
 	*x = DestroyVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2114,7 @@ func (x *DestroyVMRequest) String() string {
 func (*DestroyVMRequest) ProtoMessage() {}
 
 func (x *DestroyVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2127,7 @@ func (x *DestroyVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyVMRequest.ProtoReflect.Descriptor instead.
 func (*DestroyVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{25}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DestroyVMRequest) GetId() string {
@@ -1984,7 +2153,7 @@ type DestroyVMResponse struct {
 
 func (x *DestroyVMResponse) Reset() {
 	*x = DestroyVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2165,7 @@ func (x *DestroyVMResponse) String() string {
 func (*DestroyVMResponse) ProtoMessage() {}
 
 func (x *DestroyVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2178,7 @@ func (x *DestroyVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyVMResponse.ProtoReflect.Descriptor instead.
 func (*DestroyVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{26}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DestroyVMResponse) GetTask() *Task {
@@ -2031,7 +2200,7 @@ type AddDiskRequest struct {
 
 func (x *AddDiskRequest) Reset() {
 	*x = AddDiskRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2212,7 @@ func (x *AddDiskRequest) String() string {
 func (*AddDiskRequest) ProtoMessage() {}
 
 func (x *AddDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2225,7 @@ func (x *AddDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDiskRequest.ProtoReflect.Descriptor instead.
 func (*AddDiskRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{27}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AddDiskRequest) GetId() string {
@@ -2089,7 +2258,7 @@ type AddDiskResponse struct {
 
 func (x *AddDiskResponse) Reset() {
 	*x = AddDiskResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2101,7 +2270,7 @@ func (x *AddDiskResponse) String() string {
 func (*AddDiskResponse) ProtoMessage() {}
 
 func (x *AddDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2114,7 +2283,7 @@ func (x *AddDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDiskResponse.ProtoReflect.Descriptor instead.
 func (*AddDiskResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{28}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AddDiskResponse) GetTask() *Task {
@@ -2138,7 +2307,7 @@ type RemoveDiskRequest struct {
 
 func (x *RemoveDiskRequest) Reset() {
 	*x = RemoveDiskRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2319,7 @@ func (x *RemoveDiskRequest) String() string {
 func (*RemoveDiskRequest) ProtoMessage() {}
 
 func (x *RemoveDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2332,7 @@ func (x *RemoveDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveDiskRequest.ProtoReflect.Descriptor instead.
 func (*RemoveDiskRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{29}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RemoveDiskRequest) GetId() string {
@@ -2203,7 +2372,7 @@ type RemoveDiskResponse struct {
 
 func (x *RemoveDiskResponse) Reset() {
 	*x = RemoveDiskResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2215,7 +2384,7 @@ func (x *RemoveDiskResponse) String() string {
 func (*RemoveDiskResponse) ProtoMessage() {}
 
 func (x *RemoveDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2228,7 +2397,7 @@ func (x *RemoveDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveDiskResponse.ProtoReflect.Descriptor instead.
 func (*RemoveDiskResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{30}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RemoveDiskResponse) GetTask() *Task {
@@ -2249,7 +2418,7 @@ type AddNICRequest struct {
 
 func (x *AddNICRequest) Reset() {
 	*x = AddNICRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2430,7 @@ func (x *AddNICRequest) String() string {
 func (*AddNICRequest) ProtoMessage() {}
 
 func (x *AddNICRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2443,7 @@ func (x *AddNICRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNICRequest.ProtoReflect.Descriptor instead.
 func (*AddNICRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{31}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AddNICRequest) GetId() string {
@@ -2307,7 +2476,7 @@ type AddNICResponse struct {
 
 func (x *AddNICResponse) Reset() {
 	*x = AddNICResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2488,7 @@ func (x *AddNICResponse) String() string {
 func (*AddNICResponse) ProtoMessage() {}
 
 func (x *AddNICResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2501,7 @@ func (x *AddNICResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNICResponse.ProtoReflect.Descriptor instead.
 func (*AddNICResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{32}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AddNICResponse) GetTask() *Task {
@@ -2355,7 +2524,7 @@ type RemoveNICRequest struct {
 
 func (x *RemoveNICRequest) Reset() {
 	*x = RemoveNICRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2536,7 @@ func (x *RemoveNICRequest) String() string {
 func (*RemoveNICRequest) ProtoMessage() {}
 
 func (x *RemoveNICRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2549,7 @@ func (x *RemoveNICRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNICRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNICRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{33}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RemoveNICRequest) GetId() string {
@@ -2420,7 +2589,7 @@ type RemoveNICResponse struct {
 
 func (x *RemoveNICResponse) Reset() {
 	*x = RemoveNICResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2432,7 +2601,7 @@ func (x *RemoveNICResponse) String() string {
 func (*RemoveNICResponse) ProtoMessage() {}
 
 func (x *RemoveNICResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2445,7 +2614,7 @@ func (x *RemoveNICResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNICResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNICResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{34}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RemoveNICResponse) GetTask() *Task {
@@ -2474,7 +2643,7 @@ type StreamConsoleRequest struct {
 
 func (x *StreamConsoleRequest) Reset() {
 	*x = StreamConsoleRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2486,7 +2655,7 @@ func (x *StreamConsoleRequest) String() string {
 func (*StreamConsoleRequest) ProtoMessage() {}
 
 func (x *StreamConsoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2499,7 +2668,7 @@ func (x *StreamConsoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConsoleRequest.ProtoReflect.Descriptor instead.
 func (*StreamConsoleRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{35}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StreamConsoleRequest) GetId() string {
@@ -2547,7 +2716,7 @@ type StreamConsoleResponse struct {
 
 func (x *StreamConsoleResponse) Reset() {
 	*x = StreamConsoleResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2559,7 +2728,7 @@ func (x *StreamConsoleResponse) String() string {
 func (*StreamConsoleResponse) ProtoMessage() {}
 
 func (x *StreamConsoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2572,7 +2741,7 @@ func (x *StreamConsoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConsoleResponse.ProtoReflect.Descriptor instead.
 func (*StreamConsoleResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{36}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StreamConsoleResponse) GetData() []byte {
@@ -2661,7 +2830,7 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"generation\x12)\n" +
 	"\x10domain_suspended\x18\t \x01(\bR\x0fdomainSuspended\x123\n" +
 	"\adevices\x18\n" +
-	" \x03(\v2\x19.xenopsd.v1.PluggedDeviceR\adevices\"\xd9\x02\n" +
+	" \x03(\v2\x19.xenopsd.v1.PluggedDeviceR\adevices\"\xb8\x03\n" +
 	"\rPluggedDevice\x12*\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x16.xenopsd.v1.DeviceKindR\x04kind\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x14\n" +
@@ -2676,7 +2845,28 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\rbackend_state\x18\n" +
 	" \x01(\tR\fbackendState\x12%\n" +
 	"\x0efrontend_state\x18\v \x01(\tR\rfrontendState\x12\x14\n" +
-	"\x05error\x18\f \x01(\tR\x05error\"X\n" +
+	"\x05error\x18\f \x01(\tR\x05error\x126\n" +
+	"\bcounters\x18\r \x01(\v2\x1a.xenopsd.v1.DeviceCountersR\bcounters\x12%\n" +
+	"\x0ecounters_error\x18\x0e \x01(\tR\rcountersError\"\xa8\x03\n" +
+	"\x0eDeviceCounters\x12#\n" +
+	"\rread_requests\x18\x01 \x01(\x04R\freadRequests\x12%\n" +
+	"\x0ewrite_requests\x18\x02 \x01(\x04R\rwriteRequests\x12\x1d\n" +
+	"\n" +
+	"read_bytes\x18\x03 \x01(\x04R\treadBytes\x12\x1f\n" +
+	"\vwrite_bytes\x18\x04 \x01(\x04R\n" +
+	"writeBytes\x12&\n" +
+	"\x0fout_of_requests\x18\x05 \x01(\x04R\routOfRequests\x12\x19\n" +
+	"\brx_bytes\x18\x06 \x01(\x04R\arxBytes\x12\x19\n" +
+	"\btx_bytes\x18\a \x01(\x04R\atxBytes\x12\x1d\n" +
+	"\n" +
+	"rx_packets\x18\b \x01(\x04R\trxPackets\x12\x1d\n" +
+	"\n" +
+	"tx_packets\x18\t \x01(\x04R\ttxPackets\x12\x1b\n" +
+	"\trx_errors\x18\n" +
+	" \x01(\x04R\brxErrors\x12\x1b\n" +
+	"\ttx_errors\x18\v \x01(\x04R\btxErrors\x12\x19\n" +
+	"\brx_drops\x18\f \x01(\x04R\arxDrops\x12\x19\n" +
+	"\btx_drops\x18\r \x01(\x04R\atxDrops\"X\n" +
 	"\x0fCreateVMRequest\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.xenopsd.v1.VMSpecR\x04spec\x12\x1d\n" +
 	"\n" +
@@ -2836,7 +3026,7 @@ func file_xenopsd_v1_vm_proto_rawDescGZIP() []byte {
 }
 
 var file_xenopsd_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_xenopsd_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_xenopsd_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_xenopsd_v1_vm_proto_goTypes = []any{
 	(DomainType)(0),               // 0: xenopsd.v1.DomainType
 	(PowerState)(0),               // 1: xenopsd.v1.PowerState
@@ -2848,49 +3038,50 @@ var file_xenopsd_v1_vm_proto_goTypes = []any{
 	(*VMSpec)(nil),                // 7: xenopsd.v1.VMSpec
 	(*VM)(nil),                    // 8: xenopsd.v1.VM
 	(*PluggedDevice)(nil),         // 9: xenopsd.v1.PluggedDevice
-	(*CreateVMRequest)(nil),       // 10: xenopsd.v1.CreateVMRequest
-	(*CreateVMResponse)(nil),      // 11: xenopsd.v1.CreateVMResponse
-	(*GetVMRequest)(nil),          // 12: xenopsd.v1.GetVMRequest
-	(*GetVMResponse)(nil),         // 13: xenopsd.v1.GetVMResponse
-	(*ListVMsRequest)(nil),        // 14: xenopsd.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),       // 15: xenopsd.v1.ListVMsResponse
-	(*UpdateVMRequest)(nil),       // 16: xenopsd.v1.UpdateVMRequest
-	(*UpdateVMResponse)(nil),      // 17: xenopsd.v1.UpdateVMResponse
-	(*DeleteVMRequest)(nil),       // 18: xenopsd.v1.DeleteVMRequest
-	(*DeleteVMResponse)(nil),      // 19: xenopsd.v1.DeleteVMResponse
-	(*StartVMRequest)(nil),        // 20: xenopsd.v1.StartVMRequest
-	(*StartVMResponse)(nil),       // 21: xenopsd.v1.StartVMResponse
-	(*PauseVMRequest)(nil),        // 22: xenopsd.v1.PauseVMRequest
-	(*PauseVMResponse)(nil),       // 23: xenopsd.v1.PauseVMResponse
-	(*UnpauseVMRequest)(nil),      // 24: xenopsd.v1.UnpauseVMRequest
-	(*UnpauseVMResponse)(nil),     // 25: xenopsd.v1.UnpauseVMResponse
-	(*ShutdownVMRequest)(nil),     // 26: xenopsd.v1.ShutdownVMRequest
-	(*ShutdownVMResponse)(nil),    // 27: xenopsd.v1.ShutdownVMResponse
-	(*RebootVMRequest)(nil),       // 28: xenopsd.v1.RebootVMRequest
-	(*RebootVMResponse)(nil),      // 29: xenopsd.v1.RebootVMResponse
-	(*DestroyVMRequest)(nil),      // 30: xenopsd.v1.DestroyVMRequest
-	(*DestroyVMResponse)(nil),     // 31: xenopsd.v1.DestroyVMResponse
-	(*AddDiskRequest)(nil),        // 32: xenopsd.v1.AddDiskRequest
-	(*AddDiskResponse)(nil),       // 33: xenopsd.v1.AddDiskResponse
-	(*RemoveDiskRequest)(nil),     // 34: xenopsd.v1.RemoveDiskRequest
-	(*RemoveDiskResponse)(nil),    // 35: xenopsd.v1.RemoveDiskResponse
-	(*AddNICRequest)(nil),         // 36: xenopsd.v1.AddNICRequest
-	(*AddNICResponse)(nil),        // 37: xenopsd.v1.AddNICResponse
-	(*RemoveNICRequest)(nil),      // 38: xenopsd.v1.RemoveNICRequest
-	(*RemoveNICResponse)(nil),     // 39: xenopsd.v1.RemoveNICResponse
-	(*StreamConsoleRequest)(nil),  // 40: xenopsd.v1.StreamConsoleRequest
-	(*StreamConsoleResponse)(nil), // 41: xenopsd.v1.StreamConsoleResponse
-	nil,                           // 42: xenopsd.v1.VMSpec.PlatformEntry
-	nil,                           // 43: xenopsd.v1.VMSpec.XenstoreDataEntry
-	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
-	(*Task)(nil),                  // 45: xenopsd.v1.Task
-	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
+	(*DeviceCounters)(nil),        // 10: xenopsd.v1.DeviceCounters
+	(*CreateVMRequest)(nil),       // 11: xenopsd.v1.CreateVMRequest
+	(*CreateVMResponse)(nil),      // 12: xenopsd.v1.CreateVMResponse
+	(*GetVMRequest)(nil),          // 13: xenopsd.v1.GetVMRequest
+	(*GetVMResponse)(nil),         // 14: xenopsd.v1.GetVMResponse
+	(*ListVMsRequest)(nil),        // 15: xenopsd.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),       // 16: xenopsd.v1.ListVMsResponse
+	(*UpdateVMRequest)(nil),       // 17: xenopsd.v1.UpdateVMRequest
+	(*UpdateVMResponse)(nil),      // 18: xenopsd.v1.UpdateVMResponse
+	(*DeleteVMRequest)(nil),       // 19: xenopsd.v1.DeleteVMRequest
+	(*DeleteVMResponse)(nil),      // 20: xenopsd.v1.DeleteVMResponse
+	(*StartVMRequest)(nil),        // 21: xenopsd.v1.StartVMRequest
+	(*StartVMResponse)(nil),       // 22: xenopsd.v1.StartVMResponse
+	(*PauseVMRequest)(nil),        // 23: xenopsd.v1.PauseVMRequest
+	(*PauseVMResponse)(nil),       // 24: xenopsd.v1.PauseVMResponse
+	(*UnpauseVMRequest)(nil),      // 25: xenopsd.v1.UnpauseVMRequest
+	(*UnpauseVMResponse)(nil),     // 26: xenopsd.v1.UnpauseVMResponse
+	(*ShutdownVMRequest)(nil),     // 27: xenopsd.v1.ShutdownVMRequest
+	(*ShutdownVMResponse)(nil),    // 28: xenopsd.v1.ShutdownVMResponse
+	(*RebootVMRequest)(nil),       // 29: xenopsd.v1.RebootVMRequest
+	(*RebootVMResponse)(nil),      // 30: xenopsd.v1.RebootVMResponse
+	(*DestroyVMRequest)(nil),      // 31: xenopsd.v1.DestroyVMRequest
+	(*DestroyVMResponse)(nil),     // 32: xenopsd.v1.DestroyVMResponse
+	(*AddDiskRequest)(nil),        // 33: xenopsd.v1.AddDiskRequest
+	(*AddDiskResponse)(nil),       // 34: xenopsd.v1.AddDiskResponse
+	(*RemoveDiskRequest)(nil),     // 35: xenopsd.v1.RemoveDiskRequest
+	(*RemoveDiskResponse)(nil),    // 36: xenopsd.v1.RemoveDiskResponse
+	(*AddNICRequest)(nil),         // 37: xenopsd.v1.AddNICRequest
+	(*AddNICResponse)(nil),        // 38: xenopsd.v1.AddNICResponse
+	(*RemoveNICRequest)(nil),      // 39: xenopsd.v1.RemoveNICRequest
+	(*RemoveNICResponse)(nil),     // 40: xenopsd.v1.RemoveNICResponse
+	(*StreamConsoleRequest)(nil),  // 41: xenopsd.v1.StreamConsoleRequest
+	(*StreamConsoleResponse)(nil), // 42: xenopsd.v1.StreamConsoleResponse
+	nil,                           // 43: xenopsd.v1.VMSpec.PlatformEntry
+	nil,                           // 44: xenopsd.v1.VMSpec.XenstoreDataEntry
+	(*timestamppb.Timestamp)(nil), // 45: google.protobuf.Timestamp
+	(*Task)(nil),                  // 46: xenopsd.v1.Task
+	(*durationpb.Duration)(nil),   // 47: google.protobuf.Duration
 }
 var file_xenopsd_v1_vm_proto_depIdxs = []int32{
 	3,  // 0: xenopsd.v1.Disk.mode:type_name -> xenopsd.v1.DiskMode
 	0,  // 1: xenopsd.v1.VMSpec.type:type_name -> xenopsd.v1.DomainType
-	42, // 2: xenopsd.v1.VMSpec.platform:type_name -> xenopsd.v1.VMSpec.PlatformEntry
-	43, // 3: xenopsd.v1.VMSpec.xenstore_data:type_name -> xenopsd.v1.VMSpec.XenstoreDataEntry
+	43, // 2: xenopsd.v1.VMSpec.platform:type_name -> xenopsd.v1.VMSpec.PlatformEntry
+	44, // 3: xenopsd.v1.VMSpec.xenstore_data:type_name -> xenopsd.v1.VMSpec.XenstoreDataEntry
 	2,  // 4: xenopsd.v1.VMSpec.on_poweroff:type_name -> xenopsd.v1.LifecycleAction
 	2,  // 5: xenopsd.v1.VMSpec.on_reboot:type_name -> xenopsd.v1.LifecycleAction
 	2,  // 6: xenopsd.v1.VMSpec.on_crash:type_name -> xenopsd.v1.LifecycleAction
@@ -2898,67 +3089,68 @@ var file_xenopsd_v1_vm_proto_depIdxs = []int32{
 	6,  // 8: xenopsd.v1.VMSpec.nics:type_name -> xenopsd.v1.NIC
 	7,  // 9: xenopsd.v1.VM.spec:type_name -> xenopsd.v1.VMSpec
 	1,  // 10: xenopsd.v1.VM.power_state:type_name -> xenopsd.v1.PowerState
-	44, // 11: xenopsd.v1.VM.create_time:type_name -> google.protobuf.Timestamp
-	44, // 12: xenopsd.v1.VM.update_time:type_name -> google.protobuf.Timestamp
+	45, // 11: xenopsd.v1.VM.create_time:type_name -> google.protobuf.Timestamp
+	45, // 12: xenopsd.v1.VM.update_time:type_name -> google.protobuf.Timestamp
 	9,  // 13: xenopsd.v1.VM.devices:type_name -> xenopsd.v1.PluggedDevice
 	4,  // 14: xenopsd.v1.PluggedDevice.kind:type_name -> xenopsd.v1.DeviceKind
-	7,  // 15: xenopsd.v1.CreateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
-	8,  // 16: xenopsd.v1.CreateVMResponse.vm:type_name -> xenopsd.v1.VM
-	8,  // 17: xenopsd.v1.GetVMResponse.vm:type_name -> xenopsd.v1.VM
-	8,  // 18: xenopsd.v1.ListVMsResponse.vms:type_name -> xenopsd.v1.VM
-	7,  // 19: xenopsd.v1.UpdateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
-	8,  // 20: xenopsd.v1.UpdateVMResponse.vm:type_name -> xenopsd.v1.VM
-	45, // 21: xenopsd.v1.StartVMResponse.task:type_name -> xenopsd.v1.Task
-	45, // 22: xenopsd.v1.PauseVMResponse.task:type_name -> xenopsd.v1.Task
-	45, // 23: xenopsd.v1.UnpauseVMResponse.task:type_name -> xenopsd.v1.Task
-	46, // 24: xenopsd.v1.ShutdownVMRequest.timeout:type_name -> google.protobuf.Duration
-	45, // 25: xenopsd.v1.ShutdownVMResponse.task:type_name -> xenopsd.v1.Task
-	46, // 26: xenopsd.v1.RebootVMRequest.timeout:type_name -> google.protobuf.Duration
-	45, // 27: xenopsd.v1.RebootVMResponse.task:type_name -> xenopsd.v1.Task
-	45, // 28: xenopsd.v1.DestroyVMResponse.task:type_name -> xenopsd.v1.Task
-	5,  // 29: xenopsd.v1.AddDiskRequest.disk:type_name -> xenopsd.v1.Disk
-	45, // 30: xenopsd.v1.AddDiskResponse.task:type_name -> xenopsd.v1.Task
-	45, // 31: xenopsd.v1.RemoveDiskResponse.task:type_name -> xenopsd.v1.Task
-	6,  // 32: xenopsd.v1.AddNICRequest.nic:type_name -> xenopsd.v1.NIC
-	45, // 33: xenopsd.v1.AddNICResponse.task:type_name -> xenopsd.v1.Task
-	45, // 34: xenopsd.v1.RemoveNICResponse.task:type_name -> xenopsd.v1.Task
-	10, // 35: xenopsd.v1.VMService.CreateVM:input_type -> xenopsd.v1.CreateVMRequest
-	12, // 36: xenopsd.v1.VMService.GetVM:input_type -> xenopsd.v1.GetVMRequest
-	14, // 37: xenopsd.v1.VMService.ListVMs:input_type -> xenopsd.v1.ListVMsRequest
-	16, // 38: xenopsd.v1.VMService.UpdateVM:input_type -> xenopsd.v1.UpdateVMRequest
-	18, // 39: xenopsd.v1.VMService.DeleteVM:input_type -> xenopsd.v1.DeleteVMRequest
-	20, // 40: xenopsd.v1.VMService.StartVM:input_type -> xenopsd.v1.StartVMRequest
-	22, // 41: xenopsd.v1.VMService.PauseVM:input_type -> xenopsd.v1.PauseVMRequest
-	24, // 42: xenopsd.v1.VMService.UnpauseVM:input_type -> xenopsd.v1.UnpauseVMRequest
-	26, // 43: xenopsd.v1.VMService.ShutdownVM:input_type -> xenopsd.v1.ShutdownVMRequest
-	28, // 44: xenopsd.v1.VMService.RebootVM:input_type -> xenopsd.v1.RebootVMRequest
-	30, // 45: xenopsd.v1.VMService.DestroyVM:input_type -> xenopsd.v1.DestroyVMRequest
-	40, // 46: xenopsd.v1.VMService.StreamConsole:input_type -> xenopsd.v1.StreamConsoleRequest
-	32, // 47: xenopsd.v1.VMService.AddDisk:input_type -> xenopsd.v1.AddDiskRequest
-	34, // 48: xenopsd.v1.VMService.RemoveDisk:input_type -> xenopsd.v1.RemoveDiskRequest
-	36, // 49: xenopsd.v1.VMService.AddNIC:input_type -> xenopsd.v1.AddNICRequest
-	38, // 50: xenopsd.v1.VMService.RemoveNIC:input_type -> xenopsd.v1.RemoveNICRequest
-	11, // 51: xenopsd.v1.VMService.CreateVM:output_type -> xenopsd.v1.CreateVMResponse
-	13, // 52: xenopsd.v1.VMService.GetVM:output_type -> xenopsd.v1.GetVMResponse
-	15, // 53: xenopsd.v1.VMService.ListVMs:output_type -> xenopsd.v1.ListVMsResponse
-	17, // 54: xenopsd.v1.VMService.UpdateVM:output_type -> xenopsd.v1.UpdateVMResponse
-	19, // 55: xenopsd.v1.VMService.DeleteVM:output_type -> xenopsd.v1.DeleteVMResponse
-	21, // 56: xenopsd.v1.VMService.StartVM:output_type -> xenopsd.v1.StartVMResponse
-	23, // 57: xenopsd.v1.VMService.PauseVM:output_type -> xenopsd.v1.PauseVMResponse
-	25, // 58: xenopsd.v1.VMService.UnpauseVM:output_type -> xenopsd.v1.UnpauseVMResponse
-	27, // 59: xenopsd.v1.VMService.ShutdownVM:output_type -> xenopsd.v1.ShutdownVMResponse
-	29, // 60: xenopsd.v1.VMService.RebootVM:output_type -> xenopsd.v1.RebootVMResponse
-	31, // 61: xenopsd.v1.VMService.DestroyVM:output_type -> xenopsd.v1.DestroyVMResponse
-	41, // 62: xenopsd.v1.VMService.StreamConsole:output_type -> xenopsd.v1.StreamConsoleResponse
-	33, // 63: xenopsd.v1.VMService.AddDisk:output_type -> xenopsd.v1.AddDiskResponse
-	35, // 64: xenopsd.v1.VMService.RemoveDisk:output_type -> xenopsd.v1.RemoveDiskResponse
-	37, // 65: xenopsd.v1.VMService.AddNIC:output_type -> xenopsd.v1.AddNICResponse
-	39, // 66: xenopsd.v1.VMService.RemoveNIC:output_type -> xenopsd.v1.RemoveNICResponse
-	51, // [51:67] is the sub-list for method output_type
-	35, // [35:51] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	10, // 15: xenopsd.v1.PluggedDevice.counters:type_name -> xenopsd.v1.DeviceCounters
+	7,  // 16: xenopsd.v1.CreateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
+	8,  // 17: xenopsd.v1.CreateVMResponse.vm:type_name -> xenopsd.v1.VM
+	8,  // 18: xenopsd.v1.GetVMResponse.vm:type_name -> xenopsd.v1.VM
+	8,  // 19: xenopsd.v1.ListVMsResponse.vms:type_name -> xenopsd.v1.VM
+	7,  // 20: xenopsd.v1.UpdateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
+	8,  // 21: xenopsd.v1.UpdateVMResponse.vm:type_name -> xenopsd.v1.VM
+	46, // 22: xenopsd.v1.StartVMResponse.task:type_name -> xenopsd.v1.Task
+	46, // 23: xenopsd.v1.PauseVMResponse.task:type_name -> xenopsd.v1.Task
+	46, // 24: xenopsd.v1.UnpauseVMResponse.task:type_name -> xenopsd.v1.Task
+	47, // 25: xenopsd.v1.ShutdownVMRequest.timeout:type_name -> google.protobuf.Duration
+	46, // 26: xenopsd.v1.ShutdownVMResponse.task:type_name -> xenopsd.v1.Task
+	47, // 27: xenopsd.v1.RebootVMRequest.timeout:type_name -> google.protobuf.Duration
+	46, // 28: xenopsd.v1.RebootVMResponse.task:type_name -> xenopsd.v1.Task
+	46, // 29: xenopsd.v1.DestroyVMResponse.task:type_name -> xenopsd.v1.Task
+	5,  // 30: xenopsd.v1.AddDiskRequest.disk:type_name -> xenopsd.v1.Disk
+	46, // 31: xenopsd.v1.AddDiskResponse.task:type_name -> xenopsd.v1.Task
+	46, // 32: xenopsd.v1.RemoveDiskResponse.task:type_name -> xenopsd.v1.Task
+	6,  // 33: xenopsd.v1.AddNICRequest.nic:type_name -> xenopsd.v1.NIC
+	46, // 34: xenopsd.v1.AddNICResponse.task:type_name -> xenopsd.v1.Task
+	46, // 35: xenopsd.v1.RemoveNICResponse.task:type_name -> xenopsd.v1.Task
+	11, // 36: xenopsd.v1.VMService.CreateVM:input_type -> xenopsd.v1.CreateVMRequest
+	13, // 37: xenopsd.v1.VMService.GetVM:input_type -> xenopsd.v1.GetVMRequest
+	15, // 38: xenopsd.v1.VMService.ListVMs:input_type -> xenopsd.v1.ListVMsRequest
+	17, // 39: xenopsd.v1.VMService.UpdateVM:input_type -> xenopsd.v1.UpdateVMRequest
+	19, // 40: xenopsd.v1.VMService.DeleteVM:input_type -> xenopsd.v1.DeleteVMRequest
+	21, // 41: xenopsd.v1.VMService.StartVM:input_type -> xenopsd.v1.StartVMRequest
+	23, // 42: xenopsd.v1.VMService.PauseVM:input_type -> xenopsd.v1.PauseVMRequest
+	25, // 43: xenopsd.v1.VMService.UnpauseVM:input_type -> xenopsd.v1.UnpauseVMRequest
+	27, // 44: xenopsd.v1.VMService.ShutdownVM:input_type -> xenopsd.v1.ShutdownVMRequest
+	29, // 45: xenopsd.v1.VMService.RebootVM:input_type -> xenopsd.v1.RebootVMRequest
+	31, // 46: xenopsd.v1.VMService.DestroyVM:input_type -> xenopsd.v1.DestroyVMRequest
+	41, // 47: xenopsd.v1.VMService.StreamConsole:input_type -> xenopsd.v1.StreamConsoleRequest
+	33, // 48: xenopsd.v1.VMService.AddDisk:input_type -> xenopsd.v1.AddDiskRequest
+	35, // 49: xenopsd.v1.VMService.RemoveDisk:input_type -> xenopsd.v1.RemoveDiskRequest
+	37, // 50: xenopsd.v1.VMService.AddNIC:input_type -> xenopsd.v1.AddNICRequest
+	39, // 51: xenopsd.v1.VMService.RemoveNIC:input_type -> xenopsd.v1.RemoveNICRequest
+	12, // 52: xenopsd.v1.VMService.CreateVM:output_type -> xenopsd.v1.CreateVMResponse
+	14, // 53: xenopsd.v1.VMService.GetVM:output_type -> xenopsd.v1.GetVMResponse
+	16, // 54: xenopsd.v1.VMService.ListVMs:output_type -> xenopsd.v1.ListVMsResponse
+	18, // 55: xenopsd.v1.VMService.UpdateVM:output_type -> xenopsd.v1.UpdateVMResponse
+	20, // 56: xenopsd.v1.VMService.DeleteVM:output_type -> xenopsd.v1.DeleteVMResponse
+	22, // 57: xenopsd.v1.VMService.StartVM:output_type -> xenopsd.v1.StartVMResponse
+	24, // 58: xenopsd.v1.VMService.PauseVM:output_type -> xenopsd.v1.PauseVMResponse
+	26, // 59: xenopsd.v1.VMService.UnpauseVM:output_type -> xenopsd.v1.UnpauseVMResponse
+	28, // 60: xenopsd.v1.VMService.ShutdownVM:output_type -> xenopsd.v1.ShutdownVMResponse
+	30, // 61: xenopsd.v1.VMService.RebootVM:output_type -> xenopsd.v1.RebootVMResponse
+	32, // 62: xenopsd.v1.VMService.DestroyVM:output_type -> xenopsd.v1.DestroyVMResponse
+	42, // 63: xenopsd.v1.VMService.StreamConsole:output_type -> xenopsd.v1.StreamConsoleResponse
+	34, // 64: xenopsd.v1.VMService.AddDisk:output_type -> xenopsd.v1.AddDiskResponse
+	36, // 65: xenopsd.v1.VMService.RemoveDisk:output_type -> xenopsd.v1.RemoveDiskResponse
+	38, // 66: xenopsd.v1.VMService.AddNIC:output_type -> xenopsd.v1.AddNICResponse
+	40, // 67: xenopsd.v1.VMService.RemoveNIC:output_type -> xenopsd.v1.RemoveNICResponse
+	52, // [52:68] is the sub-list for method output_type
+	36, // [36:52] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_xenopsd_v1_vm_proto_init() }
@@ -2973,7 +3165,7 @@ func file_xenopsd_v1_vm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_v1_vm_proto_rawDesc), len(file_xenopsd_v1_vm_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

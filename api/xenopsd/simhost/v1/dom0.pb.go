@@ -869,6 +869,218 @@ func (x *Dom0StateResponse) GetBridges() []string {
 	return nil
 }
 
+type DeviceCountersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// kind is "vbd" or "vif".
+	Kind  string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Domid uint32 `protobuf:"varint,2,opt,name=domid,proto3" json:"domid,omitempty"`
+	// devid is the vbd's virtual device number (unused for a vif).
+	Devid uint32 `protobuf:"varint,3,opt,name=devid,proto3" json:"devid,omitempty"`
+	// vif is netback's interface, vif<domid>.<devid> (unused for a vbd).
+	Vif           string `protobuf:"bytes,4,opt,name=vif,proto3" json:"vif,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceCountersRequest) Reset() {
+	*x = DeviceCountersRequest{}
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceCountersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceCountersRequest) ProtoMessage() {}
+
+func (x *DeviceCountersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceCountersRequest.ProtoReflect.Descriptor instead.
+func (*DeviceCountersRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeviceCountersRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DeviceCountersRequest) GetDomid() uint32 {
+	if x != nil {
+		return x.Domid
+	}
+	return 0
+}
+
+func (x *DeviceCountersRequest) GetDevid() uint32 {
+	if x != nil {
+		return x.Devid
+	}
+	return 0
+}
+
+func (x *DeviceCountersRequest) GetVif() string {
+	if x != nil {
+		return x.Vif
+	}
+	return ""
+}
+
+// DeviceCountersResponse is devices.Counters, field for field.
+type DeviceCountersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReadRequests  uint64                 `protobuf:"varint,1,opt,name=read_requests,json=readRequests,proto3" json:"read_requests,omitempty"`
+	WriteRequests uint64                 `protobuf:"varint,2,opt,name=write_requests,json=writeRequests,proto3" json:"write_requests,omitempty"`
+	ReadBytes     uint64                 `protobuf:"varint,3,opt,name=read_bytes,json=readBytes,proto3" json:"read_bytes,omitempty"`
+	WriteBytes    uint64                 `protobuf:"varint,4,opt,name=write_bytes,json=writeBytes,proto3" json:"write_bytes,omitempty"`
+	OutOfRequests uint64                 `protobuf:"varint,5,opt,name=out_of_requests,json=outOfRequests,proto3" json:"out_of_requests,omitempty"`
+	RxBytes       uint64                 `protobuf:"varint,6,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	TxBytes       uint64                 `protobuf:"varint,7,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	RxPackets     uint64                 `protobuf:"varint,8,opt,name=rx_packets,json=rxPackets,proto3" json:"rx_packets,omitempty"`
+	TxPackets     uint64                 `protobuf:"varint,9,opt,name=tx_packets,json=txPackets,proto3" json:"tx_packets,omitempty"`
+	RxErrors      uint64                 `protobuf:"varint,10,opt,name=rx_errors,json=rxErrors,proto3" json:"rx_errors,omitempty"`
+	TxErrors      uint64                 `protobuf:"varint,11,opt,name=tx_errors,json=txErrors,proto3" json:"tx_errors,omitempty"`
+	RxDrops       uint64                 `protobuf:"varint,12,opt,name=rx_drops,json=rxDrops,proto3" json:"rx_drops,omitempty"`
+	TxDrops       uint64                 `protobuf:"varint,13,opt,name=tx_drops,json=txDrops,proto3" json:"tx_drops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceCountersResponse) Reset() {
+	*x = DeviceCountersResponse{}
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceCountersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceCountersResponse) ProtoMessage() {}
+
+func (x *DeviceCountersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceCountersResponse.ProtoReflect.Descriptor instead.
+func (*DeviceCountersResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DeviceCountersResponse) GetReadRequests() uint64 {
+	if x != nil {
+		return x.ReadRequests
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetWriteRequests() uint64 {
+	if x != nil {
+		return x.WriteRequests
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetReadBytes() uint64 {
+	if x != nil {
+		return x.ReadBytes
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetWriteBytes() uint64 {
+	if x != nil {
+		return x.WriteBytes
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetOutOfRequests() uint64 {
+	if x != nil {
+		return x.OutOfRequests
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetRxPackets() uint64 {
+	if x != nil {
+		return x.RxPackets
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetTxPackets() uint64 {
+	if x != nil {
+		return x.TxPackets
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetRxErrors() uint64 {
+	if x != nil {
+		return x.RxErrors
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetTxErrors() uint64 {
+	if x != nil {
+		return x.TxErrors
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetRxDrops() uint64 {
+	if x != nil {
+		return x.RxDrops
+	}
+	return 0
+}
+
+func (x *DeviceCountersResponse) GetTxDrops() uint64 {
+	if x != nil {
+		return x.TxDrops
+	}
+	return 0
+}
+
 var File_xenopsd_simhost_v1_dom0_proto protoreflect.FileDescriptor
 
 const file_xenopsd_simhost_v1_dom0_proto_rawDesc = "" +
@@ -923,7 +1135,31 @@ const file_xenopsd_simhost_v1_dom0_proto_rawDesc = "" +
 	"\x11Dom0StateResponse\x124\n" +
 	"\x05loops\x18\x01 \x03(\v2\x1e.xenopsd.simhost.v1.LoopDeviceR\x05loops\x12.\n" +
 	"\x05links\x18\x02 \x03(\v2\x18.xenopsd.simhost.v1.LinkR\x05links\x12\x18\n" +
-	"\abridges\x18\x03 \x03(\tR\abridges2\x9b\x05\n" +
+	"\abridges\x18\x03 \x03(\tR\abridges\"i\n" +
+	"\x15DeviceCountersRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05domid\x18\x02 \x01(\rR\x05domid\x12\x14\n" +
+	"\x05devid\x18\x03 \x01(\rR\x05devid\x12\x10\n" +
+	"\x03vif\x18\x04 \x01(\tR\x03vif\"\xb0\x03\n" +
+	"\x16DeviceCountersResponse\x12#\n" +
+	"\rread_requests\x18\x01 \x01(\x04R\freadRequests\x12%\n" +
+	"\x0ewrite_requests\x18\x02 \x01(\x04R\rwriteRequests\x12\x1d\n" +
+	"\n" +
+	"read_bytes\x18\x03 \x01(\x04R\treadBytes\x12\x1f\n" +
+	"\vwrite_bytes\x18\x04 \x01(\x04R\n" +
+	"writeBytes\x12&\n" +
+	"\x0fout_of_requests\x18\x05 \x01(\x04R\routOfRequests\x12\x19\n" +
+	"\brx_bytes\x18\x06 \x01(\x04R\arxBytes\x12\x19\n" +
+	"\btx_bytes\x18\a \x01(\x04R\atxBytes\x12\x1d\n" +
+	"\n" +
+	"rx_packets\x18\b \x01(\x04R\trxPackets\x12\x1d\n" +
+	"\n" +
+	"tx_packets\x18\t \x01(\x04R\ttxPackets\x12\x1b\n" +
+	"\trx_errors\x18\n" +
+	" \x01(\x04R\brxErrors\x12\x1b\n" +
+	"\ttx_errors\x18\v \x01(\x04R\btxErrors\x12\x19\n" +
+	"\brx_drops\x18\f \x01(\x04R\arxDrops\x12\x19\n" +
+	"\btx_drops\x18\r \x01(\x04R\atxDrops2\x84\x06\n" +
 	"\vDom0Service\x12[\n" +
 	"\n" +
 	"AttachDisk\x12%.xenopsd.simhost.v1.AttachDiskRequest\x1a&.xenopsd.simhost.v1.AttachDiskResponse\x12U\n" +
@@ -934,7 +1170,8 @@ const file_xenopsd_simhost_v1_dom0_proto_rawDesc = "" +
 	"\n" +
 	"ConnectVIF\x12%.xenopsd.simhost.v1.ConnectVIFRequest\x1a&.xenopsd.simhost.v1.ConnectVIFResponse\x12d\n" +
 	"\rDisconnectVIF\x12(.xenopsd.simhost.v1.DisconnectVIFRequest\x1a).xenopsd.simhost.v1.DisconnectVIFResponse\x12X\n" +
-	"\tDom0State\x12$.xenopsd.simhost.v1.Dom0StateRequest\x1a%.xenopsd.simhost.v1.Dom0StateResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
+	"\tDom0State\x12$.xenopsd.simhost.v1.Dom0StateRequest\x1a%.xenopsd.simhost.v1.Dom0StateResponse\x12g\n" +
+	"\x0eDeviceCounters\x12).xenopsd.simhost.v1.DeviceCountersRequest\x1a*.xenopsd.simhost.v1.DeviceCountersResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
 
 var (
 	file_xenopsd_simhost_v1_dom0_proto_rawDescOnce sync.Once
@@ -948,25 +1185,27 @@ func file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP() []byte {
 	return file_xenopsd_simhost_v1_dom0_proto_rawDescData
 }
 
-var file_xenopsd_simhost_v1_dom0_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_xenopsd_simhost_v1_dom0_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_xenopsd_simhost_v1_dom0_proto_goTypes = []any{
-	(*DiskAttachment)(nil),        // 0: xenopsd.simhost.v1.DiskAttachment
-	(*AttachDiskRequest)(nil),     // 1: xenopsd.simhost.v1.AttachDiskRequest
-	(*AttachDiskResponse)(nil),    // 2: xenopsd.simhost.v1.AttachDiskResponse
-	(*FindDiskRequest)(nil),       // 3: xenopsd.simhost.v1.FindDiskRequest
-	(*FindDiskResponse)(nil),      // 4: xenopsd.simhost.v1.FindDiskResponse
-	(*DetachDiskRequest)(nil),     // 5: xenopsd.simhost.v1.DetachDiskRequest
-	(*DetachDiskResponse)(nil),    // 6: xenopsd.simhost.v1.DetachDiskResponse
-	(*CheckBridgeRequest)(nil),    // 7: xenopsd.simhost.v1.CheckBridgeRequest
-	(*CheckBridgeResponse)(nil),   // 8: xenopsd.simhost.v1.CheckBridgeResponse
-	(*ConnectVIFRequest)(nil),     // 9: xenopsd.simhost.v1.ConnectVIFRequest
-	(*ConnectVIFResponse)(nil),    // 10: xenopsd.simhost.v1.ConnectVIFResponse
-	(*DisconnectVIFRequest)(nil),  // 11: xenopsd.simhost.v1.DisconnectVIFRequest
-	(*DisconnectVIFResponse)(nil), // 12: xenopsd.simhost.v1.DisconnectVIFResponse
-	(*Dom0StateRequest)(nil),      // 13: xenopsd.simhost.v1.Dom0StateRequest
-	(*LoopDevice)(nil),            // 14: xenopsd.simhost.v1.LoopDevice
-	(*Link)(nil),                  // 15: xenopsd.simhost.v1.Link
-	(*Dom0StateResponse)(nil),     // 16: xenopsd.simhost.v1.Dom0StateResponse
+	(*DiskAttachment)(nil),         // 0: xenopsd.simhost.v1.DiskAttachment
+	(*AttachDiskRequest)(nil),      // 1: xenopsd.simhost.v1.AttachDiskRequest
+	(*AttachDiskResponse)(nil),     // 2: xenopsd.simhost.v1.AttachDiskResponse
+	(*FindDiskRequest)(nil),        // 3: xenopsd.simhost.v1.FindDiskRequest
+	(*FindDiskResponse)(nil),       // 4: xenopsd.simhost.v1.FindDiskResponse
+	(*DetachDiskRequest)(nil),      // 5: xenopsd.simhost.v1.DetachDiskRequest
+	(*DetachDiskResponse)(nil),     // 6: xenopsd.simhost.v1.DetachDiskResponse
+	(*CheckBridgeRequest)(nil),     // 7: xenopsd.simhost.v1.CheckBridgeRequest
+	(*CheckBridgeResponse)(nil),    // 8: xenopsd.simhost.v1.CheckBridgeResponse
+	(*ConnectVIFRequest)(nil),      // 9: xenopsd.simhost.v1.ConnectVIFRequest
+	(*ConnectVIFResponse)(nil),     // 10: xenopsd.simhost.v1.ConnectVIFResponse
+	(*DisconnectVIFRequest)(nil),   // 11: xenopsd.simhost.v1.DisconnectVIFRequest
+	(*DisconnectVIFResponse)(nil),  // 12: xenopsd.simhost.v1.DisconnectVIFResponse
+	(*Dom0StateRequest)(nil),       // 13: xenopsd.simhost.v1.Dom0StateRequest
+	(*LoopDevice)(nil),             // 14: xenopsd.simhost.v1.LoopDevice
+	(*Link)(nil),                   // 15: xenopsd.simhost.v1.Link
+	(*Dom0StateResponse)(nil),      // 16: xenopsd.simhost.v1.Dom0StateResponse
+	(*DeviceCountersRequest)(nil),  // 17: xenopsd.simhost.v1.DeviceCountersRequest
+	(*DeviceCountersResponse)(nil), // 18: xenopsd.simhost.v1.DeviceCountersResponse
 }
 var file_xenopsd_simhost_v1_dom0_proto_depIdxs = []int32{
 	0,  // 0: xenopsd.simhost.v1.AttachDiskResponse.attachment:type_name -> xenopsd.simhost.v1.DiskAttachment
@@ -981,15 +1220,17 @@ var file_xenopsd_simhost_v1_dom0_proto_depIdxs = []int32{
 	9,  // 9: xenopsd.simhost.v1.Dom0Service.ConnectVIF:input_type -> xenopsd.simhost.v1.ConnectVIFRequest
 	11, // 10: xenopsd.simhost.v1.Dom0Service.DisconnectVIF:input_type -> xenopsd.simhost.v1.DisconnectVIFRequest
 	13, // 11: xenopsd.simhost.v1.Dom0Service.Dom0State:input_type -> xenopsd.simhost.v1.Dom0StateRequest
-	2,  // 12: xenopsd.simhost.v1.Dom0Service.AttachDisk:output_type -> xenopsd.simhost.v1.AttachDiskResponse
-	4,  // 13: xenopsd.simhost.v1.Dom0Service.FindDisk:output_type -> xenopsd.simhost.v1.FindDiskResponse
-	6,  // 14: xenopsd.simhost.v1.Dom0Service.DetachDisk:output_type -> xenopsd.simhost.v1.DetachDiskResponse
-	8,  // 15: xenopsd.simhost.v1.Dom0Service.CheckBridge:output_type -> xenopsd.simhost.v1.CheckBridgeResponse
-	10, // 16: xenopsd.simhost.v1.Dom0Service.ConnectVIF:output_type -> xenopsd.simhost.v1.ConnectVIFResponse
-	12, // 17: xenopsd.simhost.v1.Dom0Service.DisconnectVIF:output_type -> xenopsd.simhost.v1.DisconnectVIFResponse
-	16, // 18: xenopsd.simhost.v1.Dom0Service.Dom0State:output_type -> xenopsd.simhost.v1.Dom0StateResponse
-	12, // [12:19] is the sub-list for method output_type
-	5,  // [5:12] is the sub-list for method input_type
+	17, // 12: xenopsd.simhost.v1.Dom0Service.DeviceCounters:input_type -> xenopsd.simhost.v1.DeviceCountersRequest
+	2,  // 13: xenopsd.simhost.v1.Dom0Service.AttachDisk:output_type -> xenopsd.simhost.v1.AttachDiskResponse
+	4,  // 14: xenopsd.simhost.v1.Dom0Service.FindDisk:output_type -> xenopsd.simhost.v1.FindDiskResponse
+	6,  // 15: xenopsd.simhost.v1.Dom0Service.DetachDisk:output_type -> xenopsd.simhost.v1.DetachDiskResponse
+	8,  // 16: xenopsd.simhost.v1.Dom0Service.CheckBridge:output_type -> xenopsd.simhost.v1.CheckBridgeResponse
+	10, // 17: xenopsd.simhost.v1.Dom0Service.ConnectVIF:output_type -> xenopsd.simhost.v1.ConnectVIFResponse
+	12, // 18: xenopsd.simhost.v1.Dom0Service.DisconnectVIF:output_type -> xenopsd.simhost.v1.DisconnectVIFResponse
+	16, // 19: xenopsd.simhost.v1.Dom0Service.Dom0State:output_type -> xenopsd.simhost.v1.Dom0StateResponse
+	18, // 20: xenopsd.simhost.v1.Dom0Service.DeviceCounters:output_type -> xenopsd.simhost.v1.DeviceCountersResponse
+	13, // [13:21] is the sub-list for method output_type
+	5,  // [5:13] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1006,7 +1247,7 @@ func file_xenopsd_simhost_v1_dom0_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_simhost_v1_dom0_proto_rawDesc), len(file_xenopsd_simhost_v1_dom0_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,13 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Dom0Service_AttachDisk_FullMethodName    = "/xenopsd.simhost.v1.Dom0Service/AttachDisk"
-	Dom0Service_FindDisk_FullMethodName      = "/xenopsd.simhost.v1.Dom0Service/FindDisk"
-	Dom0Service_DetachDisk_FullMethodName    = "/xenopsd.simhost.v1.Dom0Service/DetachDisk"
-	Dom0Service_CheckBridge_FullMethodName   = "/xenopsd.simhost.v1.Dom0Service/CheckBridge"
-	Dom0Service_ConnectVIF_FullMethodName    = "/xenopsd.simhost.v1.Dom0Service/ConnectVIF"
-	Dom0Service_DisconnectVIF_FullMethodName = "/xenopsd.simhost.v1.Dom0Service/DisconnectVIF"
-	Dom0Service_Dom0State_FullMethodName     = "/xenopsd.simhost.v1.Dom0Service/Dom0State"
+	Dom0Service_AttachDisk_FullMethodName     = "/xenopsd.simhost.v1.Dom0Service/AttachDisk"
+	Dom0Service_FindDisk_FullMethodName       = "/xenopsd.simhost.v1.Dom0Service/FindDisk"
+	Dom0Service_DetachDisk_FullMethodName     = "/xenopsd.simhost.v1.Dom0Service/DetachDisk"
+	Dom0Service_CheckBridge_FullMethodName    = "/xenopsd.simhost.v1.Dom0Service/CheckBridge"
+	Dom0Service_ConnectVIF_FullMethodName     = "/xenopsd.simhost.v1.Dom0Service/ConnectVIF"
+	Dom0Service_DisconnectVIF_FullMethodName  = "/xenopsd.simhost.v1.Dom0Service/DisconnectVIF"
+	Dom0Service_Dom0State_FullMethodName      = "/xenopsd.simhost.v1.Dom0Service/Dom0State"
+	Dom0Service_DeviceCounters_FullMethodName = "/xenopsd.simhost.v1.Dom0Service/DeviceCounters"
 )
 
 // Dom0ServiceClient is the client API for Dom0Service service.
@@ -57,6 +58,10 @@ type Dom0ServiceClient interface {
 	// Dom0State lists the loop devices, interfaces and bridges (for tests'
 	// leak checks).
 	Dom0State(ctx context.Context, in *Dom0StateRequest, opts ...grpc.CallOption) (*Dom0StateResponse, error)
+	// DeviceCounters reads a device's I/O counters as blkback's sysfs
+	// statistics or the vif's link counters show them (devices.Counters);
+	// NotFound (ENOENT) while dom0 has no such device.
+	DeviceCounters(ctx context.Context, in *DeviceCountersRequest, opts ...grpc.CallOption) (*DeviceCountersResponse, error)
 }
 
 type dom0ServiceClient struct {
@@ -137,6 +142,16 @@ func (c *dom0ServiceClient) Dom0State(ctx context.Context, in *Dom0StateRequest,
 	return out, nil
 }
 
+func (c *dom0ServiceClient) DeviceCounters(ctx context.Context, in *DeviceCountersRequest, opts ...grpc.CallOption) (*DeviceCountersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeviceCountersResponse)
+	err := c.cc.Invoke(ctx, Dom0Service_DeviceCounters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // Dom0ServiceServer is the server API for Dom0Service service.
 // All implementations must embed UnimplementedDom0ServiceServer
 // for forward compatibility.
@@ -166,6 +181,10 @@ type Dom0ServiceServer interface {
 	// Dom0State lists the loop devices, interfaces and bridges (for tests'
 	// leak checks).
 	Dom0State(context.Context, *Dom0StateRequest) (*Dom0StateResponse, error)
+	// DeviceCounters reads a device's I/O counters as blkback's sysfs
+	// statistics or the vif's link counters show them (devices.Counters);
+	// NotFound (ENOENT) while dom0 has no such device.
+	DeviceCounters(context.Context, *DeviceCountersRequest) (*DeviceCountersResponse, error)
 	mustEmbedUnimplementedDom0ServiceServer()
 }
 
@@ -196,6 +215,9 @@ func (UnimplementedDom0ServiceServer) DisconnectVIF(context.Context, *Disconnect
 }
 func (UnimplementedDom0ServiceServer) Dom0State(context.Context, *Dom0StateRequest) (*Dom0StateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Dom0State not implemented")
+}
+func (UnimplementedDom0ServiceServer) DeviceCounters(context.Context, *DeviceCountersRequest) (*DeviceCountersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeviceCounters not implemented")
 }
 func (UnimplementedDom0ServiceServer) mustEmbedUnimplementedDom0ServiceServer() {}
 func (UnimplementedDom0ServiceServer) testEmbeddedByValue()                     {}
@@ -344,6 +366,24 @@ func _Dom0Service_Dom0State_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Dom0Service_DeviceCounters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeviceCountersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(Dom0ServiceServer).DeviceCounters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Dom0Service_DeviceCounters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(Dom0ServiceServer).DeviceCounters(ctx, req.(*DeviceCountersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Dom0Service_ServiceDesc is the grpc.ServiceDesc for Dom0Service service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -378,6 +418,10 @@ var Dom0Service_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Dom0State",
 			Handler:    _Dom0Service_Dom0State_Handler,
+		},
+		{
+			MethodName: "DeviceCounters",
+			Handler:    _Dom0Service_DeviceCounters_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
