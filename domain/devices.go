@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"syscall"
 
@@ -26,6 +27,9 @@ type Devices interface {
 	Unplug(ctx context.Context, rec devices.Record, force bool) error
 	// Status reads a plugged device's state from xenstore.
 	Status(ctx context.Context, rec devices.Record) (devices.Status, error)
+	// Counters reads a plugged device's I/O counters from dom0; the error
+	// wraps fs.ErrNotExist while dom0 has none for it.
+	Counters(ctx context.Context, rec devices.Record) (devices.Counters, error)
 	// RemoveDomainDevices removes every device of a destroyed domain, from
 	// what xenstore's dom0-owned backend directories say (no record needed).
 	RemoveDomainDevices(ctx context.Context, domid uint32) error
@@ -253,15 +257,22 @@ func plugError(err error, field, what string) error {
 	return &Error{Code: code, Field: field, Message: fmt.Sprintf("%s: %v", what, err)}
 }
 
-// DeviceState is a plugged device and its state as xenstore shows it now.
+// DeviceState is a plugged device, its state as xenstore shows it now and
+// its I/O counters as dom0 shows them.
 type DeviceState struct {
 	devices.Record
 	devices.Status
+	// Counters is nil while dom0 has none for the device (a disk blkback
+	// has not probed, a vif netback has not created) or they could not be
+	// read; CountersError says why in the second case.
+	Counters      *devices.Counters
+	CountersError string
 }
 
-// DeviceStates reads the live state of the devices plugged into the VM's
-// domain (VM.Devices), in their order. A device whose state cannot be
-// read has the reason in Status.Error.
+// DeviceStates reads the live state and counters of the devices plugged
+// into the VM's domain (VM.Devices), in their order. A device whose state
+// cannot be read has the reason in Status.Error, one whose counters cannot
+// in CountersError.
 func (m *Manager) DeviceStates(ctx context.Context, ref string) ([]DeviceState, error) {
 	vm, err := m.GetVM(ctx, ref)
 	if err != nil || len(vm.Devices) == 0 || m.devs == nil {
@@ -274,6 +285,19 @@ func (m *Manager) DeviceStates(ctx context.Context, ref string) ([]DeviceState, 
 			st.Error = err.Error()
 		}
 		out[i] = DeviceState{Record: rec, Status: st}
+		out[i].Counters, out[i].CountersError = m.deviceCounters(ctx, rec)
 	}
 	return out, nil
+}
+
+// deviceCounters reads rec's counters: nil and no error when dom0 has none.
+func (m *Manager) deviceCounters(ctx context.Context, rec devices.Record) (*devices.Counters, string) {
+	c, err := m.devs.Counters(ctx, rec)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, ""
+	case err != nil:
+		return nil, err.Error()
+	}
+	return &c, ""
 }

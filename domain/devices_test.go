@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +23,8 @@ type fakeDevices struct {
 	failNIC  bool // PlugNIC fails
 	stuck    bool // Unplug without force fails (a guest that does not let go)
 	removeOf []uint32
+	// countersErr is what Counters fails with (nil: it does not).
+	countersErr error
 }
 
 func newFakeDevices() *fakeDevices {
@@ -68,6 +71,22 @@ func (f *fakeDevices) Status(_ context.Context, rec devices.Record) (devices.Sta
 		return devices.Status{}, devices.ErrNotPlugged
 	}
 	return devices.Status{Backend: devices.StateConnected, Frontend: devices.StateConnected}, nil
+}
+
+// Counters gives a plugged disk one read per byte of its name and a NIC
+// one packet sent, unless countersErr says why they cannot be read.
+func (f *fakeDevices) Counters(_ context.Context, rec devices.Record) (devices.Counters, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case !slices.Contains(f.plugged[rec.Domid], rec):
+		return devices.Counters{}, fs.ErrNotExist
+	case f.countersErr != nil:
+		return devices.Counters{}, f.countersErr
+	case rec.Kind == devices.KindVBD:
+		return devices.Counters{ReadRequests: uint64(len(rec.Device))}, nil
+	}
+	return devices.Counters{TxPackets: 1}, nil
 }
 
 func (f *fakeDevices) Unplug(_ context.Context, rec devices.Record, force bool) error {
@@ -135,6 +154,9 @@ func TestStartPlugsDevicesAndDestroyRemovesThem(t *testing.T) {
 	if err != nil || len(states) != 3 || states[0].Backend != devices.StateConnected || states[2].VIF != got.Devices[2].VIF {
 		t.Fatalf("device states %+v, %v", states, err)
 	}
+	if c := states[0].Counters; c == nil || c.ReadRequests != uint64(len("xvda")) || states[2].Counters == nil || states[2].Counters.TxPackets != 1 {
+		t.Fatalf("device counters %+v, %+v", states[0].Counters, states[2].Counters)
+	}
 	d := got.Domid
 	e.run(e.m.Destroy(e.ctx, vm.ID))
 	if got := e.vm(vm.ID); len(got.Devices) != 0 {
@@ -142,6 +164,31 @@ func TestStartPlugsDevicesAndDestroyRemovesThem(t *testing.T) {
 	}
 	if f.count() != 0 || !slices.Contains(f.removeOf, d) {
 		t.Fatalf("after destroy: %d devices plugged, removals for %v (want %d)", f.count(), f.removeOf, d)
+	}
+}
+
+// TestDeviceStatesCountersUnreadable: a device whose counters cannot be
+// read is listed with the reason; one dom0 has none for has no counters
+// and no error.
+func TestDeviceStatesCountersUnreadable(t *testing.T) {
+	f := newFakeDevices()
+	e := newEnv(t, envOpts{devices: f})
+	vm := e.createWith("dev-c", []Disk{{Device: "xvda", Path: diskImage(t, "a.img")}}, nil)
+	e.run(e.m.Start(e.ctx, vm.ID, false))
+	f.mu.Lock()
+	f.countersErr = errors.New("sysfs says no")
+	f.mu.Unlock()
+	states, err := e.m.DeviceStates(e.ctx, vm.ID)
+	if err != nil || len(states) != 1 || states[0].Counters != nil || states[0].CountersError != "sysfs says no" {
+		t.Fatalf("device states %+v, %v; want no counters and the reason", states, err)
+	}
+	f.mu.Lock()
+	f.countersErr = nil
+	f.plugged = map[uint32][]devices.Record{} // gone from dom0 behind our back
+	f.mu.Unlock()
+	states, err = e.m.DeviceStates(e.ctx, vm.ID)
+	if err != nil || len(states) != 1 || states[0].Counters != nil || states[0].CountersError != "" {
+		t.Fatalf("device states %+v, %v; want neither counters nor error", states, err)
 	}
 }
 

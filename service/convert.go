@@ -206,9 +206,23 @@ func deviceStatesToPB(states []domain.DeviceState) []*pb.PluggedDevice {
 	for _, s := range states {
 		d := deviceToPB(s.Record)
 		d.BackendState, d.FrontendState, d.Error = stateName(s.Backend), stateName(s.Frontend), s.Error
+		d.Counters, d.CountersError = countersToPB(s.Counters), s.CountersError
 		out = append(out, d)
 	}
 	return out
+}
+
+// countersToPB converts a device's counters; nil stays nil (none read).
+func countersToPB(c *devices.Counters) *pb.DeviceCounters {
+	if c == nil {
+		return nil
+	}
+	return &pb.DeviceCounters{
+		ReadRequests: c.ReadRequests, WriteRequests: c.WriteRequests,
+		ReadBytes: c.ReadBytes, WriteBytes: c.WriteBytes, OutOfRequests: c.OutOfRequests,
+		RxBytes: c.RxBytes, TxBytes: c.TxBytes, RxPackets: c.RxPackets, TxPackets: c.TxPackets,
+		RxErrors: c.RxErrors, TxErrors: c.TxErrors, RxDrops: c.RxDrops, TxDrops: c.TxDrops,
+	}
 }
 
 // stateName is a XenbusState's name ("" when unknown: never read).

@@ -6,6 +6,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
+	"github.com/xenopsd-ng/xenopsd-ng/domain"
 )
 
 // FuzzSpecFromPB feeds arbitrary wire bytes through the API's spec
@@ -52,4 +54,24 @@ func FuzzSpecFromPB(f *testing.F) {
 			t.Fatalf("round trip changed the spec:\n in  %v\n out %v", &in, out)
 		}
 	})
+}
+
+// GetVM's devices carry their counters when the core read them, none when
+// it did not, and the reason when it could not.
+func TestDeviceStatesToPBCounters(t *testing.T) {
+	out := deviceStatesToPB([]domain.DeviceState{
+		{Record: devices.Record{Kind: devices.KindVBD, Device: "xvda"}, Counters: &devices.Counters{ReadRequests: 3, WriteBytes: 4096}},
+		{Record: devices.Record{Kind: devices.KindVIF, VIF: "vif1.0"}, Counters: &devices.Counters{TxPackets: 7, RxDrops: 2}},
+		{Record: devices.Record{Kind: devices.KindVIF, VIF: "vif1.1"}},
+		{Record: devices.Record{Kind: devices.KindVIF, VIF: "vif1.2"}, CountersError: "no"},
+	})
+	if c := out[0].GetCounters(); c.GetReadRequests() != 3 || c.GetWriteBytes() != 4096 {
+		t.Errorf("disk counters %v", c)
+	}
+	if c := out[1].GetCounters(); c.GetTxPackets() != 7 || c.GetRxDrops() != 2 {
+		t.Errorf("NIC counters %v", c)
+	}
+	if out[2].Counters != nil || out[2].GetCountersError() != "" || out[3].Counters != nil || out[3].GetCountersError() != "no" {
+		t.Errorf("unread counters %v, %v", out[2], out[3])
+	}
 }

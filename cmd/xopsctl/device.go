@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/internal/bytesize"
 )
 
 // Disk and NIC flags, shared by vm create and the hot-plug commands:
@@ -185,10 +186,10 @@ func pluggedRows(vm *apiv1.VM) [][2]string {
 				mode = "ro"
 			}
 			kv = append(kv, [2]string{"plugged disk " + d.GetDevice(), fmt.Sprintf("%s %s via %s (vbd %d)%s",
-				d.GetPath(), mode, dash(d.GetLoopDevice()), d.GetDevid(), deviceState(d))})
+				d.GetPath(), mode, dash(d.GetLoopDevice()), d.GetDevid(), deviceState(d)+deviceCounters(d))})
 		case apiv1.DeviceKind_DEVICE_KIND_NIC:
 			kv = append(kv, [2]string{fmt.Sprintf("plugged nic %d", d.GetDevid()), fmt.Sprintf("%s %s on %s%s",
-				d.GetMac(), d.GetVif(), d.GetBridge(), deviceState(d))})
+				d.GetMac(), d.GetVif(), d.GetBridge(), deviceState(d)+deviceCounters(d))})
 		}
 	}
 	return kv
@@ -204,4 +205,26 @@ func deviceState(d *apiv1.PluggedDevice) string {
 		s += ", error: " + d.GetError()
 	}
 	return s
+}
+
+// deviceCounters is the I/O counters GetVM read (bytes as "48K"): a disk's
+// ", read R req B, written W req B, out-of-requests N", a NIC's
+// ", rx P pkt B (E err, D drop), tx ..." (the guest's side), or why they
+// could not be read.
+func deviceCounters(d *apiv1.PluggedDevice) string {
+	if e := d.GetCountersError(); e != "" {
+		return ", counters: " + e
+	}
+	c := d.GetCounters()
+	if c == nil {
+		return ""
+	}
+	if d.GetKind() == apiv1.DeviceKind_DEVICE_KIND_DISK {
+		return fmt.Sprintf(", read %d req %s, written %d req %s, out-of-requests %d",
+			c.GetReadRequests(), bytesize.Format(c.GetReadBytes()),
+			c.GetWriteRequests(), bytesize.Format(c.GetWriteBytes()), c.GetOutOfRequests())
+	}
+	return fmt.Sprintf(", rx %d pkt %s (%d err, %d drop), tx %d pkt %s (%d err, %d drop)",
+		c.GetRxPackets(), bytesize.Format(c.GetRxBytes()), c.GetRxErrors(), c.GetRxDrops(),
+		c.GetTxPackets(), bytesize.Format(c.GetTxBytes()), c.GetTxErrors(), c.GetTxDrops())
 }

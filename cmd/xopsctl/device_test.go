@@ -54,3 +54,25 @@ func TestParseNICFlag(t *testing.T) {
 		}
 	}
 }
+
+// vm get's plugged-device lines carry the counters GetVM read.
+func TestPluggedRowsShowCounters(t *testing.T) {
+	vm := &apiv1.VM{Devices: []*apiv1.PluggedDevice{
+		{Kind: apiv1.DeviceKind_DEVICE_KIND_DISK, Device: "xvda", Devid: 51712, Path: "/srv/a.img", LoopDevice: "/dev/loop0",
+			BackendState: "Connected", FrontendState: "Connected",
+			Counters: &apiv1.DeviceCounters{ReadRequests: 12, ReadBytes: 49152, WriteRequests: 2, WriteBytes: 8192}},
+		{Kind: apiv1.DeviceKind_DEVICE_KIND_NIC, Devid: 0, Mac: "00:16:3e:00:00:01", Vif: "vif3.0", Bridge: "xenbr0",
+			Counters: &apiv1.DeviceCounters{RxPackets: 5, RxBytes: 500, TxPackets: 11, TxBytes: 2048, TxDrops: 1}},
+		{Kind: apiv1.DeviceKind_DEVICE_KIND_NIC, Devid: 1, Vif: "vif3.1", CountersError: "netlink says no"},
+	}}
+	rows := pluggedRows(vm)
+	for i, want := range []string{
+		"/srv/a.img rw via /dev/loop0 (vbd 51712), backend Connected, frontend Connected, read 12 req 48K, written 2 req 8K, out-of-requests 0",
+		"00:16:3e:00:00:01 vif3.0 on xenbr0, rx 5 pkt 500 (0 err, 0 drop), tx 11 pkt 2K (0 err, 1 drop)",
+		" vif3.1 on , counters: netlink says no",
+	} {
+		if i >= len(rows) || rows[i][1] != want {
+			t.Errorf("row %d = %q, want %q", i, rows[min(i, len(rows)-1)][1], want)
+		}
+	}
+}
