@@ -118,6 +118,8 @@
 // shut down, died or vanished and queues a check on the VM's queue, which
 // applies on_poweroff / on_reboot / on_crash (destroy, restart = rebuild from
 // the same spec, preserve = keep the dead domain, VM Paused with Problem).
+// Each restart is counted in VM.Restarts by its cause, and VM.StartedAt is
+// when the VM's current domain was built (both persisted with the record).
 // A guest that suspended itself (shutdown reason suspend) has not crashed:
 // its domain is kept with its memory, the VM is Paused with DomainSuspended
 // set (Power Suspended is reserved for a saved image with no domain); save

@@ -115,10 +115,11 @@ func (m *Manager) startDomain(ctx context.Context, e *vmEntry, te *taskEntry, pa
 	if paused {
 		power = Paused
 	}
+	started := time.Now()
 	m.log.Info("VM started", "vm", e.id, "domid", d, "paused", paused)
 	return func(r *vmRecord) {
 		r.Building, r.VM.Power, r.VM.Domid, r.VM.Problem, r.Preserved, r.VM.DomainSuspended = false, power, uint32(d), "", false, false
-		r.VM.Devices = devs
+		r.VM.Devices, r.VM.StartedAt = devs, started
 		r.setClaim(d, rolePrimary, claimLive)
 	}, nil
 }
@@ -329,12 +330,32 @@ func (m *Manager) applyAction(ctx context.Context, e *vmEntry, te *taskEntry, d 
 	m.log.Info("domain shut down", "vm", e.id, "domid", d, "reason", info.ShutdownReason, "action", action)
 	switch action {
 	case ActionRestart:
-		return m.rebuild(ctx, e, te, d)
+		apply, err := m.rebuild(ctx, e, te, d)
+		return countRestart(apply, what), err
 	case ActionPreserve:
 		problem := fmt.Sprintf("domain %d shut down (%s, on_%s=preserve); kept for inspection until destroyed", d, info.ShutdownReason, what)
 		return func(r *vmRecord) { r.VM.Power, r.VM.Problem, r.Preserved = Paused, problem, true }, nil
 	default:
 		return m.destroyToHalted(ctx, e, d)
+	}
+}
+
+// countRestart makes apply also count a restart caused by what (actionFor's
+// name of the shutdown reason).
+func countRestart(apply func(*vmRecord), what string) func(*vmRecord) {
+	if apply == nil {
+		return nil
+	}
+	return func(r *vmRecord) {
+		apply(r)
+		switch what {
+		case "reboot":
+			r.VM.Restarts.Reboot++
+		case "crash":
+			r.VM.Restarts.Crash++
+		default:
+			r.VM.Restarts.Poweroff++
+		}
 	}
 }
 

@@ -337,17 +337,19 @@ func TestResourceExhaustedLeavesNothing(t *testing.T) {
 func TestGuestInitiated(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	cases := []struct {
-		name   string
-		set    func(*Spec)
-		reason xenctrl.ShutdownReason
-		power  PowerState
-		newDom bool
+		name     string
+		set      func(*Spec)
+		reason   xenctrl.ShutdownReason
+		power    PowerState
+		newDom   bool
+		restarts Restarts
 	}{
-		{"poweroff-destroy", func(*Spec) {}, xenctrl.ShutdownPoweroff, Halted, false},
-		{"crash-destroy", func(*Spec) {}, xenctrl.ShutdownCrash, Halted, false},
-		{"crash-preserve", func(s *Spec) { s.OnCrash = ActionPreserve }, xenctrl.ShutdownCrash, Paused, false},
-		{"reboot-restart", func(*Spec) {}, xenctrl.ShutdownReboot, Running, true},
-		{"crash-restart", func(s *Spec) { s.OnCrash = ActionRestart }, xenctrl.ShutdownCrash, Running, true},
+		{"poweroff-destroy", func(*Spec) {}, xenctrl.ShutdownPoweroff, Halted, false, Restarts{}},
+		{"crash-destroy", func(*Spec) {}, xenctrl.ShutdownCrash, Halted, false, Restarts{}},
+		{"crash-preserve", func(s *Spec) { s.OnCrash = ActionPreserve }, xenctrl.ShutdownCrash, Paused, false, Restarts{}},
+		{"reboot-restart", func(*Spec) {}, xenctrl.ShutdownReboot, Running, true, Restarts{Reboot: 1}},
+		{"crash-restart", func(s *Spec) { s.OnCrash = ActionRestart }, xenctrl.ShutdownCrash, Running, true, Restarts{Crash: 1}},
+		{"poweroff-restart", func(s *Spec) { s.OnPoweroff = ActionRestart }, xenctrl.ShutdownPoweroff, Running, true, Restarts{Poweroff: 1}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -360,15 +362,25 @@ func TestGuestInitiated(t *testing.T) {
 			e.run(e.m.Start(e.ctx, vm.ID, false))
 			d := e.vm(vm.ID).Domid
 			gen := e.vm(vm.ID).Generation
+			started := e.vm(vm.ID).StartedAt
+			if started.IsZero() {
+				t.Fatal("a started VM has no StartedAt")
+			}
 			rev0 := e.st.Head()
 			if err := e.hv.GuestShutdown(e.ctx, xenctrl.Domid(d), c.reason); err != nil {
 				t.Fatal(err)
 			}
 			e.eventually("VM reacts to guest "+c.reason.String(), func() bool {
 				got := e.vm(vm.ID)
-				return got.Generation > gen && got.Power == c.power && (!c.newDom || got.Domid != d) && (c.power != Halted || got.Domid == 0)
+				return got.Generation > gen && got.Power == c.power && (!c.newDom || (got.Domid != d && got.Domid != 0)) && (c.power != Halted || got.Domid == 0)
 			})
 			got := e.vm(vm.ID)
+			if got.Restarts != c.restarts {
+				t.Errorf("restarts %+v, want %+v", got.Restarts, c.restarts)
+			}
+			if c.newDom && !got.StartedAt.After(started) {
+				t.Errorf("restarted domain: StartedAt %v, first domain's %v", got.StartedAt, started)
+			}
 			switch c.power {
 			case Halted:
 				if len(e.xsTree(domPath(xenctrl.Domid(d)))) != 0 {

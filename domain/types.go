@@ -100,6 +100,12 @@ type VM struct {
 	// Devices are the disks and NICs plugged into the VM's domain (none
 	// when it has no domain).
 	Devices []devices.Record
+	// StartedAt is when the VM's domain was built: the last one built, so
+	// it means something only while Domid is not 0.
+	StartedAt time.Time
+	// Restarts counts the domains the daemon rebuilt after the guest shut
+	// down with an on_* action of restart, by the shutdown's cause.
+	Restarts Restarts
 	// Problem is set when reconciliation found something wrong, e.g. the
 	// VM's domain vanished while the daemon was down.
 	Problem   string
@@ -107,6 +113,12 @@ type VM struct {
 	UpdatedAt time.Time
 	// Generation increases with every change to the record.
 	Generation uint64
+}
+
+// Restarts are a VM's domain restarts by cause (the shutdown reason that
+// led to them: reboot and soft reset count as reboot, watchdog as crash).
+type Restarts struct {
+	Reboot, Crash, Poweroff uint64
 }
 
 // TaskState is where a task is in its life.
