@@ -49,6 +49,9 @@ type CollectorOptions struct {
 	// Timeout bounds the calls one snapshot makes.
 	Timeout time.Duration
 	Logger  *slog.Logger
+	// Devices reads the plugged devices' I/O counters (nil: no device
+	// series).
+	Devices DeviceCounters
 }
 
 // Collector is a prometheus.Collector of the host's and the VMs' metrics,
@@ -72,7 +75,8 @@ type snapshot struct {
 	domains []xenctrl.DomainInfo
 	vms     []domain.VM
 	tasks   map[domain.TaskState]int
-	err     error // what went wrong reading it; the rest may be partial
+	devices map[string][]deviceReading // by VM id
+	err     error                      // what went wrong reading it; the rest may be partial
 }
 
 // NewCollector returns a Collector reading hv and mgr.
@@ -142,12 +146,15 @@ func (c *Collector) snapshotCtx(ctx context.Context) (snapshot, *xenctrl.Version
 // read reads a snapshot. What failed is left zero, its error in err.
 func (c *Collector) read(ctx context.Context) snapshot {
 	s := snapshot{at: time.Now()}
-	var errs [5]error
+	var errs [6]error
 	s.phys, errs[0] = c.hv.PhysInfo(ctx)
 	s.cpuIdle, errs[1] = c.hv.CPUIdle(ctx)
 	s.domains, errs[2] = c.hv.ListDomains(ctx)
 	s.vms, _, errs[3] = c.mgr.ListVMs(ctx)
 	s.tasks, errs[4] = c.taskCounts(ctx)
+	if c.opts.Devices != nil {
+		s.devices, errs[5] = readDevices(ctx, c.opts.Devices, s.vms)
+	}
 	s.err = errors.Join(errs[:]...)
 	return s
 }
@@ -252,6 +259,7 @@ func (c *Collector) collectVMs(ch chan<- prometheus.Metric, s snapshot) {
 	for _, vm := range s.vms {
 		ch <- domainMetric{desc: c.d.vmPower, kind: prometheus.GaugeValue, value: 1, labels: []*dto.LabelPair{
 			labelPair("name", vm.Spec.Name), labelPair("state", powerLabel(vm.Power)), labelPair("uuid", vm.ID)}}
+		c.collectRestarts(ch, vm)
 		if vm.Domid == 0 {
 			continue
 		}
@@ -262,11 +270,26 @@ func (c *Collector) collectVMs(ch chan<- prometheus.Metric, s snapshot) {
 		if h, err := uuid.Parse(vm.ID); err != nil || xenctrl.Handle(h) != s.domains[i].Handle {
 			continue // the domid is someone else's now
 		}
-		c.collectDomain(ch, vm, s.domains[i])
+		c.collectDomain(ch, s, vm, s.domains[i])
 	}
 }
 
-func (c *Collector) collectDomain(ch chan<- prometheus.Metric, vm domain.VM, d xenctrl.DomainInfo) {
+// collectRestarts exports vm's restarts by cause: reboot and crash always,
+// poweroff (a spec's on_poweroff=restart) once it happened.
+func (c *Collector) collectRestarts(ch chan<- prometheus.Metric, vm domain.VM) {
+	for _, r := range []struct {
+		cause string
+		n     uint64
+	}{{"crash", vm.Restarts.Crash}, {"poweroff", vm.Restarts.Poweroff}, {"reboot", vm.Restarts.Reboot}} {
+		if r.n == 0 && r.cause == "poweroff" {
+			continue
+		}
+		ch <- domainMetric{desc: c.d.vmRestarts, kind: prometheus.CounterValue, value: float64(r.n), labels: []*dto.LabelPair{
+			labelPair("cause", r.cause), labelPair("name", vm.Spec.Name), labelPair("uuid", vm.ID)}}
+	}
+}
+
+func (c *Collector) collectDomain(ch chan<- prometheus.Metric, s snapshot, vm domain.VM, d xenctrl.DomainInfo) {
 	domid := strconv.Itoa(int(d.Domid))
 	l := domainLabels(vm.ID, vm.Spec.Name, domid)
 	gauge := func(desc *prometheus.Desc, v float64) prometheus.Metric {
@@ -280,6 +303,10 @@ func (c *Collector) collectDomain(ch chan<- prometheus.Metric, vm domain.VM, d x
 	ch <- gauge(c.d.vmTarget, float64(vm.Spec.MemoryDynamicMax))
 	ch <- domainMetric{desc: c.d.vmDomainState, kind: prometheus.GaugeValue, value: 1,
 		labels: domainLabels(vm.ID, vm.Spec.Name, domid, labelPair("state", domainState(d)))}
+	if !vm.StartedAt.IsZero() {
+		ch <- gauge(c.d.vmUptime, max(s.at.Sub(vm.StartedAt).Seconds(), 0))
+	}
+	c.collectDevices(ch, s.devices[vm.ID], l)
 }
 
 func pagesToBytes(pages uint64) float64 { return float64(pages) * xenctrl.PageSize }

@@ -16,10 +16,19 @@ type descs struct {
 	vmCPU, vmVCPUs                         *prometheus.Desc
 	vmMem, vmMemMax, vmStaticMax, vmTarget *prometheus.Desc
 	vmDomainState                          *prometheus.Desc
+	vmUptime, vmRestarts                   *prometheus.Desc
+
+	diskReads, diskWrites, diskReadBytes, diskWriteBytes, diskOutOfRequests *prometheus.Desc
+	netRxBytes, netTxBytes, netRxPackets, netTxPackets                      *prometheus.Desc
+	netRxErrors, netTxErrors, netRxDrops, netTxDrops                        *prometheus.Desc
 }
 
 // vmLabels name a VM's domain: the VM, and the domain it runs in now.
 var vmLabels = []string{"uuid", "name", "domid"}
+
+// deviceLabels name a device of a VM's domain: a disk's guest name, a
+// NIC's index.
+var deviceLabels = append([]string{"device"}, vmLabels...)
 
 func newDescs() descs {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
@@ -47,13 +56,31 @@ func newDescs() descs {
 		vmStaticMax:   d("xen_vm_memory_static_max_bytes", "the VM's static maximum memory (its spec)", vmLabels...),
 		vmTarget:      d("xen_vm_memory_target_bytes", "the memory target the toolstack set for the guest (memory/target)", vmLabels...),
 		vmDomainState: d("xen_vm_domain_state", "the domain's state as Xen reports it (1 for the state it is in)", append(vmLabels, "state")...),
+		vmUptime:      d("xen_vm_uptime_seconds", "time since the VM's domain was built", vmLabels...),
+		vmRestarts:    d("xenopsd_vm_restarts_total", "domains the daemon rebuilt after the guest shut down with an on_* action of restart, by cause", "uuid", "name", "cause"),
+
+		diskReads:         d("xen_vm_disk_read_requests_total", "read requests the guest made on the disk (blkback's rd_req)", deviceLabels...),
+		diskWrites:        d("xen_vm_disk_write_requests_total", "write requests the guest made on the disk (wr_req)", deviceLabels...),
+		diskReadBytes:     d("xen_vm_disk_read_bytes_total", "bytes the guest read from the disk (rd_sect)", deviceLabels...),
+		diskWriteBytes:    d("xen_vm_disk_written_bytes_total", "bytes the guest wrote to the disk (wr_sect)", deviceLabels...),
+		diskOutOfRequests: d("xen_vm_disk_out_of_requests_total", "times the guest's ring held more requests than blkback had slots for (oo_req)", deviceLabels...),
+		netRxBytes:        d("xen_vm_network_receive_bytes_total", "bytes the guest received on the NIC (its vif's transmitted bytes)", deviceLabels...),
+		netTxBytes:        d("xen_vm_network_transmit_bytes_total", "bytes the guest sent on the NIC (its vif's received bytes)", deviceLabels...),
+		netRxPackets:      d("xen_vm_network_receive_packets_total", "packets the guest received on the NIC", deviceLabels...),
+		netTxPackets:      d("xen_vm_network_transmit_packets_total", "packets the guest sent on the NIC", deviceLabels...),
+		netRxErrors:       d("xen_vm_network_receive_errors_total", "errors sending to the guest on its vif", deviceLabels...),
+		netTxErrors:       d("xen_vm_network_transmit_errors_total", "errors receiving from the guest on its vif", deviceLabels...),
+		netRxDrops:        d("xen_vm_network_receive_drops_total", "packets for the guest its vif dropped", deviceLabels...),
+		netTxDrops:        d("xen_vm_network_transmit_drops_total", "packets from the guest its vif dropped", deviceLabels...),
 	}
 }
 
 func (d descs) describe(ch chan<- *prometheus.Desc) {
 	for _, x := range []*prometheus.Desc{d.scrapeError, d.versionInfo, d.hostMemTotal, d.hostMemFree, d.hostMemScrub,
 		d.hostCPUs, d.hostCPUHz, d.hostCPUIdle, d.hostDomains, d.vms, d.tasks, d.vmPower, d.vmCPU, d.vmVCPUs, d.vmMem, d.vmMemMax,
-		d.vmStaticMax, d.vmTarget, d.vmDomainState} {
+		d.vmStaticMax, d.vmTarget, d.vmDomainState, d.vmUptime, d.vmRestarts,
+		d.diskReads, d.diskWrites, d.diskReadBytes, d.diskWriteBytes, d.diskOutOfRequests,
+		d.netRxBytes, d.netTxBytes, d.netRxPackets, d.netTxPackets, d.netRxErrors, d.netTxErrors, d.netRxDrops, d.netTxDrops} {
 		ch <- x
 	}
 }

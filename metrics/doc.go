@@ -14,10 +14,23 @@
 // is read once. Scrapes that come within MaxAge of the
 // last snapshot reuse it, so several scrapers cost no more than one.
 //
+// Disk and NIC counters (CollectorOptions.Devices) cost one read of dom0
+// per device plugged into a VM that has a domain, and nothing else: no
+// hypercall, no xenstore. On a real dom0 that is blkback's five sysfs
+// statistics files for a disk and one rtnetlink link request for a NIC;
+// on the simulator one call to the sim host. A device dom0 has no counters
+// for yet is left out of the scrape; one that cannot be read is reported
+// (one error for all of them) and the others are exported.
+//
 // A VM's per-domain series (labels uuid, name, domid) exist while the VM has
 // a domain that carries its handle; when the domain goes they are no longer
-// exported and Prometheus marks them stale. A VM's power state is exported
-// for every VM.
+// exported and Prometheus marks them stale. Among them: the domain's uptime
+// (since the domain manager built it: VM.StartedAt), and per plugged device
+// (label device: a disk's guest name, a NIC's index) its I/O counters, a
+// NIC's from the guest's side (receive is what the guest received). A VM's
+// power state and its restarts by cause (VM.Restarts, persisted by the
+// domain manager; reboot and crash always, poweroff once it happened) are
+// exported for every VM.
 //
 // Daemon metrics are kept as they happen: Operations observes every VM
 // operation the domain manager finishes (kind, outcome, duration); gRPC

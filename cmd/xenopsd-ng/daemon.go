@@ -60,7 +60,7 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 
 	// The host's and the VMs' metrics, for the metrics listener and the
 	// API's StatsService alike.
-	collector := metrics.NewCollector(be.hv, mgr, metrics.CollectorOptions{Logger: log.With("component", "metrics")})
+	collector := metrics.NewCollector(be.hv, mgr, metrics.CollectorOptions{Logger: log.With("component", "metrics"), Devices: be.devices})
 	ms, err := serveMetrics(cfg, dm, collector, log)
 	if err != nil {
 		closeManager(mgr, cfg.drainTimeout, log)
