@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 	"github.com/xenopsd-ng/xenopsd-ng/tests/e2e/harness"
 	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
@@ -58,6 +59,7 @@ func TestDevices(t *testing.T) {
 		t.Fatalf("read-only disk plugged as %v", got)
 	}
 	checkDom0(t, ctx, simc, 2, 1)
+	checkCounters(t, d)
 
 	// A file read-write in a running VM is in no other.
 	cli(t, d, "vm", "create", "--name", "dev2", "--memory", "64M", "--disk", "xvda:"+rw)
@@ -90,6 +92,45 @@ func TestDevices(t *testing.T) {
 	}
 	// Now the file is free.
 	cli(t, d, "vm", "start", "dev2")
+}
+
+// checkCounters: vm get shows dev1's devices' I/O counters, and they rise
+// (the simulated guest does I/O each second a device is connected); the
+// read-only disk is never written.
+func checkCounters(t *testing.T, d *harness.Daemon) {
+	t.Helper()
+	moved := func(devs []*apiv1.PluggedDevice) []uint64 {
+		var out []uint64
+		for _, dev := range devs {
+			c := dev.GetCounters()
+			out = append(out, c.GetReadRequests()+c.GetTxPackets())
+		}
+		return out
+	}
+	first := cliVM(t, d, "dev1").GetDevices()
+	for _, dev := range first {
+		c := dev.GetCounters()
+		if c == nil || dev.GetCountersError() != "" {
+			t.Fatalf("%s%s: no counters (%s)", dev.GetDevice(), dev.GetVif(), dev.GetCountersError())
+		}
+		if dev.GetReadOnly() && c.GetWriteRequests() != 0 {
+			t.Errorf("read-only %s written: %v", dev.GetDevice(), c)
+		}
+	}
+	before := moved(first)
+	eventually(t, 30*time.Second, func() string {
+		now := moved(cliVM(t, d, "dev1").GetDevices())
+		for i := range now {
+			if now[i] <= before[i] {
+				return fmt.Sprintf("counters %v, first %v: device %d did not move", now, before, i)
+			}
+		}
+		return ""
+	})
+	out := cli(t, d, "vm", "get", "dev1")
+	if !strings.Contains(out, "read ") || !strings.Contains(out, "out-of-requests") || !strings.Contains(out, ", tx ") {
+		t.Errorf("vm get shows no counters:\n%s", out)
+	}
 }
 
 // checkDom0 fails unless the sim host's dom0 has loops loop devices and

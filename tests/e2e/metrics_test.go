@@ -51,8 +51,14 @@ func TestPrometheusScrapesTheDaemon(t *testing.T) {
 
 	busy := strings.TrimSpace(cli(t, d, "vm", "create", "--name", "busy", "--memory", "64M", "--vcpus", "2"))
 	idle := strings.TrimSpace(cli(t, d, "vm", "create", "--name", "idle", "--memory", "32M"))
+	disk := filepath.Join(t.TempDir(), "io.img")
+	if err := os.WriteFile(disk, make([]byte, 4<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ioVM := strings.TrimSpace(cli(t, d, "vm", "create", "--name", "io", "--memory", "32M", "--disk", "xvda:"+disk, "--nic", "bridge=xenbr0"))
 	cli(t, d, "vm", "start", "busy")
 	cli(t, d, "vm", "start", "idle")
+	cli(t, d, "vm", "start", "io")
 	ctx := testCtx(t, 30*time.Second)
 	if err := d.Sim().SetGuestBehaviour(ctx, xenctrl.Domid(cliVM(t, d, "idle").GetDomid()), sim.GuestBehaviour{Idle: true}); err != nil {
 		t.Fatalf("make idle's guest idle: %v", err)
@@ -98,6 +104,8 @@ func TestPrometheusScrapesTheDaemon(t *testing.T) {
 		t.Errorf("idle's CPU time moved from %v to %v", i0, i1)
 	}
 
+	checkDeviceSeries(t, d, p, ioVM)
+
 	// The API answers the same for callers that do not scrape.
 	st := &apiv1.VMStats{}
 	if err := protojson.Unmarshal([]byte(cli(t, d, "vm", "stats", "busy", "-o", "json")), st); err != nil {
@@ -126,6 +134,47 @@ func TestPrometheusScrapesTheDaemon(t *testing.T) {
 	if _, ok := p.value(t, idleCPU); !ok {
 		t.Errorf("idle's CPU series went with busy's")
 	}
+}
+
+// checkDeviceSeries: the VM io's disk and NIC have counter series that
+// rise (the simulated guest does I/O each second it is connected), its
+// domain an uptime; a reboot is counted by cause and the counters start
+// again on the new domain.
+func checkDeviceSeries(t *testing.T, d *harness.Daemon, p *prometheus, io string) {
+	t.Helper()
+	disk := `xen_vm_disk_read_requests_total{uuid="` + io + `",device="xvda"}`
+	written := `xen_vm_disk_written_bytes_total{uuid="` + io + `",device="xvda"}`
+	sent := `xen_vm_network_transmit_packets_total{uuid="` + io + `",device="0"}`
+	received := `xen_vm_network_receive_bytes_total{uuid="` + io + `",device="0"}`
+	first := map[string]float64{}
+	eventually(t, 30*time.Second, func() string {
+		for _, q := range []string{disk, written, sent, received, `xen_vm_uptime_seconds{uuid="` + io + `"}`} {
+			v, ok := p.value(t, q)
+			if !ok {
+				return "no series " + q
+			}
+			first[q] = v
+		}
+		return ""
+	})
+	eventually(t, 30*time.Second, func() string {
+		for _, q := range []string{disk, written, sent, received} {
+			if v, _ := p.value(t, q); v <= first[q] {
+				return fmt.Sprintf("%s still %v", q, v)
+			}
+		}
+		return ""
+	})
+	if v, ok := p.value(t, `xenopsd_vm_restarts_total{uuid="`+io+`",cause="reboot"}`); !ok || v != 0 {
+		t.Errorf("io's reboots before any: %v (found %v), want 0", v, ok)
+	}
+	cli(t, d, "vm", "reboot", "io")
+	eventually(t, 30*time.Second, func() string {
+		if v, ok := p.value(t, `xenopsd_vm_restarts_total{uuid="`+io+`",cause="reboot"}`); !ok || v != 1 {
+			return fmt.Sprintf("io's reboots %v (found %v), want 1", v, ok)
+		}
+		return ""
+	})
 }
 
 // checkMetrics runs `promtool check metrics` on what the daemon serves.
