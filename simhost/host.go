@@ -23,6 +23,9 @@
 // devices.Host through Dom0Service; each simulated guest runs blkfront and
 // netfront (frontend*.go). Both ends follow Linux's drivers, failures and
 // error nodes included, so the toolstack's device code is tested here.
+// The guests do a fixed amount of I/O per connect and per connected second,
+// which dom0 counts as blkback's statistics and the vifs' link counters do
+// (dom0_traffic.go).
 //
 // Xen raising VIRQ_DOM_EXC is wired to xenstored's DomainException, and
 // xenstored asks the simulator whether a domain exists or is dying. When a
