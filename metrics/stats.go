@@ -32,8 +32,9 @@ type VMStats struct {
 	DomainState      string // as xen_vm_domain_state labels it
 	CPUTime          time.Duration
 	VCPUsOnline      uint32
-	MemoryBytes      uint64 // what the domain holds
-	MemoryLimitBytes uint64 // max_pages
+	MemoryBytes      uint64        // what the domain holds
+	MemoryLimitBytes uint64        // max_pages
+	Uptime           time.Duration // since the domain was built (VM.StartedAt)
 	// VCPUs are the domain's vCPUs, one getvcpuinfo each (the scrape
 	// exports no per-vCPU series: that would cost a hypercall per vCPU
 	// of every VM).
@@ -99,6 +100,9 @@ func (c *Collector) VMStats(ctx context.Context, ref string) (VMStats, error) {
 	out.VCPUsOnline = d.OnlineVCPUs
 	out.MemoryBytes = d.TotPages * xenctrl.PageSize
 	out.MemoryLimitBytes = d.MaxPages * xenctrl.PageSize
+	if !vm.StartedAt.IsZero() {
+		out.Uptime = max(time.Since(vm.StartedAt), 0)
+	}
 	if d.MaxVCPUID == xenctrl.InvalidMaxVCPUID {
 		return out, nil // the vCPUs do not exist yet
 	}

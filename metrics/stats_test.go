@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl/sim"
@@ -13,8 +14,10 @@ func TestStats(t *testing.T) {
 	h := sim.New(sim.Config{NrCPUs: 2})
 	web := bootDomain(t, h, webID, 2)
 	stranger := bootDomain(t, h, otherID, 1)
+	w := vm(webID, "web", domain.Running, web)
+	w.StartedAt = time.Now().Add(-time.Hour)
 	c := NewCollector(h, fakeVMs{
-		vm(webID, "web", domain.Running, web),
+		w,
 		vm(dbID, "db", domain.Halted, 0),
 		vm("44444444-4444-4444-8444-444444444444", "imposter", domain.Running, stranger),
 	}, CollectorOptions{})
@@ -33,7 +36,7 @@ func TestStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !s.HasDomain || s.VM.ID != webID || s.DomainState != "running" || s.VCPUsOnline != 2 || s.MemoryBytes != 256*4096 ||
-		s.MemoryLimitBytes != 1024<<10 || s.CPUTime <= 0 || len(s.VCPUs) != 2 {
+		s.MemoryLimitBytes != 1024<<10 || s.CPUTime <= 0 || len(s.VCPUs) != 2 || s.Uptime < time.Hour {
 		t.Fatalf("web's stats %+v", s)
 	}
 	for i, v := range s.VCPUs {
@@ -42,7 +45,7 @@ func TestStats(t *testing.T) {
 		}
 	}
 	for _, ref := range []string{"db", "imposter"} {
-		if s, err := c.VMStats(ctx, ref); err != nil || s.HasDomain || s.CPUTime != 0 {
+		if s, err := c.VMStats(ctx, ref); err != nil || s.HasDomain || s.CPUTime != 0 || s.Uptime != 0 {
 			t.Errorf("%s: %+v, %v; want no domain stats", ref, s, err)
 		}
 	}

@@ -69,6 +69,7 @@ func VMStatsToPB(v metrics.VMStats) *pb.VMStats {
 		PowerState:           powerStates[v.VM.Power],
 		MemoryStaticMaxBytes: v.VM.Spec.MemoryStaticMax,
 		MemoryTargetBytes:    v.VM.Spec.MemoryDynamicMax,
+		Restarts:             &pb.VMRestarts{Reboot: v.VM.Restarts.Reboot, Crash: v.VM.Restarts.Crash, Poweroff: v.VM.Restarts.Poweroff},
 	}
 	if v.HasDomain {
 		out.HasDomain = true
@@ -78,6 +79,7 @@ func VMStatsToPB(v metrics.VMStats) *pb.VMStats {
 		out.VcpusOnline = v.VCPUsOnline
 		out.MemoryBytes = v.MemoryBytes
 		out.MemoryLimitBytes = v.MemoryLimitBytes
+		out.Uptime = durationpb.New(v.Uptime)
 	}
 	for _, c := range v.VCPUs {
 		out.Vcpus = append(out.Vcpus, &pb.VCPUStats{Vcpu: c.VCPU, Online: c.Online, Running: c.Running, Blocked: c.Blocked,

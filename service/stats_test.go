@@ -27,9 +27,9 @@ func (fakeStats) VMStats(_ context.Context, ref string) (metrics.VMStats, error)
 	if ref != "web" {
 		return metrics.VMStats{}, &domain.Error{Code: domain.CodeNotFound, Field: "id", Message: "no VM named " + ref}
 	}
-	return metrics.VMStats{VM: domain.VM{ID: "web-id", Power: domain.Running, Domid: 7,
+	return metrics.VMStats{VM: domain.VM{ID: "web-id", Power: domain.Running, Domid: 7, Restarts: domain.Restarts{Reboot: 3, Crash: 1},
 		Spec: domain.Spec{Name: "web", MemoryStaticMax: 512 << 20, MemoryDynamicMax: 256 << 20}},
-		HasDomain: true, DomainState: "running", CPUTime: 1500 * time.Millisecond, VCPUsOnline: 2,
+		HasDomain: true, DomainState: "running", CPUTime: 1500 * time.Millisecond, VCPUsOnline: 2, Uptime: time.Minute,
 		MemoryBytes: 256 << 20, MemoryLimitBytes: 257 << 20,
 		VCPUs: []xenctrl.VCPUInfo{{VCPU: 0, Online: true, Running: true, CPUTime: 1e9, CPU: 3}, {VCPU: 1, Online: true, Blocked: true, CPUTime: 5e8}}}, nil
 }
@@ -58,7 +58,8 @@ func TestStatsService(t *testing.T) {
 	if vs.GetId() != "web-id" || vs.GetName() != "web" || !vs.GetHasDomain() || vs.GetDomid() != 7 ||
 		vs.GetCpuTime().AsDuration() != 1500*time.Millisecond || vs.GetVcpusOnline() != 2 || vs.GetMemoryBytes() != 256<<20 ||
 		vs.GetMemoryLimitBytes() != 257<<20 || vs.GetMemoryStaticMaxBytes() != 512<<20 || vs.GetMemoryTargetBytes() != 256<<20 ||
-		vs.GetPowerState() != pb.PowerState_POWER_STATE_RUNNING || vs.GetDomainState() != "running" {
+		vs.GetPowerState() != pb.PowerState_POWER_STATE_RUNNING || vs.GetDomainState() != "running" ||
+		vs.GetUptime().AsDuration() != time.Minute || vs.GetRestarts().GetReboot() != 3 || vs.GetRestarts().GetCrash() != 1 {
 		t.Errorf("web's stats %v", vs)
 	}
 	if v := vs.GetVcpus(); len(v) != 2 || !v[0].GetRunning() || v[0].GetCpu() != 3 || v[0].GetCpuTime().AsDuration() != time.Second ||

@@ -80,6 +80,8 @@ func (a *app) vmStatsCmd() *cobra.Command {
 					{"id", s.GetId()},
 					{"name", s.GetName()},
 					{"power", powerName(s.GetPowerState())},
+					{"restarts", fmt.Sprintf("reboot %d, crash %d, poweroff %d",
+						s.GetRestarts().GetReboot(), s.GetRestarts().GetCrash(), s.GetRestarts().GetPoweroff())},
 				}
 				if !s.GetHasDomain() {
 					return a.fields(append(kv, [2]string{"domain", "none"}))
@@ -87,6 +89,7 @@ func (a *app) vmStatsCmd() *cobra.Command {
 				kv = append(kv,
 					[2]string{"domid", fmt.Sprint(s.GetDomid())},
 					[2]string{"domain_state", s.GetDomainState()},
+					[2]string{"uptime", s.GetUptime().AsDuration().Round(time.Second).String()},
 					[2]string{"cpu_time", s.GetCpuTime().AsDuration().Round(time.Millisecond).String()},
 					[2]string{"vcpus_online", fmt.Sprint(s.GetVcpusOnline())},
 					[2]string{"memory", fmt.Sprintf("%s held, limit %s, static-max %s, target %s",

@@ -175,6 +175,14 @@ func checkDeviceSeries(t *testing.T, d *harness.Daemon, p *prometheus, io string
 		}
 		return ""
 	})
+	// The API says the same.
+	st := &apiv1.VMStats{}
+	if err := protojson.Unmarshal([]byte(cli(t, d, "vm", "stats", "io", "-o", "json")), st); err != nil {
+		t.Fatalf("vm stats -o json: %v", err)
+	}
+	if st.GetRestarts().GetReboot() != 1 || !st.GetHasDomain() || st.GetUptime() == nil {
+		t.Errorf("vm stats io: %v, want one reboot and an uptime", st)
+	}
 }
 
 // checkMetrics runs `promtool check metrics` on what the daemon serves.

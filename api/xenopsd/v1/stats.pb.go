@@ -378,7 +378,12 @@ type VMStats struct {
 	// memory_target_bytes is the target the toolstack set for the guest.
 	MemoryTargetBytes uint64 `protobuf:"varint,12,opt,name=memory_target_bytes,json=memoryTargetBytes,proto3" json:"memory_target_bytes,omitempty"`
 	// vcpus are the domain's vCPUs (none before they exist).
-	Vcpus         []*VCPUStats `protobuf:"bytes,13,rep,name=vcpus,proto3" json:"vcpus,omitempty"`
+	Vcpus []*VCPUStats `protobuf:"bytes,13,rep,name=vcpus,proto3" json:"vcpus,omitempty"`
+	// uptime is the time since the daemon built the domain.
+	Uptime *durationpb.Duration `protobuf:"bytes,14,opt,name=uptime,proto3" json:"uptime,omitempty"`
+	// restarts are the VM's domain restarts by cause (set with or without a
+	// domain).
+	Restarts      *VMRestarts `protobuf:"bytes,15,opt,name=restarts,proto3" json:"restarts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -504,6 +509,82 @@ func (x *VMStats) GetVcpus() []*VCPUStats {
 	return nil
 }
 
+func (x *VMStats) GetUptime() *durationpb.Duration {
+	if x != nil {
+		return x.Uptime
+	}
+	return nil
+}
+
+func (x *VMStats) GetRestarts() *VMRestarts {
+	if x != nil {
+		return x.Restarts
+	}
+	return nil
+}
+
+// VMRestarts count the domains the daemon rebuilt for a VM after its guest
+// shut down with an on_* action of restart, by the shutdown's cause.
+type VMRestarts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reboot        uint64                 `protobuf:"varint,1,opt,name=reboot,proto3" json:"reboot,omitempty"`
+	Crash         uint64                 `protobuf:"varint,2,opt,name=crash,proto3" json:"crash,omitempty"`
+	Poweroff      uint64                 `protobuf:"varint,3,opt,name=poweroff,proto3" json:"poweroff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VMRestarts) Reset() {
+	*x = VMRestarts{}
+	mi := &file_xenopsd_v1_stats_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMRestarts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMRestarts) ProtoMessage() {}
+
+func (x *VMRestarts) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_stats_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMRestarts.ProtoReflect.Descriptor instead.
+func (*VMRestarts) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_stats_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *VMRestarts) GetReboot() uint64 {
+	if x != nil {
+		return x.Reboot
+	}
+	return 0
+}
+
+func (x *VMRestarts) GetCrash() uint64 {
+	if x != nil {
+		return x.Crash
+	}
+	return 0
+}
+
+func (x *VMRestarts) GetPoweroff() uint64 {
+	if x != nil {
+		return x.Poweroff
+	}
+	return 0
+}
+
 // VCPUStats is one vCPU as Xen reports it (XEN_DOMCTL_getvcpuinfo).
 type VCPUStats struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -521,7 +602,7 @@ type VCPUStats struct {
 
 func (x *VCPUStats) Reset() {
 	*x = VCPUStats{}
-	mi := &file_xenopsd_v1_stats_proto_msgTypes[7]
+	mi := &file_xenopsd_v1_stats_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +614,7 @@ func (x *VCPUStats) String() string {
 func (*VCPUStats) ProtoMessage() {}
 
 func (x *VCPUStats) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_stats_proto_msgTypes[7]
+	mi := &file_xenopsd_v1_stats_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +627,7 @@ func (x *VCPUStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VCPUStats.ProtoReflect.Descriptor instead.
 func (*VCPUStats) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_stats_proto_rawDescGZIP(), []int{7}
+	return file_xenopsd_v1_stats_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *VCPUStats) GetVcpu() uint32 {
@@ -619,7 +700,7 @@ const file_xenopsd_v1_stats_proto_rawDesc = "" +
 	"\x11GetVMStatsRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"?\n" +
 	"\x12GetVMStatsResponse\x12)\n" +
-	"\x05stats\x18\x01 \x01(\v2\x13.xenopsd.v1.VMStatsR\x05stats\"\xfc\x03\n" +
+	"\x05stats\x18\x01 \x01(\v2\x13.xenopsd.v1.VMStatsR\x05stats\"\xe3\x04\n" +
 	"\aVMStats\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x127\n" +
@@ -636,7 +717,14 @@ const file_xenopsd_v1_stats_proto_rawDesc = "" +
 	" \x01(\x04R\x10memoryLimitBytes\x125\n" +
 	"\x17memory_static_max_bytes\x18\v \x01(\x04R\x14memoryStaticMaxBytes\x12.\n" +
 	"\x13memory_target_bytes\x18\f \x01(\x04R\x11memoryTargetBytes\x12+\n" +
-	"\x05vcpus\x18\r \x03(\v2\x15.xenopsd.v1.VCPUStatsR\x05vcpus\"\xb3\x01\n" +
+	"\x05vcpus\x18\r \x03(\v2\x15.xenopsd.v1.VCPUStatsR\x05vcpus\x121\n" +
+	"\x06uptime\x18\x0e \x01(\v2\x19.google.protobuf.DurationR\x06uptime\x122\n" +
+	"\brestarts\x18\x0f \x01(\v2\x16.xenopsd.v1.VMRestartsR\brestarts\"V\n" +
+	"\n" +
+	"VMRestarts\x12\x16\n" +
+	"\x06reboot\x18\x01 \x01(\x04R\x06reboot\x12\x14\n" +
+	"\x05crash\x18\x02 \x01(\x04R\x05crash\x12\x1a\n" +
+	"\bpoweroff\x18\x03 \x01(\x04R\bpoweroff\"\xb3\x01\n" +
 	"\tVCPUStats\x12\x12\n" +
 	"\x04vcpu\x18\x01 \x01(\rR\x04vcpu\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12\x18\n" +
@@ -661,7 +749,7 @@ func file_xenopsd_v1_stats_proto_rawDescGZIP() []byte {
 	return file_xenopsd_v1_stats_proto_rawDescData
 }
 
-var file_xenopsd_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_xenopsd_v1_stats_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_xenopsd_v1_stats_proto_goTypes = []any{
 	(*GetHostStatsRequest)(nil),  // 0: xenopsd.v1.GetHostStatsRequest
 	(*GetHostStatsResponse)(nil), // 1: xenopsd.v1.GetHostStatsResponse
@@ -670,31 +758,34 @@ var file_xenopsd_v1_stats_proto_goTypes = []any{
 	(*GetVMStatsRequest)(nil),    // 4: xenopsd.v1.GetVMStatsRequest
 	(*GetVMStatsResponse)(nil),   // 5: xenopsd.v1.GetVMStatsResponse
 	(*VMStats)(nil),              // 6: xenopsd.v1.VMStats
-	(*VCPUStats)(nil),            // 7: xenopsd.v1.VCPUStats
-	nil,                          // 8: xenopsd.v1.HostStats.DomainsEntry
-	(*durationpb.Duration)(nil),  // 9: google.protobuf.Duration
-	(PowerState)(0),              // 10: xenopsd.v1.PowerState
+	(*VMRestarts)(nil),           // 7: xenopsd.v1.VMRestarts
+	(*VCPUStats)(nil),            // 8: xenopsd.v1.VCPUStats
+	nil,                          // 9: xenopsd.v1.HostStats.DomainsEntry
+	(*durationpb.Duration)(nil),  // 10: google.protobuf.Duration
+	(PowerState)(0),              // 11: xenopsd.v1.PowerState
 }
 var file_xenopsd_v1_stats_proto_depIdxs = []int32{
 	2,  // 0: xenopsd.v1.GetHostStatsResponse.stats:type_name -> xenopsd.v1.HostStats
-	9,  // 1: xenopsd.v1.HostStats.cpu_idle:type_name -> google.protobuf.Duration
-	8,  // 2: xenopsd.v1.HostStats.domains:type_name -> xenopsd.v1.HostStats.DomainsEntry
+	10, // 1: xenopsd.v1.HostStats.cpu_idle:type_name -> google.protobuf.Duration
+	9,  // 2: xenopsd.v1.HostStats.domains:type_name -> xenopsd.v1.HostStats.DomainsEntry
 	3,  // 3: xenopsd.v1.HostStats.vms:type_name -> xenopsd.v1.PowerStateCount
-	10, // 4: xenopsd.v1.PowerStateCount.power_state:type_name -> xenopsd.v1.PowerState
+	11, // 4: xenopsd.v1.PowerStateCount.power_state:type_name -> xenopsd.v1.PowerState
 	6,  // 5: xenopsd.v1.GetVMStatsResponse.stats:type_name -> xenopsd.v1.VMStats
-	10, // 6: xenopsd.v1.VMStats.power_state:type_name -> xenopsd.v1.PowerState
-	9,  // 7: xenopsd.v1.VMStats.cpu_time:type_name -> google.protobuf.Duration
-	7,  // 8: xenopsd.v1.VMStats.vcpus:type_name -> xenopsd.v1.VCPUStats
-	9,  // 9: xenopsd.v1.VCPUStats.cpu_time:type_name -> google.protobuf.Duration
-	0,  // 10: xenopsd.v1.StatsService.GetHostStats:input_type -> xenopsd.v1.GetHostStatsRequest
-	4,  // 11: xenopsd.v1.StatsService.GetVMStats:input_type -> xenopsd.v1.GetVMStatsRequest
-	1,  // 12: xenopsd.v1.StatsService.GetHostStats:output_type -> xenopsd.v1.GetHostStatsResponse
-	5,  // 13: xenopsd.v1.StatsService.GetVMStats:output_type -> xenopsd.v1.GetVMStatsResponse
-	12, // [12:14] is the sub-list for method output_type
-	10, // [10:12] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	11, // 6: xenopsd.v1.VMStats.power_state:type_name -> xenopsd.v1.PowerState
+	10, // 7: xenopsd.v1.VMStats.cpu_time:type_name -> google.protobuf.Duration
+	8,  // 8: xenopsd.v1.VMStats.vcpus:type_name -> xenopsd.v1.VCPUStats
+	10, // 9: xenopsd.v1.VMStats.uptime:type_name -> google.protobuf.Duration
+	7,  // 10: xenopsd.v1.VMStats.restarts:type_name -> xenopsd.v1.VMRestarts
+	10, // 11: xenopsd.v1.VCPUStats.cpu_time:type_name -> google.protobuf.Duration
+	0,  // 12: xenopsd.v1.StatsService.GetHostStats:input_type -> xenopsd.v1.GetHostStatsRequest
+	4,  // 13: xenopsd.v1.StatsService.GetVMStats:input_type -> xenopsd.v1.GetVMStatsRequest
+	1,  // 14: xenopsd.v1.StatsService.GetHostStats:output_type -> xenopsd.v1.GetHostStatsResponse
+	5,  // 15: xenopsd.v1.StatsService.GetVMStats:output_type -> xenopsd.v1.GetVMStatsResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_xenopsd_v1_stats_proto_init() }
@@ -709,7 +800,7 @@ func file_xenopsd_v1_stats_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_v1_stats_proto_rawDesc), len(file_xenopsd_v1_stats_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
