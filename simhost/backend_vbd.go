@@ -68,7 +68,7 @@ func (b *blkback) probe(ctx context.Context) bool {
 		"max-ring-page-order", strconv.Itoa(blkbackMaxRingPageOrder)); err != nil {
 		x.log.Debug("simhost: blkback: cannot advertise features", "dev", x.nodename, "err", err)
 	}
-	b.bus.d0.deviceAdded(b.trafficKey(), devices.KindVBD)
+	b.bus.d0.deviceAdded(b.trafficKey(), devices.KindVBD, b.dev.domid)
 	x.switchState(ctx, devices.StateInitWait)
 	b.backendChanged(ctx) // the physical-device watch fires once at once
 	return true

@@ -33,7 +33,9 @@ type dom0 struct {
 	links     map[string]*link    // by name
 	changed   chan struct{}       // closed and replaced when links change
 	traffic   map[string]*traffic // the devices' I/O, by vbdTrafficKey or link name
-	now       func() time.Time    // the clock of the traffic
+	// guestCPU is a domain's CPU time now (0 once it is gone), which
+	// drives its devices' traffic; nil: no guest runs.
+	guestCPU func(domid uint32) time.Duration
 }
 
 // loopMajor is LOOP_MAJOR.
@@ -82,7 +84,6 @@ func newDom0(bridges []string) *dom0 {
 		links:     make(map[string]*link),
 		changed:   make(chan struct{}),
 		traffic:   make(map[string]*traffic),
-		now:       time.Now,
 	}
 	for _, b := range bridges {
 		d.bridges[b] = true
@@ -260,7 +261,7 @@ func (d *dom0) createLink(name string, domid, devid uint32) error {
 		return syscall.EEXIST
 	}
 	d.links[name] = &link{name: name, domid: domid, devid: devid, mtu: defaultMTU}
-	d.traffic[name] = &traffic{kind: devices.KindVIF}
+	d.traffic[name] = &traffic{kind: devices.KindVIF, domid: domid}
 	d.changedLocked()
 	return nil
 }

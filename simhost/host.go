@@ -23,9 +23,9 @@
 // devices.Host through Dom0Service; each simulated guest runs blkfront and
 // netfront (frontend*.go). Both ends follow Linux's drivers, failures and
 // error nodes included, so the toolstack's device code is tested here.
-// The guests do a fixed amount of I/O per connect and per connected second,
-// which dom0 counts as blkback's statistics and the vifs' link counters do
-// (dom0_traffic.go).
+// The guests do a fixed amount of I/O per connect and per second of CPU
+// time they run while connected, which dom0 counts as blkback's statistics
+// and the vifs' link counters do (dom0_traffic.go).
 //
 // Xen raising VIRQ_DOM_EXC is wired to xenstored's DomainException, and
 // xenstored asks the simulator whether a domain exists or is dying. When a
@@ -159,6 +159,7 @@ func Run(ctx context.Context, cfg Config) error {
 		OnGuestBoot:       h.guestBoot,
 		Logger:            log,
 	})
+	h.dom0.guestCPU = h.guestCPU
 	h.xs = newXenstored(log, h.domainState)
 
 	hvPath := filepath.Join(cfg.Dir, HypervisorSocket)
@@ -432,6 +433,16 @@ func (h *host) domainState(domid uint32) (exists, shutdownOrDying bool) {
 		return false, false
 	}
 	return true, di.Shutdown || di.Dying
+}
+
+// guestCPU is domain domid's CPU time, 0 when it is gone: what drives its
+// devices' simulated I/O.
+func (h *host) guestCPU(domid uint32) time.Duration {
+	di, err := h.hv.DomainInfo(context.Background(), xenctrl.Domid(domid))
+	if err != nil {
+		return 0
+	}
+	return time.Duration(di.CPUTime)
 }
 
 // domainException is the simulator's VIRQ_DOM_EXC: coalesced, handled on
