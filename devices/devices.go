@@ -133,12 +133,12 @@ type Host interface {
 	// Counters reads the I/O counters dom0 keeps for a plugged device:
 	// blkback's statistics for a vbd, the interface's counters for a vif.
 	// The error wraps fs.ErrNotExist while dom0 has no such device (a vbd
-	// before blkback connected it, a vif netback has not created).
+	// blkback has not set up, a vif netback has not created).
 	Counters(ctx context.Context, rec Record) (Counters, error)
 }
 
-// Counters are a device's I/O counters since its backend connected (a
-// vbd) or its interface was created (a vif). A vbd fills the disk fields,
+// Counters are a device's I/O counters since blkback set it up (a vbd) or
+// netback created its interface (a vif). A vbd fills the disk fields,
 // a vif the NIC fields; the others stay zero.
 type Counters struct {
 	// A disk's, from blkback: requests and bytes the guest read and wrote.

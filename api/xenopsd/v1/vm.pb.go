@@ -791,7 +791,7 @@ type PluggedDevice struct {
 	Error         string `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`
 	// counters are the device's I/O counters as dom0 shows them now (GetVM
 	// only; absent in ListVMs and events, and while dom0 has none: a disk
-	// blkback has not connected, a vif netback has not created).
+	// blkback has not set up, a NIC whose vif netback has not created).
 	Counters *DeviceCounters `protobuf:"bytes,13,opt,name=counters,proto3" json:"counters,omitempty"`
 	// counters_error is why the counters could not be read, if they could
 	// not (the device being absent in dom0 is no error).
@@ -928,8 +928,8 @@ func (x *PluggedDevice) GetCountersError() string {
 	return ""
 }
 
-// DeviceCounters are a plugged device's I/O counters since its backend
-// connected (a disk) or its dom0 interface appeared (a NIC). A disk fills
+// DeviceCounters are a plugged device's I/O counters since blkback set it
+// up (a disk) or netback created its dom0 interface (a NIC). A disk fills
 // the first five, a NIC the others.
 type DeviceCounters struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
