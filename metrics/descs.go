@@ -35,7 +35,7 @@ func newDescs() descs {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	return descs{
-		scrapeError: d("xenopsd_metrics_snapshot", "reading the hypervisor or the VM list for a scrape failed"),
+		scrapeError: d("xenopsd_metrics_snapshot", "reading the hypervisor, the VM list or dom0's device counters for a scrape failed"),
 		versionInfo: d("xen_version_info", "the running hypervisor's version (always 1)", "version", "major", "minor", "backend"),
 
 		hostMemTotal: d("xen_host_memory_total_bytes", "the host's RAM as Xen counts it (total_pages)"),
