@@ -318,3 +318,44 @@ func vifsOf(domid string) []string {
 	m, _ := filepath.Glob("/sys/class/net/vif" + domid + ".*")
 	return m
 }
+
+// stateTrace records the values a few nodes take, polled every 20 ms.
+type stateTrace struct {
+	stopc chan struct{}
+	done  chan string
+}
+
+// traceStates starts recording the values of paths ("-" when absent).
+func (w *stateWatcher) traceStates(paths ...string) *stateTrace {
+	tr := &stateTrace{stopc: make(chan struct{}), done: make(chan string, 1)}
+	go func() {
+		t0 := time.Now()
+		last := map[string]string{}
+		var b strings.Builder
+		for {
+			for _, p := range paths {
+				v := w.read(p)
+				if v == "" {
+					v = "-"
+				}
+				if old, seen := last[p]; !seen || old != v {
+					last[p] = v
+					fmt.Fprintf(&b, "\n  +%v %s=%s", time.Since(t0).Round(time.Millisecond), p, v)
+				}
+			}
+			select {
+			case <-tr.stopc:
+				tr.done <- b.String()
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return tr
+}
+
+// stop ends the trace and returns what it saw, one change a line.
+func (tr *stateTrace) stop() string {
+	close(tr.stopc)
+	return <-tr.done
+}

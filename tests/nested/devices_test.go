@@ -165,7 +165,7 @@ func handBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 // before it printed GUEST-BOOTED (worth a retry).
 func handBootOnce(t *testing.T, w *stateWatcher, typ string, attempt int) (devGuest, bool) {
 	im := newDevImages(t, typ)
-	name := fmt.Sprintf("nxdevxl%s%d-%d", typ, os.Getpid(), attempt)
+	name := fmt.Sprintf("nxdevhand%s%d-%d", typ, os.Getpid(), attempt)
 	cfg := filepath.Join(t.TempDir(), name+".cfg")
 	tsc := ""
 	if typ == "pvh" {
