@@ -298,11 +298,14 @@ func (w *stateWatcher) waitConnected(deadline time.Time, dirs ...string) (time.T
 	}
 }
 
-// backendsLeft lists the backend directories dom0 still has for domid.
-func (w *stateWatcher) backendsLeft(domid string) []string {
+// backendsLeft lists the backend directories dom0 still has for domid, of
+// the kinds given (all kinds if none).
+func (w *stateWatcher) backendsLeft(domid string, kinds ...string) []string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kinds, _ := w.c.List(ctx, "/local/domain/0/backend")
+	if len(kinds) == 0 {
+		kinds, _ = w.c.List(ctx, "/local/domain/0/backend")
+	}
 	var left []string
 	for _, k := range kinds {
 		p := "/local/domain/0/backend/" + k + "/" + domid

@@ -22,8 +22,9 @@ import (
 //
 // TestNestedDevicesByHand does dom0's part by hand, as libxl and its hotplug
 // scripts do (devhost_test.go): it proves the kernel side (blkback, netback,
-// blkfront, netfront) and is the baseline TestNestedDevices compares the
-// daemon with.
+// blkfront, netfront) with nothing but xenstore nodes, loop devices and a
+// bridge. TestNestedDevicesXL (devxl_test.go) does it with xl's own disk=
+// and vif=, the baseline TestNestedDevices compares the daemon with.
 
 const (
 	rwImageSize = 64 << 20
@@ -335,9 +336,10 @@ func needDevicesCLI(t *testing.T) {
 	}
 }
 
-// TestNestedDevices is the daemon's devices acceptance test: per type, the
-// hand-made baseline (TestNestedDevicesByHand's guest) and then the same
-// guest and devices through xopsctl (--disk, --nic), checked the same way;
+// TestNestedDevices is the daemon's devices acceptance test: per type, xl's
+// baseline (TestNestedDevicesXL's guest: xl create with disk= and vif=) and
+// then the same guest and devices through xopsctl (--disk, --nic), checked
+// the same way;
 // then a kill -9 of the daemon with the guest running, and a destroy by the
 // restarted daemon, must leave no loop device, vif or backend node behind.
 // Prints DEVICE-TIMES: call -> frontends Connected and the guest's dd
@@ -352,7 +354,7 @@ func TestNestedDevices(t *testing.T) {
 	e.start()
 	for _, typ := range []string{"pvh", "pv"} {
 		t.Run(strings.ToUpper(typ), func(t *testing.T) {
-			xl := handBoot(t, w, typ)
+			xl := xlDevicesBoot(t, w, typ)
 			ours := daemonDevices(t, e, w, typ)
 			ratio := func(a, b float64) string {
 				if b == 0 {
