@@ -452,3 +452,79 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 	})
 	return g
 }
+
+// TestNestedDevicesHotplug: a running daemon guest (nxmode=hotplug) gets a
+// disk and a NIC with `xopsctl vm disk add` / `vm nic add` and sees them
+// appear, loses them with `vm disk remove` / `vm nic remove`, and dom0
+// keeps no backend directory, vif or loop device of them. xl's
+// block-attach/network-attach of the same devices is TestNestedDevicesXL's
+// Hotplug; both print how long the guest took to see each device.
+func TestNestedDevicesHotplug(t *testing.T) {
+	needNested(t)
+	needGuest(t)
+	needDevicesCLI(t)
+	ensureBridge(t)
+	w := newStateWatcher(t)
+	e := newEnv(t)
+	e.start()
+	im := newDevImages(t, "hp")
+	name := fmt.Sprintf("nxdevhp%d", os.Getpid())
+	if _, err := e.ctl("vm", "create", "--name", name, "--type", "pvh", "--memory", "256M", "--vcpus", "1",
+		"--kernel", guestKernel, "--ramdisk", guestInitrd, "--cmdline", "console=hvc0 nxmode=hotplug"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_, _ = e.ctl("vm", "destroy", name)
+		if _, err := e.ctl("vm", "delete", name); err != nil {
+			t.Errorf("vm delete: %v", err)
+		}
+	}()
+	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
+	from := fileSize(logPath)
+	if _, err := e.ctl("vm", "start", name); err != nil {
+		t.Fatalf("vm start: %v", err)
+	}
+	domid := field(e.ctlJSON("vm", "get", name), "domid", "domid")
+	if _, why := waitMarker(logPath, from, time.Now().Add(markerWait), func() string { return "" }); why != "" {
+		t.Fatalf("%s; console:\n%s", why, tail(readFrom(logPath, from), 2000))
+	}
+	waitGuest := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(bootWait)
+		for !strings.Contains(string(readFrom(logPath, from)), what) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the guest did not print %q within %v; console:\n%s\ndaemon log:\n%s", what, bootWait,
+					tail(readFrom(logPath, from), 2000), tail([]byte(e.logText()), 2000))
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
+	step := func(what, guestSays string, args ...string) {
+		t.Helper()
+		t0 := time.Now()
+		if _, err := e.ctl(args...); err != nil {
+			t.Fatalf("%s: %v\n%s", what, err, tail([]byte(e.logText()), 2000))
+		}
+		t1 := time.Now()
+		waitGuest(guestSays)
+		t.Logf("%s returned after %v, the guest printed %s %v after the call", what,
+			t1.Sub(t0).Round(time.Millisecond), guestSays, time.Since(t0).Round(time.Millisecond))
+	}
+	mac := "00:16:3e:5a:00:01"
+	step("vm disk add", "GUEST-DEVICE-ADDED xvdb", "vm", "disk", "add", name, "xvdb:"+im.ro+":ro")
+	step("vm nic add", "GUEST-DEVICE-ADDED eth0", "vm", "nic", "add", name, "bridge="+testBridge+",mac="+mac)
+	if out, err := e.ctl("vm", "get", name); err == nil {
+		t.Logf("vm get:\n%s", out)
+	}
+	step("vm disk remove", "GUEST-DEVICE-REMOVED xvdb", "vm", "disk", "remove", name, "xvdb")
+	step("vm nic remove", "GUEST-DEVICE-REMOVED eth0", "vm", "nic", "remove", name, mac)
+	if left := w.backendsLeft(domid, "vbd", "vif"); len(left) > 0 {
+		t.Errorf("after the removes: backend directories left %v", left)
+	}
+	if v := vifsOf(domid); len(v) > 0 {
+		t.Errorf("after vm nic remove: vifs left %v", v)
+	}
+	if l := loopsBacking(im.ro); len(l) > 0 {
+		t.Errorf("after vm disk remove: loop devices left %v", l)
+	}
+}
