@@ -24,13 +24,16 @@
 // unbound for dom0) go into HVM parameters, and grant references 0 and 1
 // are seeded so xenconsoled and xenstored can map them. vCPU 0 starts at
 // XEN_ELFNOTE_PHYS32_ENTRY in flat 32-bit protected mode, paging off, with
-// %ebx pointing at the start info (docs/misc/pvh.pandoc). One page of ACPI
+// %ebx pointing at the start info (docs/misc/pvh.pandoc). The kernel may
+// be ELF64 or, like GRUB's i386-xen_pvh image, ELF32: either way its
+// segments go to their physical addresses and it starts at that note. One page of ACPI
 // tables at 0xfc000000 (acpi.go: RSDP, XSDT, a hardware-reduced FADT, an
 // empty DSDT and a MADT with a local APIC per vCPU) is what lets Linux find
 // its local APICs: without it the guest runs without a clock event device
 // and with one vCPU.
 //
-// PV (x86_64, 4-level paging; see pv.go and pv_layout.go) follows
+// PV (x86_64, 4-level paging, so ELF64 kernels only: a 32-bit one is
+// refused naming its ELF class; see pv.go and pv_layout.go) follows
 // libxenguest's layout: all RAM is populated and recorded in a p2m array,
 // the kernel is loaded at its virtual base, followed by the initrd, the
 // p2m, start_info, the xenstore and console pages, the initial page tables

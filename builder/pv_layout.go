@@ -167,6 +167,11 @@ func planPV(img *kernel.Image, initrdSize uint64, cmdline string, memBytes uint6
 // segments say: where it is linked (virt_base, paddr_offset), the frames
 // it occupies and its entry point.
 func pvKernel(img *kernel.Image, nrPages uint64) (*pvLayout, error) {
+	if img.Class != kernel.ELF64 {
+		// Only an ELF32 with a PVH entry gets here (package kernel
+		// refuses the others).
+		return nil, domain.InvalidField("spec.kernel", "elf header e_ident[EI_CLASS] is %v: a 32-bit kernel cannot boot as PV, PV guests are 64-bit (ELF64 x86_64) only; this one has a PVH entry, boot it with spec.type PVH", img.Class)
+	}
 	n := &img.Notes
 	if n.Count == 0 || n.XenVersion != "xen-3.0" {
 		return nil, domain.InvalidField("spec.kernel", "not a Xen PV kernel: XEN_ELFNOTE_XEN_VERSION is %q, want \"xen-3.0\"", n.XenVersion)

@@ -4,8 +4,57 @@
 // libxl does, and does dom0's part that libxl leaves to hotplug scripts
 // through a Host (loop devices, bridges).
 //
-// SKELETON: the types and signatures below are the contract the domain
-// manager integrates against; the bodies are being written.
+// # The model
+//
+// A device is two xenstore directories and the kernel drivers that watch
+// them. The backend directory, /local/domain/0/backend/<kind>/<domid>/<devid>,
+// is owned by dom0 and readable by the guest: we write its configuration
+// (params, mode, mac, bridge...) and dom0's kernel backend (blkback,
+// netback) writes its state and features there. The frontend directory,
+// /local/domain/<domid>/device/<kind>/<devid>, is owned by the guest and
+// readable by dom0: we create it with the first keys (backend, state,
+// virtual-device or handle...), the guest's driver writes its state and
+// ring references there. Keys and permissions are libxl's
+// (libxl__device_generic_add, device_disk_add, libxl__set_xenstore_nic);
+// both directories are written in one transaction.
+//
+// Each end moves through the XenbusState machine: Initialising, then the
+// backend goes InitWait once it can serve (blkback: physical-device
+// written; netback: vif<domid>.<devid> created), the frontend publishes its
+// rings (Initialised; netfront goes straight to Connected), the backend
+// connects (netback only after hotplug-status says connected), the
+// frontend connects. Removal is the other way round: the toolstack writes
+// online=0 and state Closing into the backend, the frontend closes, the
+// backend goes Closed, and only then are dom0's resources released and both
+// directories removed. A frontend that never got past Initialising holds
+// nothing, so its device is removed without waiting for it.
+//
+// What hotplug scripts do is done here, in order: for a disk the Host
+// attaches the path (a loop device for a file) and we write node,
+// physical-device and hotplug-status as the block script does; for a NIC
+// the Host puts netback's interface into its bridge (vif-bridge) and we
+// write hotplug-status.
+//
+// Every wait (InitWait after a plug, both ends Connected after a hot-plug,
+// Closed on unplug) is driven by xenstore watches, bounded (BackendWait,
+// CloseWait) and re-reads the states after each batch of events, so a
+// guest flooding its directory costs bounded work per read and cannot
+// stretch the wait.
+//
+// Nothing the guest writes is trusted. The frontend directory is read only
+// through one validating reader (parseFrontend): states and ring numbers
+// must be canonical decimals in range, the frontend's backend node must be
+// the path we wrote, its state must be possible given the backend's, and
+// its rings must fit what the backend advertised. A frontend that fails is
+// reported with ErrBadFrontend; its device fails, nothing else does.
+//
+// A plug that fails at any step undoes all it did (dom0's side first, then
+// the directories) and names the step. The backend directory, which only
+// dom0 can write, is the durable record of what dom0 holds for a device
+// (the loop device in node): RemoveDomainDevices releases a destroyed
+// domain's devices from it alone, so it works after a daemon crash, and a
+// device whose dom0 side could not be released keeps its backend directory
+// for a retry.
 package devices
 
 import (
@@ -96,6 +145,7 @@ type Record struct {
 	VIF      string         `json:"vif,omitempty"` // vif<domid>.<devid>
 	Bridge   string         `json:"bridge,omitempty"`
 	MAC      string         `json:"mac,omitempty"`
+	MTU      uint32         `json:"mtu,omitempty"`
 }
 
 // Status is a device as xenstore and dom0 show it now.

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
 )
@@ -70,25 +71,26 @@ func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), cleanupLimit)
 }
 
-// buildDomain creates, builds and introduces a paused domain d for spec.
-// On any failure everything it did is undone before it returns. A domid
-// that turned out to be used is an error matching syscall.EEXIST.
-func (m *Manager) buildDomain(ctx context.Context, spec Spec, d xenctrl.Domid, te *taskEntry) (xenctrl.Domid, error) {
+// buildDomain creates, builds and introduces a paused domain d for spec,
+// and plugs its devices, which it returns. On any failure everything it
+// did is undone before it returns. A domid that turned out to be used is
+// an error matching syscall.EEXIST.
+func (m *Manager) buildDomain(ctx context.Context, spec Spec, d xenctrl.Domid, te *taskEntry) ([]devices.Record, error) {
 	t0 := time.Now()
 	if _, err := m.hv.CreateDomain(ctx, domainConfig(spec, d)); errors.Is(err, syscall.EEXIST) {
-		return 0, fmt.Errorf("create domain %d: %w", d, err)
+		return nil, fmt.Errorf("create domain %d: %w", d, err)
 	} else if err != nil {
-		return 0, hvError(fmt.Sprintf("create domain %d", d), err)
+		return nil, hvError(fmt.Sprintf("create domain %d", d), err)
 	}
 	m.progress(te, 0.3)
 	tCreate := time.Now()
-	fail := func(err error) (xenctrl.Domid, error) {
+	fail := func(err error) ([]devices.Record, error) {
 		cctx, cancel := cleanupCtx(ctx)
 		defer cancel()
 		if terr := m.teardown(cctx, spec.UUID, d); terr != nil {
 			m.log.Error("undo half-built domain", "vm", spec.UUID, "domid", d, "err", terr)
 		}
-		return 0, err
+		return nil, err
 	}
 	res, err := m.builder.Build(ctx, d, spec)
 	if err != nil {
@@ -107,13 +109,21 @@ func (m *Manager) buildDomain(ctx context.Context, spec Spec, d xenctrl.Domid, t
 			return fail(&Error{Code: CodeInternal, Message: fmt.Sprintf("introduce domain %d to xenstored: %v", d, err)})
 		}
 	}
+	m.progress(te, 0.7)
+	tLayout := time.Now()
+	var devs []devices.Record
+	if len(spec.Disks) > 0 || len(spec.NICs) > 0 {
+		if devs, err = m.plugDevices(ctx, spec, d); err != nil {
+			return fail(err)
+		}
+	}
 	m.progress(te, 0.8)
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
 	m.log.Info("domain built", "vm", spec.UUID, "domid", d, "create", tCreate.Sub(t0),
-		"build", tBuild.Sub(tCreate), "xenstore", time.Since(tBuild), "total", time.Since(t0))
-	return d, nil
+		"build", tBuild.Sub(tCreate), "xenstore", tLayout.Sub(tBuild), "devices", time.Since(tLayout), "total", time.Since(t0))
+	return devs, nil
 }
 
 // Xenstore paths of a VM's domain.
@@ -289,6 +299,11 @@ func (m *Manager) destroyDomain(ctx context.Context, id string, d xenctrl.Domid,
 		}
 	}
 	paths := vmPaths
+	if d != 0 && m.devs != nil {
+		if err := m.devs.RemoveDomainDevices(ctx, uint32(d)); err != nil {
+			errs = append(errs, fmt.Errorf("remove the devices of domain %d: %w", d, err))
+		}
+	}
 	if d != 0 {
 		if err := m.xs.Release(ctx, uint32(d)); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EINVAL) {
 			errs = append(errs, fmt.Errorf("release domain %d in xenstored: %w", d, err))

@@ -96,6 +96,22 @@
 // VM), with another spec an error. NIC MACs left empty are generated at
 // create (Xen's OUI, unique on the host) and kept in the spec.
 //
+// # Devices
+//
+// Disks and NICs (package devices, reached through the Devices interface)
+// are plugged by the build, after the xenstore layout and before the
+// domain first runs, disks first; VM.Devices records what was plugged and
+// is persisted with the Running state. A failed plug undoes the whole
+// start. Destroy (and every teardown) removes a domain's devices from what
+// xenstore's dom0-owned backend directories say, so a crash loses nothing.
+// Before anything is built, Start checks the backing paths (exist, not a
+// directory), the bridges, and that no other running VM holds a backing
+// file in a conflicting mode (read-write in one VM means in no other;
+// files are told apart by device and inode, so a symlink is no way round)
+// or one of the MACs. Disks and NICs are hot-plugged into a running or
+// paused VM by AddDisk/AddNIC and unplugged by RemoveDisk/RemoveNIC, tasks
+// that change the spec and VM.Devices together.
+//
 // # Guest-initiated shutdowns and reconciliation
 //
 // A watcher on @releaseDomain (plus a periodic rescan) notices domains that

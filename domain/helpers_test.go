@@ -36,6 +36,7 @@ type env struct {
 	m       *Manager
 	retain  int
 	builder Builder
+	devs    Devices
 	guests  sync.WaitGroup
 }
 
@@ -45,6 +46,7 @@ type envOpts struct {
 	workers int
 	noGuest bool
 	builder func(xenctrl.Hypervisor) Builder // nil: the Manager's default
+	devices Devices
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -53,7 +55,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		o.memory = 64 << 30
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, ctx: ctx, cancel: cancel, retain: o.retain}
+	e := &env{t: t, ctx: ctx, cancel: cancel, retain: o.retain, devs: o.devices}
 	var srvMu sync.Mutex
 	var srv *xenstored.Server
 	e.hv = sim.New(sim.Config{
@@ -123,7 +125,7 @@ func (e *env) open(workers int) {
 		e.t.Fatal(err)
 	}
 	e.st = st
-	m, err := New(e.ctx, Config{Hypervisor: e.hv, Xenstore: e.xs, Store: st, Workers: workers, Builder: e.builder})
+	m, err := New(e.ctx, Config{Hypervisor: e.hv, Xenstore: e.xs, Store: st, Workers: workers, Builder: e.builder, Devices: e.devs})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
@@ -33,7 +34,7 @@ func (m *Manager) Start(ctx context.Context, ref string, paused bool) (Task, err
 		return Task{}, err
 	}
 	spec := m.vmSnapshot(e).VM.Spec
-	if err := devicesUnsupported(spec); err != nil {
+	if err := m.checkDevices(ctx, e.id, spec, false); err != nil {
 		return Task{}, err
 	}
 	// Early check of free memory (the build is the real check: ENOMEM).
@@ -52,22 +53,6 @@ func (m *Manager) Start(ctx context.Context, ref string, paused bool) (Task, err
 		}
 		return m.startDomain(ctx, e, te, paused)
 	})
-}
-
-// devicesUnsupported refuses to start a VM with disks or NICs: the daemon
-// records them but does not plug devices yet, and a VM started without the
-// devices its spec names would be a VM other than the one asked for.
-func devicesUnsupported(spec Spec) error {
-	for _, f := range []struct {
-		field, what string
-		n           int
-	}{{"spec.disks", "virtual disks", len(spec.Disks)}, {"spec.nics", "virtual NICs", len(spec.NICs)}} {
-		if f.n > 0 {
-			return &Error{Code: CodeFailedPrecondition, Field: f.field, Message: fmt.Sprintf(
-				"VM %s has %s (%d), which this daemon records but cannot plug yet; remove them to start the VM", spec.UUID, f.what, f.n)}
-		}
-	}
-	return nil
 }
 
 // maxDomidRetries bounds how often a start picks another domid after
@@ -99,8 +84,12 @@ func (m *Manager) startDomain(ctx context.Context, e *vmEntry, te *taskEntry, pa
 		return nil, err
 	}
 	spec := m.vmSnapshot(e).VM.Spec
+	if err := m.checkDevices(ctx, e.id, spec, true); err != nil {
+		return halted, err
+	}
+	var devs []devices.Record
 	for try := 0; ; try++ {
-		_, err = m.buildDomain(ctx, spec, d, te)
+		devs, err = m.buildDomain(ctx, spec, d, te)
 		if !errors.Is(err, syscall.EEXIST) || try == maxDomidRetries {
 			break
 		}
@@ -129,6 +118,7 @@ func (m *Manager) startDomain(ctx context.Context, e *vmEntry, te *taskEntry, pa
 	m.log.Info("VM started", "vm", e.id, "domid", d, "paused", paused)
 	return func(r *vmRecord) {
 		r.Building, r.VM.Power, r.VM.Domid, r.VM.Problem, r.Preserved, r.VM.DomainSuspended = false, power, uint32(d), "", false, false
+		r.VM.Devices = devs
 		r.setClaim(d, rolePrimary, claimLive)
 	}, nil
 }
@@ -388,6 +378,11 @@ func (m *Manager) guestCheck(ctx context.Context, e *vmEntry, _ *taskEntry) (fun
 		problem := fmt.Sprintf("domain %d vanished", d)
 		m.log.Warn("domain vanished", "vm", e.id, "domid", d)
 		cctx, cancel := cleanupCtx(ctx)
+		if m.devs != nil {
+			if err := m.devs.RemoveDomainDevices(cctx, uint32(d)); err != nil {
+				m.log.Error("remove the devices of a vanished domain", "vm", e.id, "domid", d, "err", err)
+			}
+		}
 		m.removeLayout(cctx, e.id, d)
 		cancel()
 		return func(r *vmRecord) {

@@ -515,6 +515,7 @@ var _ = context.Background
 // TestStartRefusesDevices: disks and NICs are recorded but not plugged yet,
 // so a VM that has them is not started without them: the start is refused
 // naming the field, and nothing is built.
+// TestStartRefusesDevices: a manager without a device backend cannot plug.
 func TestStartRefusesDevices(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	for _, c := range []struct {

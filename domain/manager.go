@@ -46,8 +46,10 @@ type Config struct {
 	Xenstore   *xenstore.Client
 	Store      *store.Store
 	Builder    Builder // nil => EmptyBuilder on Hypervisor
-	Workers    int     // worker pool size (0: DefaultWorkers)
-	Logger     *slog.Logger
+	// Devices plugs disks and NICs; nil => VMs with either cannot start.
+	Devices Devices
+	Workers int // worker pool size (0: DefaultWorkers)
+	Logger  *slog.Logger
 }
 
 // Manager owns every VM on the host. Create it with New.
@@ -56,6 +58,7 @@ type Manager struct {
 	xs      *xenstore.Client
 	st      *store.Store
 	builder Builder
+	devs    Devices // nil: no device backend
 	log     *slog.Logger
 
 	baseCtx    context.Context // cancelled when Close gives up waiting
@@ -77,6 +80,8 @@ type Manager struct {
 	rev      uint64                   // last event revision applied to memory
 	domids   map[xenctrl.Domid]string // domid -> VM id, for every claim (and reservation)
 	rover    xenctrl.Domid            // last domid reserveDomid picked
+	diskUse  map[fileID][]deviceUse   // backing file -> the VMs holding it (checkDevices)
+	macUse   map[string]deviceUse     // MAC -> the VM holding it
 
 	hub *progressHub // live task progress for watchers
 
@@ -128,7 +133,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, errors.New("domain.New: Hypervisor, Xenstore and Store are required")
 	}
 	m := &Manager{
-		hv: cfg.Hypervisor, xs: cfg.Xenstore, st: cfg.Store, builder: cfg.Builder, log: cfg.Logger,
+		hv: cfg.Hypervisor, xs: cfg.Xenstore, st: cfg.Store, builder: cfg.Builder, devs: cfg.Devices, log: cfg.Logger,
+		diskUse: map[fileID][]deviceUse{}, macUse: map[string]deviceUse{},
 		vms: map[string]*vmEntry{}, names: map[string]string{}, pending: map[string]bool{},
 		reqs: map[string]string{}, inflight: map[string]chan struct{}{}, tasks: map[string]*taskEntry{},
 		domids: map[xenctrl.Domid]string{}, exc: make(chan struct{}), hub: newProgressHub(),
@@ -184,6 +190,7 @@ func (m *Manager) load() error {
 		e := &vmEntry{id: id, handle: uuidHandle(id), rec: r, projected: r.VM.Power}
 		m.vms[id] = e
 		m.indexClaims(id, nil, r.Domains)
+		m.adoptDeviceUses(r.VM)
 		m.names[r.VM.Spec.Name] = id
 		return nil
 	})
@@ -409,6 +416,7 @@ func (m *Manager) commit(ctx context.Context, t txn) error {
 			}
 			m.names[r.VM.Spec.Name] = r.VM.ID
 			m.indexClaims(r.VM.ID, e.rec.Domains, r.Domains)
+			m.indexDevicesLocked(r)
 			e.rec = r
 			if !e.scheduled {
 				e.projected = r.VM.Power
@@ -420,6 +428,7 @@ func (m *Manager) commit(ctx context.Context, t txn) error {
 					delete(m.names, e.rec.VM.Spec.Name)
 				}
 				m.indexClaims(id, e.rec.Domains, nil)
+				m.releaseDevicesLocked(id)
 				delete(m.vms, id)
 			}
 		}
@@ -460,6 +469,9 @@ func (m *Manager) updateVM(ctx context.Context, e *vmEntry, fn func(r *vmRecord)
 		r.VM.Spec = cloneSpec(r.VM.Spec)
 		if err := fn(&r); err != nil {
 			return err
+		}
+		if r.VM.Domid == 0 { // devices are plugged into a domain
+			r.VM.Devices = nil
 		}
 		r.VM.Generation++
 		r.VM.UpdatedAt = time.Now().UTC()

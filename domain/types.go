@@ -3,6 +3,8 @@ package domain
 import (
 	"fmt"
 	"time"
+
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 )
 
 // Type is the guest virtualisation mode.
@@ -45,8 +47,7 @@ const (
 	DiskRW
 )
 
-// Disk is a virtual block device. It is recorded, but not plugged yet:
-// Start refuses a VM that has one (devicesUnsupported).
+// Disk is a virtual block device, plugged when the VM starts.
 type Disk struct {
 	Device string // guest device name, e.g. "xvda"
 	Path   string // backing file or block device in dom0
@@ -54,8 +55,8 @@ type Disk struct {
 	CDROM  bool
 }
 
-// NIC is a virtual network interface. It is recorded, but not plugged
-// yet: Start refuses a VM that has one (devicesUnsupported).
+// NIC is a virtual network interface, plugged when the VM starts. An empty
+// Bridge means DefaultBridge.
 type NIC struct {
 	MAC    string // "00:16:3e:xx:xx:xx"
 	Bridge string
@@ -96,6 +97,9 @@ type VM struct {
 	// Power is Paused. Saving it (which would make the VM Suspended, with no
 	// domain) and resuming it are not implemented: only Destroy applies.
 	DomainSuspended bool
+	// Devices are the disks and NICs plugged into the VM's domain (none
+	// when it has no domain).
+	Devices []devices.Record
 	// Problem is set when reconciliation found something wrong, e.g. the
 	// VM's domain vanished while the daemon was down.
 	Problem   string

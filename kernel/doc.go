@@ -13,6 +13,11 @@
 //   - ELF64 x86_64 kernels (vmlinux): program headers, loadable segments and
 //     the Xen ELF notes (XEN_ELFNOTE_*, xen/include/public/elfnote.h) found
 //     in PT_NOTE segments or, failing those, SHT_NOTE sections. See ParseELF.
+//   - ELF32 i386 kernels that boot as PVH, such as GRUB's i386-xen_pvh
+//     image: the same, read from the 32-bit headers (elfclass.go), and
+//     accepted only with a XEN_ELFNOTE_PHYS32_ENTRY inside an executable
+//     segment and every segment below 4 GiB. Image.Class says which class
+//     an image was; a 32-bit PV kernel is refused (no PHYS32_ENTRY).
 //   - Linux bzImage: the x86 boot protocol setup header (boot protocol
 //     2.08+ for payload_offset/payload_length) and the compressed payload
 //     inside it: gzip, xz, zstd, lz4 (legacy frame), bzip2 or lzma, each

@@ -1,25 +1,20 @@
 package kernel
 
 import (
-	"encoding/binary"
 	"sort"
 	"strconv"
 )
 
-// ELF constants used here (System V gABI, x86_64 psABI).
+// ELF constants used here (System V gABI, x86 psABIs).
 const (
-	elfClass64    = 2
+	elfIdentSize  = 16
 	elfDataLSB    = 1
 	elfVersion    = 1
 	etExec        = 2
 	etDyn         = 3
-	emX86_64      = 62
 	ptLoad        = 1
 	ptNote        = 4
 	shtNote       = 7
-	ehdrSize      = 64
-	phdrSize      = 56
-	shdrSize      = 64
 	pnXNum        = 0xffff
 	maxPhys32Addr = 1 << 32
 )
@@ -37,6 +32,8 @@ type Segment struct {
 
 // Image is a parsed ELF kernel ready to be placed in guest memory.
 type Image struct {
+	// Class is the ELF class: ELF64 (x86_64) or ELF32 (i386, PVH only).
+	Class ELFClass
 	// Entry is e_entry (a virtual address for PV kernels).
 	Entry uint64
 	// Segments are the loadable segments with a non-zero size, sorted by
@@ -52,116 +49,161 @@ type Image struct {
 	Size uint64
 }
 
-// ParseELF parses and checks an ELF64 x86_64 kernel. The returned Image
-// aliases data.
+// ParseELF parses and checks an ELF kernel: an ELF64 x86_64 one, or an
+// ELF32 i386 one that can boot as PVH (it has a XEN_ELFNOTE_PHYS32_ENTRY in
+// an executable segment, and everything lies below 4 GiB: CheckPVH). The
+// returned Image aliases data.
 func ParseELF(data []byte, lim Limits) (*Image, error) {
 	lim = lim.withDefaults()
 	size := uint64(len(data))
 	if size > lim.MaxImageSize {
 		return nil, tooLarge("elf", "image is %d bytes (limit %d)", size, lim.MaxImageSize)
 	}
-	if size < ehdrSize {
-		return nil, malformed("elf header", "file is %d bytes, shorter than an ELF64 header (64)", size)
+	f, h, err := parseHeader(data)
+	if err != nil {
+		return nil, err
+	}
+	img := &Image{Class: f.class, Entry: h.entry, Size: size}
+	notes, err := img.loadSegments(data, f, h, lim)
+	if err != nil {
+		return nil, err
+	}
+	for i, n := range notes {
+		if err := ParseNotes(data[n[0]:n[0]+n[1]], &img.Notes, lim.MaxNotes, "elf PT_NOTE segment "+strconv.Itoa(i)); err != nil {
+			return nil, err
+		}
+	}
+	if img.Notes.Count == 0 && h.shnum > 0 && h.shoff != 0 {
+		if err := sectionNotes(data, f, h, lim, &img.Notes); err != nil {
+			return nil, err
+		}
+	}
+	if f.class == ELF32 {
+		// A 32-bit kernel is loaded for PVH only: refuse now what
+		// could not boot that way.
+		if !img.Notes.HasPhys32Entry {
+			return nil, unsupported("elf notes", "an ELF32 kernel has no XEN_ELFNOTE_PHYS32_ENTRY: 32-bit kernels boot only as PVH, which starts there")
+		}
+		if err := img.CheckPVH(); err != nil {
+			return nil, err
+		}
+	}
+	return img, nil
+}
+
+// parseHeader checks the ELF identification and header of data and returns
+// the format of its class with the header decoded.
+func parseHeader(data []byte) (*elfFormat, fileHeader, error) {
+	size := uint64(len(data))
+	if size < elfIdentSize {
+		return nil, fileHeader{}, malformed("elf header", "file is %d bytes, shorter than an ELF identification (16)", size)
 	}
 	if string(data[:4]) != "\x7fELF" {
-		return nil, malformed("elf header e_ident", "no ELF magic")
+		return nil, fileHeader{}, malformed("elf header e_ident", "no ELF magic")
 	}
-	if data[4] != elfClass64 {
-		return nil, unsupported("elf header e_ident[EI_CLASS]", "class %d, only ELF64 (2) is supported", data[4])
+	f := formatOf(data[4])
+	if f == nil {
+		return nil, fileHeader{}, unsupported("elf header e_ident[EI_CLASS]", "class %d, only ELF32 (1) and ELF64 (2) are supported", data[4])
+	}
+	if size < f.ehdrSize {
+		return nil, fileHeader{}, malformed("elf header", "file is %d bytes, shorter than an %s header (%d)", size, f.class, f.ehdrSize)
 	}
 	if data[5] != elfDataLSB {
-		return nil, unsupported("elf header e_ident[EI_DATA]", "encoding %d, only little-endian (1) is supported", data[5])
+		return nil, fileHeader{}, unsupported("elf header e_ident[EI_DATA]", "encoding %d, only little-endian (1) is supported", data[5])
 	}
 	if data[6] != elfVersion {
-		return nil, malformed("elf header e_ident[EI_VERSION]", "version %d, want 1", data[6])
+		return nil, fileHeader{}, malformed("elf header e_ident[EI_VERSION]", "version %d, want 1", data[6])
 	}
-	le := binary.LittleEndian
-	etype := le.Uint16(data[16:])
-	if etype != etExec && etype != etDyn {
-		return nil, unsupported("elf header e_type", "type %d, want ET_EXEC (2) or ET_DYN (3)", etype)
+	h := f.fileHeader(data)
+	if h.etype != etExec && h.etype != etDyn {
+		return nil, fileHeader{}, unsupported("elf header e_type", "type %d, want ET_EXEC (2) or ET_DYN (3)", h.etype)
 	}
-	if m := le.Uint16(data[18:]); m != emX86_64 {
-		return nil, unsupported("elf header e_machine", "machine %d, only x86_64 (62) is supported", m)
+	if h.machine != f.machine {
+		return nil, fileHeader{}, unsupported("elf header e_machine", "machine %d: an %s kernel must be %s (%d)", h.machine, f.class, f.machineName, f.machine)
 	}
-	img := &Image{Entry: le.Uint64(data[24:]), Size: size}
-	phoff := le.Uint64(data[32:])
-	shoff := le.Uint64(data[40:])
-	phentsize := le.Uint16(data[54:])
-	phnum := int(le.Uint16(data[56:]))
-	shentsize := le.Uint16(data[58:])
-	shnum := int(le.Uint16(data[60:]))
+	return f, h, nil
+}
 
-	if phnum == 0 {
+// loadSegments checks the program header table and collects the loadable
+// segments into img, sorted and without overlaps; it returns the file
+// ranges (offset, size) of the PT_NOTE segments.
+func (img *Image) loadSegments(data []byte, f *elfFormat, h fileHeader, lim Limits) (notes [][2]uint64, err error) {
+	size := uint64(len(data))
+	phnum := int(h.phnum)
+	switch {
+	case phnum == 0:
 		return nil, malformed("elf header e_phnum", "no program headers: nothing to load")
-	}
-	if phnum == pnXNum {
+	case phnum == pnXNum:
 		return nil, unsupported("elf header e_phnum", "extended numbering (PN_XNUM) is not supported")
-	}
-	if phnum > lim.MaxSegments {
+	case phnum > lim.MaxSegments:
 		return nil, tooLarge("elf header e_phnum", "%d program headers (limit %d)", phnum, lim.MaxSegments)
+	case uint64(h.phentsize) != f.phdrSize:
+		return nil, malformed("elf header e_phentsize", "%d, want %d for %s", h.phentsize, f.phdrSize, f.class)
 	}
-	if phentsize != phdrSize {
-		return nil, malformed("elf header e_phentsize", "%d, want %d", phentsize, phdrSize)
+	if _, ok := span(h.phoff, uint64(phnum)*f.phdrSize, size); !ok {
+		return nil, malformed("elf header e_phoff", "program header table at %#x (%d entries) runs past the end of the file (%d bytes)", h.phoff, phnum, size)
 	}
-	if _, ok := span(phoff, uint64(phnum)*phdrSize, size); !ok {
-		return nil, malformed("elf header e_phoff", "program header table at %#x (%d entries) runs past the end of the file (%d bytes)", phoff, phnum, size)
-	}
-
 	var total uint64
-	var notes [][2]uint64 // offset, size of PT_NOTE segments
 	for i := 0; i < phnum; i++ {
-		ph := data[phoff+uint64(i)*phdrSize:]
+		ph := f.progHeader(data[h.phoff+uint64(i)*f.phdrSize:])
 		where := "elf program header " + strconv.Itoa(i)
-		ptype := le.Uint32(ph[0:])
-		flags := le.Uint32(ph[4:])
-		off := le.Uint64(ph[8:])
-		vaddr := le.Uint64(ph[16:])
-		paddr := le.Uint64(ph[24:])
-		filesz := le.Uint64(ph[32:])
-		memsz := le.Uint64(ph[40:])
-		switch ptype {
+		switch ph.typ {
 		case ptNote:
-			if _, ok := span(off, filesz, size); !ok {
-				return nil, malformed(where+" p_offset", "PT_NOTE at %#x size %d runs past the end of the file (%d bytes)", off, filesz, size)
+			if _, ok := span(ph.off, ph.filesz, size); !ok {
+				return nil, malformed(where+" p_offset", "PT_NOTE at %#x size %d runs past the end of the file (%d bytes)", ph.off, ph.filesz, size)
 			}
-			notes = append(notes, [2]uint64{off, filesz})
+			notes = append(notes, [2]uint64{ph.off, ph.filesz})
 		case ptLoad:
-			if filesz > memsz {
-				return nil, malformed(where+" p_filesz", "%d is larger than p_memsz %d", filesz, memsz)
+			if err := checkLoad(ph, f, size, lim, where); err != nil {
+				return nil, err
 			}
-			if _, ok := span(off, filesz, size); !ok {
-				return nil, malformed(where+" p_offset", "segment at %#x size %d runs past the end of the file (%d bytes)", off, filesz, size)
-			}
-			if memsz > lim.MaxLoadSize {
-				return nil, tooLarge(where+" p_memsz", "%d bytes (limit %d)", memsz, lim.MaxLoadSize)
-			}
-			if _, ok := span(paddr, memsz, ^uint64(0)); !ok {
-				return nil, malformed(where+" p_paddr", "%#x + p_memsz %#x overflows", paddr, memsz)
-			}
-			if _, ok := span(vaddr, memsz, ^uint64(0)); !ok {
-				return nil, malformed(where+" p_vaddr", "%#x + p_memsz %#x overflows", vaddr, memsz)
-			}
-			total += memsz
-			if total > lim.MaxLoadSize {
+			if total += ph.memsz; total > lim.MaxLoadSize {
 				return nil, tooLarge(where+" p_memsz", "loadable segments total more than %d bytes", lim.MaxLoadSize)
 			}
-			if memsz == 0 {
+			if ph.memsz == 0 {
 				continue
 			}
 			img.Segments = append(img.Segments, Segment{
-				Index: i, PAddr: paddr, VAddr: vaddr, MemSize: memsz, Flags: flags,
-				Data: data[off : off+filesz : off+filesz],
+				Index: i, PAddr: ph.paddr, VAddr: ph.vaddr, MemSize: ph.memsz, Flags: ph.flags,
+				Data: data[ph.off : ph.off+ph.filesz : ph.off+ph.filesz],
 			})
 		}
 	}
+	return notes, img.placeSegments(lim)
+}
+
+// checkLoad checks one PT_LOAD program header against the file's size,
+// the limits and the class's address space.
+func checkLoad(ph progHeader, f *elfFormat, size uint64, lim Limits, where string) error {
+	if ph.filesz > ph.memsz {
+		return malformed(where+" p_filesz", "%d is larger than p_memsz %d", ph.filesz, ph.memsz)
+	}
+	if _, ok := span(ph.off, ph.filesz, size); !ok {
+		return malformed(where+" p_offset", "segment at %#x size %d runs past the end of the file (%d bytes)", ph.off, ph.filesz, size)
+	}
+	if ph.memsz > lim.MaxLoadSize {
+		return tooLarge(where+" p_memsz", "%d bytes (limit %d)", ph.memsz, lim.MaxLoadSize)
+	}
+	if _, ok := span(ph.paddr, ph.memsz, f.addrLimit); !ok {
+		return malformed(where+" p_paddr", "%#x + p_memsz %#x overflows the %s address space", ph.paddr, ph.memsz, f.class)
+	}
+	if _, ok := span(ph.vaddr, ph.memsz, f.addrLimit); !ok {
+		return malformed(where+" p_vaddr", "%#x + p_memsz %#x overflows the %s address space", ph.vaddr, ph.memsz, f.class)
+	}
+	return nil
+}
+
+// placeSegments sorts the segments by physical address, refuses overlaps
+// and sets the physical range, which must fit MaxLoadSize.
+func (img *Image) placeSegments(lim Limits) error {
 	if len(img.Segments) == 0 {
-		return nil, malformed("elf program headers", "no PT_LOAD segment with a non-zero size")
+		return malformed("elf program headers", "no PT_LOAD segment with a non-zero size")
 	}
 	sort.Slice(img.Segments, func(a, b int) bool { return img.Segments[a].PAddr < img.Segments[b].PAddr })
 	for i := 1; i < len(img.Segments); i++ {
 		p, s := img.Segments[i-1], img.Segments[i]
 		if s.PAddr < p.PAddr+p.MemSize {
-			return nil, malformed("elf program header "+strconv.Itoa(s.Index)+" p_paddr",
+			return malformed("elf program header "+strconv.Itoa(s.Index)+" p_paddr",
 				"segment [%#x, %#x) overlaps program header %d's [%#x, %#x)",
 				s.PAddr, s.PAddr+s.MemSize, p.Index, p.PAddr, p.PAddr+p.MemSize)
 		}
@@ -170,43 +212,31 @@ func ParseELF(data []byte, lim Limits) (*Image, error) {
 	last := img.Segments[len(img.Segments)-1]
 	img.PhysEnd = last.PAddr + last.MemSize
 	if img.PhysEnd-img.PhysStart > lim.MaxLoadSize {
-		return nil, tooLarge("elf program headers", "segments span [%#x, %#x), more than %d bytes", img.PhysStart, img.PhysEnd, lim.MaxLoadSize)
+		return tooLarge("elf program headers", "segments span [%#x, %#x), more than %d bytes", img.PhysStart, img.PhysEnd, lim.MaxLoadSize)
 	}
-
-	for i, n := range notes {
-		if err := ParseNotes(data[n[0]:n[0]+n[1]], &img.Notes, lim.MaxNotes, "elf PT_NOTE segment "+strconv.Itoa(i)); err != nil {
-			return nil, err
-		}
-	}
-	if img.Notes.Count == 0 && shnum > 0 && shoff != 0 {
-		if err := sectionNotes(data, shoff, shentsize, shnum, lim, &img.Notes); err != nil {
-			return nil, err
-		}
-	}
-	return img, nil
+	return nil
 }
 
 // sectionNotes reads Xen notes from SHT_NOTE sections, for images whose
 // notes are not covered by a PT_NOTE segment.
-func sectionNotes(data []byte, shoff uint64, shentsize uint16, shnum int, lim Limits, n *XenNotes) error {
-	le := binary.LittleEndian
+func sectionNotes(data []byte, f *elfFormat, h fileHeader, lim Limits, n *XenNotes) error {
 	size := uint64(len(data))
+	shnum := int(h.shnum)
 	if shnum > 4*lim.MaxSegments+64 {
 		return tooLarge("elf header e_shnum", "%d section headers (limit %d)", shnum, 4*lim.MaxSegments+64)
 	}
-	if shentsize != shdrSize {
-		return malformed("elf header e_shentsize", "%d, want %d", shentsize, shdrSize)
+	if uint64(h.shentsize) != f.shdrSize {
+		return malformed("elf header e_shentsize", "%d, want %d for %s", h.shentsize, f.shdrSize, f.class)
 	}
-	if _, ok := span(shoff, uint64(shnum)*shdrSize, size); !ok {
-		return malformed("elf header e_shoff", "section header table at %#x (%d entries) runs past the end of the file (%d bytes)", shoff, shnum, size)
+	if _, ok := span(h.shoff, uint64(shnum)*f.shdrSize, size); !ok {
+		return malformed("elf header e_shoff", "section header table at %#x (%d entries) runs past the end of the file (%d bytes)", h.shoff, shnum, size)
 	}
 	for i := 0; i < shnum; i++ {
-		sh := data[shoff+uint64(i)*shdrSize:]
-		if le.Uint32(sh[4:]) != shtNote {
+		typ, off, sz := f.sectionHeader(data[h.shoff+uint64(i)*f.shdrSize:])
+		if typ != shtNote {
 			continue
 		}
 		where := "elf section header " + strconv.Itoa(i)
-		off, sz := le.Uint64(sh[24:]), le.Uint64(sh[32:])
 		if _, ok := span(off, sz, size); !ok {
 			return malformed(where+" sh_offset", "SHT_NOTE at %#x size %d runs past the end of the file (%d bytes)", off, sz, size)
 		}

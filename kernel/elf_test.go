@@ -72,7 +72,9 @@ func TestMalformedELF(t *testing.T) {
 	}{
 		{"truncated header", func(b []byte) []byte { return b[:40] }, ErrMalformed, "shorter than an ELF64 header"},
 		{"bad magic", func(b []byte) []byte { b[1] = 'X'; return b }, ErrMalformed, "no ELF magic"},
-		{"elf32", func(b []byte) []byte { b[4] = 1; return b }, ErrUnsupported, "EI_CLASS"},
+		{"unknown class", func(b []byte) []byte { b[4] = 3; return b }, ErrUnsupported, "EI_CLASS"},
+		{"elf32 class on x86_64", func(b []byte) []byte { b[4] = 1; return b }, ErrUnsupported, "an ELF32 kernel must be i386"},
+		{"i386 machine in elf64", func(b []byte) []byte { le.PutUint16(b[18:], 3); return b }, ErrUnsupported, "an ELF64 kernel must be x86_64"},
 		{"big endian", func(b []byte) []byte { b[5] = 2; return b }, ErrUnsupported, "EI_DATA"},
 		{"arm64", func(b []byte) []byte { le.PutUint16(b[18:], 183); return b }, ErrUnsupported, "e_machine"},
 		{"relocatable", func(b []byte) []byte { le.PutUint16(b[16:], 1); return b }, ErrUnsupported, "e_type"},

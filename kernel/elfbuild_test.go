@@ -36,3 +36,18 @@ func linuxLike() elftest.Image {
 		},
 	}
 }
+
+// grubLikePVH is a small ELF32 i386 image shaped like GRUB's i386-xen_pvh
+// image: text and bss at 1 MiB, a second segment starting unaligned right
+// after the bss, and one Xen note, PHYS32_ENTRY at the start of the text.
+func grubLikePVH() elftest.Image {
+	return elftest.Image{
+		ELF32: true,
+		Entry: 0x100000,
+		Segments: []elftest.Segment{
+			{Paddr: 0x100000, Vaddr: 0x100000, Data: bytes.Repeat([]byte{0x90}, 0x1ccb), Memsz: 0x5858, Flags: 7},
+			{Paddr: 0x105858, Vaddr: 0x105858, Data: bytes.Repeat([]byte{0xAB}, 0x800), Flags: 7},
+		},
+		Notes: []elftest.Note{elftest.XenNote(NotePhys32Entry, elftest.U32(0x100000))},
+	}
+}

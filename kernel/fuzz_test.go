@@ -112,6 +112,11 @@ func FuzzParseELF(f *testing.F) {
 	if _, head, _ := realSeeds(f); head != nil {
 		f.Add(head)
 	}
+	// ELF32 (PVH only), with its note in a segment and in a section.
+	e32 := smallGRUBLike()
+	f.Add(e32.Build())
+	e32.SectionNotes, e32.Notes = e32.Notes, nil
+	f.Add(e32.Build())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		img, err := ParseELF(data, fuzzLimits)
 		if err != nil {
@@ -133,8 +138,25 @@ func FuzzParseELF(f *testing.F) {
 		if total > fuzzLimits.MaxLoadSize || img.PhysEnd < img.PhysStart {
 			t.Fatalf("limits not enforced: total %d range [%#x,%#x)", total, img.PhysStart, img.PhysEnd)
 		}
-		_ = img.CheckPVH()
+		switch img.Class {
+		case ELF32: // accepted only as PVH: all below 4 GiB, entry checked
+			if err := img.CheckPVH(); err != nil || img.PhysEnd > 1<<32 {
+				t.Fatalf("ELF32 image accepted that cannot boot as PVH: %v, ends at %#x", err, img.PhysEnd)
+			}
+		case ELF64:
+			_ = img.CheckPVH()
+		default:
+			t.Fatalf("image of class %v accepted", img.Class)
+		}
 	})
+}
+
+// smallGRUBLike is grubLikePVH with little file Data.
+func smallGRUBLike() elftest.Image {
+	e := grubLikePVH()
+	e.Segments[0].Data = e.Segments[0].Data[:0x100]
+	e.Segments[1].Data = e.Segments[1].Data[:64]
+	return e
 }
 
 func FuzzParseNotes(f *testing.F) {

@@ -74,7 +74,7 @@ var ErrMalformed = errors.New("malformed kernel image")
 var ErrTooLarge = errors.New("kernel image exceeds a limit")
 
 // ErrUnsupported is matched by errors about a well-formed image of a kind
-// this package does not load (e.g. 32-bit ELF, LZO payload).
+// this package does not load (e.g. a 32-bit ELF without a PVH entry, LZO payload).
 var ErrUnsupported = errors.New("unsupported kernel image")
 
 // FormatError says which field of which structure was wrong, and why.

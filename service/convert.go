@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 )
 
@@ -111,22 +112,40 @@ func SpecFromPB(s *pb.VMSpec, prefix string) (domain.Spec, error) {
 		return domain.Spec{}, err
 	}
 	for i, d := range s.GetDisks() {
-		if d == nil {
-			return domain.Spec{}, invalidField(fmt.Sprintf("%s[%d]", f("disks"), i), "null disk")
-		}
-		mode, err := enumFromPB(diskModes, d.GetMode(), fmt.Sprintf("%s[%d].mode", f("disks"), i))
+		disk, err := DiskFromPB(d, fmt.Sprintf("%s[%d]", f("disks"), i))
 		if err != nil {
 			return domain.Spec{}, err
 		}
-		spec.Disks = append(spec.Disks, domain.Disk{Device: d.GetDevice(), Path: d.GetPath(), Mode: mode, CDROM: d.GetCdrom()})
+		spec.Disks = append(spec.Disks, disk)
 	}
 	for i, n := range s.GetNics() {
-		if n == nil {
-			return domain.Spec{}, invalidField(fmt.Sprintf("%s[%d]", f("nics"), i), "null nic")
+		nic, err := NICFromPB(n, fmt.Sprintf("%s[%d]", f("nics"), i))
+		if err != nil {
+			return domain.Spec{}, err
 		}
-		spec.NICs = append(spec.NICs, domain.NIC{MAC: n.GetMac(), Bridge: n.GetBridge(), MTU: n.GetMtu()})
+		spec.NICs = append(spec.NICs, nic)
 	}
 	return spec, nil
+}
+
+// DiskFromPB converts an API disk (at field) to the core's.
+func DiskFromPB(d *pb.Disk, field string) (domain.Disk, error) {
+	if d == nil {
+		return domain.Disk{}, invalidField(field, "null disk")
+	}
+	mode, err := enumFromPB(diskModes, d.GetMode(), field+".mode")
+	if err != nil {
+		return domain.Disk{}, err
+	}
+	return domain.Disk{Device: d.GetDevice(), Path: d.GetPath(), Mode: mode, CDROM: d.GetCdrom()}, nil
+}
+
+// NICFromPB converts an API NIC (at field) to the core's.
+func NICFromPB(n *pb.NIC, field string) (domain.NIC, error) {
+	if n == nil {
+		return domain.NIC{}, invalidField(field, "null nic")
+	}
+	return domain.NIC{MAC: n.GetMac(), Bridge: n.GetBridge(), MTU: n.GetMtu()}, nil
 }
 
 // SpecToPB converts a core spec to the API.
@@ -170,7 +189,48 @@ func VMToPB(v domain.VM) *pb.VM {
 		UpdateTime:      timeToPB(v.UpdatedAt),
 		Generation:      v.Generation,
 		DomainSuspended: v.DomainSuspended,
+		Devices:         devicesToPB(v.Devices),
 	}
+}
+
+func devicesToPB(recs []devices.Record) []*pb.PluggedDevice {
+	var out []*pb.PluggedDevice
+	for _, r := range recs {
+		out = append(out, deviceToPB(r))
+	}
+	return out
+}
+
+func deviceStatesToPB(states []domain.DeviceState) []*pb.PluggedDevice {
+	var out []*pb.PluggedDevice
+	for _, s := range states {
+		d := deviceToPB(s.Record)
+		d.BackendState, d.FrontendState, d.Error = stateName(s.Backend), stateName(s.Frontend), s.Error
+		out = append(out, d)
+	}
+	return out
+}
+
+// stateName is a XenbusState's name ("" when unknown: never read).
+func stateName(s devices.State) string {
+	if s == devices.StateUnknown {
+		return ""
+	}
+	return s.String()
+}
+
+func deviceToPB(r devices.Record) *pb.PluggedDevice {
+	d := &pb.PluggedDevice{
+		Device: r.Device, Devid: uint32(r.DevID), Path: r.Path, ReadOnly: r.ReadOnly,
+		LoopDevice: r.Disk.Loop, Vif: r.VIF, Bridge: r.Bridge, Mac: r.MAC,
+	}
+	switch r.Kind {
+	case devices.KindVBD:
+		d.Kind = pb.DeviceKind_DEVICE_KIND_DISK
+	case devices.KindVIF:
+		d.Kind = pb.DeviceKind_DEVICE_KIND_NIC
+	}
+	return d
 }
 
 // TaskToPB converts a core task to the API.

@@ -187,6 +187,21 @@ func (f *fakeManager) Reboot(ctx context.Context, ref string, opts domain.Shutdo
 func (f *fakeManager) Destroy(ctx context.Context, ref string) (domain.Task, error) {
 	return f.queue("destroy", ref)
 }
+func (f *fakeManager) AddDisk(ctx context.Context, ref string, _ domain.Disk) (domain.Task, error) {
+	return f.queue("add-disk", ref)
+}
+func (f *fakeManager) RemoveDisk(ctx context.Context, ref, _ string, _ bool) (domain.Task, error) {
+	return f.queue("remove-disk", ref)
+}
+func (f *fakeManager) AddNIC(ctx context.Context, ref string, _ domain.NIC) (domain.Task, error) {
+	return f.queue("add-nic", ref)
+}
+func (f *fakeManager) DeviceStates(ctx context.Context, ref string) ([]domain.DeviceState, error) {
+	return nil, nil
+}
+func (f *fakeManager) RemoveNIC(ctx context.Context, ref, _ string, _ bool) (domain.Task, error) {
+	return f.queue("remove-nic", ref)
+}
 
 func (f *fakeManager) GetTask(ctx context.Context, id string) (domain.Task, error) {
 	if err := f.record("GetTask " + id); err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -31,7 +33,7 @@ const (
 	fuzzMaxVMs      = 3                      // more and every VM is destroyed and deleted
 	fuzzMaxPayload  = 4 << 10
 	fuzzCheckLimit  = 3 * time.Second
-	fuzzMethodCount = 10
+	fuzzMethodCount = 14
 )
 
 // fuzzCall decodes payload as the request of VM service method m (mod
@@ -105,6 +107,30 @@ func fuzzCall(ctx context.Context, s vmServer, m uint8, payload []byte) (ok bool
 			req.Wait = true
 			_, err = s.DestroyVM(ctx, req)
 		}
+	case 10:
+		req := &pb.AddDiskRequest{}
+		if ok = decode(req); ok {
+			req.Wait = true
+			_, err = s.AddDisk(ctx, req)
+		}
+	case 11:
+		req := &pb.RemoveDiskRequest{}
+		if ok = decode(req); ok {
+			req.Wait = true
+			_, err = s.RemoveDisk(ctx, req)
+		}
+	case 12:
+		req := &pb.AddNICRequest{}
+		if ok = decode(req); ok {
+			req.Wait = true
+			_, err = s.AddNIC(ctx, req)
+		}
+	case 13:
+		req := &pb.RemoveNICRequest{}
+		if ok = decode(req); ok {
+			req.Wait = true
+			_, err = s.RemoveNIC(ctx, req)
+		}
 	}
 	return ok, err
 }
@@ -126,7 +152,8 @@ func FuzzVMService(f *testing.F) {
 	full := goodSpec("f-full", 64<<20)
 	full.XenstoreData = map[string]string{"vm-data/role": "db"}
 	full.Platform = map[string]string{"tsc_mode": "native"}
-	full.Nics = []*pb.NIC{{Bridge: "xenbr0"}}
+	full.Nics = []*pb.NIC{{Bridge: "xenbr0", Mac: "00:16:3e:00:00:01"}}
+	full.Disks = []*pb.Disk{{Device: "xvda", Path: fuzzDiskImage(f), Mode: pb.DiskMode_DISK_MODE_RW}}
 	seed(0, &pb.CreateVMRequest{Spec: goodSpec("f0", 64<<20)})
 	seed(0, &pb.CreateVMRequest{Spec: full, RequestId: "r1"})
 	seed(0, &pb.CreateVMRequest{Spec: goodSpec("f1", 64<<20), RequestId: "r1"})
@@ -140,6 +167,11 @@ func FuzzVMService(f *testing.F) {
 	seed(7, &pb.ShutdownVMRequest{Id: "f0"})
 	seed(8, &pb.RebootVMRequest{Id: "f0"})
 	seed(9, &pb.DestroyVMRequest{Id: "f0"})
+	disk := fuzzDiskImage(f)
+	seed(10, &pb.AddDiskRequest{Id: "f-full", Disk: &pb.Disk{Device: "xvdb", Path: disk, Mode: pb.DiskMode_DISK_MODE_RO}})
+	seed(11, &pb.RemoveDiskRequest{Id: "f-full", Device: "xvda"})
+	seed(12, &pb.AddNICRequest{Id: "f-full", Nic: &pb.NIC{Bridge: "xenbr0", Mtu: 9000}})
+	seed(13, &pb.RemoveNICRequest{Id: "f-full", Mac: "00:16:3e:00:00:01", Force: true})
 
 	m, hc := realManager(f)
 	s := vmServer{Server: New(m, Options{Logger: slog.New(slog.DiscardHandler)})}
@@ -178,8 +210,16 @@ func fuzzLeaks(ctx context.Context, s vmServer, hc *simhost.Client, xs *xenstore
 		return err.Error()
 	}
 	owners := map[string]bool{}
+	var disks, nics int
 	for _, vm := range l.GetVms() {
 		owners[vm.GetId()] = true
+		for _, d := range vm.GetDevices() {
+			if d.GetKind() == pb.DeviceKind_DEVICE_KIND_DISK {
+				disks++
+			} else {
+				nics++
+			}
+		}
 	}
 	doms, err := hc.ListDomains(ctx)
 	if err != nil {
@@ -195,10 +235,20 @@ func fuzzLeaks(ctx context.Context, s vmServer, hc *simhost.Client, xs *xenstore
 			return fmt.Sprintf("domain %d (handle %s) belongs to no VM", d.Domid, id)
 		}
 	}
+	// Devices: dom0's loops and vifs are those of plugged devices; backend
+	// directories those of live domains.
+	d0, err := hc.Dom0State(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	if len(d0.Loops) != disks || len(d0.Links) != nics {
+		return fmt.Sprintf("dom0 has %d loop devices and %d vifs; the VMs have %d disks and %d NICs plugged", len(d0.Loops), len(d0.Links), disks, nics)
+	}
 	for _, tree := range []struct {
 		root string
 		ok   map[string]bool
-	}{{"/vm", owners}, {strings.TrimSuffix(domain.PrivatePath(""), "/"), owners}, {"/local/domain", live}} {
+	}{{"/vm", owners}, {strings.TrimSuffix(domain.PrivatePath(""), "/"), owners}, {"/local/domain", live},
+		{"/local/domain/0/backend/vbd", live}, {"/local/domain/0/backend/vif", live}} {
 		names, err := xs.List(ctx, tree.root)
 		if err != nil && !strings.Contains(err.Error(), "ENOENT") {
 			return err.Error()
@@ -260,4 +310,13 @@ func TestFuzzLeaksNotices(t *testing.T) {
 	if msg := fuzzLeaks(ctx, s, hc, xs); !strings.Contains(msg, "2b1f0c55-1111-4222-8333-444455556666") {
 		t.Fatalf("a ghost VM tree not reported: %q", msg)
 	}
+}
+
+// fuzzDiskImage is a small raw image file for the fuzzed specs' disks.
+func fuzzDiskImage(f *testing.F) string {
+	p := filepath.Join(f.TempDir(), "disk.img")
+	if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {
+		f.Fatal(err)
+	}
+	return p
 }

@@ -25,6 +25,12 @@ type Manager interface {
 	Reboot(ctx context.Context, ref string, opts domain.ShutdownOptions) (domain.Task, error)
 	Destroy(ctx context.Context, ref string) (domain.Task, error)
 
+	AddDisk(ctx context.Context, ref string, disk domain.Disk) (domain.Task, error)
+	RemoveDisk(ctx context.Context, ref, device string, force bool) (domain.Task, error)
+	AddNIC(ctx context.Context, ref string, nic domain.NIC) (domain.Task, error)
+	RemoveNIC(ctx context.Context, ref, mac string, force bool) (domain.Task, error)
+	DeviceStates(ctx context.Context, ref string) ([]domain.DeviceState, error)
+
 	GetTask(ctx context.Context, id string) (domain.Task, error)
 	ListTasks(ctx context.Context, vmID string) ([]domain.Task, error)
 	CancelTask(ctx context.Context, id string) (domain.Task, error)

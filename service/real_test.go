@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 	"github.com/xenopsd-ng/xenopsd-ng/store"
@@ -67,7 +68,9 @@ func realManagerWith(t testing.TB, newBuilder func(xenctrl.Hypervisor) domain.Bu
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	m, err := domain.New(dctx, domain.Config{Hypervisor: hc, Xenstore: xs, Store: st, Workers: 4, Builder: builderFor(newBuilder, hc)})
+	devs := devices.NewPlugger(xs, hc, nil)
+	devs.SetWaits(2*time.Second, 2*time.Second) // within FuzzVMService's bound on a call
+	m, err := domain.New(dctx, domain.Config{Hypervisor: hc, Xenstore: xs, Store: st, Workers: 4, Builder: builderFor(newBuilder, hc), Devices: devs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,17 @@ func (s vmServer) GetVM(ctx context.Context, req *pb.GetVMRequest) (*pb.GetVMRes
 	if err != nil {
 		return nil, s.fail(ctx, "GetVM", err)
 	}
-	return &pb.GetVMResponse{Vm: VMToPB(vm)}, nil
+	out := VMToPB(vm)
+	if len(vm.Devices) > 0 {
+		// The devices' live state; the VM's plugged devices may have
+		// changed since GetVM, so the states' own records are shown.
+		states, err := s.m.DeviceStates(ctx, vm.ID)
+		if err != nil {
+			return nil, s.fail(ctx, "GetVM", err)
+		}
+		out.Devices = deviceStatesToPB(states)
+	}
+	return &pb.GetVMResponse{Vm: out}, nil
 }
 
 // ListVMs answers one page of VMs in id order (ids never change, so a VM
@@ -255,4 +265,52 @@ func (s vmServer) DestroyVM(ctx context.Context, req *pb.DestroyVMRequest) (*pb.
 		return nil, err
 	}
 	return &pb.DestroyVMResponse{Task: t}, nil
+}
+
+func (s vmServer) AddDisk(ctx context.Context, req *pb.AddDiskRequest) (*pb.AddDiskResponse, error) {
+	disk, err := DiskFromPB(req.GetDisk(), "disk")
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.lifecycle(ctx, "AddDisk", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.AddDisk(ctx, req.GetId(), disk)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.AddDiskResponse{Task: t}, nil
+}
+
+func (s vmServer) RemoveDisk(ctx context.Context, req *pb.RemoveDiskRequest) (*pb.RemoveDiskResponse, error) {
+	t, err := s.lifecycle(ctx, "RemoveDisk", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.RemoveDisk(ctx, req.GetId(), req.GetDevice(), req.GetForce())
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.RemoveDiskResponse{Task: t}, nil
+}
+
+func (s vmServer) AddNIC(ctx context.Context, req *pb.AddNICRequest) (*pb.AddNICResponse, error) {
+	nic, err := NICFromPB(req.GetNic(), "nic")
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.lifecycle(ctx, "AddNIC", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.AddNIC(ctx, req.GetId(), nic)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.AddNICResponse{Task: t}, nil
+}
+
+func (s vmServer) RemoveNIC(ctx context.Context, req *pb.RemoveNICRequest) (*pb.RemoveNICResponse, error) {
+	t, err := s.lifecycle(ctx, "RemoveNIC", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.RemoveNIC(ctx, req.GetId(), req.GetMac(), req.GetForce())
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.RemoveNICResponse{Task: t}, nil
 }

@@ -58,6 +58,7 @@ type conn struct {
 	hv    pb.HypervisorServiceClient
 	build pb.DomainBuildServiceClient
 	guest pb.GuestServiceClient
+	dom0  pb.Dom0ServiceClient
 	hello *pb.HelloResponse
 }
 
@@ -112,7 +113,7 @@ func greet(ctx context.Context, dir string, nc net.Conn) (*conn, error) {
 	}
 	cn := &conn{nc: nc, cc: cc, host: pb.NewSimHostServiceClient(cc),
 		hv: pb.NewHypervisorServiceClient(cc), build: pb.NewDomainBuildServiceClient(cc),
-		guest: pb.NewGuestServiceClient(cc)}
+		guest: pb.NewGuestServiceClient(cc), dom0: pb.NewDom0ServiceClient(cc)}
 	if cn.hello, err = cn.host.Hello(ctx, &pb.HelloRequest{}); err != nil {
 		cn.close()
 		return nil, fmt.Errorf("sim host: hello on %s: %w", filepath.Join(dir, HypervisorSocket), err)
@@ -165,6 +166,9 @@ func (c *Client) call(ctx context.Context, method string, rpc func(context.Conte
 		return nil
 	case ctx.Err() != nil:
 		return fmt.Errorf("sim host: %s: %w", method, ctx.Err())
+	case status.Code(err) == codes.DeadlineExceeded:
+		// The host's copy of the deadline can end a moment before ours.
+		return fmt.Errorf("sim host: %s: %w", method, context.DeadlineExceeded)
 	case status.Code(err) == codes.Unavailable:
 		c.broken(cn)
 		return fmt.Errorf("sim host %s: %s: connection lost: %w", c.dir, method, err)

@@ -139,7 +139,9 @@ func (c *consoled) close() {
 	}
 }
 
-// pipeListener is an in-process net.Listener whose connections are pipes.
+// pipeListener is an in-process net.Listener whose connections are pipes:
+// xenstored connections of dom0's own (console, backends) that do not count
+// as clients for the idle safety net.
 type pipeListener struct {
 	conns chan net.Conn
 	done  chan struct{}
@@ -158,7 +160,7 @@ func (l *pipeListener) dial() (net.Conn, error) {
 	case <-l.done:
 		return nil, net.ErrClosed
 	case <-time.After(10 * time.Second):
-		return nil, errors.New("simhost: xenstored does not accept the console's connection")
+		return nil, errors.New("simhost: xenstored does not accept an in-process connection")
 	}
 }
 
@@ -181,7 +183,7 @@ func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
 type pipeAddr struct{}
 
 func (pipeAddr) Network() string { return "pipe" }
-func (pipeAddr) String() string  { return "simhost-console" }
+func (pipeAddr) String() string  { return "simhost-dom0" }
 
 // Guest console output: what the simulated kernel prints, in Linux's words.
 

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -100,7 +101,8 @@ func tail(path string, n int64) string {
 }
 
 // RunCommand parses a sim-host command line (--dir DIR [--memory 16G]
-// [--cpus 8] [--idle-timeout 1h] [--no-guests]) and runs the host until
+// [--cpus 8] [--idle-timeout 1h] [--no-guests] [--bridges xenbr0,...]) and
+// runs the host until
 // ctx ends, SIGTERM or SIGINT arrives, it is stopped, or it idles out.
 // Logs go to stderr.
 func RunCommand(ctx context.Context, args []string) error {
@@ -112,6 +114,7 @@ func RunCommand(ctx context.Context, args []string) error {
 	cpus := fs.Uint("cpus", 8, "physical CPUs")
 	idle := fs.Duration("idle-timeout", DefaultIdleTimeout, "exit after this long with no client (negative: never)")
 	noGuests := fs.Bool("no-guests", false, "run no simulated guests")
+	bridgeList := fs.String("bridges", strings.Join(DefaultBridges, ","), "dom0's network bridges, comma-separated (\"\": none)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -129,6 +132,10 @@ func RunCommand(ctx context.Context, args []string) error {
 	if *cpus == 0 || *cpus > 4096 {
 		return fmt.Errorf("sim-host: --cpus %d: want 1..4096", *cpus)
 	}
+	bridges, err := parseBridges(*bridgeList)
+	if err != nil {
+		return fmt.Errorf("sim-host: --bridges: %w", err)
+	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
 		return fmt.Errorf("sim-host: --log-level: %w", err)
@@ -139,6 +146,24 @@ func RunCommand(ctx context.Context, args []string) error {
 		NrCPUs:      uint32(*cpus),
 		IdleTimeout: *idle,
 		NoGuests:    *noGuests,
+		Bridges:     bridges,
 		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv})),
 	})
+}
+
+// parseBridges reads a comma-separated list of interface names (at most 15
+// bytes, IFNAMSIZ, without '/', ':' or blanks, as Linux requires).
+func parseBridges(list string) ([]string, error) {
+	bridges := []string{}
+	for _, b := range strings.Split(list, ",") {
+		b = strings.TrimSpace(b)
+		if b == "" {
+			continue
+		}
+		if len(b) > 15 || b == "." || b == ".." || strings.ContainsAny(b, "/: \t\n") {
+			return nil, fmt.Errorf("%q is not an interface name", b)
+		}
+		bridges = append(bridges, b)
+	}
+	return bridges, nil
 }

@@ -117,9 +117,10 @@ func (h *host) stopGuests() {
 	}
 }
 
-func (g *guest) path(rel string) string {
-	return fmt.Sprintf("/local/domain/%d/%s", g.d, rel)
-}
+// home is the domain's xenstore directory.
+func (g *guest) home() string { return fmt.Sprintf("/local/domain/%d", g.d) }
+
+func (g *guest) path(rel string) string { return g.home() + "/" + rel }
 
 // run is the guest's life: advertise features, then answer shutdown
 // requests until the domain dies or the host stops.
@@ -145,6 +146,15 @@ func (g *guest) run() {
 		}
 	}
 	log.Debug("simhost: guest up")
+	// The frontends run beside the shutdown handler until the guest ends.
+	var fwg sync.WaitGroup
+	defer fwg.Wait()
+	defer g.cancel()
+	fwg.Add(1)
+	go func() {
+		defer fwg.Done()
+		g.runFrontends(ctx)
+	}()
 	for {
 		select {
 		case _, ok := <-w.Events():

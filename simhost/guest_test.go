@@ -35,6 +35,12 @@ func newToolstack(t *testing.T, cfg Config) *toolstack {
 // feature-poweroff.
 func (ts *toolstack) boot(t *testing.T) xenctrl.Domid {
 	t.Helper()
+	return ts.bootWith(t, nil)
+}
+
+// bootWith is boot, running before (if not nil) before the unpause.
+func (ts *toolstack) bootWith(t *testing.T, before func(xenctrl.Domid)) xenctrl.Domid {
+	t.Helper()
 	ctx := testCtx(t)
 	d, err := ts.hv.CreateDomain(ctx, xenctrl.DomainConfig{MaxVCPUs: 1})
 	if err != nil {
@@ -64,6 +70,9 @@ func (ts *toolstack) boot(t *testing.T) xenctrl.Domid {
 		t.Fatal(err)
 	}
 	defer w.Close()
+	if before != nil {
+		before(d)
+	}
 	if err := ts.hv.UnpauseDomain(ctx, d); err != nil {
 		t.Fatal(err)
 	}

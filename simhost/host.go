@@ -16,6 +16,14 @@
 //	simhost.lock     flock held while it runs: one host per directory
 //	simhost.log      stdout/stderr of a host started by Ensure
 //
+// The host also plays dom0's kernel and hotplug scripts for devices:
+// blkback and netback serve the vbd and vif backends the toolstack writes
+// in xenstore (backend*.go), on loop devices, network interfaces and
+// bridges kept in the host (dom0.go) that the toolstack drives as a
+// devices.Host through Dom0Service; each simulated guest runs blkfront and
+// netfront (frontend*.go). Both ends follow Linux's drivers, failures and
+// error nodes included, so the toolstack's device code is tested here.
+//
 // Xen raising VIRQ_DOM_EXC is wired to xenstored's DomainException, and
 // xenstored asks the simulator whether a domain exists or is dying. When a
 // domain first runs, a simulated guest connects to xenstored as that
@@ -51,6 +59,7 @@ import (
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl/sim"
+	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
 )
 
 // DefaultIdleTimeout is how long a sim host runs with no client connected
@@ -70,8 +79,13 @@ type Config struct {
 	// NoGuests disables the simulated guests (domains then never answer
 	// shutdown requests, like guests without PV drivers).
 	NoGuests bool
-	Logger   *slog.Logger
+	// Bridges are dom0's network bridges; nil means DefaultBridges.
+	Bridges []string
+	Logger  *slog.Logger
 }
+
+// DefaultBridges are the bridges of a sim host's dom0 unless configured.
+var DefaultBridges = []string{"xenbr0"}
 
 // host is one running sim host.
 type host struct {
@@ -95,6 +109,7 @@ type host struct {
 	gwg    sync.WaitGroup
 
 	console *consoled // xenconsoled's part: guest console logs (console.go)
+	dom0    *dom0     // loop devices, interfaces, bridges (dom0.go)
 }
 
 // Run runs a sim host until ctx ends, a client calls Stop, or it has been
@@ -129,6 +144,10 @@ func Run(ctx context.Context, cfg Config) error {
 		kick:    make(chan struct{}, 1),
 		guests:  make(map[xenctrl.Domid]*guest),
 	}
+	if cfg.Bridges == nil {
+		cfg.Bridges = DefaultBridges
+	}
+	h.dom0 = newDom0(cfg.Bridges)
 	h.idleFrom.Store(time.Now().UnixNano())
 	h.hv = sim.New(sim.Config{
 		TotalMemory:       cfg.TotalMemory,
@@ -157,6 +176,7 @@ func Run(ctx context.Context, cfg Config) error {
 				h.console.print(d, shutdownLine(time.Time{}, r), false)
 			},
 		},
+		dom0: &dom0Server{d: h.dom0},
 	})
 
 	pidPath := filepath.Join(cfg.Dir, PIDFile)
@@ -183,6 +203,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return fail(fmt.Errorf("simhost: write pid file: %w", err))
 	}
 
+	backends, err := h.startBackends()
+	if err != nil {
+		return fail(err)
+	}
+	defer backends.stop()
+
 	var wg sync.WaitGroup
 	wg.Add(3)
 	go func() {
@@ -207,6 +233,7 @@ func Run(ctx context.Context, cfg Config) error {
 	hvl.Close()
 	xsl.Close()
 	h.stopGuests()
+	backends.stop()
 	h.console.close()
 	_ = h.xs.Close()
 	os.Remove(hvPath)
@@ -218,6 +245,53 @@ func Run(ctx context.Context, cfg Config) error {
 	h.gwg.Wait()
 	log.Info("simhost: stopped")
 	return nil
+}
+
+// runningBackends is dom0's backend bus while it runs.
+type runningBackends struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	cli    *xenstore.Client
+	l      *pipeListener
+	once   sync.Once
+}
+
+// startBackends connects dom0's kernel to xenstored and starts blkback
+// and netback (backend.go).
+func (h *host) startBackends() (*runningBackends, error) {
+	l := newPipeListener()
+	go func() { _ = h.xs.Serve(l) }()
+	conn, err := l.dial()
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("simhost: connect the backends to xenstored: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rb := &runningBackends{cancel: cancel, done: make(chan struct{}), cli: xenstore.NewClient(conn), l: l}
+	bus := newBackendBus(rb.cli, h.hv, h.dom0, h.cpus(), h.log)
+	go func() {
+		defer close(rb.done)
+		bus.run(ctx)
+	}()
+	return rb, nil
+}
+
+func (rb *runningBackends) stop() {
+	rb.once.Do(func() {
+		rb.cancel()
+		rb.cli.Close()
+		<-rb.done
+		rb.l.Close()
+	})
+}
+
+// cpus is the host's CPU count.
+func (h *host) cpus() uint32 {
+	p, err := h.hv.PhysInfo(context.Background())
+	if err != nil || p.NrCPUs == 0 {
+		return 1
+	}
+	return p.NrCPUs
 }
 
 func newBootID() string {

@@ -55,7 +55,8 @@ func (s *guestServer) SetGuestBehaviour(ctx context.Context, r *pb.SetGuestBehav
 }
 
 func guestBehaviourToRPC(b sim.GuestBehaviour) *pb.GuestBehaviour {
-	m := &pb.GuestBehaviour{IgnoreShutdownRequests: b.IgnoreShutdownRequests, Idle: b.Idle}
+	m := &pb.GuestBehaviour{IgnoreShutdownRequests: b.IgnoreShutdownRequests, Idle: b.Idle,
+		DevicesNeverConnect: b.DevicesNeverConnect, DevicesRefuseClose: b.DevicesRefuseClose}
 	if b.ShutdownDelay != 0 {
 		m.ShutdownDelay = durationpb.New(b.ShutdownDelay)
 	}
@@ -63,7 +64,8 @@ func guestBehaviourToRPC(b sim.GuestBehaviour) *pb.GuestBehaviour {
 }
 
 func guestBehaviourFromRPC(m *pb.GuestBehaviour) (sim.GuestBehaviour, error) {
-	b := sim.GuestBehaviour{IgnoreShutdownRequests: m.GetIgnoreShutdownRequests(), Idle: m.GetIdle()}
+	b := sim.GuestBehaviour{IgnoreShutdownRequests: m.GetIgnoreShutdownRequests(), Idle: m.GetIdle(),
+		DevicesNeverConnect: m.GetDevicesNeverConnect(), DevicesRefuseClose: m.GetDevicesRefuseClose()}
 	if d := m.GetShutdownDelay(); d != nil {
 		if err := d.CheckValid(); err != nil {
 			return b, status.Errorf(codes.InvalidArgument, "behaviour.shutdown_delay: %v", err)

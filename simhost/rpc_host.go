@@ -32,6 +32,7 @@ type services struct {
 	hypervisor *hypervisorServer
 	build      *buildServer
 	guest      *guestServer
+	dom0       *dom0Server
 }
 
 // Both ends of the hypervisor socket use fixed HTTP/2 flow-control windows
@@ -60,5 +61,6 @@ func newRPCServer(s services) *grpc.Server {
 	pb.RegisterHypervisorServiceServer(srv, s.hypervisor)
 	pb.RegisterDomainBuildServiceServer(srv, s.build)
 	pb.RegisterGuestServiceServer(srv, s.guest)
+	pb.RegisterDom0ServiceServer(srv, s.dom0)
 	return srv
 }

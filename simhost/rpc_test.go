@@ -58,6 +58,7 @@ func serveFake(t *testing.T, hv hypervisor) *Client {
 		hypervisor: &hypervisorServer{hv: hv},
 		build:      newBuildServer(sim.New(sim.Config{})),
 		guest:      &guestServer{hv: sim.New(sim.Config{})},
+		dom0:       &dom0Server{d: newDom0(nil)},
 	})
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(srv.Stop)

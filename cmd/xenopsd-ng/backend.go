@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/xenopsd-ng/xenopsd-ng/builder"
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
+	"github.com/xenopsd-ng/xenopsd-ng/devices/dom0"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/kernel"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
@@ -29,6 +31,7 @@ type backend struct {
 	hv      xenctrl.Hypervisor
 	xs      *xenstore.Client
 	builder domain.Builder // vmBuilder
+	devices domain.Devices // disks and NICs: a devices.Plugger on the backend's dom0 Host
 	// close closes the connections. startFailed says the daemon gives up
 	// before serving: a backend then also undoes what it set up for this
 	// run alone (sim.go).
@@ -78,6 +81,7 @@ func openXen(ctx context.Context, log *slog.Logger, mem *kernel.Budget) (*backen
 		hv:      x,
 		xs:      xs,
 		builder: newVMBuilder(x, log, false, mem),
+		devices: devices.NewPlugger(xs, dom0.New(log), log.With("component", "devices")),
 		close:   func(bool) { xs.Close(); x.Close() },
 	}, nil
 }

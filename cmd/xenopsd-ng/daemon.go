@@ -47,6 +47,7 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 		Xenstore:   be.xs,
 		Store:      st,
 		Builder:    be.builder,
+		Devices:    be.devices,
 		Workers:    cfg.workers,
 		Logger:     log.With("component", "domain"),
 	})

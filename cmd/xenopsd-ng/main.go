@@ -7,7 +7,7 @@
 //	                                | --insecure-listen on a loopback HOST)]
 //	           [--workers N] [--log-level debug|info|warn|error] [--log-format text|json]
 //	           [--drain-timeout D] [--memory-limit SIZE (default 64M; 0: none)]
-//	xenopsd-ng sim-host --dir DIR [--memory 16G] [--cpus 8]
+//	xenopsd-ng sim-host --dir DIR [--memory 16G] [--cpus 8] [--bridges xenbr0]
 //
 // With --backend=sim the daemon talks to a simulated machine (package
 // simhost), starting it as `xenopsd-ng sim-host --dir <sim-dir>` if none is

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 	"github.com/xenopsd-ng/xenopsd-ng/kernel"
 	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
@@ -54,6 +55,8 @@ func openSim(ctx context.Context, simDir string, log *slog.Logger, mem *kernel.B
 		hv:      hc,
 		xs:      xs,
 		builder: newVMBuilder(hc, log, true, mem),
+		// The sim host plays dom0 too: its loop devices, bridges and vifs.
+		devices: devices.NewPlugger(xs, hc, log.With("component", "devices")),
 		close:   func(startFailed bool) { xs.Close(); release(startFailed) },
 	}, nil
 }

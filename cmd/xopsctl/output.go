@@ -170,6 +170,7 @@ func (a *app) printVMDetail(vm *apiv1.VM) error {
 		kv = append(kv, [2]string{fmt.Sprintf("nic[%d]", i), fmt.Sprintf("%s bridge=%s mtu=%d",
 			dash(n.GetMac()), dash(n.GetBridge()), n.GetMtu())})
 	}
+	kv = append(kv, pluggedRows(vm)...)
 	if vm.GetProblem() != "" {
 		kv = append(kv, [2]string{"problem", vm.GetProblem()})
 	}

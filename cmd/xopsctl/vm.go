@@ -20,7 +20,7 @@ func (a *app) vmCmd() *cobra.Command {
 	vm := &cobra.Command{Use: "vm", Short: "Create, inspect and run VMs (by id or name)"}
 	vm.AddCommand(a.vmCreateCmd(), a.vmListCmd(), a.vmGetCmd(), a.vmDeleteCmd())
 	vm.AddCommand(a.lifecycleCmds()...)
-	vm.AddCommand(a.vmConsoleCmd())
+	vm.AddCommand(a.vmConsoleCmd(), a.vmDiskCmd(), a.vmNICCmd())
 	return vm
 }
 
@@ -30,6 +30,7 @@ type createFlags struct {
 	kernel, ramdisk, cmdline string
 	vcpus                    uint32
 	requestID                string
+	disks, nics              []string
 }
 
 func (a *app) vmCreateCmd() *cobra.Command {
@@ -72,6 +73,8 @@ binary K, M, G, T suffixes (256M = 256 MiB).`,
 	fl.StringVar(&f.ramdisk, "ramdisk", "", "direct boot: dom0 path of the initrd")
 	fl.StringVar(&f.cmdline, "cmdline", "", "direct boot: kernel command line")
 	fl.StringVar(&f.requestID, "request-id", "", "idempotency key: a retry with the same id returns the same VM")
+	fl.StringArrayVar(&f.disks, "disk", nil, diskFlagHelp+" (added to -f's)")
+	fl.StringArrayVar(&f.nics, "nic", nil, nicFlagHelp+" (added to -f's)")
 	return cmd
 }
 
@@ -120,6 +123,9 @@ func buildSpec(cmd *cobra.Command, f *createFlags) (*apiv1.VMSpec, error) {
 	}
 	if changed("cmdline") {
 		spec.Cmdline = f.cmdline
+	}
+	if err := addDeviceFlags(spec, f.disks, f.nics); err != nil {
+		return nil, err
 	}
 	return spec, nil
 }

@@ -1,16 +1,18 @@
-// Package elftest builds small ELF64 x86-64 images for tests and fuzz seeds:
-// loadable segments, Xen ELF notes in a PT_NOTE segment or a SHT_NOTE
-// section. It writes exactly what it is given, so a test can also describe
-// an image that lies.
+// Package elftest builds small ELF images for tests and fuzz seeds, ELF64
+// x86-64 or ELF32 i386: loadable segments, Xen ELF notes in a PT_NOTE
+// segment or a SHT_NOTE section. It writes exactly what it is given, so a
+// test can also describe an image that lies; addresses and sizes of an
+// ELF32 image are truncated to 32 bits, as its headers hold them.
 package elftest
 
 import (
-	"bytes"
 	"encoding/binary"
 )
 
-// Image describes an ELF64 executable.
+// Image describes an ELF executable.
 type Image struct {
+	// ELF32 makes an ELF32 i386 image; the default is ELF64 x86-64.
+	ELF32        bool
 	Entry        uint64
 	Segments     []Segment
 	Notes        []Note // in a PT_NOTE segment
@@ -62,42 +64,21 @@ func EncodeNotes(ns []Note) []byte {
 // Build lays out: ELF header, program headers, note data, segment data,
 // then (with SectionNotes) those notes and a section header table.
 func (im Image) Build() []byte {
-	le := binary.LittleEndian
+	c := elf64
+	if im.ELF32 {
+		c = elf32
+	}
 	nph := len(im.Segments)
 	if len(im.Notes) > 0 {
 		nph++
 	}
-	hdr := make([]byte, 64)
-	copy(hdr, "\x7fELF")
-	hdr[4], hdr[5], hdr[6] = 2, 1, 1 // 64-bit, little-endian, version 1
-	le.PutUint16(hdr[16:], 2)        // ET_EXEC
-	le.PutUint16(hdr[18:], 62)       // EM_X86_64
-	le.PutUint32(hdr[20:], 1)
-	le.PutUint64(hdr[24:], im.Entry)
-	le.PutUint64(hdr[32:], 64) // e_phoff
-	le.PutUint16(hdr[52:], 64) // e_ehsize
-	le.PutUint16(hdr[54:], 56) // e_phentsize
-	le.PutUint16(hdr[56:], uint16(nph))
-	le.PutUint16(hdr[58:], 64) // e_shentsize
-
-	off := uint64(64 + 56*nph)
-	var phdrs, body bytes.Buffer
-	ph := func(typ, flags uint32, fileOff, vaddr, paddr, filesz, memsz uint64) {
-		p := make([]byte, 56)
-		le.PutUint32(p[0:], typ)
-		le.PutUint32(p[4:], flags)
-		le.PutUint64(p[8:], fileOff)
-		le.PutUint64(p[16:], vaddr)
-		le.PutUint64(p[24:], paddr)
-		le.PutUint64(p[32:], filesz)
-		le.PutUint64(p[40:], memsz)
-		le.PutUint64(p[48:], 4096)
-		phdrs.Write(p)
-	}
+	out := c.header(im.Entry, nph)
+	off := uint64(len(out) + c.phdrSize*nph)
+	var phdrs, body []byte
 	if len(im.Notes) > 0 {
 		nb := EncodeNotes(im.Notes)
-		ph(4, 4, off, 0, 0, uint64(len(nb)), uint64(len(nb))) // PT_NOTE
-		body.Write(nb)
+		phdrs = c.progHeader(phdrs, 4, 4, off, 0, 0, uint64(len(nb)), uint64(len(nb))) // PT_NOTE
+		body = append(body, nb...)
 		off += uint64(len(nb))
 	}
 	for _, s := range im.Segments {
@@ -105,24 +86,88 @@ func (im Image) Build() []byte {
 		if memsz == 0 {
 			memsz = uint64(len(s.Data))
 		}
-		ph(1, s.Flags, off, s.Vaddr, s.Paddr, uint64(len(s.Data)), memsz) // PT_LOAD
-		body.Write(s.Data)
+		phdrs = c.progHeader(phdrs, 1, s.Flags, off, s.Vaddr, s.Paddr, uint64(len(s.Data)), memsz) // PT_LOAD
+		body = append(body, s.Data...)
 		off += uint64(len(s.Data))
 	}
-	out := append(append(hdr, phdrs.Bytes()...), body.Bytes()...)
+	out = append(append(out, phdrs...), body...)
 	if len(im.SectionNotes) > 0 {
 		nb := EncodeNotes(im.SectionNotes)
 		noteOff := uint64(len(out))
 		out = append(out, nb...)
-		shoff := uint64(len(out))
-		sh := make([]byte, 128) // the null section, then one SHT_NOTE
-		le.PutUint32(sh[64+4:], 7)
-		le.PutUint64(sh[64+24:], noteOff)
-		le.PutUint64(sh[64+32:], uint64(len(nb)))
-		out = append(out, sh...)
-		le.PutUint64(out[40:], shoff)
-		le.PutUint16(out[60:], 2)
+		out = c.sectionTable(out, noteOff, uint64(len(nb)))
 	}
+	return out
+}
+
+// class is how one ELF class lays out its headers (System V gABI).
+type class struct {
+	ident, machine                 byte
+	ehdrSize, phdrSize, shdrSize   int
+	entry, phoff, shoff, phentsize int // e_* offsets; e_phnum, e_shentsize and e_shnum follow e_phentsize
+	word                           func(b []byte, v uint64) []byte
+	wordSize                       int
+}
+
+var (
+	elf32 = class{ident: 1, machine: 3, ehdrSize: 52, phdrSize: 32, shdrSize: 40, entry: 24, phoff: 28, shoff: 32, phentsize: 42,
+		word: func(b []byte, v uint64) []byte { return binary.LittleEndian.AppendUint32(b, uint32(v)) }, wordSize: 4}
+	elf64 = class{ident: 2, machine: 62, ehdrSize: 64, phdrSize: 56, shdrSize: 64, entry: 24, phoff: 32, shoff: 40, phentsize: 54,
+		word: binary.LittleEndian.AppendUint64, wordSize: 8}
+)
+
+func (c class) put(b []byte, at int, v uint64) {
+	copy(b[at:at+c.wordSize], c.word(nil, v))
+}
+
+// header is the ELF header of an ET_EXEC image with nph program headers
+// right after it.
+func (c class) header(entry uint64, nph int) []byte {
+	le := binary.LittleEndian
+	h := make([]byte, c.ehdrSize)
+	copy(h, "\x7fELF")
+	h[4], h[5], h[6] = c.ident, 1, 1 // class, little-endian, version 1
+	le.PutUint16(h[16:], 2)          // ET_EXEC
+	le.PutUint16(h[18:], uint16(c.machine))
+	le.PutUint32(h[20:], 1)
+	c.put(h, c.entry, entry)
+	c.put(h, c.phoff, uint64(c.ehdrSize))
+	le.PutUint16(h[c.phentsize-2:], uint16(c.ehdrSize)) // e_ehsize
+	le.PutUint16(h[c.phentsize:], uint16(c.phdrSize))
+	le.PutUint16(h[c.phentsize+2:], uint16(nph))
+	le.PutUint16(h[c.phentsize+4:], uint16(c.shdrSize))
+	return h
+}
+
+// progHeader appends a program header to b.
+func (c class) progHeader(b []byte, typ, flags uint32, off, vaddr, paddr, filesz, memsz uint64) []byte {
+	le := binary.LittleEndian
+	b = le.AppendUint32(b, typ)
+	if c.ident == 2 {
+		b = le.AppendUint32(b, flags)
+	}
+	for _, v := range []uint64{off, vaddr, paddr, filesz, memsz} {
+		b = c.word(b, v)
+	}
+	if c.ident == 1 {
+		b = le.AppendUint32(b, flags)
+	}
+	return c.word(b, 4096) // p_align
+}
+
+// sectionTable appends a section header table (the null section, then one
+// SHT_NOTE at noteOff) to out and points the ELF header at it.
+func (c class) sectionTable(out []byte, noteOff, noteSize uint64) []byte {
+	shoff := uint64(len(out))
+	sh := make([]byte, 2*c.shdrSize)
+	note := sh[c.shdrSize:]
+	binary.LittleEndian.PutUint32(note[4:], 7) // SHT_NOTE
+	// sh_flags and sh_addr are words, then sh_offset and sh_size.
+	c.put(note, 8+2*c.wordSize, noteOff)
+	c.put(note, 8+3*c.wordSize, noteSize)
+	out = append(out, sh...)
+	c.put(out, c.shoff, shoff)
+	binary.LittleEndian.PutUint16(out[c.phentsize+6:], 2) // e_shnum
 	return out
 }
 

@@ -48,14 +48,16 @@
 #   /var/log/xen/console/guest-NAME.log) are running; /proc/xen is mounted;
 #   /guest/vmlinux (uncompressed ELF), /guest/vmlinuz + /guest/initrd.gz are a ready
 #   PV/PVH domU (kernel arg nxmode=poweroff|loop|reboot|crash|devices|hotplug, see
-#   build_guest_initrd); /tmp is a tmpfs; NX_XENSTORED names the running xenstore daemon;
-#   loop, bridge, blkback and netback are loaded (busybox has losetup, brctl and ip).
+#   build_guest_initrd); /guest/grub-i386-xen_pvh.bin (PVH) and /guest/grub-x86_64-xen.bin
+#   (PV) are GRUB for Xen, /guest/disk.ext4 a disk it boots that guest from; /tmp is a
+#   tmpfs; NX_XENSTORED names the running xenstore daemon; loop, bridge, blkback and
+#   netback are loaded (busybox has losetup, brctl and ip).
 #
 # Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_KEEP=1 (keep per-run cpio),
 #      NX_KERNEL_PKG (pin the kernel package, e.g. linux-image-6.1.0-57-amd64),
 #      NX_NO_INSTALL=1 (never apt-get install), NX_XEN (default of -X).
 #
-# Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, zstd, gzip are installed
+# Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, zstd, gzip, e2fsprogs are installed
 # with apt-get; the Xen/kernel/busybox .debs are fetched with apt-get download and cached.
 # For 4.20 the dom0 image carries Debian 13's libc and ld.so (its tools need them), never
 # the host's; the host's apt sources are left untouched.
@@ -139,7 +141,7 @@ XEN_MODULES="xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback xe
 # host tools: install what is missing (Debian package names)
 ensure_host_tools() {
   local missing=() c p
-  for c in qemu-system-x86_64:qemu-system-x86 cpio:cpio xz:xz-utils zstd:zstd gzip:gzip dpkg-deb:dpkg apt-get:apt; do
+  for c in qemu-system-x86_64:qemu-system-x86 cpio:cpio xz:xz-utils zstd:zstd gzip:gzip dpkg-deb:dpkg apt-get:apt mkfs.ext4:e2fsprogs; do
     command -v "${c%%:*}" >/dev/null || missing+=("${c#*:}")
   done
   [ ${#missing[@]} = 0 ] && return 0
@@ -338,6 +340,70 @@ EOF
   rm -rf "$d"
 }
 
+# GRUB for Xen (grub-xen-host): grub-i386-xen_pvh.bin (PVH, a 32-bit ELF) and
+# grub-x86_64-xen.bin (PV), the guest kernels that boot a distribution image from the
+# guest's own disk. Fetched and cached apart from the other packages, and copied into
+# each run's overlay at /guest/ (so the cached dom0 image stays as it is). A failed
+# download only warns: the tests that boot them then fail naming the missing file.
+GRUB_DIR=$CACHE/grub-xen
+prepare_guest_grub() {
+  [ -f "$GRUB_DIR/.done" ] && return 0
+  rm -rf "$GRUB_DIR"; mkdir -p "$GRUB_DIR/deb"
+  if (cd "$GRUB_DIR/deb" && apt-get "${APT_OPTS[@]}" download -q grub-xen-host >/dev/null 2>"$GRUB_DIR/apt.err") &&
+     dpkg-deb -x "$(ls "$GRUB_DIR"/deb/grub-xen-host_*.deb | head -1)" "$GRUB_DIR/extract"; then
+    touch "$GRUB_DIR/.done"
+  else
+    log "NX-WARN grub-xen-host not fetched: $(tail -1 "$GRUB_DIR/apt.err" 2>/dev/null)"
+  fi
+}
+add_guest_grub() { # $1: the root of a dom0 overlay
+  local f src
+  for f in grub-i386-xen_pvh.bin grub-x86_64-xen.bin; do
+    src=$GRUB_DIR/extract/usr/lib/grub-xen/$f
+    [ -f "$src" ] && { mkdir -p "$1/guest"; cp "$src" "$1/guest/$f"; }
+  done
+  [ -f "$GUEST_DISK" ] && { mkdir -p "$1/guest"; cp "$GUEST_DISK" "$1/guest/disk.ext4"; }
+  # the loop driver, for a test to make the disk a block device (dom0 loads it at boot
+  # too, since the devices tests; a test that insmods this copy takes EEXIST as done)
+  f=$(find "$(moddir)/$(kver)" -name 'loop.ko*' | head -1)
+  mkdir -p "$1/guest/modules"
+  case $f in
+    '') ;;
+    *.ko.xz) xz -dc "$f" >"$1/guest/modules/loop.ko" ;;
+    *) cp "$f" "$1/guest/modules/loop.ko" ;;
+  esac
+  return 0
+}
+
+# The guest's own disk, for GRUB to boot from: a whole-disk ext4 file system (no
+# partition table) holding the guest kernel twice, /boot/vmlinuz (the bzImage, which
+# PVH GRUB boots by the Linux boot protocol) and /boot/vmlinux.xz (the ELF, which PV
+# GRUB loads: its Xen loader unpacks xz and gzip but not the zstd bzImage of Debian 13),
+# /boot/initrd.gz (the guest initramfs) and the /boot/grub/grub.cfg that GRUB for Xen's
+# built-in configuration looks for. /guest/disk.ext4 in dom0, with the loop driver
+# beside it (/guest/modules/loop.ko: blkback serves block devices, not files); rebuilt
+# when the initramfs or the kernel is newer, or GUEST_DISK_VERSION changes.
+GUEST_DISK=$IMG/guest-disk-v$IMAGE_VERSION.ext4   # carries the guest initramfs of this IMAGE_VERSION
+GUEST_DISK_VERSION=2
+build_guest_disk() {
+  local d=$IMG/guest-disk kernel initrd=$GUEST_INITRD
+  kernel=$EXT/boot/vmlinuz-$(kver)
+  [ -f "$IMG/vmlinux" ] || { log "NX-WARN no $IMG/vmlinux: no guest disk"; return 0; }
+  [ -f "$GUEST_DISK" ] && [ "$(cat "$GUEST_DISK.version" 2>/dev/null)" = $GUEST_DISK_VERSION ] &&
+    [ "$GUEST_DISK" -nt "$initrd" ] && [ "$GUEST_DISK" -nt "$kernel" ] && return 0
+  rm -rf "$d" "$GUEST_DISK"; mkdir -p "$d/boot/grub"
+  cp "$kernel" "$d/boot/vmlinuz"
+  xz -T2 -3 -c "$IMG/vmlinux" >"$d/boot/vmlinux.xz"
+  cp "$initrd" "$d/boot/initrd.gz"
+  printf '%s\n' 'set timeout=0' 'menuentry "nested-xen guest" {' \
+    '  if [ "$grub_platform" = xen ]; then linux /boot/vmlinux.xz console=hvc0 nxmode=poweroff' \
+    '  else linux /boot/vmlinuz console=hvc0 nxmode=poweroff; fi' '  initrd /boot/initrd.gz' '}' >"$d/boot/grub/grub.cfg"
+  mkfs.ext4 -q -F -L nx-guest -d "$d" "$GUEST_DISK.tmp" 64M >/dev/null || { rm -f "$GUEST_DISK.tmp"; die "mkfs.ext4 of the guest disk failed"; }
+  mv "$GUEST_DISK.tmp" "$GUEST_DISK"
+  echo $GUEST_DISK_VERSION >"$GUEST_DISK.version"
+  rm -rf "$d"
+}
+
 # dom0 /init (shared by both flavors); @XENVER@ is the Xen release
 write_dom0_init() {
   sed "s/@XENVER@/$XENVER/g" >"$1" <<'EOF'
@@ -497,12 +563,14 @@ prepare() {
   [ -f "$IMG/xen.elf" ] || zcat "$EXT/boot/xen-$XENVER-amd64.gz" >"$IMG/xen.elf"   # 32-bit ELF w/ multiboot hdr
   [ -f "$IMG/vmlinuz" ] || cp "$EXT/boot/vmlinuz-$kv" "$IMG/vmlinuz"
   build_guest_initrd
+  prepare_guest_grub
   local t1; t1=$(now)
   case $FLAVOR in
     busybox)     [ -f "$DOM0_BASE" ] || { build_dom0_busybox; log "busybox dom0 initramfs built in $(elapsed "$t1")s ($(du -h "$DOM0_BASE" | cut -f1))"; }
                  BASE_CPIO=$DOM0_BASE ;;
     *) die "unknown flavor $FLAVOR" ;;
   esac
+  build_guest_disk   # after the dom0 image, which unpacks $IMG/vmlinux
   log "prepare total $(elapsed "$t0")s"
 }
 
@@ -518,6 +586,7 @@ OV=$OUT/overlay
 rm -rf "$OV"; mkdir -p "$OV/nx"
 write_dom0_init "$OV/init"    # overrides the base archive's copy (later cpio entries win)
 mkdir -p "$OV/etc"; echo "$XENSTORED" >"$OV/etc/nx-xenstored"
+add_guest_grub "$OV"
 if [ $# -gt 0 ]; then
   { echo '#!/bin/sh'; printf '%q ' "$@" | sed 's/^/exec /'; echo; } >"$OV/nx/test.sh"
   # a single argument is treated as a shell snippet (so "xl info; xl list" works)

@@ -64,6 +64,12 @@
 //     at pin and at setvcpucontext like Xen's type system does (tables and
 //     mapped frames the domain's, no table writable), and the vCPU
 //     context (whole size, existing vCPU). Destroy frees all of it.
+//   - What a dom0 backend checks when a frontend hands it a ring (rings.go):
+//     a grant reference inside the domain's grant table (max_grant_frames
+//     × 512 version-1 entries, the first 8 reserved) and an event channel
+//     the domain allocated unbound for the backend; EINVAL otherwise. No
+//     grant entries are kept: a reference inside the table counts as
+//     granted.
 //   - Unknown domids: ESRCH.
 //
 // Where the simulator departs from Xen, on purpose: populate takes

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
 	"slices"
@@ -81,6 +82,12 @@ type GuestBehaviour struct {
 	// ShutdownDelay is how long the guest takes between acknowledging a
 	// shutdown request and shutting down (an orderly OS shutdown).
 	ShutdownDelay time.Duration
+	// DevicesNeverConnect: the guest's disk and NIC frontends never answer
+	// their backends (a guest without PV drivers, or a hung one).
+	DevicesNeverConnect bool
+	// DevicesRefuseClose: once connected, the guest's frontends never
+	// close (a guest that keeps its disks mounted).
+	DevicesRefuseClose bool
 }
 
 // Hypervisor is the simulated hypervisor. Create it with New.
@@ -104,8 +111,9 @@ type domain struct {
 	handle    xenctrl.Handle
 	hvm, hap  bool
 	maxVCPUs  uint32
-	vcpus     bool // vCPU structs exist (XEN_DOMCTL_max_vcpus, or boot)
-	pauses    int  // controller_pause_count
+	gntFrames uint32 // grant table frames the domain may have
+	vcpus     bool   // vCPU structs exist (XEN_DOMCTL_max_vcpus, or boot)
+	pauses    int    // controller_pause_count
 	created   bool
 	vcpusUp   bool
 	shutdown  bool
@@ -293,13 +301,14 @@ func (h *Hypervisor) CreateDomain(ctx context.Context, cfg xenctrl.DomainConfig)
 		}
 	}
 	h.domains[dom] = &domain{
-		id:       dom,
-		handle:   cfg.Handle,
-		hvm:      cfg.Flags&xenctrl.CreateHVM != 0,
-		hap:      cfg.Flags&xenctrl.CreateHAP != 0,
-		maxVCPUs: cfg.MaxVCPUs,
-		pauses:   1,
-		changed:  make(chan struct{}),
+		id:        dom,
+		handle:    cfg.Handle,
+		hvm:       cfg.Flags&xenctrl.CreateHVM != 0,
+		hap:       cfg.Flags&xenctrl.CreateHAP != 0,
+		maxVCPUs:  cfg.MaxVCPUs,
+		gntFrames: cmp.Or(cfg.MaxGrantFrames, DefaultMaxGrantFrames),
+		pauses:    1,
+		changed:   make(chan struct{}),
 	}
 	h.log.Debug("sim: domain created", "domid", dom, "vcpus", cfg.MaxVCPUs, "hvm", cfg.Flags&xenctrl.CreateHVM != 0)
 	return dom, nil

@@ -244,12 +244,66 @@ func (DiskMode) EnumDescriptor() ([]byte, []int) {
 	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{3}
 }
 
+// DeviceKind is what a plugged device is.
+type DeviceKind int32
+
+const (
+	DeviceKind_DEVICE_KIND_UNSPECIFIED DeviceKind = 0
+	// DEVICE_KIND_DISK: a virtual block device (Xen "vbd", served by blkback).
+	DeviceKind_DEVICE_KIND_DISK DeviceKind = 1
+	// DEVICE_KIND_NIC: a virtual network interface (Xen "vif", served by netback).
+	DeviceKind_DEVICE_KIND_NIC DeviceKind = 2
+)
+
+// Enum value maps for DeviceKind.
+var (
+	DeviceKind_name = map[int32]string{
+		0: "DEVICE_KIND_UNSPECIFIED",
+		1: "DEVICE_KIND_DISK",
+		2: "DEVICE_KIND_NIC",
+	}
+	DeviceKind_value = map[string]int32{
+		"DEVICE_KIND_UNSPECIFIED": 0,
+		"DEVICE_KIND_DISK":        1,
+		"DEVICE_KIND_NIC":         2,
+	}
+)
+
+func (x DeviceKind) Enum() *DeviceKind {
+	p := new(DeviceKind)
+	*p = x
+	return p
+}
+
+func (x DeviceKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeviceKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_xenopsd_v1_vm_proto_enumTypes[4].Descriptor()
+}
+
+func (DeviceKind) Type() protoreflect.EnumType {
+	return &file_xenopsd_v1_vm_proto_enumTypes[4]
+}
+
+func (x DeviceKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeviceKind.Descriptor instead.
+func (DeviceKind) EnumDescriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{4}
+}
+
 // Disk is a virtual block device.
 type Disk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// device is the guest device name, e.g. "xvda".
 	Device string `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
-	// path is the backing file or block device in dom0.
+	// path is the backing raw image file (attached to a dom0 loop device) or
+	// block device in dom0. A file read-write in one running VM can be in
+	// no other (read-only in several is fine).
 	Path          string   `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
 	Mode          DiskMode `protobuf:"varint,3,opt,name=mode,proto3,enum=xenopsd.v1.DiskMode" json:"mode,omitempty"`
 	Cdrom         bool     `protobuf:"varint,4,opt,name=cdrom,proto3" json:"cdrom,omitempty"`
@@ -321,8 +375,10 @@ type NIC struct {
 	// mac is "00:16:3e:xx:xx:xx"; empty => generated in Xen's OUI 00:16:3e,
 	// unique among the host's VMs, and recorded in the spec (stable from then
 	// on; an update leaving it empty keeps the NIC's MAC).
-	Mac           string `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
-	Bridge        string `protobuf:"bytes,2,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	Mac string `protobuf:"bytes,1,opt,name=mac,proto3" json:"mac,omitempty"`
+	// bridge is the dom0 bridge the NIC's vif joins; empty => "xenbr0".
+	Bridge string `protobuf:"bytes,2,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	// mtu: 68..65535; 0 => 1500.
 	Mtu           uint32 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -600,8 +656,11 @@ type VM struct {
 	// power_state is PAUSED (POWER_STATE_SUSPENDED means a saved image and no
 	// domain). Resuming and saving it are not implemented: only destroy applies.
 	DomainSuspended bool `protobuf:"varint,9,opt,name=domain_suspended,json=domainSuspended,proto3" json:"domain_suspended,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// devices are the disks and NICs plugged into the VM's domain, in the
+	// order of spec.disks then spec.nics (empty when it has no domain).
+	Devices       []*PluggedDevice `protobuf:"bytes,10,rep,name=devices,proto3" json:"devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VM) Reset() {
@@ -697,6 +756,157 @@ func (x *VM) GetDomainSuspended() bool {
 	return false
 }
 
+func (x *VM) GetDevices() []*PluggedDevice {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+// PluggedDevice is a disk or NIC as the daemon plugged it into a domain.
+type PluggedDevice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  DeviceKind             `protobuf:"varint,1,opt,name=kind,proto3,enum=xenopsd.v1.DeviceKind" json:"kind,omitempty"`
+	// device is the guest disk name (e.g. "xvda"); empty for a NIC.
+	Device string `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	// devid is the device's number in the guest: a disk's virtual-device
+	// number (xvda = 51712), a NIC's index (its vif handle).
+	Devid uint32 `protobuf:"varint,3,opt,name=devid,proto3" json:"devid,omitempty"`
+	// path is a disk's backing file or block device in dom0.
+	Path     string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	ReadOnly bool   `protobuf:"varint,5,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// loop_device is the dom0 loop device a disk's file is attached to
+	// (empty for a block device path).
+	LoopDevice string `protobuf:"bytes,6,opt,name=loop_device,json=loopDevice,proto3" json:"loop_device,omitempty"`
+	// vif is a NIC's dom0 interface, vif<domid>.<devid>.
+	Vif    string `protobuf:"bytes,7,opt,name=vif,proto3" json:"vif,omitempty"`
+	Bridge string `protobuf:"bytes,8,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	Mac    string `protobuf:"bytes,9,opt,name=mac,proto3" json:"mac,omitempty"`
+	// The device's state as xenstore shows it now (GetVM only; empty in
+	// ListVMs and events): XenbusState names ("Connected", "Closing"...) of
+	// the backend (dom0's driver) and the frontend (the guest's), and why
+	// the device failed, if it did.
+	BackendState  string `protobuf:"bytes,10,opt,name=backend_state,json=backendState,proto3" json:"backend_state,omitempty"`
+	FrontendState string `protobuf:"bytes,11,opt,name=frontend_state,json=frontendState,proto3" json:"frontend_state,omitempty"`
+	Error         string `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PluggedDevice) Reset() {
+	*x = PluggedDevice{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PluggedDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PluggedDevice) ProtoMessage() {}
+
+func (x *PluggedDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PluggedDevice.ProtoReflect.Descriptor instead.
+func (*PluggedDevice) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PluggedDevice) GetKind() DeviceKind {
+	if x != nil {
+		return x.Kind
+	}
+	return DeviceKind_DEVICE_KIND_UNSPECIFIED
+}
+
+func (x *PluggedDevice) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetDevid() uint32 {
+	if x != nil {
+		return x.Devid
+	}
+	return 0
+}
+
+func (x *PluggedDevice) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetReadOnly() bool {
+	if x != nil {
+		return x.ReadOnly
+	}
+	return false
+}
+
+func (x *PluggedDevice) GetLoopDevice() string {
+	if x != nil {
+		return x.LoopDevice
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetVif() string {
+	if x != nil {
+		return x.Vif
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetBridge() string {
+	if x != nil {
+		return x.Bridge
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetBackendState() string {
+	if x != nil {
+		return x.BackendState
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetFrontendState() string {
+	if x != nil {
+		return x.FrontendState
+	}
+	return ""
+}
+
+func (x *PluggedDevice) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type CreateVMRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Spec  *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -710,7 +920,7 @@ type CreateVMRequest struct {
 
 func (x *CreateVMRequest) Reset() {
 	*x = CreateVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[4]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +932,7 @@ func (x *CreateVMRequest) String() string {
 func (*CreateVMRequest) ProtoMessage() {}
 
 func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[4]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +945,7 @@ func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMRequest.ProtoReflect.Descriptor instead.
 func (*CreateVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{4}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateVMRequest) GetSpec() *VMSpec {
@@ -761,7 +971,7 @@ type CreateVMResponse struct {
 
 func (x *CreateVMResponse) Reset() {
 	*x = CreateVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[5]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +983,7 @@ func (x *CreateVMResponse) String() string {
 func (*CreateVMResponse) ProtoMessage() {}
 
 func (x *CreateVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[5]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +996,7 @@ func (x *CreateVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMResponse.ProtoReflect.Descriptor instead.
 func (*CreateVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{5}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateVMResponse) GetVm() *VM {
@@ -806,7 +1016,7 @@ type GetVMRequest struct {
 
 func (x *GetVMRequest) Reset() {
 	*x = GetVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[6]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +1028,7 @@ func (x *GetVMRequest) String() string {
 func (*GetVMRequest) ProtoMessage() {}
 
 func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[6]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +1041,7 @@ func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
 func (*GetVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{6}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetVMRequest) GetId() string {
@@ -850,7 +1060,7 @@ type GetVMResponse struct {
 
 func (x *GetVMResponse) Reset() {
 	*x = GetVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[7]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1072,7 @@ func (x *GetVMResponse) String() string {
 func (*GetVMResponse) ProtoMessage() {}
 
 func (x *GetVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[7]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1085,7 @@ func (x *GetVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMResponse.ProtoReflect.Descriptor instead.
 func (*GetVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{7}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetVMResponse) GetVm() *VM {
@@ -901,7 +1111,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[8]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -913,7 +1123,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[8]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -926,7 +1136,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{8}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListVMsRequest) GetPageSize() int32 {
@@ -956,7 +1166,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[9]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1178,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[9]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1191,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{9}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -1016,7 +1226,7 @@ type UpdateVMRequest struct {
 
 func (x *UpdateVMRequest) Reset() {
 	*x = UpdateVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[10]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1238,7 @@ func (x *UpdateVMRequest) String() string {
 func (*UpdateVMRequest) ProtoMessage() {}
 
 func (x *UpdateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[10]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1251,7 @@ func (x *UpdateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateVMRequest.ProtoReflect.Descriptor instead.
 func (*UpdateVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{10}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateVMRequest) GetId() string {
@@ -1067,7 +1277,7 @@ type UpdateVMResponse struct {
 
 func (x *UpdateVMResponse) Reset() {
 	*x = UpdateVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[11]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1079,7 +1289,7 @@ func (x *UpdateVMResponse) String() string {
 func (*UpdateVMResponse) ProtoMessage() {}
 
 func (x *UpdateVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[11]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1092,7 +1302,7 @@ func (x *UpdateVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateVMResponse.ProtoReflect.Descriptor instead.
 func (*UpdateVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{11}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateVMResponse) GetVm() *VM {
@@ -1112,7 +1322,7 @@ type DeleteVMRequest struct {
 
 func (x *DeleteVMRequest) Reset() {
 	*x = DeleteVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[12]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1334,7 @@ func (x *DeleteVMRequest) String() string {
 func (*DeleteVMRequest) ProtoMessage() {}
 
 func (x *DeleteVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[12]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1347,7 @@ func (x *DeleteVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVMRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{12}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteVMRequest) GetId() string {
@@ -1155,7 +1365,7 @@ type DeleteVMResponse struct {
 
 func (x *DeleteVMResponse) Reset() {
 	*x = DeleteVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[13]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1377,7 @@ func (x *DeleteVMResponse) String() string {
 func (*DeleteVMResponse) ProtoMessage() {}
 
 func (x *DeleteVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[13]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1390,7 @@ func (x *DeleteVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVMResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{13}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{14}
 }
 
 type StartVMRequest struct {
@@ -1197,7 +1407,7 @@ type StartVMRequest struct {
 
 func (x *StartVMRequest) Reset() {
 	*x = StartVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[14]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1419,7 @@ func (x *StartVMRequest) String() string {
 func (*StartVMRequest) ProtoMessage() {}
 
 func (x *StartVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[14]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1432,7 @@ func (x *StartVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVMRequest.ProtoReflect.Descriptor instead.
 func (*StartVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{14}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartVMRequest) GetId() string {
@@ -1255,7 +1465,7 @@ type StartVMResponse struct {
 
 func (x *StartVMResponse) Reset() {
 	*x = StartVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[15]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1477,7 @@ func (x *StartVMResponse) String() string {
 func (*StartVMResponse) ProtoMessage() {}
 
 func (x *StartVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[15]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1490,7 @@ func (x *StartVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVMResponse.ProtoReflect.Descriptor instead.
 func (*StartVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{15}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartVMResponse) GetTask() *Task {
@@ -1300,7 +1510,7 @@ type PauseVMRequest struct {
 
 func (x *PauseVMRequest) Reset() {
 	*x = PauseVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[16]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1522,7 @@ func (x *PauseVMRequest) String() string {
 func (*PauseVMRequest) ProtoMessage() {}
 
 func (x *PauseVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[16]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1535,7 @@ func (x *PauseVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseVMRequest.ProtoReflect.Descriptor instead.
 func (*PauseVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{16}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PauseVMRequest) GetId() string {
@@ -1351,7 +1561,7 @@ type PauseVMResponse struct {
 
 func (x *PauseVMResponse) Reset() {
 	*x = PauseVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[17]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1573,7 @@ func (x *PauseVMResponse) String() string {
 func (*PauseVMResponse) ProtoMessage() {}
 
 func (x *PauseVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[17]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1586,7 @@ func (x *PauseVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseVMResponse.ProtoReflect.Descriptor instead.
 func (*PauseVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{17}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PauseVMResponse) GetTask() *Task {
@@ -1396,7 +1606,7 @@ type UnpauseVMRequest struct {
 
 func (x *UnpauseVMRequest) Reset() {
 	*x = UnpauseVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[18]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1618,7 @@ func (x *UnpauseVMRequest) String() string {
 func (*UnpauseVMRequest) ProtoMessage() {}
 
 func (x *UnpauseVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[18]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1631,7 @@ func (x *UnpauseVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpauseVMRequest.ProtoReflect.Descriptor instead.
 func (*UnpauseVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{18}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UnpauseVMRequest) GetId() string {
@@ -1447,7 +1657,7 @@ type UnpauseVMResponse struct {
 
 func (x *UnpauseVMResponse) Reset() {
 	*x = UnpauseVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[19]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1669,7 @@ func (x *UnpauseVMResponse) String() string {
 func (*UnpauseVMResponse) ProtoMessage() {}
 
 func (x *UnpauseVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[19]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1682,7 @@ func (x *UnpauseVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpauseVMResponse.ProtoReflect.Descriptor instead.
 func (*UnpauseVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{19}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UnpauseVMResponse) GetTask() *Task {
@@ -1498,7 +1708,7 @@ type ShutdownVMRequest struct {
 
 func (x *ShutdownVMRequest) Reset() {
 	*x = ShutdownVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[20]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1720,7 @@ func (x *ShutdownVMRequest) String() string {
 func (*ShutdownVMRequest) ProtoMessage() {}
 
 func (x *ShutdownVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[20]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1733,7 @@ func (x *ShutdownVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownVMRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{20}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ShutdownVMRequest) GetId() string {
@@ -1563,7 +1773,7 @@ type ShutdownVMResponse struct {
 
 func (x *ShutdownVMResponse) Reset() {
 	*x = ShutdownVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[21]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1785,7 @@ func (x *ShutdownVMResponse) String() string {
 func (*ShutdownVMResponse) ProtoMessage() {}
 
 func (x *ShutdownVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[21]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1798,7 @@ func (x *ShutdownVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownVMResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{21}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ShutdownVMResponse) GetTask() *Task {
@@ -1613,7 +1823,7 @@ type RebootVMRequest struct {
 
 func (x *RebootVMRequest) Reset() {
 	*x = RebootVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[22]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1625,7 +1835,7 @@ func (x *RebootVMRequest) String() string {
 func (*RebootVMRequest) ProtoMessage() {}
 
 func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[22]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1638,7 +1848,7 @@ func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMRequest.ProtoReflect.Descriptor instead.
 func (*RebootVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{22}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RebootVMRequest) GetId() string {
@@ -1678,7 +1888,7 @@ type RebootVMResponse struct {
 
 func (x *RebootVMResponse) Reset() {
 	*x = RebootVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[23]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1690,7 +1900,7 @@ func (x *RebootVMResponse) String() string {
 func (*RebootVMResponse) ProtoMessage() {}
 
 func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[23]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1703,7 +1913,7 @@ func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMResponse.ProtoReflect.Descriptor instead.
 func (*RebootVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{23}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RebootVMResponse) GetTask() *Task {
@@ -1723,7 +1933,7 @@ type DestroyVMRequest struct {
 
 func (x *DestroyVMRequest) Reset() {
 	*x = DestroyVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1945,7 @@ func (x *DestroyVMRequest) String() string {
 func (*DestroyVMRequest) ProtoMessage() {}
 
 func (x *DestroyVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1958,7 @@ func (x *DestroyVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyVMRequest.ProtoReflect.Descriptor instead.
 func (*DestroyVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{24}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DestroyVMRequest) GetId() string {
@@ -1774,7 +1984,7 @@ type DestroyVMResponse struct {
 
 func (x *DestroyVMResponse) Reset() {
 	*x = DestroyVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1786,7 +1996,7 @@ func (x *DestroyVMResponse) String() string {
 func (*DestroyVMResponse) ProtoMessage() {}
 
 func (x *DestroyVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1799,10 +2009,446 @@ func (x *DestroyVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyVMResponse.ProtoReflect.Descriptor instead.
 func (*DestroyVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{25}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DestroyVMResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type AddDiskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the VM's uuid or name.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Disk          *Disk  `protobuf:"bytes,2,opt,name=disk,proto3" json:"disk,omitempty"`
+	Wait          bool   `protobuf:"varint,3,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddDiskRequest) Reset() {
+	*x = AddDiskRequest{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddDiskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddDiskRequest) ProtoMessage() {}
+
+func (x *AddDiskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddDiskRequest.ProtoReflect.Descriptor instead.
+func (*AddDiskRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AddDiskRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AddDiskRequest) GetDisk() *Disk {
+	if x != nil {
+		return x.Disk
+	}
+	return nil
+}
+
+func (x *AddDiskRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+type AddDiskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddDiskResponse) Reset() {
+	*x = AddDiskResponse{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddDiskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddDiskResponse) ProtoMessage() {}
+
+func (x *AddDiskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddDiskResponse.ProtoReflect.Descriptor instead.
+func (*AddDiskResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AddDiskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type RemoveDiskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// device is the guest's name of the disk, e.g. "xvdb".
+	Device string `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	// force tears the disk down when the guest does not release it.
+	Force         bool `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	Wait          bool `protobuf:"varint,4,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveDiskRequest) Reset() {
+	*x = RemoveDiskRequest{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveDiskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveDiskRequest) ProtoMessage() {}
+
+func (x *RemoveDiskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveDiskRequest.ProtoReflect.Descriptor instead.
+func (*RemoveDiskRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RemoveDiskRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RemoveDiskRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *RemoveDiskRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *RemoveDiskRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+type RemoveDiskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveDiskResponse) Reset() {
+	*x = RemoveDiskResponse{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveDiskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveDiskResponse) ProtoMessage() {}
+
+func (x *RemoveDiskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveDiskResponse.ProtoReflect.Descriptor instead.
+func (*RemoveDiskResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RemoveDiskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type AddNICRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Nic           *NIC                   `protobuf:"bytes,2,opt,name=nic,proto3" json:"nic,omitempty"`
+	Wait          bool                   `protobuf:"varint,3,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddNICRequest) Reset() {
+	*x = AddNICRequest{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddNICRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddNICRequest) ProtoMessage() {}
+
+func (x *AddNICRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddNICRequest.ProtoReflect.Descriptor instead.
+func (*AddNICRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *AddNICRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AddNICRequest) GetNic() *NIC {
+	if x != nil {
+		return x.Nic
+	}
+	return nil
+}
+
+func (x *AddNICRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+type AddNICResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddNICResponse) Reset() {
+	*x = AddNICResponse{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddNICResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddNICResponse) ProtoMessage() {}
+
+func (x *AddNICResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddNICResponse.ProtoReflect.Descriptor instead.
+func (*AddNICResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *AddNICResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type RemoveNICRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// mac names the NIC.
+	Mac           string `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	Force         bool   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	Wait          bool   `protobuf:"varint,4,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNICRequest) Reset() {
+	*x = RemoveNICRequest{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNICRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNICRequest) ProtoMessage() {}
+
+func (x *RemoveNICRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNICRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNICRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RemoveNICRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RemoveNICRequest) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *RemoveNICRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *RemoveNICRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+type RemoveNICResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNICResponse) Reset() {
+	*x = RemoveNICResponse{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNICResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNICResponse) ProtoMessage() {}
+
+func (x *RemoveNICResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNICResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNICResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RemoveNICResponse) GetTask() *Task {
 	if x != nil {
 		return x.Task
 	}
@@ -1828,7 +2474,7 @@ type StreamConsoleRequest struct {
 
 func (x *StreamConsoleRequest) Reset() {
 	*x = StreamConsoleRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +2486,7 @@ func (x *StreamConsoleRequest) String() string {
 func (*StreamConsoleRequest) ProtoMessage() {}
 
 func (x *StreamConsoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +2499,7 @@ func (x *StreamConsoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConsoleRequest.ProtoReflect.Descriptor instead.
 func (*StreamConsoleRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{26}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StreamConsoleRequest) GetId() string {
@@ -1901,7 +2547,7 @@ type StreamConsoleResponse struct {
 
 func (x *StreamConsoleResponse) Reset() {
 	*x = StreamConsoleResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +2559,7 @@ func (x *StreamConsoleResponse) String() string {
 func (*StreamConsoleResponse) ProtoMessage() {}
 
 func (x *StreamConsoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2572,7 @@ func (x *StreamConsoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConsoleResponse.ProtoReflect.Descriptor instead.
 func (*StreamConsoleResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{27}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StreamConsoleResponse) GetData() []byte {
@@ -1998,7 +2644,7 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a?\n" +
 	"\x11XenstoreDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x03\n" +
 	"\x02VM\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12&\n" +
 	"\x04spec\x18\x02 \x01(\v2\x12.xenopsd.v1.VMSpecR\x04spec\x127\n" +
@@ -2013,7 +2659,24 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\b \x01(\x04R\n" +
 	"generation\x12)\n" +
-	"\x10domain_suspended\x18\t \x01(\bR\x0fdomainSuspended\"X\n" +
+	"\x10domain_suspended\x18\t \x01(\bR\x0fdomainSuspended\x123\n" +
+	"\adevices\x18\n" +
+	" \x03(\v2\x19.xenopsd.v1.PluggedDeviceR\adevices\"\xd9\x02\n" +
+	"\rPluggedDevice\x12*\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x16.xenopsd.v1.DeviceKindR\x04kind\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x14\n" +
+	"\x05devid\x18\x03 \x01(\rR\x05devid\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\x12\x1b\n" +
+	"\tread_only\x18\x05 \x01(\bR\breadOnly\x12\x1f\n" +
+	"\vloop_device\x18\x06 \x01(\tR\n" +
+	"loopDevice\x12\x10\n" +
+	"\x03vif\x18\a \x01(\tR\x03vif\x12\x16\n" +
+	"\x06bridge\x18\b \x01(\tR\x06bridge\x12\x10\n" +
+	"\x03mac\x18\t \x01(\tR\x03mac\x12#\n" +
+	"\rbackend_state\x18\n" +
+	" \x01(\tR\fbackendState\x12%\n" +
+	"\x0efrontend_state\x18\v \x01(\tR\rfrontendState\x12\x14\n" +
+	"\x05error\x18\f \x01(\tR\x05error\"X\n" +
 	"\x0fCreateVMRequest\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.xenopsd.v1.VMSpecR\x04spec\x12\x1d\n" +
 	"\n" +
@@ -2074,6 +2737,32 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04wait\x18\x02 \x01(\bR\x04wait\"9\n" +
 	"\x11DestroyVMResponse\x12$\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.xenopsd.v1.TaskR\x04task\"Z\n" +
+	"\x0eAddDiskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
+	"\x04disk\x18\x02 \x01(\v2\x10.xenopsd.v1.DiskR\x04disk\x12\x12\n" +
+	"\x04wait\x18\x03 \x01(\bR\x04wait\"7\n" +
+	"\x0fAddDiskResponse\x12$\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.xenopsd.v1.TaskR\x04task\"e\n" +
+	"\x11RemoveDiskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\x12\x12\n" +
+	"\x04wait\x18\x04 \x01(\bR\x04wait\":\n" +
+	"\x12RemoveDiskResponse\x12$\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.xenopsd.v1.TaskR\x04task\"V\n" +
+	"\rAddNICRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
+	"\x03nic\x18\x02 \x01(\v2\x0f.xenopsd.v1.NICR\x03nic\x12\x12\n" +
+	"\x04wait\x18\x03 \x01(\bR\x04wait\"6\n" +
+	"\x0eAddNICResponse\x12$\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.xenopsd.v1.TaskR\x04task\"^\n" +
+	"\x10RemoveNICRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\x12\x12\n" +
+	"\x04wait\x18\x04 \x01(\bR\x04wait\"9\n" +
+	"\x11RemoveNICResponse\x12$\n" +
 	"\x04task\x18\x01 \x01(\v2\x10.xenopsd.v1.TaskR\x04task\"u\n" +
 	"\x14StreamConsoleRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
@@ -2108,7 +2797,12 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\bDiskMode\x12\x19\n" +
 	"\x15DISK_MODE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDISK_MODE_RO\x10\x01\x12\x10\n" +
-	"\fDISK_MODE_RW\x10\x022\xea\x06\n" +
+	"\fDISK_MODE_RW\x10\x02*T\n" +
+	"\n" +
+	"DeviceKind\x12\x1b\n" +
+	"\x17DEVICE_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10DEVICE_KIND_DISK\x10\x01\x12\x13\n" +
+	"\x0fDEVICE_KIND_NIC\x10\x022\x86\t\n" +
 	"\tVMService\x12E\n" +
 	"\bCreateVM\x12\x1b.xenopsd.v1.CreateVMRequest\x1a\x1c.xenopsd.v1.CreateVMResponse\x12<\n" +
 	"\x05GetVM\x12\x18.xenopsd.v1.GetVMRequest\x1a\x19.xenopsd.v1.GetVMResponse\x12B\n" +
@@ -2122,7 +2816,12 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"ShutdownVM\x12\x1d.xenopsd.v1.ShutdownVMRequest\x1a\x1e.xenopsd.v1.ShutdownVMResponse\x12E\n" +
 	"\bRebootVM\x12\x1b.xenopsd.v1.RebootVMRequest\x1a\x1c.xenopsd.v1.RebootVMResponse\x12H\n" +
 	"\tDestroyVM\x12\x1c.xenopsd.v1.DestroyVMRequest\x1a\x1d.xenopsd.v1.DestroyVMResponse\x12V\n" +
-	"\rStreamConsole\x12 .xenopsd.v1.StreamConsoleRequest\x1a!.xenopsd.v1.StreamConsoleResponse0\x01B;Z9github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1;xenopsdv1b\x06proto3"
+	"\rStreamConsole\x12 .xenopsd.v1.StreamConsoleRequest\x1a!.xenopsd.v1.StreamConsoleResponse0\x01\x12B\n" +
+	"\aAddDisk\x12\x1a.xenopsd.v1.AddDiskRequest\x1a\x1b.xenopsd.v1.AddDiskResponse\x12K\n" +
+	"\n" +
+	"RemoveDisk\x12\x1d.xenopsd.v1.RemoveDiskRequest\x1a\x1e.xenopsd.v1.RemoveDiskResponse\x12?\n" +
+	"\x06AddNIC\x12\x19.xenopsd.v1.AddNICRequest\x1a\x1a.xenopsd.v1.AddNICResponse\x12H\n" +
+	"\tRemoveNIC\x12\x1c.xenopsd.v1.RemoveNICRequest\x1a\x1d.xenopsd.v1.RemoveNICResponseB;Z9github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1;xenopsdv1b\x06proto3"
 
 var (
 	file_xenopsd_v1_vm_proto_rawDescOnce sync.Once
@@ -2136,104 +2835,130 @@ func file_xenopsd_v1_vm_proto_rawDescGZIP() []byte {
 	return file_xenopsd_v1_vm_proto_rawDescData
 }
 
-var file_xenopsd_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_xenopsd_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_xenopsd_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_xenopsd_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_xenopsd_v1_vm_proto_goTypes = []any{
 	(DomainType)(0),               // 0: xenopsd.v1.DomainType
 	(PowerState)(0),               // 1: xenopsd.v1.PowerState
 	(LifecycleAction)(0),          // 2: xenopsd.v1.LifecycleAction
 	(DiskMode)(0),                 // 3: xenopsd.v1.DiskMode
-	(*Disk)(nil),                  // 4: xenopsd.v1.Disk
-	(*NIC)(nil),                   // 5: xenopsd.v1.NIC
-	(*VMSpec)(nil),                // 6: xenopsd.v1.VMSpec
-	(*VM)(nil),                    // 7: xenopsd.v1.VM
-	(*CreateVMRequest)(nil),       // 8: xenopsd.v1.CreateVMRequest
-	(*CreateVMResponse)(nil),      // 9: xenopsd.v1.CreateVMResponse
-	(*GetVMRequest)(nil),          // 10: xenopsd.v1.GetVMRequest
-	(*GetVMResponse)(nil),         // 11: xenopsd.v1.GetVMResponse
-	(*ListVMsRequest)(nil),        // 12: xenopsd.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),       // 13: xenopsd.v1.ListVMsResponse
-	(*UpdateVMRequest)(nil),       // 14: xenopsd.v1.UpdateVMRequest
-	(*UpdateVMResponse)(nil),      // 15: xenopsd.v1.UpdateVMResponse
-	(*DeleteVMRequest)(nil),       // 16: xenopsd.v1.DeleteVMRequest
-	(*DeleteVMResponse)(nil),      // 17: xenopsd.v1.DeleteVMResponse
-	(*StartVMRequest)(nil),        // 18: xenopsd.v1.StartVMRequest
-	(*StartVMResponse)(nil),       // 19: xenopsd.v1.StartVMResponse
-	(*PauseVMRequest)(nil),        // 20: xenopsd.v1.PauseVMRequest
-	(*PauseVMResponse)(nil),       // 21: xenopsd.v1.PauseVMResponse
-	(*UnpauseVMRequest)(nil),      // 22: xenopsd.v1.UnpauseVMRequest
-	(*UnpauseVMResponse)(nil),     // 23: xenopsd.v1.UnpauseVMResponse
-	(*ShutdownVMRequest)(nil),     // 24: xenopsd.v1.ShutdownVMRequest
-	(*ShutdownVMResponse)(nil),    // 25: xenopsd.v1.ShutdownVMResponse
-	(*RebootVMRequest)(nil),       // 26: xenopsd.v1.RebootVMRequest
-	(*RebootVMResponse)(nil),      // 27: xenopsd.v1.RebootVMResponse
-	(*DestroyVMRequest)(nil),      // 28: xenopsd.v1.DestroyVMRequest
-	(*DestroyVMResponse)(nil),     // 29: xenopsd.v1.DestroyVMResponse
-	(*StreamConsoleRequest)(nil),  // 30: xenopsd.v1.StreamConsoleRequest
-	(*StreamConsoleResponse)(nil), // 31: xenopsd.v1.StreamConsoleResponse
-	nil,                           // 32: xenopsd.v1.VMSpec.PlatformEntry
-	nil,                           // 33: xenopsd.v1.VMSpec.XenstoreDataEntry
-	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
-	(*Task)(nil),                  // 35: xenopsd.v1.Task
-	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
+	(DeviceKind)(0),               // 4: xenopsd.v1.DeviceKind
+	(*Disk)(nil),                  // 5: xenopsd.v1.Disk
+	(*NIC)(nil),                   // 6: xenopsd.v1.NIC
+	(*VMSpec)(nil),                // 7: xenopsd.v1.VMSpec
+	(*VM)(nil),                    // 8: xenopsd.v1.VM
+	(*PluggedDevice)(nil),         // 9: xenopsd.v1.PluggedDevice
+	(*CreateVMRequest)(nil),       // 10: xenopsd.v1.CreateVMRequest
+	(*CreateVMResponse)(nil),      // 11: xenopsd.v1.CreateVMResponse
+	(*GetVMRequest)(nil),          // 12: xenopsd.v1.GetVMRequest
+	(*GetVMResponse)(nil),         // 13: xenopsd.v1.GetVMResponse
+	(*ListVMsRequest)(nil),        // 14: xenopsd.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),       // 15: xenopsd.v1.ListVMsResponse
+	(*UpdateVMRequest)(nil),       // 16: xenopsd.v1.UpdateVMRequest
+	(*UpdateVMResponse)(nil),      // 17: xenopsd.v1.UpdateVMResponse
+	(*DeleteVMRequest)(nil),       // 18: xenopsd.v1.DeleteVMRequest
+	(*DeleteVMResponse)(nil),      // 19: xenopsd.v1.DeleteVMResponse
+	(*StartVMRequest)(nil),        // 20: xenopsd.v1.StartVMRequest
+	(*StartVMResponse)(nil),       // 21: xenopsd.v1.StartVMResponse
+	(*PauseVMRequest)(nil),        // 22: xenopsd.v1.PauseVMRequest
+	(*PauseVMResponse)(nil),       // 23: xenopsd.v1.PauseVMResponse
+	(*UnpauseVMRequest)(nil),      // 24: xenopsd.v1.UnpauseVMRequest
+	(*UnpauseVMResponse)(nil),     // 25: xenopsd.v1.UnpauseVMResponse
+	(*ShutdownVMRequest)(nil),     // 26: xenopsd.v1.ShutdownVMRequest
+	(*ShutdownVMResponse)(nil),    // 27: xenopsd.v1.ShutdownVMResponse
+	(*RebootVMRequest)(nil),       // 28: xenopsd.v1.RebootVMRequest
+	(*RebootVMResponse)(nil),      // 29: xenopsd.v1.RebootVMResponse
+	(*DestroyVMRequest)(nil),      // 30: xenopsd.v1.DestroyVMRequest
+	(*DestroyVMResponse)(nil),     // 31: xenopsd.v1.DestroyVMResponse
+	(*AddDiskRequest)(nil),        // 32: xenopsd.v1.AddDiskRequest
+	(*AddDiskResponse)(nil),       // 33: xenopsd.v1.AddDiskResponse
+	(*RemoveDiskRequest)(nil),     // 34: xenopsd.v1.RemoveDiskRequest
+	(*RemoveDiskResponse)(nil),    // 35: xenopsd.v1.RemoveDiskResponse
+	(*AddNICRequest)(nil),         // 36: xenopsd.v1.AddNICRequest
+	(*AddNICResponse)(nil),        // 37: xenopsd.v1.AddNICResponse
+	(*RemoveNICRequest)(nil),      // 38: xenopsd.v1.RemoveNICRequest
+	(*RemoveNICResponse)(nil),     // 39: xenopsd.v1.RemoveNICResponse
+	(*StreamConsoleRequest)(nil),  // 40: xenopsd.v1.StreamConsoleRequest
+	(*StreamConsoleResponse)(nil), // 41: xenopsd.v1.StreamConsoleResponse
+	nil,                           // 42: xenopsd.v1.VMSpec.PlatformEntry
+	nil,                           // 43: xenopsd.v1.VMSpec.XenstoreDataEntry
+	(*timestamppb.Timestamp)(nil), // 44: google.protobuf.Timestamp
+	(*Task)(nil),                  // 45: xenopsd.v1.Task
+	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
 }
 var file_xenopsd_v1_vm_proto_depIdxs = []int32{
 	3,  // 0: xenopsd.v1.Disk.mode:type_name -> xenopsd.v1.DiskMode
 	0,  // 1: xenopsd.v1.VMSpec.type:type_name -> xenopsd.v1.DomainType
-	32, // 2: xenopsd.v1.VMSpec.platform:type_name -> xenopsd.v1.VMSpec.PlatformEntry
-	33, // 3: xenopsd.v1.VMSpec.xenstore_data:type_name -> xenopsd.v1.VMSpec.XenstoreDataEntry
+	42, // 2: xenopsd.v1.VMSpec.platform:type_name -> xenopsd.v1.VMSpec.PlatformEntry
+	43, // 3: xenopsd.v1.VMSpec.xenstore_data:type_name -> xenopsd.v1.VMSpec.XenstoreDataEntry
 	2,  // 4: xenopsd.v1.VMSpec.on_poweroff:type_name -> xenopsd.v1.LifecycleAction
 	2,  // 5: xenopsd.v1.VMSpec.on_reboot:type_name -> xenopsd.v1.LifecycleAction
 	2,  // 6: xenopsd.v1.VMSpec.on_crash:type_name -> xenopsd.v1.LifecycleAction
-	4,  // 7: xenopsd.v1.VMSpec.disks:type_name -> xenopsd.v1.Disk
-	5,  // 8: xenopsd.v1.VMSpec.nics:type_name -> xenopsd.v1.NIC
-	6,  // 9: xenopsd.v1.VM.spec:type_name -> xenopsd.v1.VMSpec
+	5,  // 7: xenopsd.v1.VMSpec.disks:type_name -> xenopsd.v1.Disk
+	6,  // 8: xenopsd.v1.VMSpec.nics:type_name -> xenopsd.v1.NIC
+	7,  // 9: xenopsd.v1.VM.spec:type_name -> xenopsd.v1.VMSpec
 	1,  // 10: xenopsd.v1.VM.power_state:type_name -> xenopsd.v1.PowerState
-	34, // 11: xenopsd.v1.VM.create_time:type_name -> google.protobuf.Timestamp
-	34, // 12: xenopsd.v1.VM.update_time:type_name -> google.protobuf.Timestamp
-	6,  // 13: xenopsd.v1.CreateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
-	7,  // 14: xenopsd.v1.CreateVMResponse.vm:type_name -> xenopsd.v1.VM
-	7,  // 15: xenopsd.v1.GetVMResponse.vm:type_name -> xenopsd.v1.VM
-	7,  // 16: xenopsd.v1.ListVMsResponse.vms:type_name -> xenopsd.v1.VM
-	6,  // 17: xenopsd.v1.UpdateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
-	7,  // 18: xenopsd.v1.UpdateVMResponse.vm:type_name -> xenopsd.v1.VM
-	35, // 19: xenopsd.v1.StartVMResponse.task:type_name -> xenopsd.v1.Task
-	35, // 20: xenopsd.v1.PauseVMResponse.task:type_name -> xenopsd.v1.Task
-	35, // 21: xenopsd.v1.UnpauseVMResponse.task:type_name -> xenopsd.v1.Task
-	36, // 22: xenopsd.v1.ShutdownVMRequest.timeout:type_name -> google.protobuf.Duration
-	35, // 23: xenopsd.v1.ShutdownVMResponse.task:type_name -> xenopsd.v1.Task
-	36, // 24: xenopsd.v1.RebootVMRequest.timeout:type_name -> google.protobuf.Duration
-	35, // 25: xenopsd.v1.RebootVMResponse.task:type_name -> xenopsd.v1.Task
-	35, // 26: xenopsd.v1.DestroyVMResponse.task:type_name -> xenopsd.v1.Task
-	8,  // 27: xenopsd.v1.VMService.CreateVM:input_type -> xenopsd.v1.CreateVMRequest
-	10, // 28: xenopsd.v1.VMService.GetVM:input_type -> xenopsd.v1.GetVMRequest
-	12, // 29: xenopsd.v1.VMService.ListVMs:input_type -> xenopsd.v1.ListVMsRequest
-	14, // 30: xenopsd.v1.VMService.UpdateVM:input_type -> xenopsd.v1.UpdateVMRequest
-	16, // 31: xenopsd.v1.VMService.DeleteVM:input_type -> xenopsd.v1.DeleteVMRequest
-	18, // 32: xenopsd.v1.VMService.StartVM:input_type -> xenopsd.v1.StartVMRequest
-	20, // 33: xenopsd.v1.VMService.PauseVM:input_type -> xenopsd.v1.PauseVMRequest
-	22, // 34: xenopsd.v1.VMService.UnpauseVM:input_type -> xenopsd.v1.UnpauseVMRequest
-	24, // 35: xenopsd.v1.VMService.ShutdownVM:input_type -> xenopsd.v1.ShutdownVMRequest
-	26, // 36: xenopsd.v1.VMService.RebootVM:input_type -> xenopsd.v1.RebootVMRequest
-	28, // 37: xenopsd.v1.VMService.DestroyVM:input_type -> xenopsd.v1.DestroyVMRequest
-	30, // 38: xenopsd.v1.VMService.StreamConsole:input_type -> xenopsd.v1.StreamConsoleRequest
-	9,  // 39: xenopsd.v1.VMService.CreateVM:output_type -> xenopsd.v1.CreateVMResponse
-	11, // 40: xenopsd.v1.VMService.GetVM:output_type -> xenopsd.v1.GetVMResponse
-	13, // 41: xenopsd.v1.VMService.ListVMs:output_type -> xenopsd.v1.ListVMsResponse
-	15, // 42: xenopsd.v1.VMService.UpdateVM:output_type -> xenopsd.v1.UpdateVMResponse
-	17, // 43: xenopsd.v1.VMService.DeleteVM:output_type -> xenopsd.v1.DeleteVMResponse
-	19, // 44: xenopsd.v1.VMService.StartVM:output_type -> xenopsd.v1.StartVMResponse
-	21, // 45: xenopsd.v1.VMService.PauseVM:output_type -> xenopsd.v1.PauseVMResponse
-	23, // 46: xenopsd.v1.VMService.UnpauseVM:output_type -> xenopsd.v1.UnpauseVMResponse
-	25, // 47: xenopsd.v1.VMService.ShutdownVM:output_type -> xenopsd.v1.ShutdownVMResponse
-	27, // 48: xenopsd.v1.VMService.RebootVM:output_type -> xenopsd.v1.RebootVMResponse
-	29, // 49: xenopsd.v1.VMService.DestroyVM:output_type -> xenopsd.v1.DestroyVMResponse
-	31, // 50: xenopsd.v1.VMService.StreamConsole:output_type -> xenopsd.v1.StreamConsoleResponse
-	39, // [39:51] is the sub-list for method output_type
-	27, // [27:39] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	44, // 11: xenopsd.v1.VM.create_time:type_name -> google.protobuf.Timestamp
+	44, // 12: xenopsd.v1.VM.update_time:type_name -> google.protobuf.Timestamp
+	9,  // 13: xenopsd.v1.VM.devices:type_name -> xenopsd.v1.PluggedDevice
+	4,  // 14: xenopsd.v1.PluggedDevice.kind:type_name -> xenopsd.v1.DeviceKind
+	7,  // 15: xenopsd.v1.CreateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
+	8,  // 16: xenopsd.v1.CreateVMResponse.vm:type_name -> xenopsd.v1.VM
+	8,  // 17: xenopsd.v1.GetVMResponse.vm:type_name -> xenopsd.v1.VM
+	8,  // 18: xenopsd.v1.ListVMsResponse.vms:type_name -> xenopsd.v1.VM
+	7,  // 19: xenopsd.v1.UpdateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
+	8,  // 20: xenopsd.v1.UpdateVMResponse.vm:type_name -> xenopsd.v1.VM
+	45, // 21: xenopsd.v1.StartVMResponse.task:type_name -> xenopsd.v1.Task
+	45, // 22: xenopsd.v1.PauseVMResponse.task:type_name -> xenopsd.v1.Task
+	45, // 23: xenopsd.v1.UnpauseVMResponse.task:type_name -> xenopsd.v1.Task
+	46, // 24: xenopsd.v1.ShutdownVMRequest.timeout:type_name -> google.protobuf.Duration
+	45, // 25: xenopsd.v1.ShutdownVMResponse.task:type_name -> xenopsd.v1.Task
+	46, // 26: xenopsd.v1.RebootVMRequest.timeout:type_name -> google.protobuf.Duration
+	45, // 27: xenopsd.v1.RebootVMResponse.task:type_name -> xenopsd.v1.Task
+	45, // 28: xenopsd.v1.DestroyVMResponse.task:type_name -> xenopsd.v1.Task
+	5,  // 29: xenopsd.v1.AddDiskRequest.disk:type_name -> xenopsd.v1.Disk
+	45, // 30: xenopsd.v1.AddDiskResponse.task:type_name -> xenopsd.v1.Task
+	45, // 31: xenopsd.v1.RemoveDiskResponse.task:type_name -> xenopsd.v1.Task
+	6,  // 32: xenopsd.v1.AddNICRequest.nic:type_name -> xenopsd.v1.NIC
+	45, // 33: xenopsd.v1.AddNICResponse.task:type_name -> xenopsd.v1.Task
+	45, // 34: xenopsd.v1.RemoveNICResponse.task:type_name -> xenopsd.v1.Task
+	10, // 35: xenopsd.v1.VMService.CreateVM:input_type -> xenopsd.v1.CreateVMRequest
+	12, // 36: xenopsd.v1.VMService.GetVM:input_type -> xenopsd.v1.GetVMRequest
+	14, // 37: xenopsd.v1.VMService.ListVMs:input_type -> xenopsd.v1.ListVMsRequest
+	16, // 38: xenopsd.v1.VMService.UpdateVM:input_type -> xenopsd.v1.UpdateVMRequest
+	18, // 39: xenopsd.v1.VMService.DeleteVM:input_type -> xenopsd.v1.DeleteVMRequest
+	20, // 40: xenopsd.v1.VMService.StartVM:input_type -> xenopsd.v1.StartVMRequest
+	22, // 41: xenopsd.v1.VMService.PauseVM:input_type -> xenopsd.v1.PauseVMRequest
+	24, // 42: xenopsd.v1.VMService.UnpauseVM:input_type -> xenopsd.v1.UnpauseVMRequest
+	26, // 43: xenopsd.v1.VMService.ShutdownVM:input_type -> xenopsd.v1.ShutdownVMRequest
+	28, // 44: xenopsd.v1.VMService.RebootVM:input_type -> xenopsd.v1.RebootVMRequest
+	30, // 45: xenopsd.v1.VMService.DestroyVM:input_type -> xenopsd.v1.DestroyVMRequest
+	40, // 46: xenopsd.v1.VMService.StreamConsole:input_type -> xenopsd.v1.StreamConsoleRequest
+	32, // 47: xenopsd.v1.VMService.AddDisk:input_type -> xenopsd.v1.AddDiskRequest
+	34, // 48: xenopsd.v1.VMService.RemoveDisk:input_type -> xenopsd.v1.RemoveDiskRequest
+	36, // 49: xenopsd.v1.VMService.AddNIC:input_type -> xenopsd.v1.AddNICRequest
+	38, // 50: xenopsd.v1.VMService.RemoveNIC:input_type -> xenopsd.v1.RemoveNICRequest
+	11, // 51: xenopsd.v1.VMService.CreateVM:output_type -> xenopsd.v1.CreateVMResponse
+	13, // 52: xenopsd.v1.VMService.GetVM:output_type -> xenopsd.v1.GetVMResponse
+	15, // 53: xenopsd.v1.VMService.ListVMs:output_type -> xenopsd.v1.ListVMsResponse
+	17, // 54: xenopsd.v1.VMService.UpdateVM:output_type -> xenopsd.v1.UpdateVMResponse
+	19, // 55: xenopsd.v1.VMService.DeleteVM:output_type -> xenopsd.v1.DeleteVMResponse
+	21, // 56: xenopsd.v1.VMService.StartVM:output_type -> xenopsd.v1.StartVMResponse
+	23, // 57: xenopsd.v1.VMService.PauseVM:output_type -> xenopsd.v1.PauseVMResponse
+	25, // 58: xenopsd.v1.VMService.UnpauseVM:output_type -> xenopsd.v1.UnpauseVMResponse
+	27, // 59: xenopsd.v1.VMService.ShutdownVM:output_type -> xenopsd.v1.ShutdownVMResponse
+	29, // 60: xenopsd.v1.VMService.RebootVM:output_type -> xenopsd.v1.RebootVMResponse
+	31, // 61: xenopsd.v1.VMService.DestroyVM:output_type -> xenopsd.v1.DestroyVMResponse
+	41, // 62: xenopsd.v1.VMService.StreamConsole:output_type -> xenopsd.v1.StreamConsoleResponse
+	33, // 63: xenopsd.v1.VMService.AddDisk:output_type -> xenopsd.v1.AddDiskResponse
+	35, // 64: xenopsd.v1.VMService.RemoveDisk:output_type -> xenopsd.v1.RemoveDiskResponse
+	37, // 65: xenopsd.v1.VMService.AddNIC:output_type -> xenopsd.v1.AddNICResponse
+	39, // 66: xenopsd.v1.VMService.RemoveNIC:output_type -> xenopsd.v1.RemoveNICResponse
+	51, // [51:67] is the sub-list for method output_type
+	35, // [35:51] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_xenopsd_v1_vm_proto_init() }
@@ -2247,8 +2972,8 @@ func file_xenopsd_v1_vm_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_v1_vm_proto_rawDesc), len(file_xenopsd_v1_vm_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   30,
+			NumEnums:      5,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

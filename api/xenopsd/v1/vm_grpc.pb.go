@@ -31,6 +31,10 @@ const (
 	VMService_RebootVM_FullMethodName      = "/xenopsd.v1.VMService/RebootVM"
 	VMService_DestroyVM_FullMethodName     = "/xenopsd.v1.VMService/DestroyVM"
 	VMService_StreamConsole_FullMethodName = "/xenopsd.v1.VMService/StreamConsole"
+	VMService_AddDisk_FullMethodName       = "/xenopsd.v1.VMService/AddDisk"
+	VMService_RemoveDisk_FullMethodName    = "/xenopsd.v1.VMService/RemoveDisk"
+	VMService_AddNIC_FullMethodName        = "/xenopsd.v1.VMService/AddNIC"
+	VMService_RemoveNIC_FullMethodName     = "/xenopsd.v1.VMService/RemoveNIC"
 )
 
 // VMServiceClient is the client API for VMService service.
@@ -98,6 +102,22 @@ type VMServiceClient interface {
 	// one last written before the VM was created (an earlier VM's of the same
 	// name) is not served.
 	StreamConsole(ctx context.Context, in *StreamConsoleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamConsoleResponse], error)
+	// AddDisk plugs a disk into a running or paused VM's domain and adds it
+	// to the spec. The task ends when the guest's frontend has connected (a
+	// paused VM's at once: its frontend connects when it runs); a guest that
+	// does not connect within the daemon's bound fails it, and the disk is
+	// removed again. Bad input (missing or directory path, a file read-write
+	// in another running VM, a device name in use) is INVALID_ARGUMENT or
+	// FAILED_PRECONDITION naming the field ("disk.path", "disk.device").
+	AddDisk(ctx context.Context, in *AddDiskRequest, opts ...grpc.CallOption) (*AddDiskResponse, error)
+	// RemoveDisk unplugs a disk and removes it from the spec. The guest must
+	// release it within the daemon's bound, else the task fails with
+	// DEADLINE_EXCEEDED and the disk stays; force tears it down regardless.
+	RemoveDisk(ctx context.Context, in *RemoveDiskRequest, opts ...grpc.CallOption) (*RemoveDiskResponse, error)
+	// AddNIC plugs a NIC (a MAC is generated when none is given), as AddDisk.
+	AddNIC(ctx context.Context, in *AddNICRequest, opts ...grpc.CallOption) (*AddNICResponse, error)
+	// RemoveNIC unplugs the NIC with the given MAC, as RemoveDisk.
+	RemoveNIC(ctx context.Context, in *RemoveNICRequest, opts ...grpc.CallOption) (*RemoveNICResponse, error)
 }
 
 type vMServiceClient struct {
@@ -237,6 +257,46 @@ func (c *vMServiceClient) StreamConsole(ctx context.Context, in *StreamConsoleRe
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type VMService_StreamConsoleClient = grpc.ServerStreamingClient[StreamConsoleResponse]
 
+func (c *vMServiceClient) AddDisk(ctx context.Context, in *AddDiskRequest, opts ...grpc.CallOption) (*AddDiskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddDiskResponse)
+	err := c.cc.Invoke(ctx, VMService_AddDisk_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vMServiceClient) RemoveDisk(ctx context.Context, in *RemoveDiskRequest, opts ...grpc.CallOption) (*RemoveDiskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveDiskResponse)
+	err := c.cc.Invoke(ctx, VMService_RemoveDisk_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vMServiceClient) AddNIC(ctx context.Context, in *AddNICRequest, opts ...grpc.CallOption) (*AddNICResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddNICResponse)
+	err := c.cc.Invoke(ctx, VMService_AddNIC_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vMServiceClient) RemoveNIC(ctx context.Context, in *RemoveNICRequest, opts ...grpc.CallOption) (*RemoveNICResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveNICResponse)
+	err := c.cc.Invoke(ctx, VMService_RemoveNIC_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // VMServiceServer is the server API for VMService service.
 // All implementations must embed UnimplementedVMServiceServer
 // for forward compatibility.
@@ -302,6 +362,22 @@ type VMServiceServer interface {
 	// one last written before the VM was created (an earlier VM's of the same
 	// name) is not served.
 	StreamConsole(*StreamConsoleRequest, grpc.ServerStreamingServer[StreamConsoleResponse]) error
+	// AddDisk plugs a disk into a running or paused VM's domain and adds it
+	// to the spec. The task ends when the guest's frontend has connected (a
+	// paused VM's at once: its frontend connects when it runs); a guest that
+	// does not connect within the daemon's bound fails it, and the disk is
+	// removed again. Bad input (missing or directory path, a file read-write
+	// in another running VM, a device name in use) is INVALID_ARGUMENT or
+	// FAILED_PRECONDITION naming the field ("disk.path", "disk.device").
+	AddDisk(context.Context, *AddDiskRequest) (*AddDiskResponse, error)
+	// RemoveDisk unplugs a disk and removes it from the spec. The guest must
+	// release it within the daemon's bound, else the task fails with
+	// DEADLINE_EXCEEDED and the disk stays; force tears it down regardless.
+	RemoveDisk(context.Context, *RemoveDiskRequest) (*RemoveDiskResponse, error)
+	// AddNIC plugs a NIC (a MAC is generated when none is given), as AddDisk.
+	AddNIC(context.Context, *AddNICRequest) (*AddNICResponse, error)
+	// RemoveNIC unplugs the NIC with the given MAC, as RemoveDisk.
+	RemoveNIC(context.Context, *RemoveNICRequest) (*RemoveNICResponse, error)
 	mustEmbedUnimplementedVMServiceServer()
 }
 
@@ -347,6 +423,18 @@ func (UnimplementedVMServiceServer) DestroyVM(context.Context, *DestroyVMRequest
 }
 func (UnimplementedVMServiceServer) StreamConsole(*StreamConsoleRequest, grpc.ServerStreamingServer[StreamConsoleResponse]) error {
 	return status.Error(codes.Unimplemented, "method StreamConsole not implemented")
+}
+func (UnimplementedVMServiceServer) AddDisk(context.Context, *AddDiskRequest) (*AddDiskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddDisk not implemented")
+}
+func (UnimplementedVMServiceServer) RemoveDisk(context.Context, *RemoveDiskRequest) (*RemoveDiskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveDisk not implemented")
+}
+func (UnimplementedVMServiceServer) AddNIC(context.Context, *AddNICRequest) (*AddNICResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddNIC not implemented")
+}
+func (UnimplementedVMServiceServer) RemoveNIC(context.Context, *RemoveNICRequest) (*RemoveNICResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveNIC not implemented")
 }
 func (UnimplementedVMServiceServer) mustEmbedUnimplementedVMServiceServer() {}
 func (UnimplementedVMServiceServer) testEmbeddedByValue()                   {}
@@ -578,6 +666,78 @@ func _VMService_StreamConsole_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type VMService_StreamConsoleServer = grpc.ServerStreamingServer[StreamConsoleResponse]
 
+func _VMService_AddDisk_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddDiskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMServiceServer).AddDisk(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMService_AddDisk_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMServiceServer).AddDisk(ctx, req.(*AddDiskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VMService_RemoveDisk_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveDiskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMServiceServer).RemoveDisk(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMService_RemoveDisk_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMServiceServer).RemoveDisk(ctx, req.(*RemoveDiskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VMService_AddNIC_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddNICRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMServiceServer).AddNIC(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMService_AddNIC_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMServiceServer).AddNIC(ctx, req.(*AddNICRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VMService_RemoveNIC_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveNICRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMServiceServer).RemoveNIC(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMService_RemoveNIC_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMServiceServer).RemoveNIC(ctx, req.(*RemoveNICRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // VMService_ServiceDesc is the grpc.ServiceDesc for VMService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -628,6 +788,22 @@ var VMService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DestroyVM",
 			Handler:    _VMService_DestroyVM_Handler,
+		},
+		{
+			MethodName: "AddDisk",
+			Handler:    _VMService_AddDisk_Handler,
+		},
+		{
+			MethodName: "RemoveDisk",
+			Handler:    _VMService_RemoveDisk_Handler,
+		},
+		{
+			MethodName: "AddNIC",
+			Handler:    _VMService_AddNIC_Handler,
+		},
+		{
+			MethodName: "RemoveNIC",
+			Handler:    _VMService_RemoveNIC_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -121,8 +121,13 @@ type GuestBehaviour struct {
 	// shutdown_delay is how long the guest takes between acknowledging a
 	// shutdown request and shutting down.
 	ShutdownDelay *durationpb.Duration `protobuf:"bytes,3,opt,name=shutdown_delay,json=shutdownDelay,proto3" json:"shutdown_delay,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// devices_never_connect: the guest's disk and NIC frontends never answer
+	// their backends.
+	DevicesNeverConnect bool `protobuf:"varint,4,opt,name=devices_never_connect,json=devicesNeverConnect,proto3" json:"devices_never_connect,omitempty"`
+	// devices_refuse_close: once connected, the guest's frontends never close.
+	DevicesRefuseClose bool `protobuf:"varint,5,opt,name=devices_refuse_close,json=devicesRefuseClose,proto3" json:"devices_refuse_close,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *GuestBehaviour) Reset() {
@@ -174,6 +179,20 @@ func (x *GuestBehaviour) GetShutdownDelay() *durationpb.Duration {
 		return x.ShutdownDelay
 	}
 	return nil
+}
+
+func (x *GuestBehaviour) GetDevicesNeverConnect() bool {
+	if x != nil {
+		return x.DevicesNeverConnect
+	}
+	return false
+}
+
+func (x *GuestBehaviour) GetDevicesRefuseClose() bool {
+	if x != nil {
+		return x.DevicesRefuseClose
+	}
+	return false
 }
 
 type SetGuestBehaviourRequest struct {
@@ -272,11 +291,13 @@ const file_xenopsd_simhost_v1_guest_proto_rawDesc = "" +
 	"\x14GuestShutdownRequest\x12\x14\n" +
 	"\x05domid\x18\x01 \x01(\rR\x05domid\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\rR\x06reason\"\x17\n" +
-	"\x15GuestShutdownResponse\"\xa0\x01\n" +
+	"\x15GuestShutdownResponse\"\x86\x02\n" +
 	"\x0eGuestBehaviour\x128\n" +
 	"\x18ignore_shutdown_requests\x18\x01 \x01(\bR\x16ignoreShutdownRequests\x12\x12\n" +
 	"\x04idle\x18\x02 \x01(\bR\x04idle\x12@\n" +
-	"\x0eshutdown_delay\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rshutdownDelay\"r\n" +
+	"\x0eshutdown_delay\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rshutdownDelay\x122\n" +
+	"\x15devices_never_connect\x18\x04 \x01(\bR\x13devicesNeverConnect\x120\n" +
+	"\x14devices_refuse_close\x18\x05 \x01(\bR\x12devicesRefuseClose\"r\n" +
 	"\x18SetGuestBehaviourRequest\x12\x14\n" +
 	"\x05domid\x18\x01 \x01(\rR\x05domid\x12@\n" +
 	"\tbehaviour\x18\x02 \x01(\v2\".xenopsd.simhost.v1.GuestBehaviourR\tbehaviour\"\x1b\n" +

@@ -12,7 +12,8 @@
 //
 // Each concern is one service, in its own file and with its own Go handler
 // file in package simhost: SimHostService (the process), HypervisorService
-// (xenctrl.Hypervisor) and GuestService (the simulated guests).
+// (xenctrl.Hypervisor), GuestService (the simulated guests) and Dom0Service
+// (dom0's loop devices and bridges, devices.Host).
 //
 // Hypervisor errors travel as a gRPC status carrying a HypervisorError
 // detail (hypervisor.proto), which the client turns back into the
