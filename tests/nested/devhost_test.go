@@ -3,6 +3,7 @@ package nested
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -277,10 +278,16 @@ func (w *stateWatcher) read(path string) string {
 	return string(bytes.TrimSpace(b))
 }
 
+// errGuestGone: the guest died or rebooted (triple fault?) before its
+// devices connected; worth one retry.
+var errGuestGone = errors.New("the guest is gone")
+
 // waitConnected polls every path's state node until all read 4 (Connected)
 // or the deadline passes; it returns when the last one got there, or an
-// error naming the ones that did not.
-func (w *stateWatcher) waitConnected(deadline time.Time, dirs ...string) (time.Time, error) {
+// error naming the ones that did not. Every 3 s it asks gone whether the
+// guest is still the one that was started (an answer wraps errGuestGone).
+func (w *stateWatcher) waitConnected(deadline time.Time, gone func() string, dirs ...string) (time.Time, error) {
+	lastCheck := time.Now()
 	for {
 		var late []string
 		for _, d := range dirs {
@@ -293,6 +300,12 @@ func (w *stateWatcher) waitConnected(deadline time.Time, dirs ...string) (time.T
 		}
 		if time.Now().After(deadline) {
 			return time.Time{}, fmt.Errorf("not Connected: %s", strings.Join(late, ", "))
+		}
+		if gone != nil && time.Since(lastCheck) > 3*time.Second {
+			lastCheck = time.Now()
+			if why := gone(); why != "" {
+				return time.Time{}, fmt.Errorf("%w: %s; not Connected: %s", errGuestGone, why, strings.Join(late, ", "))
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

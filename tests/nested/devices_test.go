@@ -3,6 +3,7 @@ package nested
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -153,11 +154,14 @@ func TestNestedDevicesByHand(t *testing.T) {
 func handBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 	for attempt := 1; ; attempt++ {
 		g, ok := handBootOnce(t, w, typ, attempt)
-		if ok || attempt == 2 {
+		switch {
+		case ok:
 			if attempt > 1 {
 				t.Logf("NOTE: the hand-made %s boot needed a retry", typ)
 			}
 			return g
+		case attempt == 2:
+			t.Fatalf("the hand-made %s guest died before its devices connected, twice", typ)
 		}
 	}
 }
@@ -225,21 +229,21 @@ func handBootOnce(t *testing.T, w *stateWatcher, typ string, attempt int) (devGu
 	if _, err := run(30*time.Second, "xl", "unpause", name); err != nil {
 		t.Fatal(err)
 	}
-	tConn, err := w.waitConnected(time.Now().Add(markerWait), frontends...)
 	gone := func() string {
 		if !xlDomids(t)[domidStr] {
 			return "domain " + domidStr + " gone (triple fault?)"
 		}
 		return ""
 	}
+	tConn, err := w.waitConnected(time.Now().Add(markerWait), gone, frontends...)
 	if err != nil {
-		if why := gone(); why != "" && !bytes.Contains(readFrom(logPath, 0), []byte("GUEST-BOOTED")) {
-			t.Logf("attempt %d: %s before its marker; console:\n%s", attempt, why, tail(readFrom(logPath, 0), 1500))
+		if errors.Is(err, errGuestGone) {
+			t.Logf("attempt %d: %v; console:\n%s", attempt, err, tail(readFrom(logPath, 0), 1500))
 			return devGuest{}, false
 		}
 		t.Fatalf("%v; console:\n%s", err, tail(readFrom(logPath, 0), 3000))
 	}
-	if _, err := w.waitConnected(time.Now().Add(bootWait), backends...); err != nil {
+	if _, err := w.waitConnected(time.Now().Add(bootWait), nil, backends...); err != nil {
 		t.Errorf("backends: %v", err)
 	}
 	g := devGuest{domid: domidStr, connected: tConn.Sub(t0)}
@@ -415,14 +419,22 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 			"/local/domain/" + domid + "/device/vbd/" + strconv.Itoa(vdevXvdb),
 			"/local/domain/" + domid + "/device/vif/0",
 		}
-		tConn, err := w.waitConnected(time.Now().Add(markerWait), fes...)
+		// the daemon restarts a guest that reboots (on_reboot=restart), and
+		// a triple fault reads as a reboot: a new domid means the guest died
+		gone := func() string {
+			vm := e.ctlJSON("vm", "get", name)
+			if d, s := field(vm, "domid", "domid"), field(vm, "powerState", "power_state"); d != domid || !strings.Contains(s, "RUNNING") {
+				return fmt.Sprintf("the VM is now domid %q %s (the guest rebooted or died: triple fault?)", d, s)
+			}
+			return ""
+		}
+		tConn, err := w.waitConnected(time.Now().Add(markerWait), gone, fes...)
 		if err != nil {
-			booted := bytes.Contains(readFrom(logPath, from), []byte("GUEST-BOOTED"))
 			t.Logf("attempt %d: %v; console:\n%s", attempt, err, tail(readFrom(logPath, from), 2000))
 			if _, derr := e.ctl("vm", "destroy", name); derr != nil {
 				t.Logf("destroy: %v", derr)
 			}
-			if !booted && attempt == 1 {
+			if errors.Is(err, errGuestGone) && attempt == 1 {
 				continue
 			}
 			t.Fatalf("the daemon's %s guest's devices did not connect\n%s", typ, tail([]byte(e.logText()), 3000))
@@ -451,7 +463,7 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 			t.Fatalf("vm start: %v", err)
 		}
 		domid := field(e.ctlJSON("vm", "get", name), "domid", "domid")
-		if _, err := w.waitConnected(time.Now().Add(markerWait), "/local/domain/"+domid+"/device/vif/0"); err != nil {
+		if _, err := w.waitConnected(time.Now().Add(markerWait), nil, "/local/domain/"+domid+"/device/vif/0"); err != nil {
 			t.Logf("before the kill: %v", err)
 		}
 		e.kill9()

@@ -1,6 +1,7 @@
 package nested
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -173,17 +174,16 @@ func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 			}
 			return ""
 		}
-		tConn, err := w.waitConnected(time.Now().Add(markerWait), fes...)
+		tConn, err := w.waitConnected(time.Now().Add(markerWait), gone, fes...)
 		if err != nil {
-			booted := strings.Contains(string(readFrom(logPath, 0)), "GUEST-BOOTED")
 			t.Logf("attempt %d: %v; console:\n%s", attempt, err, tail(readFrom(logPath, 0), 2000))
 			_, _ = run(time.Minute, "xl", "destroy", name)
-			if !booted && attempt == 1 {
+			if errors.Is(err, errGuestGone) && attempt == 1 {
 				continue
 			}
 			t.Fatalf("xl's %s guest's devices did not connect", typ)
 		}
-		if _, err := w.waitConnected(time.Now().Add(bootWait), bes...); err != nil {
+		if _, err := w.waitConnected(time.Now().Add(bootWait), nil, bes...); err != nil {
 			t.Errorf("backends: %v", err)
 		}
 		g := devGuest{domid: domid, connected: tConn.Sub(t0)}
