@@ -170,7 +170,7 @@ func handBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 // before it printed GUEST-BOOTED (worth a retry).
 func handBootOnce(t *testing.T, w *stateWatcher, typ string, attempt int) (devGuest, bool) {
 	im := newDevImages(t, typ)
-	name := fmt.Sprintf("nxdevhand%s%d-%d", typ, os.Getpid(), attempt)
+	name := fmt.Sprintf("nxdevhand%s%d-%d", typ, time.Now().UnixNano()%1e9, attempt)
 	cfg := filepath.Join(t.TempDir(), name+".cfg")
 	tsc := ""
 	if typ == "pvh" {
@@ -392,7 +392,7 @@ func TestNestedDevices(t *testing.T) {
 // destroy, nothing left.
 func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 	im := newDevImages(t, typ)
-	name := fmt.Sprintf("nxdev%s%d", typ, os.Getpid())
+	name := fmt.Sprintf("nxdev%s%d", typ, time.Now().UnixNano()%1e9)
 	if _, err := e.ctl("vm", "create", "--name", name, "--type", typ, "--memory", "256M", "--vcpus", "1",
 		"--kernel", guestKernel, "--ramdisk", guestInitrd, "--cmdline", im.guestCmdlineArgs,
 		"--disk", "xvda:"+im.rw+":rw", "--disk", "xvdb:"+im.ro+":ro", "--nic", "bridge="+testBridge); err != nil {

@@ -143,7 +143,9 @@ func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 	blk, vif := xlScripts(t)
 	for attempt := 1; ; attempt++ {
 		im := newDevImages(t, typ)
-		name := fmt.Sprintf("nxdevxl%s%d-%d", typ, os.Getpid(), attempt)
+		// unique per boot: TestNestedDevices boots the same guest, and
+		// xenconsoled appends to the console log of a name used before
+		name := fmt.Sprintf("nxdevxl%s%d-%d", typ, time.Now().UnixNano()%1e9, attempt)
 		cfg := xlGuestConfig(t, name, typ, im.guestCmdlineArgs,
 			[]string{xlDiskSpec("xvda", im.rw, false, blk), xlDiskSpec("xvdb", im.ro, true, blk)},
 			[]string{xlNICSpec(testBridge, vif)})
@@ -213,7 +215,7 @@ func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 func xlHotplug(t *testing.T, w *stateWatcher, typ string) {
 	blk, vif := xlScripts(t)
 	im := newDevImages(t, "hp")
-	name := fmt.Sprintf("nxhp%s%d", typ, os.Getpid())
+	name := fmt.Sprintf("nxhp%s%d", typ, time.Now().UnixNano()%1e9)
 	cfg := xlGuestConfig(t, name, typ, "console=hvc0 nxmode=hotplug", nil, nil)
 	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
 	if out, err := run(2*time.Minute, "xl", "create", cfg); err != nil {
