@@ -463,7 +463,13 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 			t.Fatalf("vm start: %v", err)
 		}
 		domid := field(e.ctlJSON("vm", "get", name), "domid", "domid")
-		if _, err := w.waitConnected(time.Now().Add(markerWait), nil, "/local/domain/"+domid+"/device/vif/0"); err != nil {
+		gone := func() string {
+			if d := field(e.ctlJSON("vm", "get", name), "domid", "domid"); d != domid {
+				return "the VM is now domid " + d
+			}
+			return ""
+		}
+		if _, err := w.waitConnected(time.Now().Add(markerWait), gone, "/local/domain/"+domid+"/device/vif/0"); err != nil {
 			t.Logf("before the kill: %v", err)
 		}
 		e.kill9()
