@@ -47,9 +47,11 @@
 #   (socket /run/xenstored/socket) and xenconsoled (--log=guest ->
 #   /var/log/xen/console/guest-NAME.log) are running; /proc/xen is mounted;
 #   /guest/vmlinux (uncompressed ELF), /guest/vmlinuz + /guest/initrd.gz are a ready
-#   PV/PVH domU (kernel arg nxmode=poweroff|loop); /guest/grub-i386-xen_pvh.bin (PVH)
-#   and /guest/grub-x86_64-xen.bin (PV) are GRUB for Xen, /guest/disk.ext4 a disk it
-#   boots that guest from; /tmp is a tmpfs; NX_XENSTORED names the running xenstore daemon.
+#   PV/PVH domU (kernel arg nxmode=poweroff|loop|reboot|crash|devices|hotplug, see
+#   build_guest_initrd); /guest/grub-i386-xen_pvh.bin (PVH) and /guest/grub-x86_64-xen.bin
+#   (PV) are GRUB for Xen, /guest/disk.ext4 a disk it boots that guest from; /tmp is a
+#   tmpfs; NX_XENSTORED names the running xenstore daemon; loop, bridge, blkback and
+#   netback are loaded (busybox has losetup, brctl and ip).
 #
 # Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_KEEP=1 (keep per-run cpio),
 #      NX_KERNEL_PKG (pin the kernel package, e.g. linux-image-6.1.0-57-amd64),
@@ -128,7 +130,12 @@ PKGS_XEN="xen-hypervisor-$XENVER-amd64 xen-utils-$XENVER xen-utils-common xensto
   libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc$XENVER libxenstore4
   libxentoollog1 libxenhypfs1 libxendevicemodel1 libxentoolcore1 libyajl2"
 PKGS_BASE="busybox-static libc6 libgcc-s1 libuuid1 zlib1g liblzma5 libzstd1 $PKGS_EXTRA"
-XEN_MODULES="xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback xen-netback"
+# dom0's kernel modules, insmod'ed in this order (busybox has no modprobe and the packages
+# no modules.dep: dependencies first). All are modules in Debian's 6.1 and 6.12 kernels
+# (/boot/config-*: CONFIG_BLK_DEV_LOOP=m, CONFIG_BRIDGE=m, CONFIG_XEN_*_BACKEND=m); their
+# "depends=": xenfs on xen-privcmd, bridge on stp and llc, stp on llc, the rest none.
+# loop gives /dev/loop0-7 and /dev/loop-control (CONFIG_BLK_DEV_LOOP_MIN_COUNT=8).
+XEN_MODULES="xen-privcmd xenfs xen-evtchn xen-gntdev xen-gntalloc xen-blkback xen-netback loop llc stp bridge"
 
 # ---------------------------------------------------------------- preparation
 # host tools: install what is missing (Debian package names)
@@ -197,19 +204,55 @@ ext_path() { # $1: path below / as Debian 12 has it; prints the extracted file's
 moddir() { ext_path lib/modules; }
 kver() { basename "$(ls -d "$(moddir)"/*/ | head -1)"; }
 
+# The cached images are named by IMAGE_VERSION (guest-initrd-vN.gz, dom0-base-vN.cpio.gz):
+# bump it when the guest's /init, its modules or the dom0 image's contents change.
+# Checkouts of different versions can share one cache (NX_WORK) without rebuilding
+# each other's images under a boot that is about to use them.
+IMAGE_VERSION=5
+GUEST_INITRD=$IMG/guest-initrd-v$IMAGE_VERSION.gz
+DOM0_BASE=$IMG/dom0-base-v$IMAGE_VERSION.cpio.gz
+# the guest's frontend drivers (modules in Debian's 6.1 and 6.12 kernels, no dependencies)
+GUEST_MODULES="xen-blkfront xen-netfront"
+
+# copy_module NAME DST: the kernel module NAME from the extracted kernel package to the file
+# DST, stored uncompressed (6.12's are .ko.xz, which busybox insmod cannot read)
+copy_module() {
+  local f; f=$(find "$(moddir)/$(kver)" -name "$1.ko*" | head -1)
+  [ -n "$f" ] || return 1
+  mkdir -p "$(dirname "$2")"
+  case $f in
+    *.ko.xz) xz -dc "$f" >"$2" ;;
+    *) cp "$f" "$2" ;;
+  esac
+}
+
 # tiny busybox initramfs for the nested guest (domU). Behaviour selected on the kernel
-# command line: nxmode=poweroff (print marker, power off), nxmode=loop (print
-# marker, then a heartbeat every second, forever), nxmode=reboot (marker, one
-# heartbeat, then reboot: every boot reboots again) or nxmode=crash (marker,
-# one heartbeat, then a kernel panic through sysrq). GUEST_INITRD_VERSION names
-# the cached image: bump it when the script below changes.
-GUEST_INITRD_VERSION=4
+# command line (nxmode=):
+#   poweroff  print GUEST-BOOTED, power off (the default)
+#   loop      GUEST-BOOTED, then a heartbeat (GUEST-ALIVE <n>) every second, forever
+#   reboot    GUEST-BOOTED, one heartbeat, reboot: every boot reboots again
+#   crash     GUEST-BOOTED, one heartbeat, a kernel panic through sysrq
+#   devices   with nxpattern=WORD nxip=ADDR/LEN nxping=ADDR [nxddmb=N]: waits (30 s) for
+#             /dev/xvda and /dev/xvdb; writes WORD to the start of xvda and reads it back
+#             (GUEST-DISK-WROTE WORD | GUEST-DISK-WRITE-FAILED ...), prints the first word
+#             on xvdb (GUEST-DISK-RO WORD), configures eth0 with ADDR and pings nxping
+#             (GUEST-PING ok|fail), writes and reads N MiB (default 16) at 1 MiB into
+#             xvda (GUEST-DD write_kbps=.. read_kbps=..), prints GUEST-DEVICES-DONE, then
+#             heartbeats as loop
+#   hotplug   heartbeats as loop, and GUEST-DEVICE-ADDED|REMOVED <name> as block devices
+#             (/sys/block/xvd*) and NICs (/sys/class/net/eth*) come and go (1 s poll)
+# In every mode the guest loads blkfront and netfront (after GUEST-BOOTED), so any disk or
+# NIC given to it connects.
 build_guest_initrd() {
-  [ -f "$IMG/guest-initrd.gz" ] && [ "$(cat "$IMG/guest-initrd.version" 2>/dev/null)" = "$GUEST_INITRD_VERSION" ] && return 0
-  local d=$IMG/guest-root
-  rm -rf "$d"; mkdir -p "$d"/{bin,sbin,proc,sys,dev}
+  [ -f "$GUEST_INITRD" ] && return 0
+  local d=$IMG/guest-root-v$IMAGE_VERSION.$$ m
+  rm -rf "$d"; mkdir -p "$d"/{bin,sbin,proc,sys,dev,tmp,lib/modules}
   cp "$(ext_path bin/busybox)" "$d/bin/busybox"
-  for a in sh mount echo cat sleep poweroff reboot grep uname cut; do ln -sf busybox "$d/bin/$a"; done
+  for a in sh mount echo cat sleep poweroff reboot grep uname cut insmod dd sync ip ping hexdump od \
+           ls head tr wc printf seq test expr sed awk usleep; do ln -sf busybox "$d/bin/$a"; done
+  for m in $GUEST_MODULES; do
+    copy_module "$m" "$d/lib/modules/$m.ko" || die "guest module $m not in the kernel package"
+  done
   # the kernel runs /sbin/poweroff resp. /sbin/reboot on "xl shutdown"/"xl reboot"
   # (xenbus control/shutdown watch -> orderly_poweroff); our init is not busybox
   # init, so make these force the action directly.
@@ -220,21 +263,81 @@ build_guest_initrd() {
 #!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mode=poweroff
-for w in $(cat /proc/cmdline); do case $w in nxmode=*) mode=${w#nxmode=} ;; esac; done
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mode=poweroff pattern="" ip="" pingto="" ddmb=16
+for w in $(cat /proc/cmdline); do
+  case $w in
+    nxmode=*) mode=${w#nxmode=} ;;
+    nxpattern=*) pattern=${w#nxpattern=} ;;
+    nxip=*) ip=${w#nxip=} ;;
+    nxping=*) pingto=${w#nxping=} ;;
+    nxddmb=*) ddmb=${w#nxddmb=} ;;
+  esac
+done
 read -r _ memkib _ </proc/meminfo
 echo "GUEST-BOOTED kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) mode=$mode cpus=$(grep -c ^processor /proc/cpuinfo) mem_kib=$memkib"
+for m in /lib/modules/*.ko; do insmod "$m" || echo "GUEST-WARN insmod $m failed"; done
+# centiseconds since boot
+cs() { read -r u _ </proc/uptime; echo "${u%.*}${u#*.}" | sed 's/^0*//;s/^$/0/'; }
+# waitfor SECONDS PATH...: until every PATH exists
+waitfor() {
+  n=$(($1 * 10)); shift
+  for p in "$@"; do
+    while [ ! -e "$p" ]; do [ $n -le 0 ] && return 1; n=$((n - 1)); usleep 100000; done
+  done
+}
+alive() { i=0; while :; do i=$((i+1)); echo "GUEST-ALIVE $i"; sleep 1; done; }
+devices() {
+  if waitfor 30 /dev/xvda /dev/xvdb; then
+    echo "GUEST-DISKS $(ls /sys/block | tr '\n' ' ')"
+  else
+    echo "GUEST-DISKS-MISSING have: $(ls /sys/block | tr '\n' ' ')"
+  fi
+  if [ -b /dev/xvda ]; then
+    echo "$pattern" | dd of=/dev/xvda conv=fsync 2>/dev/null
+    echo 3 >/proc/sys/vm/drop_caches
+    got=$(head -c 64 /dev/xvda | head -n 1)
+    if [ -n "$pattern" ] && [ "$got" = "$pattern" ]; then echo "GUEST-DISK-WROTE $pattern"
+    else echo "GUEST-DISK-WRITE-FAILED wanted '$pattern' read back '$got'"; fi
+  fi
+  [ -b /dev/xvdb ] && echo "GUEST-DISK-RO $(head -c 64 /dev/xvdb | tr -c 'A-Za-z0-9_.-' ' ' | cut -d' ' -f1)"
+  if [ -n "$ip" ]; then
+    waitfor 30 /sys/class/net/eth0 || echo "GUEST-NIC-MISSING have: $(ls /sys/class/net | tr '\n' ' ')"
+    ip link set lo up
+    ip addr add "$ip" dev eth0 && ip link set eth0 up
+    if ping -c 3 -w 15 "$pingto" >/tmp/ping.out 2>&1; then echo "GUEST-PING ok"
+    else echo "GUEST-PING fail: $(tail -n 2 /tmp/ping.out | tr '\n' ' ')"; fi
+  fi
+  if [ -b /dev/xvda ]; then
+    t0=$(cs); dd if=/dev/zero of=/dev/xvda bs=1M seek=1 count="$ddmb" conv=fsync 2>/dev/null; t1=$(cs)
+    echo 3 >/proc/sys/vm/drop_caches
+    dd if=/dev/xvda of=/dev/null bs=1M skip=1 count="$ddmb" 2>/dev/null; t2=$(cs)
+    echo "GUEST-DD mb=$ddmb write_kbps=$((ddmb * 1024 * 100 / (t1 - t0 + 1))) read_kbps=$((ddmb * 1024 * 100 / (t2 - t1 + 1)))"
+  fi
+  echo GUEST-DEVICES-DONE
+}
+hotplug() {
+  old="" i=0
+  while :; do
+    now=$(cd /sys/block && ls -d xvd* 2>/dev/null; cd /sys/class/net && ls -d eth* 2>/dev/null)
+    for n in $now; do case " $(echo $old) " in *" $n "*) ;; *) echo "GUEST-DEVICE-ADDED $n" ;; esac; done
+    for n in $old; do case " $(echo $now) " in *" $n "*) ;; *) echo "GUEST-DEVICE-REMOVED $n" ;; esac; done
+    old=$now; i=$((i+1)); echo "GUEST-ALIVE $i"; sleep 1
+  done
+}
 case $mode in
-loop) i=0; while :; do i=$((i+1)); echo "GUEST-ALIVE $i"; sleep 1; done ;;
+loop) alive ;;
+devices) devices; alive ;;
+hotplug) hotplug ;;
 reboot) echo "GUEST-ALIVE 1"; sleep 1; echo GUEST-REBOOTING; reboot -f ;;
 crash) echo "GUEST-ALIVE 1"; sleep 1; echo GUEST-CRASHING; echo c >/proc/sysrq-trigger ;;
 esac
 poweroff -f
 EOF
   chmod +x "$d/init"
-  (cd "$d" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -9) >"$IMG/guest-initrd.gz"
-  echo "$GUEST_INITRD_VERSION" >"$IMG/guest-initrd.version"
-  rm -f "$IMG/dom0-base.cpio.gz"   # it carries a copy of the guest initrd
+  (cd "$d" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -9) >"$GUEST_INITRD.tmp.$$"
+  mv "$GUEST_INITRD.tmp.$$" "$GUEST_INITRD"
+  rm -rf "$d"
 }
 
 # GRUB for Xen (grub-xen-host): grub-i386-xen_pvh.bin (PVH, a 32-bit ELF) and
@@ -260,7 +363,8 @@ add_guest_grub() { # $1: the root of a dom0 overlay
     [ -f "$src" ] && { mkdir -p "$1/guest"; cp "$src" "$1/guest/$f"; }
   done
   [ -f "$GUEST_DISK" ] && { mkdir -p "$1/guest"; cp "$GUEST_DISK" "$1/guest/disk.ext4"; }
-  # the loop driver, for a test to make the disk a block device (not loaded at boot)
+  # the loop driver, for a test to make the disk a block device (dom0 loads it at boot
+  # too, since the devices tests; a test that insmods this copy takes EEXIST as done)
   f=$(find "$(moddir)/$(kver)" -name 'loop.ko*' | head -1)
   mkdir -p "$1/guest/modules"
   case $f in
@@ -279,10 +383,10 @@ add_guest_grub() { # $1: the root of a dom0 overlay
 # built-in configuration looks for. /guest/disk.ext4 in dom0, with the loop driver
 # beside it (/guest/modules/loop.ko: blkback serves block devices, not files); rebuilt
 # when the initramfs or the kernel is newer, or GUEST_DISK_VERSION changes.
-GUEST_DISK=$IMG/guest-disk.ext4
+GUEST_DISK=$IMG/guest-disk-v$IMAGE_VERSION.ext4   # carries the guest initramfs of this IMAGE_VERSION
 GUEST_DISK_VERSION=2
 build_guest_disk() {
-  local d=$IMG/guest-disk kernel initrd=$IMG/guest-initrd.gz
+  local d=$IMG/guest-disk kernel initrd=$GUEST_INITRD
   kernel=$EXT/boot/vmlinuz-$(kver)
   [ -f "$IMG/vmlinux" ] || { log "NX-WARN no $IMG/vmlinux: no guest disk"; return 0; }
   [ -f "$GUEST_DISK" ] && [ "$(cat "$GUEST_DISK.version" 2>/dev/null)" = $GUEST_DISK_VERSION ] &&
@@ -325,7 +429,8 @@ echo "NX-STAGE dom0-userspace uptime=$(up)"
 KV=$(uname -r)
 for m in $(cat /etc/nx-modules); do
   f=$(find /lib/modules/$KV -name "$m.ko*" | head -1)
-  [ -n "$f" ] && insmod "$f" 2>/dev/null
+  if [ -z "$f" ]; then echo "NX-WARN module $m missing"; continue; fi
+  insmod "$f" || echo "NX-WARN insmod $m failed"
 done
 mount -t xenfs xenfs /proc/xen || echo "NX-WARN xenfs mount failed"
 ls /dev/xen >/dev/null 2>&1 || echo "NX-WARN /dev/xen missing"
@@ -397,7 +502,7 @@ install_guest_kernel() {
   local r=$1 kv; kv=$(kver)
   mkdir -p "$r/guest"
   cp "$EXT/boot/vmlinuz-$kv" "$r/guest/vmlinuz"
-  cp "$IMG/guest-initrd.gz" "$r/guest/initrd.gz"
+  cp "$GUEST_INITRD" "$r/guest/initrd.gz"
   if [ ! -f "$IMG/vmlinux" ]; then
     # the payload is xz (Debian 12's 6.1) or zstd (Debian 13's 6.12)
     local off magic unpack
@@ -415,7 +520,7 @@ install_guest_kernel() {
 }
 
 build_dom0_busybox() {
-  local r=$IMG/dom0-root kv; kv=$(kver)
+  local r=$IMG/dom0-root-v$IMAGE_VERSION.$$ kv; kv=$(kver)
   rm -rf "$r"; mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,usr/lib/x86_64-linux-gnu,lib/x86_64-linux-gnu,lib64,etc,proc,sys,dev,run,tmp,var/lib/xen,var/log/xen,root,guest,nx}
   cp "$(ext_path bin/busybox)" "$r/bin/busybox"
   local a
@@ -433,16 +538,9 @@ build_dom0_busybox() {
   cp -L "$(ext_path lib/x86_64-linux-gnu/libgcc_s.so.1)" "$r/lib/x86_64-linux-gnu/"
   # kernel modules needed by the toolstack (built as modules in both 6.1 and 6.12);
   # 6.12's are xz-compressed, which busybox insmod does not read: store them plain
-  local m f dst
+  local m
   for m in $XEN_MODULES; do
-    f=$(find "$(moddir)/$kv" -name "$m.ko*" | head -1)
-    [ -n "$f" ] || continue
-    dst=$r/lib/modules/$kv/${f#"$(moddir)/$kv/"}
-    mkdir -p "$(dirname "$dst")"
-    case $f in
-      *.ko.xz) xz -dc "$f" >"${dst%.xz}" ;;
-      *) cp "$f" "$dst" ;;
-    esac
+    copy_module "$m" "$r/lib/modules/$kv/$m.ko" || die "dom0 module $m not in the kernel package"
   done
   echo "$XEN_MODULES" >"$r/etc/nx-modules"
   echo "root:x:0:0:root:/root:/bin/sh" >"$r/etc/passwd"
@@ -450,7 +548,9 @@ build_dom0_busybox() {
   # guest (domU) kernel + initrd, usable by tests
   install_guest_kernel "$r"
   write_dom0_init "$r/init"
-  (cd "$r" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$IMG/dom0-base.cpio.gz"
+  (cd "$r" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$DOM0_BASE.tmp.$$"
+  mv "$DOM0_BASE.tmp.$$" "$DOM0_BASE"
+  rm -rf "$r"
 }
 
 prepare() {
@@ -466,8 +566,8 @@ prepare() {
   prepare_guest_grub
   local t1; t1=$(now)
   case $FLAVOR in
-    busybox)     [ -f "$IMG/dom0-base.cpio.gz" ] || { build_dom0_busybox; log "busybox dom0 initramfs built in $(elapsed "$t1")s ($(du -h "$IMG/dom0-base.cpio.gz" | cut -f1))"; }
-                 BASE_CPIO=$IMG/dom0-base.cpio.gz ;;
+    busybox)     [ -f "$DOM0_BASE" ] || { build_dom0_busybox; log "busybox dom0 initramfs built in $(elapsed "$t1")s ($(du -h "$DOM0_BASE" | cut -f1))"; }
+                 BASE_CPIO=$DOM0_BASE ;;
     *) die "unknown flavor $FLAVOR" ;;
   esac
   build_guest_disk   # after the dom0 image, which unpacks $IMG/vmlinux
