@@ -81,7 +81,7 @@ func parseFrontend(kind Kind, wantBackend string, lim ringLimits, rings bool, ge
 		return fe, err
 	}
 	prefixes := []string{""}
-	if nq > 0 {
+	if nq > 1 { // one queue: its nodes at the top level, as Linux writes them
 		prefixes = make([]string, nq)
 		for i := range prefixes {
 			prefixes[i] = "queue-" + strconv.Itoa(i) + "/"

@@ -45,6 +45,10 @@ func TestParseFrontend(t *testing.T) {
 			[]queue{{[]uint32{8, 9}, []uint32{131071}}}},
 		{"netif split channels", KindVIF, ringLimits{}, "tx-ring-ref=8\nrx-ring-ref=9\nevent-channel-tx=4\nevent-channel-rx=5",
 			[]queue{{[]uint32{8, 9}, []uint32{4, 5}}}},
+		// Linux's netfront writes multi-queue-num-queues=1 and its one
+		// queue's nodes at the top level (seen on real Xen).
+		{"netif one queue", KindVIF, wide, "multi-queue-num-queues=1\ntx-ring-ref=8\nrx-ring-ref=9\nevent-channel-tx=4\nevent-channel-rx=5",
+			[]queue{{[]uint32{8, 9}, []uint32{4, 5}}}},
 		{"netif two queues", KindVIF, wide, "multi-queue-num-queues=2\nqueue-0/tx-ring-ref=8\nqueue-0/rx-ring-ref=9\nqueue-0/event-channel=1\n" +
 			"queue-1/tx-ring-ref=10\nqueue-1/rx-ring-ref=11\nqueue-1/event-channel=2",
 			[]queue{{[]uint32{8, 9}, []uint32{1}}, {[]uint32{10, 11}, []uint32{2}}}},

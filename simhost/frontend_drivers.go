@@ -118,7 +118,9 @@ func (f *blkfront) closing(ctx context.Context, b sim.GuestBehaviour) {
 // the backend's InitWait it reads its mac (fatal "parsing <dev>/mac" if
 // bad), grants tx and rx rings, allocates an event channel and writes
 // tx-ring-ref, rx-ring-ref, event-channel, request-rx-copy and its
-// features, then goes straight to Connected; at the backend's Closing it
+// features (and multi-queue-num-queues=1 when the backend offers queues:
+// one queue's nodes stay at the top level, as on real Xen), then goes
+// straight to Connected; at the backend's Closing it
 // closes. With DevicesRefuseClose it ignores the backend closing, as a
 // hung guest would.
 type netfront struct {
@@ -165,6 +167,12 @@ func (f *netfront) connect(ctx context.Context) bool {
 		return false
 	}
 	tx := f.bus.grefs.Add(2) - 2
+	if _, err := x.readOther(ctx, "multi-queue-max-queues"); err == nil {
+		if err := x.writeKeys(ctx, "multi-queue-num-queues", "1"); err != nil {
+			x.fatal(ctx, errnoOf(err), "writing multi-queue-num-queues")
+			return false
+		}
+	}
 	if err := x.writeKeys(ctx,
 		"tx-ring-ref", strconv.FormatUint(tx, 10),
 		"rx-ring-ref", strconv.FormatUint(tx+1, 10),
