@@ -2,11 +2,9 @@ package nested
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -329,28 +327,6 @@ func checkNoDevices(t *testing.T, w *stateWatcher, domid string, files []string)
 	}
 }
 
-// needDevicesCLI skips until xopsctl can give a VM disks and NICs.
-func needDevicesCLI(t *testing.T) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	out, _ := exec.CommandContext(ctx, "xopsctl", "vm", "create", "--help").CombinedOutput()
-	if !bytes.Contains(out, []byte("--disk")) {
-		t.Skip("xopsctl vm create has no --disk yet (the daemon's devices are not wired in): nothing to accept")
-	}
-}
-
-// skipWithoutDeviceBackend skips while the daemon refuses devices because
-// it runs without a device backend (the CLI and API have landed before the
-// daemon's --backend=xen wiring); the lead removes this guard with the
-// wiring, after which that refusal is a failure like any other.
-func skipWithoutDeviceBackend(t *testing.T, err error) {
-	t.Helper()
-	if strings.Contains(err.Error(), "started without a device backend") {
-		t.Skipf("the daemon has no device backend on --backend=xen yet: %v", err)
-	}
-}
-
 // TestNestedDevices is the daemon's devices acceptance test: per type, the
 // guest and its devices through xopsctl (--disk, --nic) and then xl's
 // baseline (TestNestedDevicesXL's guest: xl create with disk= and vif=),
@@ -362,7 +338,6 @@ func skipWithoutDeviceBackend(t *testing.T, err error) {
 func TestNestedDevices(t *testing.T) {
 	needNested(t)
 	needGuest(t)
-	needDevicesCLI(t)
 	ensureBridge(t)
 	w := newStateWatcher(t)
 	e := newEnv(t)
@@ -410,7 +385,6 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 		from := fileSize(logPath)
 		t0 := time.Now()
 		if _, err := e.ctl("vm", "start", name); err != nil {
-			skipWithoutDeviceBackend(t, err)
 			t.Fatalf("vm start: %v\n%s", err, tail([]byte(e.logText()), 3000))
 		}
 		domid := field(e.ctlJSON("vm", "get", name), "domid", "domid")
@@ -492,7 +466,6 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 func TestNestedDevicesHotplug(t *testing.T) {
 	needNested(t)
 	needGuest(t)
-	needDevicesCLI(t)
 	ensureBridge(t)
 	w := newStateWatcher(t)
 	e := newEnv(t)
@@ -533,7 +506,6 @@ func TestNestedDevicesHotplug(t *testing.T) {
 		t.Helper()
 		t0 := time.Now()
 		if _, err := e.ctl(args...); err != nil {
-			skipWithoutDeviceBackend(t, err)
 			t.Fatalf("%s: %v\n%s", what, err, tail([]byte(e.logText()), 2000))
 		}
 		t1 := time.Now()
