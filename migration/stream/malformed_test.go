@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -154,5 +155,24 @@ func TestTruncated(t *testing.T) {
 				t.Fatalf("%v stream cut at %d of %d: %v", tc.domain, n, len(valid), err)
 			}
 		}
+	}
+}
+
+// TestLongRecordNotAllocatedUpFront: a record that announces the longest
+// body allowed and brings a few octets costs about what it brought.
+func TestLongRecordNotAllocatedUpFront(t *testing.T) {
+	b := rawStream(DomainX86HVM, StaticDataEnd{})
+	b = le.AppendUint32(b, uint32(TypeX86TSCInfo))
+	b = le.AppendUint32(b, DefaultMaxRecordLength)
+	b = append(b, make([]byte, 100)...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, _, err := readAll(b, testLimits)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("want a truncated stream, got %v", err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+		t.Errorf("a record of %d announced octets and 100 sent allocated %d octets", DefaultMaxRecordLength, n)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // Limits bound what a Reader accepts beyond the spec's own rules.
@@ -215,8 +216,8 @@ func (r *Reader) next() (Record, *RecordType, error) {
 	if err := r.seq.next(t); err != nil {
 		return nil, &t, err
 	}
-	buf := make([]byte, padded)
-	if err := r.readFull(buf); err != nil {
+	buf, err := r.readBody(padded)
+	if err != nil {
 		return nil, &t, err
 	}
 	for _, c := range buf[length:] {
@@ -229,4 +230,26 @@ func (r *Reader) next() (Record, *RecordType, error) {
 		return nil, &t, err
 	}
 	return rec, &t, nil
+}
+
+// bodyChunk is the most a Reader allocates for a body before its octets
+// arrive: a peer that announces a long record and sends little makes the
+// Reader hold about what it sent, not what it announced.
+const bodyChunk = 64 << 10
+
+// readBody reads a body of n octets (n is at most MaxRecordLength, padded),
+// growing its buffer as the octets arrive.
+func (r *Reader) readBody(n int64) ([]byte, error) {
+	buf := make([]byte, 0, min(n, bodyChunk))
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, int(min(n-int64(len(buf)), int64(len(buf)))))
+		}
+		end := int(min(n, int64(cap(buf)))) // Grow may give more than asked
+		if err := r.readFull(buf[len(buf):end]); err != nil {
+			return nil, err
+		}
+		buf = buf[:end]
+	}
+	return buf, nil
 }
