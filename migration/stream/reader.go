@@ -229,6 +229,9 @@ func (r *Reader) next() (Record, *RecordType, error) {
 	if err != nil {
 		return nil, &t, err
 	}
+	if info, ok := rec.(*X86PVInfo); ok {
+		r.rules.guestWidth = info.GuestWidth
+	}
 	return rec, &t, nil
 }
 

@@ -215,6 +215,7 @@ type bodyRules struct {
 	pageSize          uint64
 	maxPFN            uint64 // frame numbers must be below it
 	maxPagesPerRecord uint32
+	guestWidth        uint8 // of X86_PV_INFO, once seen (PV only)
 }
 
 // decodeBody parses and checks the body of a record of a known, accepted
@@ -357,7 +358,16 @@ func decodeP2MFrames(body []byte, r bodyRules) (*X86PVP2MFrames, error) {
 	if uint64(f.EndPFN) >= r.maxPFN {
 		return nil, fmt.Errorf("end pfn %#x is not below the limit %#x", f.EndPFN, r.maxPFN)
 	}
-	f.P2MPFNs = make([]uint64, (len(body)-8)/8)
+	n := (len(body) - 8) / 8
+	if r.guestWidth != 0 {
+		// The P2M holds one entry of guest width per PFN: one frame per
+		// pageSize/width PFNs, counted from the frames of S and E.
+		perFrame := uint32(r.pageSize) / uint32(r.guestWidth)
+		if want := int64(f.EndPFN/perFrame) - int64(f.StartPFN/perFrame) + 1; int64(n) != want {
+			return nil, fmt.Errorf("pfns %#x-%#x need %d p2m frames, record has %d", f.StartPFN, f.EndPFN, want, n)
+		}
+	}
+	f.P2MPFNs = make([]uint64, n)
 	for i := range f.P2MPFNs {
 		pfn := le.Uint64(body[8+8*i:])
 		if pfn >= r.maxPFN {

@@ -85,6 +85,9 @@ func (w *Writer) WriteRecord(rec Record) error {
 		}
 	}
 	w.seq = seq
+	if info, ok := rec.(*X86PVInfo); ok {
+		w.rules.guestWidth = info.GuestWidth
+	}
 	w.buf = body[:0]
 	return nil
 }
