@@ -1,12 +1,10 @@
 package stream
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 )
 
 // Limits bound what a Reader accepts beyond the spec's own rules.
@@ -62,13 +60,12 @@ func (e *FormatError) Unwrap() error { return e.Err }
 
 // Reader decodes a stream record by record.
 type Reader struct {
-	r      *bufio.Reader
+	w      *wire
 	limits Limits
 	rules  bodyRules
 	image  ImageHeader
 	domain DomainHeader
 	seq    sequence
-	offset int64 // of the next octet to read
 	index  int   // of the next record
 	err    error // the first error; every later Next returns it
 }
@@ -79,7 +76,7 @@ func NewReader(r io.Reader, limits Limits) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	sr := &Reader{r: bufio.NewReader(r), limits: limits}
+	sr := &Reader{w: newWire(r), limits: limits}
 	if err := sr.readImageHeader(); err != nil {
 		return nil, &FormatError{Offset: 0, Record: -1, What: "image header", Err: err}
 	}
@@ -98,23 +95,9 @@ func (r *Reader) Image() ImageHeader { return r.image }
 // Domain returns the domain header.
 func (r *Reader) Domain() DomainHeader { return r.domain }
 
-// readFull reads exactly len(b) octets; a short stream is
-// io.ErrUnexpectedEOF.
-func (r *Reader) readFull(b []byte) error {
-	n, err := io.ReadFull(r.r, b)
-	r.offset += int64(n)
-	if errors.Is(err, io.EOF) {
-		err = io.ErrUnexpectedEOF
-	}
-	if err != nil {
-		return fmt.Errorf("truncated: %w", err)
-	}
-	return nil
-}
-
 func (r *Reader) readImageHeader() error {
 	var b [imageHeaderSize]byte
-	if err := r.readFull(b[:]); err != nil {
+	if err := r.w.readFull(b[:]); err != nil {
 		return err
 	}
 	be := binary.BigEndian
@@ -140,7 +123,7 @@ func (r *Reader) readImageHeader() error {
 
 func (r *Reader) readDomainHeader() error {
 	var b [domainHeaderSize]byte
-	if err := r.readFull(b[:]); err != nil {
+	if err := r.w.readFull(b[:]); err != nil {
 		return err
 	}
 	d := DomainHeader{Type: DomainType(le.Uint32(b[:])), PageShift: le.Uint16(b[4:]),
@@ -168,7 +151,7 @@ func (r *Reader) Next() (Record, error) {
 		if r.seq.ended {
 			return nil, io.EOF
 		}
-		start, index := r.offset, r.index
+		start, index := r.w.offset, r.index
 		rec, t, err := r.next()
 		if err != nil {
 			what := "record header"
@@ -188,44 +171,31 @@ func (r *Reader) Next() (Record, error) {
 // next reads one record; a nil record with no error is a skipped optional
 // one. t is the record type once known.
 func (r *Reader) next() (Record, *RecordType, error) {
-	var h [recordHeaderSize]byte
-	if err := r.readFull(h[:]); err != nil {
+	typ, length, ok, err := r.w.recordHeader(r.limits.MaxRecordLength)
+	if !ok {
 		return nil, nil, err
 	}
-	t := RecordType(le.Uint32(h[:]))
-	length := le.Uint32(h[4:])
-	if length > r.limits.MaxRecordLength {
-		return nil, &t, fmt.Errorf("body length %d is over the limit of %d", length, r.limits.MaxRecordLength)
+	t := RecordType(typ)
+	if err != nil {
+		return nil, &t, err
 	}
-	padded := (int64(length) + recordAlign - 1) &^ (recordAlign - 1)
 	_, known := recordTypeNames[t]
-	if !known && t.Optional() {
-		n, err := io.CopyN(io.Discard, r.r, padded)
-		r.offset += n
-		if err != nil {
-			return nil, &t, fmt.Errorf("truncated: %w", io.ErrUnexpectedEOF)
-		}
-		return nil, &t, nil
-	}
-	if !known {
+	switch {
+	case !known && t.Optional():
+		return nil, &t, r.w.skipBody(length)
+	case !known:
 		return nil, &t, errors.New("unknown mandatory record type")
-	}
-	if why := refusedRecord(t); why != "" {
-		return nil, &t, errors.New(why)
+	case refusedRecord(t) != "":
+		return nil, &t, errors.New(refusedRecord(t))
 	}
 	if err := r.seq.next(t); err != nil {
 		return nil, &t, err
 	}
-	buf, err := r.readBody(padded)
+	body, err := r.w.body(length)
 	if err != nil {
 		return nil, &t, err
 	}
-	for _, c := range buf[length:] {
-		if c != 0 {
-			return nil, &t, errors.New("padding is not zero")
-		}
-	}
-	rec, err := decodeBody(t, buf[:length], r.rules)
+	rec, err := decodeBody(t, body, r.rules)
 	if err != nil {
 		return nil, &t, err
 	}
@@ -233,26 +203,4 @@ func (r *Reader) next() (Record, *RecordType, error) {
 		r.rules.guestWidth = info.GuestWidth
 	}
 	return rec, &t, nil
-}
-
-// bodyChunk is the most a Reader allocates for a body before its octets
-// arrive: a peer that announces a long record and sends little makes the
-// Reader hold about what it sent, not what it announced.
-const bodyChunk = 64 << 10
-
-// readBody reads a body of n octets (n is at most MaxRecordLength, padded),
-// growing its buffer as the octets arrive.
-func (r *Reader) readBody(n int64) ([]byte, error) {
-	buf := make([]byte, 0, min(n, bodyChunk))
-	for int64(len(buf)) < n {
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, int(min(n-int64(len(buf)), int64(len(buf)))))
-		}
-		end := int(min(n, int64(cap(buf)))) // Grow may give more than asked
-		if err := r.readFull(buf[len(buf):end]); err != nil {
-			return nil, err
-		}
-		buf = buf[:end]
-	}
-	return buf, nil
 }
