@@ -35,6 +35,16 @@
 // COLO checkpointed streams (CHECKPOINT, CHECKPOINT_DIRTY_PFN_LIST) and of
 // debugging (VERIFY, the withdrawn TOOLSTACK) are known but refused.
 //
+// # The libxl layer
+//
+// xl and libxl wrap the libxc stream in a layer of their own (Xen's
+// docs/specs/libxl-migration-stream.pandoc, version 2): a "LibxlFmt"
+// header and records of the same framing, one of which, LIBXC_CONTEXT,
+// says that a whole libxc stream follows; the device model's state comes
+// in EMULATOR_* records after it. LibxlWriter and LibxlReader read and
+// write that layer around a Writer and a Reader (libxl.go); the same
+// checks and limits apply.
+//
 // Only little-endian streams are read and written (every x86 host writes
 // those), and only 4 KiB pages (page shift 12, x86).
 package stream

@@ -76,12 +76,19 @@ func NewReader(r io.Reader, limits Limits) (*Reader, error) {
 	if err != nil {
 		return nil, err
 	}
-	sr := &Reader{w: newWire(r), limits: limits}
+	return newReader(newWire(r), limits)
+}
+
+// newReader reads a libxc stream from w's current offset on; limits have
+// their defaults.
+func newReader(w *wire, limits Limits) (*Reader, error) {
+	sr := &Reader{w: w, limits: limits}
+	start := w.offset
 	if err := sr.readImageHeader(); err != nil {
-		return nil, &FormatError{Offset: 0, Record: -1, What: "image header", Err: err}
+		return nil, &FormatError{Offset: start, Record: -1, What: "image header", Err: err}
 	}
 	if err := sr.readDomainHeader(); err != nil {
-		return nil, &FormatError{Offset: imageHeaderSize, Record: -1, What: "domain header", Err: err}
+		return nil, &FormatError{Offset: start + imageHeaderSize, Record: -1, What: "domain header", Err: err}
 	}
 	sr.rules = bodyRules{pageSize: 1 << sr.domain.PageShift, maxPFN: limits.MaxPFN,
 		maxPagesPerRecord: limits.MaxPagesPerRecord}

@@ -27,9 +27,9 @@ func verifyStreamTool(t *testing.T) string {
 	return tool
 }
 
-// runVerifyStream runs verify-stream-v2 on a libxc stream and returns its
-// output and whether it passed.
-func runVerifyStream(t *testing.T, tool string, stream []byte) (string, bool) {
+// runVerifyStream runs verify-stream-v2 on a stream of the given format
+// (libxc or libxl) and returns its output and whether it passed.
+func runVerifyStream(t *testing.T, tool, format string, stream []byte) (string, bool) {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "stream")
 	if err := os.WriteFile(file, stream, 0o600); err != nil {
@@ -37,7 +37,7 @@ func runVerifyStream(t *testing.T, tool string, stream []byte) (string, bool) {
 	}
 	// The tool's xen.migration package sits in ../lib/python beside its bin/.
 	pythonPath := filepath.Join(filepath.Dir(filepath.Dir(tool)), "lib", "python")
-	cmd := exec.CommandContext(t.Context(), "python3", tool, "--format", "libxc", "--verbose", "--in", file)
+	cmd := exec.CommandContext(t.Context(), "python3", tool, "--format", format, "--verbose", "--in", file)
 	cmd.Env = append(os.Environ(), "PYTHONPATH="+pythonPath)
 	out, err := cmd.CombinedOutput()
 	return string(out), err == nil
@@ -76,7 +76,7 @@ func TestXenVerifyStream(t *testing.T) {
 		"x86 HVM, 16 MiB": {DomainX86HVM, bigHVMRecords(), []string{"Squashed 4 Page Data records together"}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			out, ok := runVerifyStream(t, tool, writeStream(t, tc.domain, tc.recs))
+			out, ok := runVerifyStream(t, tool, "libxc", writeStream(t, tc.domain, tc.recs))
 			if !ok {
 				t.Fatalf("verify-stream-v2 refused the stream:\n%s", out)
 			}
@@ -91,8 +91,31 @@ func TestXenVerifyStream(t *testing.T) {
 	t.Run("broken stream refused", func(t *testing.T) {
 		b := writeStream(t, DomainX86HVM, hvmRecords())
 		b = bytes.Clone(b[:len(b)-8]) // no END
-		if out, ok := runVerifyStream(t, tool, b); ok {
+		if out, ok := runVerifyStream(t, tool, "libxc", b); ok {
 			t.Fatalf("verify-stream-v2 passed a stream without END:\n%s", out)
 		}
 	})
+}
+
+// TestXenVerifyLibxlStream: the libxl layer around the libxc stream passes
+// verify-stream-v2 --format libxl.
+func TestXenVerifyLibxlStream(t *testing.T) {
+	tool := verifyStreamTool(t)
+	for name, b := range map[string][]byte{
+		"x86 PV":  writeLibxlStream(t, DomainX86PV, pvRecords()),
+		"x86 HVM": writeLibxlStream(t, DomainX86HVM, hvmRecords(), emulatorContext),
+	} {
+		t.Run(name, func(t *testing.T) {
+			out, ok := runVerifyStream(t, tool, "libxl", b)
+			if !ok {
+				t.Fatalf("verify-stream-v2 refused the stream:\n%s", out)
+			}
+			for _, w := range []string{"Libxl Header: little endian", "Libxl Record: Libxc context", "Libxl Record: End"} {
+				if !strings.Contains(out, w) {
+					t.Errorf("verify-stream-v2 output lacks %q:\n%s", w, out)
+				}
+			}
+			t.Logf("verify-stream-v2 --format libxl --verbose:\n%s", out)
+		})
+	}
 }
