@@ -15,15 +15,14 @@ import "fmt"
 //   - HVM: HVM_PARAMS before HVM_CONTEXT;
 //   - END last.
 type sequence struct {
-	version    uint32
-	domain     DomainType
-	staticEnd  bool
-	pvInfo     bool
-	p2mFrames  bool
-	vcpuSeen   bool
-	hvmParams  bool
-	hvmContext bool
-	ended      bool
+	version   uint32
+	domain    DomainType
+	staticEnd bool
+	pvInfo    bool
+	p2mFrames bool
+	vcpuSeen  bool
+	hvmParams bool
+	ended     bool
 }
 
 // next checks that a record of type t may come now, and records it.
@@ -55,8 +54,6 @@ func (s *sequence) next(t RecordType) error {
 		s.vcpuSeen = true
 	case TypeHVMParams:
 		s.hvmParams = true
-	case TypeHVMContext:
-		s.hvmContext = true
 	}
 	return nil
 }

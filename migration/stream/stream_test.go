@@ -199,3 +199,18 @@ func TestSkipsOptionalRecords(t *testing.T) {
 		t.Fatal("unknown mandatory record accepted")
 	}
 }
+
+// TestReadsVersion2: a version 2 stream (Xen 4.13 and older), without the
+// static data records, is read.
+func TestReadsVersion2(t *testing.T) {
+	recs := hvmRecords()[3:] // from the first PAGE_DATA on
+	b := rawStream(DomainX86HVM, recs...)
+	b[15] = Version2
+	r, got, err := readAll(b, testLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Image().Version != Version2 || !reflect.DeepEqual(got, recs) {
+		t.Errorf("version %d, %d records: not what was written", r.Image().Version, len(got))
+	}
+}
