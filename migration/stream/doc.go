@@ -26,7 +26,7 @@
 // length, on the pages of one PAGE_DATA record, and the highest frame
 // number the caller accepts) before anything is allocated, so a reader
 // never holds more than one record of at most Limits.MaxRecordLength
-// bytes. Records must come in the order the spec requires (see
+// bytes. Records must come in the order the spec and Xen require (see
 // sequence); an error names the record, its offset in the stream and
 // what is wrong with it (*FormatError).
 //

@@ -50,8 +50,8 @@ func hvmRecords() []Record {
 		&PageData{Pages: []Page{{PFN: 0, Data: page(1)}, {PFN: 0xFEFFF, Data: page(2)}}},
 		&PageData{Pages: []Page{{PFN: 7, Type: PageXTab}}},
 		&X86TSCInfo{Mode: 0, KHz: 1_000_000},
+		&HVMContext{Blob: bytes.Repeat([]byte{0xAB}, 1001)}, // before HVM_PARAMS, as Xen writes them
 		&HVMParams{Params: []HVMParam{{Index: 1, Value: 0xFEFFF}, {Index: 2, Value: 3}}},
-		&HVMContext{Blob: bytes.Repeat([]byte{0xAB}, 1001)},
 		End{},
 	}
 }
@@ -153,8 +153,8 @@ func TestWriterRefuses(t *testing.T) {
 		"bad PV width":     {DomainX86PV, []Record{&X86PVInfo{GuestWidth: 2, PTLevels: 4}}},
 		"short shared info": {DomainX86PV, []Record{&X86PVInfo{GuestWidth: 8, PTLevels: 4}, StaticDataEnd{},
 			&SharedInfo{Page: []byte{1}}}},
-		"HVM_CONTEXT before HVM_PARAMS": {DomainX86HVM, []Record{StaticDataEnd{}, &HVMContext{Blob: []byte{1}}}},
-		"record after END":              {DomainX86HVM, []Record{StaticDataEnd{}, End{}, End{}}},
+		"P2M frames before PV info": {DomainX86PV, []Record{&X86PVP2MFrames{EndPFN: 1, P2MPFNs: []uint64{1}}}},
+		"record after END":          {DomainX86HVM, []Record{StaticDataEnd{}, End{}, End{}}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var buf bytes.Buffer
