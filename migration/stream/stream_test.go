@@ -155,6 +155,10 @@ func TestWriterRefuses(t *testing.T) {
 			&SharedInfo{Page: []byte{1}}}},
 		"P2M frames before PV info": {DomainX86PV, []Record{&X86PVP2MFrames{EndPFN: 1, P2MPFNs: []uint64{1}}}},
 		"record after END":          {DomainX86HVM, []Record{StaticDataEnd{}, End{}, End{}}},
+		"too many pages": {DomainX86HVM, []Record{StaticDataEnd{},
+			&PageData{Pages: xtabPages(DefaultMaxPagesPerRecord + 1)}}},
+		"record too long": {DomainX86HVM, []Record{StaticDataEnd{},
+			&HVMContext{Blob: make([]byte, DefaultMaxRecordLength+1)}}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var buf bytes.Buffer
@@ -213,4 +217,13 @@ func TestReadsVersion2(t *testing.T) {
 	if r.Image().Version != Version2 || !reflect.DeepEqual(got, recs) {
 		t.Errorf("version %d, %d records: not what was written", r.Image().Version, len(got))
 	}
+}
+
+// xtabPages returns n pages without contents.
+func xtabPages(n int) []Page {
+	pages := make([]Page, n)
+	for i := range pages {
+		pages[i] = Page{PFN: uint64(i), Type: PageXTab}
+	}
+	return pages
 }

@@ -8,7 +8,9 @@ import (
 
 // Writer emits a stream: the headers when it is made, then one record per
 // WriteRecord, then END. It refuses, before writing anything of it, a
-// record the Reader would refuse (a malformed body or one out of order).
+// record a Reader with default Limits would refuse (a malformed body, one
+// out of order, more than DefaultMaxPagesPerRecord pages, a body over
+// DefaultMaxRecordLength).
 type Writer struct {
 	w     io.Writer
 	seq   sequence
@@ -32,7 +34,7 @@ func NewWriter(w io.Writer, d DomainHeader) (*Writer, error) {
 	}
 	sw := &Writer{w: w,
 		seq:   sequence{version: Version3, domain: d.Type},
-		rules: bodyRules{pageSize: x86PageSize, maxPFN: pfnMask + 1, maxPagesPerRecord: 1<<32 - 1},
+		rules: bodyRules{pageSize: x86PageSize, maxPFN: pfnMask + 1, maxPagesPerRecord: DefaultMaxPagesPerRecord},
 	}
 	b := make([]byte, 0, imageHeaderSize+domainHeaderSize)
 	b = binary.BigEndian.AppendUint64(b, imageMarker)
@@ -63,8 +65,9 @@ func (w *Writer) WriteRecord(rec Record) error {
 		}
 	}
 	body := rec.appendBody(w.buf[:0])
-	if uint64(len(body)) > 1<<32-1-recordAlign {
-		return fmt.Errorf("stream: %v: body of %d octets is too long for a record", t, len(body))
+	if len(body) > DefaultMaxRecordLength {
+		return fmt.Errorf("stream: %v: body of %d octets is over the %d a Reader takes by default",
+			t, len(body), DefaultMaxRecordLength)
 	}
 	if _, err := decodeBody(t, body, w.rules); err != nil {
 		return fmt.Errorf("stream: %v: %w", t, err)
