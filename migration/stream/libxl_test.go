@@ -43,12 +43,12 @@ func writeLibxlStream(t testing.TB, d DomainType, recs []Record, after ...LibxlR
 
 // readLibxl reads a libxl stream and the libxc stream in it.
 func readLibxl(b []byte, l Limits) ([]LibxlRecord, []Record, error) {
-	return readLibxlFrom(bytes.NewReader(b), l, func(r Record) Record { return r })
+	return readLibxlFrom(bytes.NewReader(b), l, func(_ *Reader, rec Record) Record { return rec })
 }
 
 // readLibxlFrom reads a libxl stream and the libxc stream in it, passing
-// each libxc record through keep.
-func readLibxlFrom(in io.Reader, l Limits, keep func(Record) Record) ([]LibxlRecord, []Record, error) {
+// each libxc record (and its Reader) through keep.
+func readLibxlFrom(in io.Reader, l Limits, keep func(*Reader, Record) Record) ([]LibxlRecord, []Record, error) {
 	lr, err := NewLibxlReader(in, l)
 	if err != nil {
 		return nil, nil, err
@@ -79,7 +79,7 @@ func readLibxlFrom(in io.Reader, l Limits, keep func(Record) Record) ([]LibxlRec
 			if err != nil {
 				return xl, xc, err
 			}
-			xc = append(xc, keep(rec))
+			xc = append(xc, keep(r, rec))
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
@@ -83,10 +84,27 @@ func xlSaveAndRead(t *testing.T, typ string) {
 	defer f.Close()
 	r := bufio.NewReader(f)
 	skipXlHeader(t, r)
-	xlRecs, xcRecs, err := readLibxlFrom(r, Limits{MaxPFN: 1 << 20}, stripPages)
+	// Each record read is written again by a Writer: the bytes must be
+	// those of xl's libxc stream.
+	rewritten := sha256.New()
+	var w *Writer
+	var n countingWriter
+	xlRecs, xcRecs, err := readLibxlFrom(r, Limits{MaxPFN: 1 << 20}, func(sr *Reader, rec Record) Record {
+		if w == nil {
+			var werr error
+			if w, werr = NewWriter(io.MultiWriter(rewritten, &n), sr.Domain()); werr != nil {
+				t.Fatal(werr)
+			}
+		}
+		if err := w.WriteRecord(rec); err != nil {
+			t.Errorf("writing again %v: %v", rec.Type(), err)
+		}
+		return stripPages(rec)
+	})
 	if err != nil {
 		t.Fatalf("reading xl save's stream: %v", err)
 	}
+	compareLibxcBytes(t, file, int64(n), rewritten.Sum(nil))
 	counts := map[RecordType]int{}
 	pages := 0
 	for _, rec := range xcRecs {
@@ -109,6 +127,38 @@ func xlSaveAndRead(t *testing.T, typ string) {
 		if counts[w] == 0 {
 			t.Errorf("no %v record in xl save's stream", w)
 		}
+	}
+}
+
+type countingWriter int64
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	*c += countingWriter(len(b))
+	return len(b), nil
+}
+
+// compareLibxcBytes compares the n octets of the libxc stream in an xl
+// save file (after xl's header, the libxl header and LIBXC_CONTEXT) with
+// a SHA-256 of what the Writer wrote.
+func compareLibxcBytes(t *testing.T, file string, n int64, sum []byte) {
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := bufio.NewReader(f)
+	skipXlHeader(t, r)
+	if _, err := io.CopyN(io.Discard, r, libxlHeaderSize+recordHeaderSize); err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	if _, err := io.CopyN(h, r, n); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(h.Sum(nil), sum) {
+		t.Errorf("the Writer's %d octets differ from xl's libxc stream", n)
+	} else {
+		t.Logf("the Writer wrote xl's libxc stream again octet for octet (%d octets)", n)
 	}
 }
 
