@@ -236,18 +236,9 @@ func (b *backendBus) serve(ctx context.Context, d *backendDev) {
 // talkToOtherend reads frontend-id and frontend (read_otherend_details)
 // and picks the driver; nil after a fatal error.
 func (b *backendBus) talkToOtherend(ctx context.Context, d *backendDev) backendDriver {
-	id, err1 := d.x.read(ctx, "frontend-id")
-	fe, err2 := d.x.read(ctx, "frontend")
-	n, ok := scanInt(id)
-	if err1 != nil || err2 != nil || !ok || n < 0 || n >= 0xFFFF {
-		d.x.fatal(ctx, syscall.ENOENT, "reading other end details from %s", d.x.nodename)
+	if !d.x.readOtherend(ctx, "frontend") {
 		return nil
 	}
-	if _, err := b.cli.Read(ctx, fe); fe == "" || err != nil {
-		d.x.fatal(ctx, syscall.ENOENT, "unable to read other end from %s.  missing or inaccessible.", d.x.nodename)
-		return nil
-	}
-	d.x.otherend, d.x.otherID = fe, uint32(n)
 	if d.kind == devices.KindVBD {
 		return &blkback{bus: b, dev: d}
 	}

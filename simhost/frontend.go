@@ -192,18 +192,9 @@ func (fb *frontendBus) serve(ctx context.Context, d *frontendDev) {
 // talkToOtherend reads backend-id and backend (read_otherend_details) and
 // picks the driver; nil after a fatal error.
 func (fb *frontendBus) talkToOtherend(ctx context.Context, d *frontendDev) frontendDriver {
-	id, err1 := d.x.read(ctx, "backend-id")
-	be, err2 := d.x.read(ctx, "backend")
-	n, ok := scanInt(id)
-	if err1 != nil || err2 != nil || !ok || n < 0 || n >= 0xFFFF {
-		d.x.fatal(ctx, syscall.ENOENT, "reading other end details from %s", d.x.nodename)
+	if !d.x.readOtherend(ctx, "backend") {
 		return nil
 	}
-	if _, err := fb.g.cli.Read(ctx, be); be == "" || err != nil {
-		d.x.fatal(ctx, syscall.ENOENT, "unable to read other end from %s.  missing or inaccessible.", d.x.nodename)
-		return nil
-	}
-	d.x.otherend, d.x.otherID = be, uint32(n)
 	if d.kind == devices.KindVBD {
 		return &blkfront{bus: fb, dev: d}
 	}

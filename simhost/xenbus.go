@@ -235,3 +235,23 @@ func errnoOf(err error) syscall.Errno {
 	}
 	return syscall.EIO
 }
+
+// readOtherend is xenbus's read_otherend_details: it reads <other>-id and
+// <other> (the other end's domain and directory, other being "frontend" or
+// "backend"), checks the directory can be read and records both; false
+// after a fatal error.
+func (x *xenbusDev) readOtherend(ctx context.Context, other string) bool {
+	id, err1 := x.read(ctx, other+"-id")
+	path, err2 := x.read(ctx, other)
+	n, ok := scanInt(id)
+	if err1 != nil || err2 != nil || !ok || n < 0 || n >= 0xFFFF {
+		x.fatal(ctx, syscall.ENOENT, "reading other end details from %s", x.nodename)
+		return false
+	}
+	if _, err := x.cli.Read(ctx, path); path == "" || err != nil {
+		x.fatal(ctx, syscall.ENOENT, "unable to read other end from %s.  missing or inaccessible.", x.nodename)
+		return false
+	}
+	x.otherend, x.otherID = path, uint32(n)
+	return true
+}

@@ -91,7 +91,7 @@ func addDeviceFlags(spec *apiv1.VMSpec, disks, nics []string) error {
 func (a *app) vmDiskCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "disk", Short: "Hot-plug disks into a running VM, or unplug them"}
 	var force bool
-	add := a.vmTaskCmd("add VM DEVICE:PATH[:ro|rw]", "Plug a disk into the running VM (waits for the guest to connect it)", 2,
+	add := a.vmTaskCmd("add VM DEVICE:PATH[:ro|rw]", "Plug a disk into the running VM (waits for the guest to connect it)", cobra.ExactArgs(2), nil,
 		func(ctx context.Context, c *clients, args []string) (*apiv1.Task, error) {
 			d, err := parseDiskFlag(args[1])
 			if err != nil {
@@ -100,7 +100,7 @@ func (a *app) vmDiskCmd() *cobra.Command {
 			r, err := c.vm.AddDisk(ctx, &apiv1.AddDiskRequest{Id: args[0], Disk: d})
 			return r.GetTask(), err
 		})
-	remove := a.vmTaskCmd("remove VM DEVICE", "Unplug a disk (the guest must release it; --force tears it down)", 2,
+	remove := a.vmTaskCmd("remove VM DEVICE", "Unplug a disk (the guest must release it; --force tears it down)", cobra.ExactArgs(2), nil,
 		func(ctx context.Context, c *clients, args []string) (*apiv1.Task, error) {
 			r, err := c.vm.RemoveDisk(ctx, &apiv1.RemoveDiskRequest{Id: args[0], Device: args[1], Force: force})
 			return r.GetTask(), err
@@ -114,7 +114,7 @@ func (a *app) vmDiskCmd() *cobra.Command {
 func (a *app) vmNICCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "nic", Short: "Hot-plug NICs into a running VM, or unplug them"}
 	var force bool
-	add := a.vmTaskCmd("add VM [bridge=BR][,mac=MAC][,mtu=N]", "Plug a NIC into the running VM (waits for the guest to connect it)", -1,
+	add := a.vmTaskCmd("add VM [bridge=BR][,mac=MAC][,mtu=N]", "Plug a NIC into the running VM (waits for the guest to connect it)", cobra.RangeArgs(1, 2), nil,
 		func(ctx context.Context, c *clients, args []string) (*apiv1.Task, error) {
 			spec := ""
 			if len(args) > 1 {
@@ -127,8 +127,7 @@ func (a *app) vmNICCmd() *cobra.Command {
 			r, err := c.vm.AddNIC(ctx, &apiv1.AddNICRequest{Id: args[0], Nic: n})
 			return r.GetTask(), err
 		})
-	add.Args = cobra.RangeArgs(1, 2)
-	remove := a.vmTaskCmd("remove VM MAC", "Unplug the NIC with this MAC (--force tears it down)", 2,
+	remove := a.vmTaskCmd("remove VM MAC", "Unplug the NIC with this MAC (--force tears it down)", cobra.ExactArgs(2), nil,
 		func(ctx context.Context, c *clients, args []string) (*apiv1.Task, error) {
 			r, err := c.vm.RemoveNIC(ctx, &apiv1.RemoveNICRequest{Id: args[0], Mac: args[1], Force: force})
 			return r.GetTask(), err
@@ -136,42 +135,6 @@ func (a *app) vmNICCmd() *cobra.Command {
 	remove.Aliases = []string{"rm"}
 	remove.Flags().BoolVar(&force, "force", false, "tear the NIC down even if the guest does not release it")
 	cmd.AddCommand(add, remove)
-	return cmd
-}
-
-// vmTaskCmd is a command that queues a task on the VM named by its first
-// argument and, unless --no-wait, waits for it. nargs < 0: Args set by
-// the caller.
-func (a *app) vmTaskCmd(use, short string, nargs int, do func(ctx context.Context, c *clients, args []string) (*apiv1.Task, error)) *cobra.Command {
-	var noWait bool
-	cmd := &cobra.Command{
-		Use:   use,
-		Short: short,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.clients()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := a.ctxWith(cmd, a.timeout)
-			defer cancel()
-			task, err := do(ctx, c, args)
-			if err != nil {
-				return err
-			}
-			if noWait {
-				if a.output != "table" {
-					return a.printMessage(task)
-				}
-				_, err := fmt.Fprintln(a.stdout, task.GetId())
-				return err
-			}
-			return a.waitAndReport(ctx, c, task, args[0])
-		},
-	}
-	if nargs >= 0 {
-		cmd.Args = cobra.ExactArgs(nargs)
-	}
-	cmd.Flags().BoolVar(&noWait, "no-wait", false, "print the task id and return at once")
 	return cmd
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -231,4 +232,43 @@ func (a *app) printTask(t *apiv1.Task) error {
 		return a.printMessage(t)
 	}
 	return a.table(taskHeader, [][]string{taskRow(t)})
+}
+
+// vmTaskCmd is a command that queues a task on the VM named by its first
+// argument and, unless --no-wait, waits for it: the command's deadline is
+// the global --timeout, or deadline() when given.
+func (a *app) vmTaskCmd(use, short string, args cobra.PositionalArgs, deadline func() time.Duration,
+	do func(ctx context.Context, c *clients, args []string) (*apiv1.Task, error)) *cobra.Command {
+	var noWait bool
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  args,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.clients()
+			if err != nil {
+				return err
+			}
+			d := a.timeout
+			if deadline != nil {
+				d = deadline()
+			}
+			ctx, cancel := a.ctxWith(cmd, d)
+			defer cancel()
+			task, err := do(ctx, c, args)
+			if err != nil {
+				return err
+			}
+			if noWait {
+				if a.output != "table" {
+					return a.printMessage(task)
+				}
+				_, err := fmt.Fprintln(a.stdout, task.GetId())
+				return err
+			}
+			return a.waitAndReport(ctx, c, task, args[0])
+		},
+	}
+	cmd.Flags().BoolVar(&noWait, "no-wait", false, "print the task id and return at once")
+	return cmd
 }

@@ -240,37 +240,8 @@ func (a *app) vmDeleteCmd() *cobra.Command {
 func (a *app) lifecycleCmds() []*cobra.Command {
 	type call func(ctx context.Context, c *clients, id string) (*apiv1.Task, error)
 	mk := func(use, short string, extra func(*cobra.Command), deadline func() time.Duration, do call) *cobra.Command {
-		var noWait bool
-		cmd := &cobra.Command{
-			Use:   use + " VM",
-			Short: short,
-			Args:  cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				c, err := a.clients()
-				if err != nil {
-					return err
-				}
-				d := a.timeout
-				if deadline != nil {
-					d = deadline()
-				}
-				ctx, cancel := a.ctxWith(cmd, d)
-				defer cancel()
-				task, err := do(ctx, c, args[0])
-				if err != nil {
-					return err
-				}
-				if noWait {
-					if a.output != "table" {
-						return a.printMessage(task)
-					}
-					_, err := fmt.Fprintln(a.stdout, task.GetId())
-					return err
-				}
-				return a.waitAndReport(ctx, c, task, args[0])
-			},
-		}
-		cmd.Flags().BoolVar(&noWait, "no-wait", false, "print the task id and return at once")
+		cmd := a.vmTaskCmd(use+" VM", short, cobra.ExactArgs(1), deadline,
+			func(ctx context.Context, c *clients, args []string) (*apiv1.Task, error) { return do(ctx, c, args[0]) })
 		if extra != nil {
 			extra(cmd)
 		}
