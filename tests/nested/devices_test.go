@@ -433,6 +433,7 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 	}
 
 	t.Run("Kill9ThenDestroy", func(t *testing.T) {
+		freeBefore := freeMiB(t)
 		if _, err := e.ctl("vm", "start", name); err != nil {
 			t.Fatalf("vm start: %v", err)
 		}
@@ -453,6 +454,7 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 		}
 		checkGone(t, "destroy after kill -9", domid, "")
 		checkNoDevices(t, w, domid, files)
+		checkFreeMemory(t, freeBefore)
 	})
 	return g
 }
@@ -529,5 +531,35 @@ func TestNestedDevicesHotplug(t *testing.T) {
 	}
 	if l := loopsBacking(im.ro); len(l) > 0 {
 		t.Errorf("after vm disk remove: loop devices left %v", l)
+	}
+}
+
+// freeMiB is Xen's free memory in MiB (xl info free_memory).
+func freeMiB(t *testing.T) int {
+	t.Helper()
+	n, err := strconv.Atoi(xlInfo(t)["free_memory"])
+	if err != nil {
+		t.Fatalf("xl info free_memory: %v", err)
+	}
+	return n
+}
+
+// checkFreeMemory waits (bounded: Xen scrubs a dead domain's pages before
+// it counts them free) until the host's free memory is back to before
+// (within 1 MiB, xl's rounding).
+func checkFreeMemory(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		now := freeMiB(t)
+		if now >= before-1 {
+			t.Logf("host free memory %d MiB, %d MiB before the guest", now, before)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("host free memory %d MiB a minute after the destroy, %d MiB before the guest", now, before)
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
