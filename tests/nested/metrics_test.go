@@ -129,6 +129,25 @@ func metricsOfGuests(t *testing.T, e *env, url, typ string) {
 	if idleRate > 0.1 {
 		t.Errorf("the idle guest's CPU time rose at %.3f s/s, want <= 0.1", idleRate)
 	}
+	// The daemon's own work on real Xen: starting guests costs xenstore
+	// round trips and store commits.
+	for _, m := range []string{"xenopsd_xenstore_round_trips_total", "xenopsd_xenstore_requests_total"} {
+		if v := value(s2, m, "", ""); v <= 0 {
+			t.Errorf("%s is %v after starting guests", m, v)
+		}
+	}
+	var commits uint64
+	if fam := s2["xenopsd_store_commit_duration_seconds"]; fam != nil {
+		for _, m := range fam.GetMetric() {
+			commits += m.GetHistogram().GetSampleCount()
+		}
+	}
+	t.Logf("daemon: xenstore %.0f round trips, %.0f requests; %d store commits; queued operations %.0f",
+		value(s2, "xenopsd_xenstore_round_trips_total", "", ""), value(s2, "xenopsd_xenstore_requests_total", "", ""),
+		commits, value(s2, "xenopsd_queued_operations", "", ""))
+	if commits == 0 {
+		t.Errorf("no store commit observed after starting guests")
+	}
 }
 
 // families is one scrape of /metrics.
