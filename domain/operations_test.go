@@ -4,6 +4,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
 // TestOnOperation: Config.OnOperation hears of every operation that ran,
@@ -42,4 +44,45 @@ func TestOnOperation(t *testing.T) {
 			t.Fatalf("observed %v, want %v", got, want)
 		}
 	}
+}
+
+// TestQueueDepth: with the only worker held by a shutdown that waits for
+// its guest, a destroy of that VM and a start of another queue behind it;
+// once they ran, nothing is queued.
+func TestQueueDepth(t *testing.T) {
+	e := newEnv(t, envOpts{workers: 1})
+	busy, other := e.create("busy"), e.create("other")
+	e.run(e.m.Start(e.ctx, busy.ID, false))
+	e.hv.SetGuestBehaviour(e.ctx, xenctrl.Domid(e.vm(busy.ID).Domid), simIgnore())
+	sd, err := e.m.Shutdown(e.ctx, busy.ID, ShutdownOptions{Timeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("shutdown task running", func() bool {
+		tk, _ := e.m.GetTask(e.ctx, sd.ID)
+		return tk.State == TaskRunning
+	})
+	check := func(wantVMs, wantOps int) {
+		t.Helper()
+		if vms, ops := e.m.QueueDepth(); vms != wantVMs || ops != wantOps {
+			t.Errorf("QueueDepth = %d VMs, %d operations; want %d, %d", vms, ops, wantVMs, wantOps)
+		}
+	}
+	check(0, 0)
+	ds, err := e.m.Destroy(e.ctx, busy.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(1, 1)
+	st, err := e.m.Start(e.ctx, other.ID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(2, 2)
+	if _, err := e.m.CancelTask(e.ctx, sd.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.wait(ds)
+	e.wait(st)
+	check(0, 0)
 }

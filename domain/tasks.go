@@ -437,3 +437,18 @@ func statesString(ps []PowerState) string {
 	}
 	return s
 }
+
+// QueueDepth is how many VMs have operations queued and how many operations
+// are queued in all: waiting for a worker or behind the operation running on
+// their VM (a running operation is not counted).
+func (m *Manager) QueueDepth() (vms, ops int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range m.vms {
+		if n := len(e.queue); n > 0 {
+			vms++
+			ops += n
+		}
+	}
+	return vms, ops
+}

@@ -33,7 +33,13 @@
 // exported for every VM.
 //
 // Daemon metrics are kept as they happen: Operations observes every VM
-// operation the domain manager finishes (kind, outcome, duration); gRPC
+// operation the domain manager finishes (kind, outcome, duration); Daemon
+// counts the xenstore client's round trips and requests (through
+// xenstore.Client.CountRequests, which takes any counter) and times the
+// state store's commits (store.Options.OnCommit); QueueDepth reads the
+// domain manager's queue depths at each scrape (one call, whatever the
+// number of VMs), so xenstore, store and domain know nothing of
+// Prometheus; gRPC
 // server metrics come from the grpc-ecosystem middleware's Prometheus
 // provider and the Go runtime and process metrics from the client's own
 // collectors (NewRegistry puts them together).

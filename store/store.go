@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -76,6 +77,9 @@ type Options struct {
 	// values) to keep (<= 0: DefaultRetainEventBytes). The newest event is
 	// kept whatever its size.
 	RetainEventBytes int64
+	// OnCommit, if set, hears of every Commit when it returns: how long it
+	// took (queueing, the synced batch and apply) and its error.
+	OnCommit func(took time.Duration, err error)
 }
 
 // Op writes (Value set) or deletes (Delete) one record.
@@ -104,6 +108,7 @@ type Store struct {
 	log         *slog.Logger
 	retain      uint64 // events
 	retainBytes uint64
+	onCommit    func(took time.Duration, err error) // Options.OnCommit
 
 	head     atomic.Uint64 // last committed event revision
 	floor    atomic.Uint64 // highest compacted revision
@@ -148,7 +153,7 @@ func OpenWithOptions(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open state database %s: %w", dir, err)
 	}
 	s := &Store{
-		db: db, log: log, retain: uint64(retain), retainBytes: uint64(retainBytes),
+		db: db, log: log, retain: uint64(retain), retainBytes: uint64(retainBytes), onCommit: opts.OnCommit,
 		reqs: make(chan *commitReq, maxGroup), stop: make(chan struct{}),
 		stopped: make(chan struct{}), notify: make(chan struct{}),
 	}
@@ -285,6 +290,16 @@ func (s *Store) Changed() <-chan struct{} {
 // c has none). It must not call Commit. ctx bounds only the wait to enqueue:
 // once queued, the change is committed or fails as a whole.
 func (s *Store) Commit(ctx context.Context, c Change, apply func(firstRev uint64)) error {
+	if s.onCommit == nil {
+		return s.commit(ctx, c, apply)
+	}
+	start := time.Now()
+	err := s.commit(ctx, c, apply)
+	s.onCommit(time.Since(start), err)
+	return err
+}
+
+func (s *Store) commit(ctx context.Context, c Change, apply func(firstRev uint64)) error {
 	for _, op := range c.Ops {
 		if !op.Kind.valid() {
 			return fmt.Errorf("store: unknown record kind %q", op.Kind)

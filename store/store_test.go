@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -310,4 +311,29 @@ func BenchmarkCommit(b *testing.B) {
 			s.Commit(context.Background(), Change{Ops: []Op{{Kind: KindVM, ID: fmt.Sprint(i), Value: val}}, Events: [][]byte{val}}, nil)
 		}
 	})
+}
+
+// TestOnCommit: Options.OnCommit hears of every Commit, with its error.
+func TestOnCommit(t *testing.T) {
+	var errs []error
+	s, err := OpenWithOptions(t.TempDir(), Options{OnCommit: func(took time.Duration, err error) {
+		if took < 0 {
+			t.Errorf("commit took %v", took)
+		}
+		errs = append(errs, err)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.Commit(ctx, Change{Ops: []Op{{Kind: KindVM, ID: "a", Value: []byte("A")}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Commit(ctx, Change{Ops: []Op{{Kind: "bad", ID: "a"}}}, nil); err == nil {
+		t.Fatal("a commit of an unknown kind succeeded")
+	}
+	if len(errs) != 2 || errs[0] != nil || errs[1] == nil {
+		t.Errorf("OnCommit heard %v, want [nil, an error]", errs)
+	}
 }

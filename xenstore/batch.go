@@ -104,6 +104,7 @@ func (o ops) batch(ctx context.Context, list []Op) error {
 		o.c.fail(fmt.Errorf("xenstore: write: %w", err))
 		return o.c.terminalErr()
 	}
+	o.c.sent(len(ops))
 	var first error
 	for i, cl := range calls {
 		if first != nil && ctx.Err() != nil {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 )
 
 // DefaultSocketPath is where the C xenstored listens unless XENSTORED_PATH is set.
@@ -42,6 +43,30 @@ type Client struct {
 	err     error               // set once the connection is gone
 	done    chan struct{}
 	closeMu sync.Once
+
+	counters atomic.Pointer[counters] // CountRequests; nil: not counted
+}
+
+// Counter is a count the client adds to; prometheus.Counter is one.
+type Counter interface{ Add(float64) }
+
+// counters are CountRequests' counters.
+type counters struct{ roundTrips, requests Counter }
+
+// CountRequests makes the client count, from now on, its round trips to the
+// daemon in roundTrips (one request and its reply, or a Batch: its requests
+// sent in one write and their replies) and the requests they carried in
+// requests. Watch events cost no request and are not counted.
+func (c *Client) CountRequests(roundTrips, requests Counter) {
+	c.counters.Store(&counters{roundTrips: roundTrips, requests: requests})
+}
+
+// sent counts a round trip of n requests.
+func (c *Client) sent(n int) {
+	if k := c.counters.Load(); k != nil {
+		k.roundTrips.Add(1)
+		k.requests.Add(float64(n))
+	}
 }
 
 // Dial connects to xenstored's unix socket. An empty path means
@@ -299,6 +324,7 @@ func (c *Client) request(ctx context.Context, t MsgType, tx uint32, path string,
 		c.fail(fmt.Errorf("xenstore: write: %w", err))
 		return nil, c.terminalErr()
 	}
+	c.sent(1)
 	return c.wait(ctx, cl)
 }
 

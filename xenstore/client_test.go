@@ -408,3 +408,36 @@ func TestOversizedDirectoryReply(t *testing.T) {
 		t.Fatal("read succeeded on a connection that was lost")
 	}
 }
+
+// count is a Counter for the tests.
+type count float64
+
+func (c *count) Add(v float64) { *c += count(v) }
+
+// TestCountRequests: a request is one round trip of one request, a Batch one
+// round trip of all its requests; nothing is counted before CountRequests.
+func TestCountRequests(t *testing.T) {
+	c, f := newFake(t)
+	answer := func(n int, typ MsgType) {
+		for range n {
+			f.reply(f.next(), typ, "")
+		}
+	}
+	go answer(1, TypeWrite)
+	if err := c.Write(tctx(t), "/before", nil); err != nil {
+		t.Fatal(err)
+	}
+	var trips, reqs count
+	c.CountRequests(&trips, &reqs)
+	go answer(1, TypeRead)
+	if _, err := c.Read(tctx(t), "/a"); err != nil {
+		t.Fatal(err)
+	}
+	go answer(3, TypeWrite)
+	if err := c.Batch(tctx(t), WriteOp("/a", nil), WriteOp("/b", nil), WriteOp("/c", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if trips != 2 || reqs != 4 {
+		t.Errorf("round trips %v, requests %v; want 2 and 4", trips, reqs)
+	}
+}

@@ -37,13 +37,14 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 	}
 	defer unlock()
 
-	st, err := store.Open(filepath.Join(cfg.stateDir, "db"), log.With("component", "store"))
+	dm := newDaemonMetrics(cfg)
+	dm.countXenstore(be.xs)
+	st, err := store.OpenWithOptions(filepath.Join(cfg.stateDir, "db"), store.Options{Logger: log.With("component", "store"), OnCommit: dm.onCommit()})
 	if err != nil {
 		return fmt.Errorf("open state database: %w", err)
 	}
 	defer closeStore(st, log)
 
-	dm := newDaemonMetrics(cfg)
 	mgr, err := domain.New(ctx, domain.Config{
 		Hypervisor:  be.hv,
 		Xenstore:    be.xs,
@@ -61,7 +62,7 @@ func runDaemon(ctx context.Context, cfg config, log *slog.Logger, ready func(add
 	// The host's and the VMs' metrics, for the metrics listener and the
 	// API's StatsService alike.
 	collector := metrics.NewCollector(be.hv, mgr, metrics.CollectorOptions{Logger: log.With("component", "metrics"), Devices: be.devices})
-	ms, err := serveMetrics(cfg, dm, collector, log)
+	ms, err := serveMetrics(cfg, dm, collector, metrics.NewQueueDepth(mgr), log)
 	if err != nil {
 		closeManager(mgr, cfg.drainTimeout, log)
 		return err

@@ -13,14 +13,18 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 
 	"github.com/xenopsd-ng/xenopsd-ng/metrics"
+	"github.com/xenopsd-ng/xenopsd-ng/xenstore"
 )
 
 // daemonMetrics are what --metrics-listen exports: the gRPC servers'
-// metrics and the VM operations are observed as they happen; the host's and
-// the VMs' are read at each scrape (metrics.Collector).
+// metrics, the VM operations, the xenstore round trips and the store's
+// commits are observed as they happen; the host's and the VMs' and the
+// queue depths are read at each scrape (metrics.Collector,
+// metrics.QueueDepth).
 type daemonMetrics struct {
-	grpc *grpcprom.ServerMetrics
-	ops  *metrics.Operations
+	grpc   *grpcprom.ServerMetrics
+	ops    *metrics.Operations
+	daemon *metrics.Daemon
 }
 
 // newDaemonMetrics returns nil without --metrics-listen: nothing is
@@ -29,7 +33,23 @@ func newDaemonMetrics(cfg config) *daemonMetrics {
 	if cfg.metricsListen == "" {
 		return nil
 	}
-	return &daemonMetrics{grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram()), ops: metrics.NewOperations()}
+	return &daemonMetrics{grpc: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram()), ops: metrics.NewOperations(), daemon: metrics.NewDaemon()}
+}
+
+// countXenstore makes xs count its round trips (nothing without metrics).
+func (m *daemonMetrics) countXenstore(xs *xenstore.Client) {
+	if m == nil || xs == nil {
+		return
+	}
+	xs.CountRequests(m.daemon.XenstoreRoundTrips(), m.daemon.XenstoreRequests())
+}
+
+// onCommit is store.Options.OnCommit (nil without metrics).
+func (m *daemonMetrics) onCommit() func(time.Duration, error) {
+	if m == nil {
+		return nil
+	}
+	return m.daemon.ObserveCommit
 }
 
 // onOperation is domain.Config.OnOperation (nil without metrics).
@@ -51,14 +71,14 @@ type metricsServer struct {
 // daemon's stop.
 const metricsShutdownTimeout = 2 * time.Second
 
-// serveMetrics listens on --metrics-listen and serves the registry of m and
-// host there. It returns nil, nil without --metrics-listen.
-func serveMetrics(cfg config, m *daemonMetrics, host *metrics.Collector, log *slog.Logger) (*metricsServer, error) {
+// serveMetrics listens on --metrics-listen and serves the registry of m,
+// host and queues there. It returns nil, nil without --metrics-listen.
+func serveMetrics(cfg config, m *daemonMetrics, host *metrics.Collector, queues *metrics.QueueDepth, log *slog.Logger) (*metricsServer, error) {
 	if m == nil {
 		return nil, nil
 	}
 	log = log.With("component", "metrics")
-	reg, err := metrics.NewRegistry(m.grpc, m.ops, host)
+	reg, err := metrics.NewRegistry(m.grpc, m.ops, m.daemon, host, queues)
 	if err != nil {
 		return nil, err
 	}

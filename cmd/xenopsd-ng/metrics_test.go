@@ -21,6 +21,8 @@ func (noVMs) ListVMs(context.Context) ([]domain.VM, uint64, error) { return nil,
 
 func (noVMs) ListTasks(context.Context, string) ([]domain.Task, error) { return nil, nil }
 
+func (noVMs) QueueDepth() (int, int) { return 0, 0 }
+
 func (noVMs) GetVM(context.Context, string) (domain.VM, error) {
 	return domain.VM{}, &domain.Error{Code: domain.CodeNotFound}
 }
@@ -62,7 +64,8 @@ func TestMetricsServer(t *testing.T) {
 	}
 	dm := newDaemonMetrics(cfg)
 	dm.ops.Observe("start", nil, time.Millisecond)
-	ms, err := serveMetrics(cfg, dm, metrics.NewCollector(sim.New(sim.Config{}), noVMs{}, metrics.CollectorOptions{}), testLogger(t))
+	dm.onCommit()(time.Millisecond, nil)
+	ms, err := serveMetrics(cfg, dm, metrics.NewCollector(sim.New(sim.Config{}), noVMs{}, metrics.CollectorOptions{}), metrics.NewQueueDepth(noVMs{}), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +75,8 @@ func TestMetricsServer(t *testing.T) {
 		t.Errorf("plain scrape: Content-Type %q", ct)
 	}
 	for _, want := range []string{"xen_host_memory_total_bytes ", `xen_version_info{backend="sim"`,
-		`xenopsd_operation_duration_seconds_count{operation="start",outcome="succeeded"} 1`, "go_goroutines ", "process_cpu_seconds_total "} {
+		`xenopsd_operation_duration_seconds_count{operation="start",outcome="succeeded"} 1`, "go_goroutines ", "process_cpu_seconds_total ",
+		`xenopsd_store_commit_duration_seconds_count{outcome="succeeded"} 1`, "xenopsd_xenstore_round_trips_total 0", "xenopsd_queued_operations 0"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the scrape has no %q", want)
 		}
@@ -96,7 +100,7 @@ func TestMetricsServerTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ms, err := serveMetrics(cfg, newDaemonMetrics(cfg), metrics.NewCollector(sim.New(sim.Config{}), noVMs{}, metrics.CollectorOptions{}), testLogger(t))
+	ms, err := serveMetrics(cfg, newDaemonMetrics(cfg), metrics.NewCollector(sim.New(sim.Config{}), noVMs{}, metrics.CollectorOptions{}), metrics.NewQueueDepth(noVMs{}), testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
