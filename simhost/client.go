@@ -378,6 +378,18 @@ func (c *Client) SetGuestBehaviour(ctx context.Context, d xenctrl.Domid, b sim.G
 	})
 }
 
+// Calls is the number of RPCs the sim host has served since it started, by
+// full method name (see SimHostService.Calls).
+func (c *Client) Calls(ctx context.Context) (map[string]uint64, error) {
+	var out map[string]uint64
+	err := c.call(ctx, "Calls", func(ctx context.Context, cn *conn) error {
+		r, err := cn.host.Calls(ctx, &pb.CallsRequest{})
+		out = r.GetCalls()
+		return err
+	})
+	return out, err
+}
+
 // Stop asks the sim host to exit and waits (until ctx ends) until it no
 // longer answers. Its domains vanish with it, as on a host power-off.
 func (c *Client) Stop(ctx context.Context) error {

@@ -2,6 +2,8 @@ package simhost
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 
@@ -14,6 +16,7 @@ type hostServer struct {
 	pb.UnimplementedSimHostServiceServer
 	hello *pb.HelloResponse
 	stop  func()
+	calls callCounter
 }
 
 func (s *hostServer) Hello(context.Context, *pb.HelloRequest) (*pb.HelloResponse, error) {
@@ -23,6 +26,34 @@ func (s *hostServer) Hello(context.Context, *pb.HelloRequest) (*pb.HelloResponse
 func (s *hostServer) Stop(context.Context, *pb.StopRequest) (*pb.StopResponse, error) {
 	s.stop()
 	return &pb.StopResponse{}, nil
+}
+
+func (s *hostServer) Calls(context.Context, *pb.CallsRequest) (*pb.CallsResponse, error) {
+	return &pb.CallsResponse{Calls: s.calls.counts()}, nil
+}
+
+// callCounter counts the RPCs served, by full method name.
+type callCounter struct {
+	byMethod sync.Map // full method name -> *atomic.Uint64
+}
+
+// count is a unary interceptor that counts each call before serving it.
+func (c *callCounter) count(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	n, ok := c.byMethod.Load(info.FullMethod)
+	if !ok {
+		n, _ = c.byMethod.LoadOrStore(info.FullMethod, new(atomic.Uint64))
+	}
+	n.(*atomic.Uint64).Add(1)
+	return handler(ctx, req)
+}
+
+func (c *callCounter) counts() map[string]uint64 {
+	out := make(map[string]uint64)
+	c.byMethod.Range(func(k, v any) bool {
+		out[k.(string)] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	return out
 }
 
 // services is everything the hypervisor socket serves, one server per
@@ -56,6 +87,7 @@ func newRPCServer(s services) *grpc.Server {
 		grpc.InitialConnWindowSize(connWindow),
 		grpc.MaxRecvMsgSize(maxMessage),
 		grpc.MaxSendMsgSize(maxMessage),
+		grpc.UnaryInterceptor(s.host.calls.count),
 	)
 	pb.RegisterSimHostServiceServer(srv, s.host)
 	pb.RegisterHypervisorServiceServer(srv, s.hypervisor)

@@ -187,3 +187,31 @@ func TestDomainConfigRoundTrip(t *testing.T) {
 		t.Fatal("a 3-byte handle was accepted")
 	}
 }
+
+// TestCallsCountsEachRPC: Calls says how many of each RPC the host served,
+// failed ones included (and the Calls being answered), and nothing it did
+// not serve.
+func TestCallsCountsEachRPC(t *testing.T) {
+	c := serveFake(t, &blockingHypervisor{fail: syscall.ESRCH})
+	ctx := testCtx(t)
+	for range 3 {
+		if err := c.DestroyDomain(ctx, 7); err == nil {
+			t.Fatal("DestroyDomain: no error")
+		}
+	}
+	got, err := c.Calls(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const destroy = "/xenopsd.simhost.v1.HypervisorService/DestroyDomain"
+	if got[destroy] != 3 {
+		t.Errorf("Calls: %v, want %s: 3", got, destroy)
+	}
+	for m := range got {
+		switch m {
+		case destroy, "/xenopsd.simhost.v1.SimHostService/Hello", "/xenopsd.simhost.v1.SimHostService/Calls":
+		default:
+			t.Errorf("Calls: %v counts %s, which the test never called", got, m)
+		}
+	}
+}

@@ -16,14 +16,20 @@ import (
 	"google.golang.org/grpc"
 
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 	"github.com/xenopsd-ng/xenopsd-ng/tests/e2e/harness"
 )
 
 // BenchmarkScrape: a daemon with --metrics-listen and 1,000 or 10,000
 // running VMs. scrape: one GET /metrics (OpenMetrics) at a time, 0.6 s
 // apart so that none is answered from the 0.5 s snapshot cache; reported:
-// time, bytes-per-scrape and daemon-cpu-ms-per-scrape (the daemon's user
-// + system time over the scrapes, from /proc). lifecycle: create + start
+// time, bytes-per-scrape, daemon-cpu-ms-per-scrape (the daemon's user
+// + system time over the scrapes, from /proc), hypercalls-per-scrape (the
+// HypervisorService and DomainBuildService calls the sim host served over
+// the scrapes, each a hypercall on Xen; the daemon's background calls in
+// the same time count too) and xenstore-requests-per-scrape (the daemon's
+// own xenopsd_xenstore_requests_total, read from the first and last
+// scrape's body). lifecycle: create + start
 // + destroy cycles, without and then with a scrape every second, in the same
 // run: their p50 and p99 say whether scrapes delay lifecycle operations.
 func BenchmarkScrape(b *testing.B) {
@@ -31,20 +37,29 @@ func BenchmarkScrape(b *testing.B) {
 		b.Run(fmt.Sprintf("vms=%d", n), func(b *testing.B) {
 			d, conn, url := metricsDaemon(b, n)
 			b.Run("scrape", func(b *testing.B) {
+				first, err := scrape(url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				calls0 := hypercalls(b, d.SimDir)
 				cpu0 := daemonCPU(b, d.Pid())
-				var bytes int
+				var body []byte
+				b.ResetTimer()
 				for range b.N {
 					b.StopTimer()
 					time.Sleep(600 * time.Millisecond)
 					b.StartTimer()
-					var err error
-					if bytes, err = scrape(url); err != nil {
+					if body, err = scrape(url); err != nil {
 						b.Fatal(err)
 					}
 				}
 				b.StopTimer()
-				b.ReportMetric(float64(bytes), "bytes/scrape")
-				b.ReportMetric(float64((daemonCPU(b, d.Pid())-cpu0).Milliseconds())/float64(b.N), "daemon-cpu-ms/scrape")
+				n := float64(b.N)
+				b.ReportMetric(float64(len(body)), "bytes/scrape")
+				b.ReportMetric(float64((daemonCPU(b, d.Pid())-cpu0).Milliseconds())/n, "daemon-cpu-ms/scrape")
+				b.ReportMetric(float64(hypercalls(b, d.SimDir)-calls0)/n, "hypercalls/scrape")
+				xs := counterValue(b, body, "xenopsd_xenstore_requests_total") - counterValue(b, first, "xenopsd_xenstore_requests_total")
+				b.ReportMetric(xs/n, "xenstore-requests/scrape")
 			})
 			for _, every := range []time.Duration{0, time.Second} {
 				name := "lifecycle/scrapes=none"
@@ -77,22 +92,60 @@ func metricsDaemon(b *testing.B, n int) (*harness.Daemon, *grpc.ClientConn, stri
 	return d, e.conn[0], "http://" + m[1] + "/metrics"
 }
 
-// scrape fetches url as Prometheus does and returns the body's size.
-func scrape(url string) (int, error) {
+// hypercalls is how many hypervisor calls the sim host in dir has served:
+// its HypervisorService and DomainBuildService RPCs.
+func hypercalls(b *testing.B, dir string) uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := simhost.Dial(ctx, dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	calls, err := c.Calls(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n uint64
+	for m, k := range calls {
+		if strings.HasPrefix(m, "/xenopsd.simhost.v1.HypervisorService/") || strings.HasPrefix(m, "/xenopsd.simhost.v1.DomainBuildService/") {
+			n += k
+		}
+	}
+	return n
+}
+
+// counterValue is the value of the unlabelled metric name in a scrape's body.
+func counterValue(b *testing.B, body []byte, name string) float64 {
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.Fields(v)[0], 64)
+			if err != nil {
+				b.Fatalf("%s: %q: %v", name, l, err)
+			}
+			return f
+		}
+	}
+	b.Fatalf("the scrape has no %s", name)
+	return 0
+}
+
+// scrape fetches url as Prometheus does and returns the body.
+func scrape(url string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	req.Header.Set("Accept", "application/openmetrics-text;version=1.0.0")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("scrape: %w", err)
+		return nil, fmt.Errorf("scrape: %w", err)
 	}
 	defer resp.Body.Close()
-	n, err := io.Copy(io.Discard, resp.Body)
+	body, err := io.ReadAll(resp.Body)
 	if err != nil || resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("scrape: %s %v", resp.Status, err)
+		return nil, fmt.Errorf("scrape: %s %v", resp.Status, err)
 	}
-	return int(n), nil
+	return body, nil
 }
 
 // daemonCPU is the user + system CPU time pid has used (/proc/PID/stat

@@ -207,6 +207,87 @@ func (*StopResponse) Descriptor() ([]byte, []int) {
 	return file_xenopsd_simhost_v1_host_proto_rawDescGZIP(), []int{3}
 }
 
+type CallsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallsRequest) Reset() {
+	*x = CallsRequest{}
+	mi := &file_xenopsd_simhost_v1_host_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallsRequest) ProtoMessage() {}
+
+func (x *CallsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_host_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallsRequest.ProtoReflect.Descriptor instead.
+func (*CallsRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_host_proto_rawDescGZIP(), []int{4}
+}
+
+type CallsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// calls: RPCs served, by full method name ("/xenopsd.simhost.v1.HypervisorService/ListDomains").
+	Calls         map[string]uint64 `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallsResponse) Reset() {
+	*x = CallsResponse{}
+	mi := &file_xenopsd_simhost_v1_host_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallsResponse) ProtoMessage() {}
+
+func (x *CallsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_host_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallsResponse.ProtoReflect.Descriptor instead.
+func (*CallsResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_host_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CallsResponse) GetCalls() map[string]uint64 {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
 var File_xenopsd_simhost_v1_host_proto protoreflect.FileDescriptor
 
 const file_xenopsd_simhost_v1_host_proto_rawDesc = "" +
@@ -218,10 +299,18 @@ const file_xenopsd_simhost_v1_host_proto_rawDesc = "" +
 	"\aboot_id\x18\x02 \x01(\tR\x06bootId\x12%\n" +
 	"\x0exenstored_path\x18\x03 \x01(\tR\rxenstoredPathJ\x04\b\x04\x10\x05\"\r\n" +
 	"\vStopRequest\"\x0e\n" +
-	"\fStopResponse2\xa9\x01\n" +
+	"\fStopResponse\"\x0e\n" +
+	"\fCallsRequest\"\x8d\x01\n" +
+	"\rCallsResponse\x12B\n" +
+	"\x05calls\x18\x01 \x03(\v2,.xenopsd.simhost.v1.CallsResponse.CallsEntryR\x05calls\x1a8\n" +
+	"\n" +
+	"CallsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x012\xf7\x01\n" +
 	"\x0eSimHostService\x12L\n" +
 	"\x05Hello\x12 .xenopsd.simhost.v1.HelloRequest\x1a!.xenopsd.simhost.v1.HelloResponse\x12I\n" +
-	"\x04Stop\x12\x1f.xenopsd.simhost.v1.StopRequest\x1a .xenopsd.simhost.v1.StopResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
+	"\x04Stop\x12\x1f.xenopsd.simhost.v1.StopRequest\x1a .xenopsd.simhost.v1.StopResponse\x12L\n" +
+	"\x05Calls\x12 .xenopsd.simhost.v1.CallsRequest\x1a!.xenopsd.simhost.v1.CallsResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
 
 var (
 	file_xenopsd_simhost_v1_host_proto_rawDescOnce sync.Once
@@ -235,23 +324,29 @@ func file_xenopsd_simhost_v1_host_proto_rawDescGZIP() []byte {
 	return file_xenopsd_simhost_v1_host_proto_rawDescData
 }
 
-var file_xenopsd_simhost_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_xenopsd_simhost_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_xenopsd_simhost_v1_host_proto_goTypes = []any{
 	(*HelloRequest)(nil),  // 0: xenopsd.simhost.v1.HelloRequest
 	(*HelloResponse)(nil), // 1: xenopsd.simhost.v1.HelloResponse
 	(*StopRequest)(nil),   // 2: xenopsd.simhost.v1.StopRequest
 	(*StopResponse)(nil),  // 3: xenopsd.simhost.v1.StopResponse
+	(*CallsRequest)(nil),  // 4: xenopsd.simhost.v1.CallsRequest
+	(*CallsResponse)(nil), // 5: xenopsd.simhost.v1.CallsResponse
+	nil,                   // 6: xenopsd.simhost.v1.CallsResponse.CallsEntry
 }
 var file_xenopsd_simhost_v1_host_proto_depIdxs = []int32{
-	0, // 0: xenopsd.simhost.v1.SimHostService.Hello:input_type -> xenopsd.simhost.v1.HelloRequest
-	2, // 1: xenopsd.simhost.v1.SimHostService.Stop:input_type -> xenopsd.simhost.v1.StopRequest
-	1, // 2: xenopsd.simhost.v1.SimHostService.Hello:output_type -> xenopsd.simhost.v1.HelloResponse
-	3, // 3: xenopsd.simhost.v1.SimHostService.Stop:output_type -> xenopsd.simhost.v1.StopResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	6, // 0: xenopsd.simhost.v1.CallsResponse.calls:type_name -> xenopsd.simhost.v1.CallsResponse.CallsEntry
+	0, // 1: xenopsd.simhost.v1.SimHostService.Hello:input_type -> xenopsd.simhost.v1.HelloRequest
+	2, // 2: xenopsd.simhost.v1.SimHostService.Stop:input_type -> xenopsd.simhost.v1.StopRequest
+	4, // 3: xenopsd.simhost.v1.SimHostService.Calls:input_type -> xenopsd.simhost.v1.CallsRequest
+	1, // 4: xenopsd.simhost.v1.SimHostService.Hello:output_type -> xenopsd.simhost.v1.HelloResponse
+	3, // 5: xenopsd.simhost.v1.SimHostService.Stop:output_type -> xenopsd.simhost.v1.StopResponse
+	5, // 6: xenopsd.simhost.v1.SimHostService.Calls:output_type -> xenopsd.simhost.v1.CallsResponse
+	4, // [4:7] is the sub-list for method output_type
+	1, // [1:4] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_xenopsd_simhost_v1_host_proto_init() }
@@ -265,7 +360,7 @@ func file_xenopsd_simhost_v1_host_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_simhost_v1_host_proto_rawDesc), len(file_xenopsd_simhost_v1_host_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

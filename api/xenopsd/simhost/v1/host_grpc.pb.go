@@ -36,6 +36,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	SimHostService_Hello_FullMethodName = "/xenopsd.simhost.v1.SimHostService/Hello"
 	SimHostService_Stop_FullMethodName  = "/xenopsd.simhost.v1.SimHostService/Stop"
+	SimHostService_Calls_FullMethodName = "/xenopsd.simhost.v1.SimHostService/Calls"
 )
 
 // SimHostServiceClient is the client API for SimHostService service.
@@ -49,6 +50,11 @@ type SimHostServiceClient interface {
 	// Stop makes the host exit ("power off"): its domains vanish with it.
 	// The reply may be lost as the host closes its connections.
 	Stop(ctx context.Context, in *StopRequest, opts ...grpc.CallOption) (*StopResponse, error)
+	// Calls counts the RPCs the host has served since it started, by full
+	// method name: each HypervisorService and DomainBuildService call is what
+	// one hypercall (or one batch, e.g. ListDomains) is on real Xen, so a
+	// benchmark can say what an operation costs.
+	Calls(ctx context.Context, in *CallsRequest, opts ...grpc.CallOption) (*CallsResponse, error)
 }
 
 type simHostServiceClient struct {
@@ -79,6 +85,16 @@ func (c *simHostServiceClient) Stop(ctx context.Context, in *StopRequest, opts .
 	return out, nil
 }
 
+func (c *simHostServiceClient) Calls(ctx context.Context, in *CallsRequest, opts ...grpc.CallOption) (*CallsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CallsResponse)
+	err := c.cc.Invoke(ctx, SimHostService_Calls_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SimHostServiceServer is the server API for SimHostService service.
 // All implementations must embed UnimplementedSimHostServiceServer
 // for forward compatibility.
@@ -90,6 +106,11 @@ type SimHostServiceServer interface {
 	// Stop makes the host exit ("power off"): its domains vanish with it.
 	// The reply may be lost as the host closes its connections.
 	Stop(context.Context, *StopRequest) (*StopResponse, error)
+	// Calls counts the RPCs the host has served since it started, by full
+	// method name: each HypervisorService and DomainBuildService call is what
+	// one hypercall (or one batch, e.g. ListDomains) is on real Xen, so a
+	// benchmark can say what an operation costs.
+	Calls(context.Context, *CallsRequest) (*CallsResponse, error)
 	mustEmbedUnimplementedSimHostServiceServer()
 }
 
@@ -105,6 +126,9 @@ func (UnimplementedSimHostServiceServer) Hello(context.Context, *HelloRequest) (
 }
 func (UnimplementedSimHostServiceServer) Stop(context.Context, *StopRequest) (*StopResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stop not implemented")
+}
+func (UnimplementedSimHostServiceServer) Calls(context.Context, *CallsRequest) (*CallsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Calls not implemented")
 }
 func (UnimplementedSimHostServiceServer) mustEmbedUnimplementedSimHostServiceServer() {}
 func (UnimplementedSimHostServiceServer) testEmbeddedByValue()                        {}
@@ -163,6 +187,24 @@ func _SimHostService_Stop_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SimHostService_Calls_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CallsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SimHostServiceServer).Calls(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SimHostService_Calls_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SimHostServiceServer).Calls(ctx, req.(*CallsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SimHostService_ServiceDesc is the grpc.ServiceDesc for SimHostService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -177,6 +219,10 @@ var SimHostService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stop",
 			Handler:    _SimHostService_Stop_Handler,
+		},
+		{
+			MethodName: "Calls",
+			Handler:    _SimHostService_Calls_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
