@@ -14,8 +14,9 @@
 // recorded.
 //
 // BenchmarkScrape runs a daemon with --metrics-listen and 1,000 or 10,000
-// running VMs: scrape reports the time, bytes-per-scrape and
-// daemon-cpu-ms/scrape of one GET /metrics; lifecycle/scrapes=none and
+// running VMs: scrape reports the time, bytes-per-scrape,
+// daemon-cpu-ms/scrape, hypercalls/scrape (counted by the sim host) and
+// xenstore-requests/scrape of one GET /metrics; lifecycle/scrapes=none and
 // lifecycle/scrapes=1s report the cycles' p50/p99 without and with a scrape
 // every second, in the same run.
 package bench
