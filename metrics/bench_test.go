@@ -26,9 +26,8 @@ func BenchmarkScrape(b *testing.B) {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
 			hv, vms := simHost(b, n)
 			counted := &countingHV{Hypervisor: hv}
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(NewCollector(counted, vms, CollectorOptions{MaxAge: time.Nanosecond}))
-			h := Handler(reg, slog.New(slog.DiscardHandler))
+			h := Handler(prometheus.NewRegistry(), NewCollector(counted, vms, CollectorOptions{MaxAge: time.Nanosecond}),
+				slog.New(slog.DiscardHandler))
 			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
 			req.Header.Set("Accept", "application/openmetrics-text;version=1.0.0")
 			var bytes int

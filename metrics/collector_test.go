@@ -1,8 +1,11 @@
 package metrics
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -12,7 +15,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
@@ -97,13 +103,35 @@ func vm(id, name string, power domain.PowerState, d xenctrl.Domid) domain.VM {
 		MemoryStaticMax: 8 << 20, MemoryDynamicMax: 4 << 20}}
 }
 
-// series gathers g and returns the samples of the metric name, keyed by
-// their labels ("k=v,k=v" in label-name order).
-func series(t testing.TB, g prometheus.Gatherer, name string) map[string]float64 {
+// gather is one scrape of c, as Handler writes it in the text format,
+// parsed by the Prometheus client's own parser (so it also checks the
+// format); err is what the collector could not read.
+func gather(t testing.TB, c *Collector) (mfs []*dto.MetricFamily, err error) {
 	t.Helper()
-	mfs, err := g.Gather()
+	var buf bytes.Buffer
+	bw := bufio.NewWriter(&buf)
+	err = c.write(bw, false)
+	if ferr := bw.Flush(); ferr != nil {
+		t.Fatal(ferr)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	byName, perr := parser.TextToMetricFamilies(bytes.NewReader(buf.Bytes()))
+	if perr != nil {
+		t.Fatalf("the scrape does not parse: %v\n%s", perr, buf.Bytes())
+	}
+	for _, mf := range byName {
+		mfs = append(mfs, mf)
+	}
+	return mfs, err
+}
+
+// series scrapes c and returns the samples of the metric name, keyed by
+// their labels ("k=v,k=v" in label-name order).
+func series(t testing.TB, c *Collector, name string) map[string]float64 {
+	t.Helper()
+	mfs, err := gather(t, c)
 	if err != nil {
-		t.Logf("gather: %v", err) // partial results are still checked
+		t.Logf("scrape: %v", err) // partial results are still checked
 	}
 	out := map[string]float64{}
 	for _, mf := range mfs {
@@ -115,6 +143,7 @@ func series(t testing.TB, g prometheus.Gatherer, name string) map[string]float64
 			for _, l := range m.GetLabel() {
 				ls = append(ls, l.GetName()+"="+l.GetValue())
 			}
+			slices.Sort(ls)
 			out[strings.Join(ls, ",")] = value(m)
 		}
 	}
@@ -146,66 +175,65 @@ func TestCollectorHostAndVMs(t *testing.T) {
 		vm(dbID, "db", domain.Halted, 0),
 		vm("44444444-4444-4444-8444-444444444444", "imposter", domain.Running, stranger),
 	}
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(NewCollector(h, vms, CollectorOptions{MaxAge: time.Nanosecond}))
+	c := NewCollector(h, vms, CollectorOptions{MaxAge: time.Nanosecond})
 
 	webLabels := "domid=" + itoa(web) + ",name=web,uuid=" + webID
-	cpu := series(t, reg, "xen_vm_cpu_seconds_total")
+	cpu := series(t, c, "xen_vm_cpu_seconds_total")
 	if len(cpu) != 1 {
 		t.Fatalf("cpu series %v, want web's only (db has no domain, imposter's domid carries another handle)", cpu)
 	}
 	if cpu[webLabels] <= 0 {
 		t.Fatalf("web's cpu %v, want > 0 for a running domain", cpu)
 	}
-	if got := series(t, reg, "xen_vm_vcpus_online")[webLabels]; got != 2 {
+	if got := series(t, c, "xen_vm_vcpus_online")[webLabels]; got != 2 {
 		t.Errorf("web's vcpus %v, want 2", got)
 	}
-	if got := series(t, reg, "xen_vm_memory_bytes")[webLabels]; got != 256*4096 {
+	if got := series(t, c, "xen_vm_memory_bytes")[webLabels]; got != 256*4096 {
 		t.Errorf("web's memory %v, want %d", got, 256*4096)
 	}
-	if got := series(t, reg, "xen_vm_memory_limit_bytes")[webLabels]; got != 1024<<10 {
+	if got := series(t, c, "xen_vm_memory_limit_bytes")[webLabels]; got != 1024<<10 {
 		t.Errorf("web's memory limit %v, want %d", got, 1024<<10)
 	}
-	if got := series(t, reg, "xen_vm_memory_static_max_bytes")[webLabels]; got != 8<<20 {
+	if got := series(t, c, "xen_vm_memory_static_max_bytes")[webLabels]; got != 8<<20 {
 		t.Errorf("web's static max %v", got)
 	}
-	if got := series(t, reg, "xen_vm_memory_target_bytes")[webLabels]; got != 4<<20 {
+	if got := series(t, c, "xen_vm_memory_target_bytes")[webLabels]; got != 4<<20 {
 		t.Errorf("web's target %v", got)
 	}
-	if got := series(t, reg, "xen_vm_domain_state")["domid="+itoa(web)+",name=web,state=running,uuid="+webID]; got != 1 {
-		t.Errorf("web's domain state: %v", series(t, reg, "xen_vm_domain_state"))
+	if got := series(t, c, "xen_vm_domain_state")["domid="+itoa(web)+",name=web,state=running,uuid="+webID]; got != 1 {
+		t.Errorf("web's domain state: %v", series(t, c, "xen_vm_domain_state"))
 	}
-	power := series(t, reg, "xenopsd_vm_power_state")
+	power := series(t, c, "xenopsd_vm_power_state")
 	if power["name=db,state=halted,uuid="+dbID] != 1 || power["name=web,state=running,uuid="+webID] != 1 || len(power) != 3 {
 		t.Errorf("power states %v", power)
 	}
-	doms := series(t, reg, "xen_host_domains")
+	doms := series(t, c, "xen_host_domains")
 	if doms["state=running"] != 2 || doms["state=blocked"] != 1 || len(doms) != len(domainStates) { // web, stranger; dom0 idle
 		t.Errorf("domains by state %v", doms)
 	}
-	if got := series(t, reg, "xenopsd_vms"); got["state=running"] != 2 || got["state=halted"] != 1 {
+	if got := series(t, c, "xenopsd_vms"); got["state=running"] != 2 || got["state=halted"] != 1 {
 		t.Errorf("VMs by state %v", got)
 	}
-	if got := series(t, reg, "xenopsd_tasks"); got["state=succeeded"] != 2 || got["state=running"] != 1 || len(got) != 6 {
+	if got := series(t, c, "xenopsd_tasks"); got["state=succeeded"] != 2 || got["state=running"] != 1 || len(got) != 6 {
 		t.Errorf("tasks by state %v", got)
 	}
 	pi, _ := h.PhysInfo(context.Background())
-	if got := series(t, reg, "xen_host_memory_total_bytes")[""]; got != float64(pi.TotalPages*4096) {
+	if got := series(t, c, "xen_host_memory_total_bytes")[""]; got != float64(pi.TotalPages*4096) {
 		t.Errorf("host memory %v, want %d pages", got, pi.TotalPages)
 	}
-	if got := series(t, reg, "xen_host_cpu_idle_seconds_total"); len(got) != 4 || got["cpu=3"] <= 0 {
+	if got := series(t, c, "xen_host_cpu_idle_seconds_total"); len(got) != 4 || got["cpu=3"] <= 0 {
 		t.Errorf("pCPU idle %v, want 4 CPUs", got)
 	}
-	if got := series(t, reg, "xen_version_info"); len(got) != 1 || got["backend=sim,major=4,minor=17,version=4.17-sim"] != 1 {
+	if got := series(t, c, "xen_version_info"); len(got) != 1 || got["backend=sim,major=4,minor=17,version=4.17-sim"] != 1 {
 		t.Errorf("version info %v", got)
 	}
 
 	// CPU time is a counter that rises while the domain runs.
 	before := cpu[webLabels]
-	for i := 0; i < 1000 && series(t, reg, "xen_vm_cpu_seconds_total")[webLabels] == before; i++ {
+	for i := 0; i < 1000 && series(t, c, "xen_vm_cpu_seconds_total")[webLabels] == before; i++ {
 		time.Sleep(time.Millisecond)
 	}
-	if after := series(t, reg, "xen_vm_cpu_seconds_total")[webLabels]; after <= before {
+	if after := series(t, c, "xen_vm_cpu_seconds_total")[webLabels]; after <= before {
 		t.Errorf("cpu time went from %v to %v while running", before, after)
 	}
 }
@@ -220,10 +248,9 @@ func TestCollectorOneBatch(t *testing.T) {
 		vms = append(vms, vm(id, "vm"+itoa(xenctrl.Domid(i)), domain.Running, bootDomain(t, h, id, 1)))
 	}
 	hv := &countingHV{Hypervisor: h}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(hv, vms, CollectorOptions{MaxAge: time.Nanosecond}))
+	c := NewCollector(hv, vms, CollectorOptions{MaxAge: time.Nanosecond})
 	for range 3 {
-		if n := len(series(t, reg, "xen_vm_cpu_seconds_total")); n != 20 {
+		if n := len(series(t, c, "xen_vm_cpu_seconds_total")); n != 20 {
 			t.Fatalf("%d cpu series, want 20", n)
 		}
 	}
@@ -232,11 +259,10 @@ func TestCollectorOneBatch(t *testing.T) {
 	}
 
 	cached := &countingHV{Hypervisor: h}
-	reg = prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(cached, vms, CollectorOptions{MaxAge: time.Hour}))
-	series(t, reg, "xen_vm_cpu_seconds_total")
+	c = NewCollector(cached, vms, CollectorOptions{MaxAge: time.Hour})
+	series(t, c, "xen_vm_cpu_seconds_total")
 	first := cached.calls()
-	series(t, reg, "xen_vm_cpu_seconds_total")
+	series(t, c, "xen_vm_cpu_seconds_total")
 	if cached.calls() != first {
 		t.Fatalf("a scrape within MaxAge made %d hypervisor calls", cached.calls()-first)
 	}
@@ -247,19 +273,18 @@ func TestCollectorOneBatch(t *testing.T) {
 func TestCollectorError(t *testing.T) {
 	h := sim.New(sim.Config{})
 	hv := &countingHV{Hypervisor: h, failList: true}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(hv, fakeVMs{vm(dbID, "db", domain.Halted, 0)}, CollectorOptions{MaxAge: time.Hour}))
-	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "getdomaininfolist") {
+	c := NewCollector(hv, fakeVMs{vm(dbID, "db", domain.Halted, 0)}, CollectorOptions{MaxAge: time.Hour})
+	if _, err := gather(t, c); err == nil || !strings.Contains(err.Error(), "getdomaininfolist") {
 		t.Fatalf("gather: %v, want the ListDomains error", err)
 	}
-	if got := series(t, reg, "xenopsd_vm_power_state"); len(got) != 1 {
+	if got := series(t, c, "xenopsd_vm_power_state"); len(got) != 1 {
 		t.Errorf("power states %v, want db's", got)
 	}
-	if got := series(t, reg, "xen_host_domains"); len(got) != 0 {
+	if got := series(t, c, "xen_host_domains"); len(got) != 0 {
 		t.Errorf("domains by state %v from a failed list", got)
 	}
 	hv.failList = false
-	if _, err := reg.Gather(); err != nil {
+	if _, err := gather(t, c); err != nil {
 		t.Fatalf("gather after the hypervisor recovered: %v (a failed snapshot was cached)", err)
 	}
 }
@@ -268,17 +293,27 @@ func TestCollectorError(t *testing.T) {
 func TestCollectorLint(t *testing.T) {
 	h := sim.New(sim.Config{})
 	c := NewCollector(h, fakeVMs{vm(webID, "web", domain.Running, bootDomain(t, h, webID, 1))}, CollectorOptions{})
-	problems, err := testutil.CollectAndLint(c)
+	lint(t, c)
+	ops := NewOperations()
+	ops.Observe("start", nil, time.Second)
+	if problems, err := testutil.CollectAndLint(ops); err != nil || len(problems) != 0 {
+		t.Errorf("operations: %v %v", problems, err)
+	}
+}
+
+// lint checks a scrape of c with the Prometheus client's linter.
+func lint(t *testing.T, c *Collector) {
+	t.Helper()
+	mfs, err := gather(t, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range problems {
 		t.Errorf("%s: %s", p.Metric, p.Text)
-	}
-	ops := NewOperations()
-	ops.Observe("start", nil, time.Second)
-	if problems, err = testutil.CollectAndLint(ops); err != nil || len(problems) != 0 {
-		t.Errorf("operations: %v %v", problems, err)
 	}
 }
 

@@ -7,9 +7,6 @@ import (
 	"io/fs"
 	"strconv"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/xenopsd-ng/xenopsd-ng/devices"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 )
@@ -67,33 +64,4 @@ func deviceLabel(rec devices.Record) string {
 		return rec.Device
 	}
 	return strconv.Itoa(rec.DevID)
-}
-
-// collectDevices exports the counters read for vm's devices; domid, name
-// and uuid are the VM's domain labels (domainLabels).
-func (c *Collector) collectDevices(ch chan<- prometheus.Metric, readings []deviceReading, l []*dto.LabelPair) {
-	for _, r := range readings {
-		// "device" sorts before the domain's labels.
-		dl := append([]*dto.LabelPair{labelPair("device", deviceLabel(r.rec))}, l...)
-		counter := func(desc *prometheus.Desc, v uint64) prometheus.Metric {
-			return domainMetric{desc: desc, labels: dl, kind: prometheus.CounterValue, value: float64(v)}
-		}
-		k := r.counters
-		if r.rec.Kind == devices.KindVBD {
-			ch <- counter(c.d.diskReads, k.ReadRequests)
-			ch <- counter(c.d.diskWrites, k.WriteRequests)
-			ch <- counter(c.d.diskReadBytes, k.ReadBytes)
-			ch <- counter(c.d.diskWriteBytes, k.WriteBytes)
-			ch <- counter(c.d.diskOutOfRequests, k.OutOfRequests)
-			continue
-		}
-		ch <- counter(c.d.netRxBytes, k.RxBytes)
-		ch <- counter(c.d.netTxBytes, k.TxBytes)
-		ch <- counter(c.d.netRxPackets, k.RxPackets)
-		ch <- counter(c.d.netTxPackets, k.TxPackets)
-		ch <- counter(c.d.netRxErrors, k.RxErrors)
-		ch <- counter(c.d.netTxErrors, k.TxErrors)
-		ch <- counter(c.d.netRxDrops, k.RxDrops)
-		ch <- counter(c.d.netTxDrops, k.TxDrops)
-	}
 }

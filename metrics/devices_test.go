@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/xenopsd-ng/xenopsd-ng/devices"
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl/sim"
@@ -52,8 +49,7 @@ func TestCollectorDevicesUptimeRestarts(t *testing.T) {
 	db := vm(dbID, "db", domain.Halted, 0)
 	db.Devices = []devices.Record{{Kind: devices.KindVBD, Device: "xvda"}} // no domain: not read
 	fc := &fakeCounters{}
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(NewCollector(h, fakeVMs{w, db}, CollectorOptions{MaxAge: time.Nanosecond, Devices: fc}))
+	c := NewCollector(h, fakeVMs{w, db}, CollectorOptions{MaxAge: time.Nanosecond, Devices: fc})
 
 	webLabels := "domid=" + itoa(web) + ",name=web,uuid=" + webID
 	for name, want := range map[string]float64{
@@ -63,7 +59,7 @@ func TestCollectorDevicesUptimeRestarts(t *testing.T) {
 		"xen_vm_disk_written_bytes_total":   8192,
 		"xen_vm_disk_out_of_requests_total": 1,
 	} {
-		if got := series(t, reg, name); len(got) != 1 || got["device=xvda,"+webLabels] != want {
+		if got := series(t, c, name); len(got) != 1 || got["device=xvda,"+webLabels] != want {
 			t.Errorf("%s = %v, want %v for xvda only", name, got, want)
 		}
 	}
@@ -77,41 +73,33 @@ func TestCollectorDevicesUptimeRestarts(t *testing.T) {
 		"xen_vm_network_receive_drops_total":    3,
 		"xen_vm_network_transmit_drops_total":   4,
 	} {
-		if got := series(t, reg, name); len(got) != 1 || got["device=0,"+webLabels] != want {
+		if got := series(t, c, name); len(got) != 1 || got["device=0,"+webLabels] != want {
 			t.Errorf("%s = %v, want %v for NIC 0 only (NIC 9 has no counters)", name, got, want)
 		}
 	}
 	before := fc.reads.Load()
-	series(t, reg, "xen_vm_uptime_seconds")
+	series(t, c, "xen_vm_uptime_seconds")
 	if n := fc.reads.Load() - before; n != 3 {
 		t.Errorf("a scrape read %d device counters, want 3 (web's devices; db has no domain)", n)
 	}
-	if up := series(t, reg, "xen_vm_uptime_seconds"); len(up) != 1 || up[webLabels] < 3600 || up[webLabels] > 3600+600 {
+	if up := series(t, c, "xen_vm_uptime_seconds"); len(up) != 1 || up[webLabels] < 3600 || up[webLabels] > 3600+600 {
 		t.Errorf("uptime %v, want about an hour for web only", up)
 	}
-	restarts := series(t, reg, "xenopsd_vm_restarts_total")
+	restarts := series(t, c, "xenopsd_vm_restarts_total")
 	if restarts["cause=reboot,name=web,uuid="+webID] != 2 || restarts["cause=crash,name=web,uuid="+webID] != 1 ||
 		len(restarts) != 4 { // reboot and crash of both VMs; poweroff of none
 		t.Errorf("restarts %v", restarts)
 	}
 
-	problems, err := testutil.CollectAndLint(NewCollector(h, fakeVMs{w}, CollectorOptions{Devices: &fakeCounters{}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range problems {
-		t.Errorf("lint: %s: %s", p.Metric, p.Text)
-	}
+	lint(t, NewCollector(h, fakeVMs{w}, CollectorOptions{Devices: &fakeCounters{}}))
 
 	// A device that cannot be read is one error; the rest is exported.
 	w.Devices = append(w.Devices, devices.Record{Kind: devices.KindVBD, Domid: uint32(web), DevID: 51776, Device: "xvdz"})
-	reg = prometheus.NewPedanticRegistry()
-	c := NewCollector(h, fakeVMs{w}, CollectorOptions{MaxAge: time.Nanosecond, Devices: fc})
-	reg.MustRegister(c)
-	if _, err := reg.Gather(); err == nil || !strings.Contains(err.Error(), "xvdz") || !strings.Contains(err.Error(), "sysfs says no") {
+	c = NewCollector(h, fakeVMs{w}, CollectorOptions{MaxAge: time.Nanosecond, Devices: fc})
+	if _, err := gather(t, c); err == nil || !strings.Contains(err.Error(), "xvdz") || !strings.Contains(err.Error(), "sysfs says no") {
 		t.Errorf("gather with an unreadable device: %v, want its error", err)
 	}
-	if got := series(t, reg, "xen_vm_disk_read_requests_total"); len(got) != 1 {
+	if got := series(t, c, "xen_vm_disk_read_requests_total"); len(got) != 1 {
 		t.Errorf("disk series %v, want xvda's", got)
 	}
 }

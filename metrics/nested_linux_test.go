@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
@@ -47,29 +45,25 @@ func TestNestedCollector(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := NewCollector(x, fakeVMs{vm(id, "nested", domain.Paused, d)}, CollectorOptions{MaxAge: time.Nanosecond})
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
 
 	pi, err := x.PhysInfo(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if idle := series(t, reg, "xen_host_cpu_idle_seconds_total"); len(idle) != int(pi.MaxCPUID+1) || idle["cpu=0"] <= 0 {
+	if idle := series(t, c, "xen_host_cpu_idle_seconds_total"); len(idle) != int(pi.MaxCPUID+1) || idle["cpu=0"] <= 0 {
 		t.Errorf("pCPU idle %v, want %d CPUs, CPU 0 idle some time", idle, pi.MaxCPUID+1)
 	}
 	labels := "domid=" + itoa(d) + ",name=nested,uuid=" + id
-	if got := series(t, reg, "xen_vm_memory_bytes")[labels]; got != 256*xenctrl.PageSize {
+	if got := series(t, c, "xen_vm_memory_bytes")[labels]; got != 256*xenctrl.PageSize {
 		t.Errorf("our domain's memory %v, want %d", got, 256*xenctrl.PageSize)
 	}
-	if got := series(t, reg, "xen_host_domains"); got["state=paused"] < 1 {
+	if got := series(t, c, "xen_host_domains"); got["state=paused"] < 1 {
 		t.Errorf("domains by state %v: ours is paused", got)
 	}
-	if got := series(t, reg, "xen_version_info"); len(got) != 1 {
+	if got := series(t, c, "xen_version_info"); len(got) != 1 {
 		t.Errorf("version info %v", got)
 	}
-	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) != 0 {
-		t.Errorf("lint: %v %v", problems, err)
-	}
+	lint(t, c)
 
 	s, err := c.VMStats(ctx, id)
 	if err != nil {

@@ -3,13 +3,10 @@ package metrics
 import (
 	"context"
 	"errors"
-	"log/slog"
-	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/xenopsd-ng/xenopsd-ng/domain"
 )
@@ -65,16 +62,4 @@ func NewRegistry(cs ...prometheus.Collector) (*prometheus.Registry, error) {
 		}
 	}
 	return reg, nil
-}
-
-// Handler serves g's metrics at any path, in OpenMetrics when the scraper
-// asks for it and in the Prometheus text format otherwise. A collector's
-// error is logged and the rest is served.
-func Handler(g prometheus.Gatherer, log *slog.Logger) http.Handler {
-	return promhttp.HandlerFor(g, promhttp.HandlerOpts{
-		EnableOpenMetrics: true,
-		ErrorHandling:     promhttp.ContinueOnError,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		Timeout:           30 * time.Second,
-	})
 }

@@ -78,12 +78,12 @@ func serveMetrics(cfg config, m *daemonMetrics, host *metrics.Collector, queues 
 		return nil, nil
 	}
 	log = log.With("component", "metrics")
-	reg, err := metrics.NewRegistry(m.grpc, m.ops, m.daemon, host, queues)
+	reg, err := metrics.NewRegistry(m.grpc, m.ops, m.daemon, queues)
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", metrics.Handler(reg, log))
+	mux.Handle("GET /metrics", metrics.Handler(reg, host, log))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	scheme := "http"
 	if cfg.metricsTLSCert != "" {
