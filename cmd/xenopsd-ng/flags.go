@@ -54,10 +54,13 @@ type config struct {
 	metricsListen  string
 	metricsTLSCert string
 	metricsTLSKey  string
-	workers        int
-	logLevel       slog.Level
-	logFormat      string
-	drainTimeout   time.Duration
+	// pprof serves Go's profiles at /debug/pprof/ on the metrics listener,
+	// which must then be plaintext on loopback.
+	pprof        bool
+	workers      int
+	logLevel     slog.Level
+	logFormat    string
+	drainTimeout time.Duration
 	// memoryLimit is the daemon's memory budget in bytes (0: none): the Go
 	// runtime's soft limit, and the memory that builds may hold at once
 	// for decompressed kernels.
@@ -83,6 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus/OpenMetrics metrics at http://HOST:PORT/metrics (plaintext on a loopback HOST only, else needs --metrics-tls-cert and --metrics-tls-key)")
 	fs.StringVar(&c.metricsTLSCert, "metrics-tls-cert", "", "PEM certificate: serve --metrics-listen over HTTPS")
 	fs.StringVar(&c.metricsTLSKey, "metrics-tls-key", "", "PEM private key for --metrics-tls-cert")
+	fs.BoolVar(&c.pprof, "pprof", false, "also serve Go's runtime profiles at /debug/pprof/ on --metrics-listen (a loopback plaintext listener only)")
 	fs.IntVar(&c.workers, "workers", domain.DefaultWorkers, "size of the worker pool running VM operations")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
@@ -177,6 +181,8 @@ func checkMetricsListen(c config) error {
 	switch {
 	case c.metricsListen == "" && hasTLS:
 		return errors.New("--metrics-tls-cert and --metrics-tls-key need --metrics-listen")
+	case c.pprof && (c.metricsListen == "" || hasTLS):
+		return errors.New("--pprof needs --metrics-listen on a loopback address without TLS (profiles are for the host's own operators)")
 	case c.metricsListen == "":
 		return nil
 	case hasTLS && (c.metricsTLSCert == "" || c.metricsTLSKey == ""):

@@ -85,9 +85,24 @@ func TestMetricsServer(t *testing.T) {
 	if !strings.HasPrefix(ct, "application/openmetrics-text") || !strings.HasSuffix(body, "# EOF\n") {
 		t.Errorf("OpenMetrics scrape: Content-Type %q, ends %q", ct, body[max(0, len(body)-20):])
 	}
+	if resp, err := http.Get("http://" + ms.addr + "/debug/pprof/"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without --pprof: %v %v, want 404", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	ms.stop()
 	if _, err := http.Get(url); err == nil {
 		t.Fatal("metrics still served after stop")
+	}
+
+	// With --pprof, the profiles are there too.
+	cfg.pprof = true
+	if ms, err = serveMetrics(cfg, newDaemonMetrics(cfg), metrics.NewCollector(sim.New(sim.Config{}), noVMs{}, metrics.CollectorOptions{}), metrics.NewQueueDepth(noVMs{}), testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer ms.stop()
+	if _, body := get(t, http.DefaultClient, "http://"+ms.addr+"/debug/pprof/goroutine?debug=1", ""); !strings.Contains(body, "goroutine profile:") {
+		t.Errorf("--pprof: the goroutine profile is not served:\n%s", body)
 	}
 }
 
@@ -127,6 +142,8 @@ func TestMetricsFlags(t *testing.T) {
 		{[]string{"--metrics-listen", "9100"}, "want HOST:PORT"},
 		{[]string{"--metrics-tls-cert", "c.pem", "--metrics-tls-key", "k.pem"}, "need --metrics-listen"},
 		{[]string{"--metrics-listen", "0.0.0.0:9100", "--metrics-tls-cert", "c.pem"}, "needs both --metrics-tls-cert and --metrics-tls-key"},
+		{[]string{"--pprof"}, "--pprof needs --metrics-listen"},
+		{[]string{"--pprof", "--metrics-listen", "0.0.0.0:9100", "--metrics-tls-cert", "c.pem", "--metrics-tls-key", "k.pem"}, "--pprof needs --metrics-listen on a loopback address without TLS"},
 	} {
 		_, err := parseFlags(append([]string{"--backend=sim"}, tt.args...), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
