@@ -1,10 +1,16 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -107,7 +113,11 @@ func setup(b *testing.B, existing int, clients int) *env {
 		}
 		return e
 	}
-	d := harness.NewDaemon(keepTB{b}, build(b))
+	var args []string
+	if os.Getenv("BENCH_PPROF") != "" {
+		args = []string{"--metrics-listen", "127.0.0.1:0", "--pprof"}
+	}
+	d := harness.NewDaemon(keepTB{b}, build(b), args...)
 	// A roomy simulated machine, so that BENCH_EXISTING_RUNNING=1 fits.
 	d.StartSimHost("--memory", "64G", "--cpus", "64")
 	d.Start()
@@ -236,6 +246,7 @@ func BenchmarkCreateStartDestroy(b *testing.B) {
 				var firstErr error
 				work := make(chan struct{})
 				var wg sync.WaitGroup
+				stopProfile := profile(b, e.d)
 				b.ResetTimer()
 				start := time.Now()
 				for k := range clients {
@@ -261,6 +272,7 @@ func BenchmarkCreateStartDestroy(b *testing.B) {
 				wg.Wait()
 				elapsed := time.Since(start)
 				b.StopTimer()
+				stopProfile()
 				if firstErr != nil {
 					b.Fatal(firstErr)
 				}
@@ -299,4 +311,55 @@ func report(b *testing.B, lats []phases, elapsed time.Duration) {
 		b.ReportMetric(pct(col(func(p phases) time.Duration { return p[i] }), 0.50), name+"-p50-ms")
 		b.ReportMetric(pct(col(func(p phases) time.Duration { return p[i] }), 0.99), name+"-p99-ms")
 	}
+}
+
+// profile, with BENCH_PPROF=DIR, records the daemon's CPU profile while a
+// run goes (its first BENCH_PPROF_SECONDS, default 20) and its heap once
+// the run is over, as DIR/<benchmark>.{cpu,heap}.pprof (go tool pprof
+// reads them). Without BENCH_PPROF it does nothing.
+func profile(b *testing.B, d *harness.Daemon) (stop func()) {
+	dir := os.Getenv("BENCH_PPROF")
+	if dir == "" {
+		return func() {}
+	}
+	m := regexp.MustCompile(`msg="serving metrics" component=metrics addr=(127\.0\.0\.1:\d+)`).FindStringSubmatch(d.Log())
+	if m == nil {
+		b.Fatalf("BENCH_PPROF: the daemon log does not say where it serves metrics")
+	}
+	base := "http://" + m[1] + "/debug/pprof/"
+	name := filepath.Join(dir, strings.NewReplacer("/", "_", "=", "").Replace(b.Name()))
+	secs := cmp.Or(os.Getenv("BENCH_PPROF_SECONDS"), "20")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := fetchTo(base+"profile?seconds="+secs, name+".cpu.pprof"); err != nil {
+			b.Logf("BENCH_PPROF: %v", err)
+		}
+	}()
+	return func() {
+		<-done
+		if err := fetchTo(base+"heap?gc=1", name+".heap.pprof"); err != nil {
+			b.Logf("BENCH_PPROF: %v", err)
+		}
+	}
+}
+
+// fetchTo saves what url answers in file.
+func fetchTo(url, file string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(file, data, 0o644)
 }

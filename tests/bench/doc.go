@@ -11,7 +11,9 @@
 // (VmRSS of the daemon process after the cycles, with the existing VMs
 // loaded). clients=16 runs 16 concurrent gRPC clients. With
 // BENCH_EXISTING_RUNNING=1 the existing VMs are started too, not only
-// recorded.
+// recorded. With BENCH_PPROF=DIR the daemon runs with --pprof and each run
+// of BenchmarkCreateStartDestroy leaves its CPU profile (the run's first
+// BENCH_PPROF_SECONDS, default 20) and heap in DIR.
 //
 // BenchmarkScrape runs a daemon with --metrics-listen and 1,000 or 10,000
 // running VMs: scrape reports the time, bytes-per-scrape,
