@@ -64,12 +64,12 @@ func newEnv(t testing.TB, o envOpts) *env {
 		TotalMemory:  o.memory,
 		NrCPUs:       8,
 		ReleaseDelay: -1,
-		OnDomainException: func() {
+		OnDomainException: func(d xenctrl.Domid) {
 			srvMu.Lock()
 			s := srv
 			srvMu.Unlock()
 			if s != nil {
-				s.DomainException()
+				s.DomainException(uint32(d))
 			}
 		},
 		OnGuestBoot: func(d xenctrl.Domid) {

@@ -15,36 +15,47 @@ const xenOUI = "00:16:3e"
 // same NIC in prev (the VM's current spec, on update) if it is still free
 // in s, else a random one in Xen's OUI (00:16:3e, as xl makes them: the
 // fourth byte below 0x80) that no VM of this host uses. m.mu must be held.
+//
+// It costs nothing when every NIC has its MAC (most creates) and one pass
+// over the host's NICs per MAC it tries otherwise.
 func (m *Manager) fillMACsLocked(s *Spec, prev []NIC) {
-	used := map[string]bool{}
-	for _, e := range m.vms {
-		if e.id == s.UUID {
-			continue
-		}
-		for _, n := range e.rec.VM.Spec.NICs {
-			used[n.MAC] = true
-		}
-	}
-	for _, n := range s.NICs {
-		used[n.MAC] = true
-	}
 	for i := range s.NICs {
 		if s.NICs[i].MAC != "" {
 			continue
 		}
-		mac := ""
-		if i < len(prev) && prev[i].MAC != "" && !used[prev[i].MAC] {
-			mac = prev[i].MAC
+		if i < len(prev) && prev[i].MAC != "" && !m.macTakenLocked(prev[i].MAC, s) {
+			s.NICs[i].MAC = prev[i].MAC
+			continue
 		}
 		// 2^23 addresses; a host has at most a few thousand NICs.
-		for mac == "" || used[mac] {
+		for {
 			var b [3]byte
 			rand.Read(b[:])
-			mac = fmt.Sprintf("%s:%02x:%02x:%02x", xenOUI, b[0]&0x7f, b[1], b[2])
+			mac := fmt.Sprintf("%s:%02x:%02x:%02x", xenOUI, b[0]&0x7f, b[1], b[2])
+			if !m.macTakenLocked(mac, s) {
+				s.NICs[i].MAC = mac
+				break
+			}
 		}
-		s.NICs[i].MAC = mac
-		used[mac] = true
 	}
+}
+
+// macTakenLocked reports whether a NIC of s, or of another VM than s's,
+// has mac. m.mu must be held.
+func (m *Manager) macTakenLocked(mac string, s *Spec) bool {
+	for _, n := range s.NICs {
+		if n.MAC == mac {
+			return true
+		}
+	}
+	for _, e := range m.vms {
+		for _, n := range e.rec.VM.Spec.NICs {
+			if n.MAC == mac && e.id != s.UUID {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // specFingerprint identifies the spec a CreateVM call asked for (normalized,

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -101,7 +102,8 @@ func tail(path string, n int64) string {
 }
 
 // RunCommand parses a sim-host command line (--dir DIR [--memory 16G]
-// [--cpus 8] [--idle-timeout 1h] [--no-guests] [--bridges xenbr0,...]) and
+// [--cpus 8] [--idle-timeout 1h] [--no-guests] [--bridges xenbr0,...]
+// [--cpu-profile FILE]) and
 // runs the host until
 // ctx ends, SIGTERM or SIGINT arrives, it is stopped, or it idles out.
 // Logs go to stderr.
@@ -116,6 +118,7 @@ func RunCommand(ctx context.Context, args []string) error {
 	noGuests := fs.Bool("no-guests", false, "run no simulated guests")
 	bridgeList := fs.String("bridges", strings.Join(DefaultBridges, ","), "dom0's network bridges, comma-separated (\"\": none)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
+	cpuProfile := fs.String("cpu-profile", "", "write the host process's CPU profile (go tool pprof) to this file when it exits")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -139,6 +142,17 @@ func RunCommand(ctx context.Context, args []string) error {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
 		return fmt.Errorf("sim-host: --log-level: %w", err)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("sim-host: --cpu-profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("sim-host: --cpu-profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	return Run(ctx, Config{
 		Dir:         *dir,

@@ -106,6 +106,10 @@ type host struct {
 	idleFrom atomic.Int64 // unix nanos when clients last dropped to 0
 
 	kick chan struct{} // VIRQ_DOM_EXC, coalesced
+	// excMu guards excDomids, the domains whose changes raised the
+	// exceptions kick coalesced.
+	excMu     sync.Mutex
+	excDomids []uint32
 
 	gmu    sync.Mutex
 	guests map[xenctrl.Domid]*guest
@@ -428,11 +432,7 @@ func (h *host) domainState(domid uint32) (exists, shutdownOrDying bool) {
 	if domid >= uint32(xenctrl.DomidFirstReserved) {
 		return false, false
 	}
-	di, err := h.hv.DomainInfo(context.Background(), xenctrl.Domid(domid))
-	if err != nil {
-		return false, false
-	}
-	return true, di.Shutdown || di.Dying
+	return h.hv.DomainStatus(xenctrl.Domid(domid))
 }
 
 // guestCPU is domain domid's CPU time, 0 when it is gone: what drives its
@@ -445,9 +445,13 @@ func (h *host) guestCPU(domid uint32) time.Duration {
 	return time.Duration(di.CPUTime)
 }
 
-// domainException is the simulator's VIRQ_DOM_EXC: coalesced, handled on
-// exceptionLoop so that the hypervisor never waits for xenstored.
-func (h *host) domainException() {
+// domainException is the simulator's VIRQ_DOM_EXC, raised by domain d:
+// coalesced, handled on exceptionLoop so that the hypervisor never waits
+// for xenstored.
+func (h *host) domainException(d xenctrl.Domid) {
+	h.excMu.Lock()
+	h.excDomids = append(h.excDomids, uint32(d))
+	h.excMu.Unlock()
 	select {
 	case h.kick <- struct{}{}:
 	default:
@@ -461,7 +465,15 @@ func (h *host) exceptionLoop() {
 	for {
 		select {
 		case <-h.kick:
-			h.xs.DomainException()
+			h.excMu.Lock()
+			domids := h.excDomids
+			h.excDomids = nil
+			h.excMu.Unlock()
+			if len(domids) > 0 {
+				// xenstored re-checks these domains only: unlike Xen's
+				// VIRQ, the simulator knows which domains changed.
+				h.xs.DomainException(domids...)
+			}
 			h.reapGuests()
 		case <-h.stopped:
 			return

@@ -11,7 +11,7 @@ import (
 type xenstoreServer interface {
 	Serve(l net.Listener) error
 	ConnectDomain(domid uint32) (net.Conn, error)
-	DomainException()
+	DomainException(domids ...uint32)
 	Close() error
 }
 

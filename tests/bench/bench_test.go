@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	apiv1 "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/v1"
+	"github.com/xenopsd-ng/xenopsd-ng/simhost"
 	"github.com/xenopsd-ng/xenopsd-ng/tests/e2e/harness"
 )
 
@@ -119,7 +120,11 @@ func setup(b *testing.B, existing int, clients int) *env {
 	}
 	d := harness.NewDaemon(keepTB{b}, build(b), args...)
 	// A roomy simulated machine, so that BENCH_EXISTING_RUNNING=1 fits.
-	d.StartSimHost("--memory", "64G", "--cpus", "64")
+	simArgs := []string{"--memory", "64G", "--cpus", "64"}
+	if dir := os.Getenv("BENCH_PPROF"); dir != "" {
+		simArgs = append(simArgs, "--cpu-profile", filepath.Join(dir, fmt.Sprintf("simhost-existing%d.cpu.pprof", existing)))
+	}
+	d.StartSimHost(simArgs...)
 	d.Start()
 	e := &env{d: d, conn: []*grpc.ClientConn{d.Conn()}}
 	for len(e.conn) < 16 {
@@ -247,6 +252,9 @@ func BenchmarkCreateStartDestroy(b *testing.B) {
 				work := make(chan struct{})
 				var wg sync.WaitGroup
 				stopProfile := profile(b, e.d)
+				simPid := simHostPid(b, e.d)
+				daemonCPU0, simCPU0 := daemonCPU(b, e.d.Pid()), daemonCPU(b, simPid)
+				calls0 := simCalls(b, e.d.SimDir)
 				b.ResetTimer()
 				start := time.Now()
 				for k := range clients {
@@ -277,6 +285,12 @@ func BenchmarkCreateStartDestroy(b *testing.B) {
 					b.Fatal(firstErr)
 				}
 				report(b, lats, elapsed)
+				n := float64(len(lats))
+				b.ReportMetric(float64((daemonCPU(b, e.d.Pid())-daemonCPU0).Microseconds())/1000/n, "daemon-cpu-ms/cycle")
+				b.ReportMetric(float64((daemonCPU(b, simPid)-simCPU0).Microseconds())/1000/n, "simhost-cpu-ms/cycle")
+				calls := simCalls(b, e.d.SimDir)
+				b.ReportMetric(float64(hypercallsIn(calls)-hypercallsIn(calls0))/n, "hypercalls/cycle")
+				b.ReportMetric(float64(calls[listDomains]-calls0[listDomains])/n, "listdomains/cycle")
 				if rss, err := harness.RSS(e.d.Pid()); err == nil {
 					b.ReportMetric(float64(rss)/(1<<20), "daemon-RSS-MB")
 				}
@@ -362,4 +376,16 @@ func fetchTo(url, file string) error {
 		return err
 	}
 	return os.WriteFile(file, data, 0o644)
+}
+
+// simHostPid is the process id of d's sim host.
+func simHostPid(b *testing.B, d *harness.Daemon) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := simhost.Dial(ctx, d.SimDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	return c.PID()
 }

@@ -41,7 +41,7 @@ func BenchmarkScrape(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				calls0 := hypercalls(b, d.SimDir)
+				calls0 := hypercallsIn(simCalls(b, d.SimDir))
 				cpu0 := daemonCPU(b, d.Pid())
 				var body []byte
 				b.ResetTimer()
@@ -57,7 +57,7 @@ func BenchmarkScrape(b *testing.B) {
 				n := float64(b.N)
 				b.ReportMetric(float64(len(body)), "bytes/scrape")
 				b.ReportMetric(float64((daemonCPU(b, d.Pid())-cpu0).Milliseconds())/n, "daemon-cpu-ms/scrape")
-				b.ReportMetric(float64(hypercalls(b, d.SimDir)-calls0)/n, "hypercalls/scrape")
+				b.ReportMetric(float64(hypercallsIn(simCalls(b, d.SimDir))-calls0)/n, "hypercalls/scrape")
 				xs := counterValue(b, body, "xenopsd_xenstore_requests_total") - counterValue(b, first, "xenopsd_xenstore_requests_total")
 				b.ReportMetric(xs/n, "xenstore-requests/scrape")
 			})
@@ -92,9 +92,8 @@ func metricsDaemon(b *testing.B, n int) (*harness.Daemon, *grpc.ClientConn, stri
 	return d, e.conn[0], "http://" + m[1] + "/metrics"
 }
 
-// hypercalls is how many hypervisor calls the sim host in dir has served:
-// its HypervisorService and DomainBuildService RPCs.
-func hypercalls(b *testing.B, dir string) uint64 {
+// simCalls is how many of each RPC the sim host in dir has served.
+func simCalls(b *testing.B, dir string) map[string]uint64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := simhost.Dial(ctx, dir)
@@ -106,6 +105,15 @@ func hypercalls(b *testing.B, dir string) uint64 {
 	if err != nil {
 		b.Fatal(err)
 	}
+	return calls
+}
+
+// listDomains is the sim host's RPC of XEN_SYSCTL_getdomaininfolist.
+const listDomains = "/xenopsd.simhost.v1.HypervisorService/ListDomains"
+
+// hypercallsIn sums the hypervisor calls among calls: the HypervisorService
+// and DomainBuildService RPCs, each a hypercall (or one batch) on Xen.
+func hypercallsIn(calls map[string]uint64) uint64 {
 	var n uint64
 	for m, k := range calls {
 		if strings.HasPrefix(m, "/xenopsd.simhost.v1.HypervisorService/") || strings.HasPrefix(m, "/xenopsd.simhost.v1.DomainBuildService/") {
@@ -148,7 +156,7 @@ func scrape(url string) ([]byte, error) {
 	return body, nil
 }
 
-// daemonCPU is the user + system CPU time pid has used (/proc/PID/stat
+// daemonCPU is the user + system CPU time process pid has used (/proc/PID/stat
 // utime and stime, in clock ticks of 10 ms).
 func daemonCPU(b *testing.B, pid int) time.Duration {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

@@ -89,8 +89,9 @@
 // GuestShutdown from a guest that is not running (never booted, paused,
 // shut down, dying) is EBUSY, since it cannot execute the hypercall.
 //
-// Config.OnDomainException is called where Xen raises VIRQ_DOM_EXC: after a
-// shutdown, after destroy marks a domain dying, and after its final release.
+// Config.OnDomainException is called where Xen raises VIRQ_DOM_EXC, with the
+// domain concerned: after a shutdown, after destroy marks a domain dying,
+// and after its final release.
 // It is called without any simulator lock held, so it may call back in.
 //
 // All methods are safe for concurrent use; the cost of an operation does

@@ -11,8 +11,8 @@ import (
 
 // events collects what to report once h.mu is released.
 type events struct {
-	exception bool
-	booted    []xenctrl.Domid
+	exceptions []xenctrl.Domid // domains that raised VIRQ_DOM_EXC
+	booted     []xenctrl.Domid
 }
 
 func (h *Hypervisor) fire(ev events) {
@@ -21,8 +21,10 @@ func (h *Hypervisor) fire(ev events) {
 			h.cfg.OnGuestBoot(d)
 		}
 	}
-	if ev.exception && h.cfg.OnDomainException != nil {
-		h.cfg.OnDomainException()
+	if h.cfg.OnDomainException != nil {
+		for _, d := range ev.exceptions {
+			h.cfg.OnDomainException(d)
+		}
 	}
 }
 
@@ -154,7 +156,7 @@ func (h *Hypervisor) shutdown(op string, d xenctrl.Domid, reason xenctrl.Shutdow
 		dom.reason = reason
 	})
 	h.log.Debug("sim: domain shut down", "domid", d, "reason", reason, "from_guest", fromGuest)
-	ev.exception = true
+	ev.exceptions = append(ev.exceptions, d)
 	return nil
 }
 
@@ -186,7 +188,7 @@ func (h *Hypervisor) DestroyDomain(ctx context.Context, d xenctrl.Domid) error {
 		h.releaseMemoryLocked(dom)
 	})
 	h.log.Debug("sim: domain dying", "domid", d, "refs", dom.refs)
-	ev.exception = true
+	ev.exceptions = append(ev.exceptions, d)
 	if dom.refs == 0 {
 		h.scheduleRelease(dom, &ev)
 	}
@@ -198,7 +200,7 @@ func (h *Hypervisor) DestroyDomain(ctx context.Context, d xenctrl.Domid) error {
 func (h *Hypervisor) scheduleRelease(dom *domain, ev *events) {
 	if h.cfg.ReleaseDelay < 0 {
 		h.releaseLocked(dom)
-		ev.exception = true
+		ev.exceptions = append(ev.exceptions, dom.id)
 		return
 	}
 	release := func() {
@@ -209,7 +211,7 @@ func (h *Hypervisor) scheduleRelease(dom *domain, ev *events) {
 		}
 		h.mu.Unlock()
 		if ok {
-			h.fire(events{exception: true})
+			h.fire(events{exceptions: []xenctrl.Domid{dom.id}})
 		}
 	}
 	if h.cfg.ReleaseDelay == 0 {

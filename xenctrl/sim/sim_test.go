@@ -162,7 +162,7 @@ func TestDomidRover(t *testing.T) {
 func TestDyingDomainKeepsDomid(t *testing.T) {
 	ctx := context.Background()
 	var exc atomic.Int32
-	h := newSim(t, Config{OnDomainException: func() { exc.Add(1) }})
+	h := newSim(t, Config{OnDomainException: func(xenctrl.Domid) { exc.Add(1) }})
 	d := mustCreate(t, h, pv)
 	if err := h.SetMaxMem(ctx, d, 4096); err != nil {
 		t.Fatal(err)
@@ -302,7 +302,7 @@ func TestShutdownCodes(t *testing.T) {
 	} {
 		t.Run(reason.String(), func(t *testing.T) {
 			var exc atomic.Int32
-			h := newSim(t, Config{OnDomainException: func() { exc.Add(1) }})
+			h := newSim(t, Config{OnDomainException: func(xenctrl.Domid) { exc.Add(1) }})
 			d := bootedDomain(t, h)
 			if di := info(t, h, d); !di.Running || di.OnlineVCPUs != 1 || di.Shutdown {
 				t.Fatalf("booted domain %+v", di)
@@ -682,4 +682,46 @@ func TestGetVCPUInfo(t *testing.T) {
 		t.Errorf("running domain's vCPU 1: %+v, %v", vi, err)
 	}
 	wantErrno(t, func() error { _, err := h.GetVCPUInfo(ctx, d, 2); return err }(), syscall.EINVAL)
+}
+
+// TestDomainStatus: DomainStatus agrees with DomainInfo on whether a domain
+// exists and whether it is shut down or dying, through its whole life.
+func TestDomainStatus(t *testing.T) {
+	ctx := context.Background()
+	h := newSim(t, Config{})
+	check := func(what string, d xenctrl.Domid) {
+		t.Helper()
+		exists, down := h.DomainStatus(d)
+		di, err := h.DomainInfo(ctx, d)
+		if exists != (err == nil) || down != (err == nil && (di.Shutdown || di.Dying)) {
+			t.Fatalf("%s: DomainStatus(%d) = %v, %v; DomainInfo = %+v, %v", what, d, exists, down, di, err)
+		}
+	}
+	d := mustCreate(t, h, pv)
+	check("created", d)
+	if exists, down := h.DomainStatus(d); !exists || down {
+		t.Fatalf("a new domain: DomainStatus %v, %v", exists, down)
+	}
+	if err := h.ShutdownDomain(ctx, d, xenctrl.ShutdownPoweroff); err != nil {
+		t.Fatal(err)
+	}
+	check("shut down", d)
+	if _, down := h.DomainStatus(d); !down {
+		t.Fatal("a shut-down domain is not down")
+	}
+	e := mustCreate(t, h, pv)
+	release, err := h.Hold(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.DestroyDomain(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	check("dying", e)
+	release()
+	waitGone(t, h, e)
+	check("gone", e)
+	if exists, _ := h.DomainStatus(e); exists {
+		t.Fatal("a released domain still exists")
+	}
 }

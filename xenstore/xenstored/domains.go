@@ -168,21 +168,35 @@ func (s *Server) exceptionLoop() {
 			return
 		case <-s.excCh:
 		}
-		s.checkDomains()
+		s.excMu.Lock()
+		all, only := s.excAll, s.excIDs
+		s.excAll, s.excIDs = false, nil
+		s.excMu.Unlock()
+		s.checkDomains(all, only)
 	}
 }
 
-// checkDomains re-checks every known guest domain with Config.DomainState
-// (called without the lock) and fires @releaseDomain as the C daemon does.
-func (s *Server) checkDomains() {
+// checkDomains re-checks every known guest domain (all) or those of only
+// that it knows with Config.DomainState (called without the lock) and
+// fires @releaseDomain as the C daemon does.
+func (s *Server) checkDomains(all bool, only map[uint32]struct{}) {
 	if s.state == nil {
 		return
 	}
 	s.mu.Lock()
-	ids := make([]uint32, 0, len(s.domains))
-	for id := range s.domains {
-		if id != 0 {
-			ids = append(ids, id)
+	var ids []uint32
+	if all {
+		ids = make([]uint32, 0, len(s.domains))
+		for id := range s.domains {
+			if id != 0 {
+				ids = append(ids, id)
+			}
+		}
+	} else {
+		for id := range only {
+			if _, known := s.domains[id]; known && id != 0 {
+				ids = append(ids, id)
+			}
 		}
 	}
 	s.mu.Unlock()

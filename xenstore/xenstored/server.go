@@ -90,9 +90,14 @@ type Server struct {
 	nextTx    uint32
 	closed    bool
 
-	excCh chan struct{}
-	done  chan struct{}
-	wg    sync.WaitGroup
+	// Domain exceptions waiting for exceptionLoop (excMu): the domains to
+	// re-check, or all of them.
+	excMu  sync.Mutex
+	excAll bool
+	excIDs map[uint32]struct{}
+	excCh  chan struct{}
+	done   chan struct{}
+	wg     sync.WaitGroup
 }
 
 // New returns a server with an empty tree holding "/" (and /local/domain/0's
@@ -175,10 +180,24 @@ func (s *Server) ConnectDomain(domid uint32) (net.Conn, error) {
 	return client, nil
 }
 
-// DomainException is the simulated VIRQ_DOM_EXC: the server re-checks every
-// introduced domain with Config.DomainState (asynchronously) and fires
-// @releaseDomain for domains that shut down or disappeared.
-func (s *Server) DomainException() {
+// DomainException is the simulated VIRQ_DOM_EXC: the server re-checks the
+// domains given, or every introduced domain when none is (as C xenstored
+// does, since Xen's VIRQ names no domain), with Config.DomainState
+// (asynchronously), and fires @releaseDomain for domains that shut down or
+// disappeared. Exceptions that arrive before the re-check are coalesced.
+func (s *Server) DomainException(domids ...uint32) {
+	s.excMu.Lock()
+	if len(domids) == 0 {
+		s.excAll = true
+	} else {
+		if s.excIDs == nil {
+			s.excIDs = make(map[uint32]struct{})
+		}
+		for _, id := range domids {
+			s.excIDs[id] = struct{}{}
+		}
+	}
+	s.excMu.Unlock()
 	select {
 	case s.excCh <- struct{}{}:
 	default:

@@ -121,18 +121,22 @@ func TestDomainException(t *testing.T) {
 	mu.Lock()
 	state[5] = [2]bool{true, true} // shut down
 	mu.Unlock()
-	s.checkDomains()
+	s.checkDomains(false, map[uint32]struct{}{6: {}}) // an exception naming another domain
+	if events() != before {
+		t.Fatalf("an exception of domain 6 fired @releaseDomain for domain 5")
+	}
+	s.checkDomains(true, nil)
 	if events() != before+1 {
 		t.Fatalf("shutdown did not fire @releaseDomain once (%d -> %d)", before, events())
 	}
-	s.checkDomains() // no change, no event
+	s.checkDomains(true, nil) // no change, no event
 	if events() != before+1 {
 		t.Fatalf("@releaseDomain fired again without a change")
 	}
 	mu.Lock()
 	delete(state, 5) // destroyed
 	mu.Unlock()
-	s.checkDomains()
+	s.checkDomains(false, map[uint32]struct{}{5: {}}) // an exception naming it
 	if events() != before+2 {
 		t.Fatalf("destruction did not fire @releaseDomain")
 	}
