@@ -355,6 +355,10 @@ func profile(b *testing.B, d *harness.Daemon) (stop func()) {
 		if err := fetchTo(base+"heap?gc=1", name+".heap.pprof"); err != nil {
 			b.Logf("BENCH_PPROF: %v", err)
 		}
+		// The same in text, ending with the runtime's MemStats.
+		if err := fetchTo(base+"heap?debug=1", name+".heap.txt"); err != nil {
+			b.Logf("BENCH_PPROF: %v", err)
+		}
 	}
 }
 
