@@ -76,7 +76,12 @@ func guestSuspend(t *testing.T, e *env, typ string) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the guest never advertised %s: %q, %v", feature, out, err)
+			vm := e.ctlJSON("vm", "get", name)
+			ls, lerr := run(30*time.Second, "xenstore-ls", "-f", "/local/domain/"+domid)
+			xl, _ := run(30*time.Second, "xl", "list")
+			t.Fatalf("the guest never advertised %s: %q, %v\nVM now: domid %s state %s problem %q\nxenstore (%v):\n%s\nxl list:\n%s\nconsole:\n%s",
+				feature, out, err, field(vm, "domid", "domid"), field(vm, "powerState", "power_state"), field(vm, "problem", "problem"),
+				lerr, tail(ls, 4000), xl, tail(readFrom(logPath, from), 4000))
 		}
 		time.Sleep(time.Second)
 	}
