@@ -122,8 +122,10 @@
 // when the VM's current domain was built (both persisted with the record).
 // A guest that suspended itself (shutdown reason suspend) has not crashed:
 // its domain is kept with its memory, the VM is Paused with DomainSuspended
-// set (Power Suspended is reserved for a saved image with no domain); save
-// and resume are not implemented, so Destroy is what applies.
+// set (Power Suspended is reserved for a saved image with no domain).
+// Suspend asks a guest to do that (control/shutdown = "suspend"); Resume
+// lets it carry on in the same domain (a cancelled suspend: its suspend
+// call returns 1) and makes the VM Running; saving it is not implemented.
 //
 // New reconciles before accepting work: tasks left Pending/Running by a
 // previous process become TaskInterrupted; each VM's claims are settled

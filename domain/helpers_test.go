@@ -39,6 +39,9 @@ type env struct {
 	devs    Devices
 	onOp    func(string, error, time.Duration)
 	guests  sync.WaitGroup
+
+	resumedMu sync.Mutex
+	resumed   map[xenctrl.Domid][]uint64 // per domain, what each suspend call returned to the guest
 }
 
 type envOpts struct {
@@ -57,7 +60,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		o.memory = 64 << 30
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, ctx: ctx, cancel: cancel, retain: o.retain, devs: o.devices, onOp: o.onOp}
+	e := &env{t: t, ctx: ctx, cancel: cancel, retain: o.retain, devs: o.devices, onOp: o.onOp, resumed: map[xenctrl.Domid][]uint64{}}
 	var srvMu sync.Mutex
 	var srv *xenstored.Server
 	e.hv = sim.New(sim.Config{
@@ -159,6 +162,7 @@ func (e *env) guest(d xenctrl.Domid) {
 	defer c.Close()
 	base := domPath(d) + "/control/"
 	c.Write(e.ctx, base+"feature-poweroff", []byte("1"))
+	c.Write(e.ctx, base+"feature-suspend", []byte("1"))
 	w, err := c.Watch(e.ctx, base+"shutdown", "guest")
 	if err != nil {
 		return
@@ -180,7 +184,7 @@ func (e *env) guest(d xenctrl.Domid) {
 			}
 			continue
 		}
-		reason := map[string]xenctrl.ShutdownReason{"poweroff": xenctrl.ShutdownPoweroff, "halt": xenctrl.ShutdownPoweroff, "reboot": xenctrl.ShutdownReboot}
+		reason := map[string]xenctrl.ShutdownReason{"poweroff": xenctrl.ShutdownPoweroff, "halt": xenctrl.ShutdownPoweroff, "reboot": xenctrl.ShutdownReboot, "suspend": xenctrl.ShutdownSuspend}
 		r, ok := reason[string(v)]
 		if !ok {
 			continue
@@ -189,8 +193,17 @@ func (e *env) guest(d xenctrl.Domid) {
 			continue
 		}
 		c.Write(e.ctx, base+"shutdown", nil)
-		e.hv.GuestShutdown(e.ctx, d, r)
-		return
+		if err := e.hv.GuestShutdown(e.ctx, d, r); err != nil || r != xenctrl.ShutdownSuspend {
+			return
+		}
+		// Suspended: carry on once resumed (counted in resumed).
+		rc, err := e.hv.WaitSuspendEnds(e.ctx, d)
+		if err != nil {
+			return
+		}
+		e.resumedMu.Lock()
+		e.resumed[d] = append(e.resumed[d], rc)
+		e.resumedMu.Unlock()
 	}
 }
 

@@ -164,7 +164,7 @@ func (m *Manager) Unpause(ctx context.Context, ref string) (Task, error) {
 			return nil, err
 		}
 		if r.VM.DomainSuspended {
-			return nil, &Error{Code: CodeFailedPrecondition, Message: fmt.Sprintf("VM %s's guest suspended itself (domain %d is kept, shut down with reason suspend); resuming it is not implemented: destroy it", r.VM.ID, r.VM.Domid)}
+			return nil, &Error{Code: CodeFailedPrecondition, Message: fmt.Sprintf("VM %s's guest suspended itself (domain %d is kept, shut down with reason suspend); use resume to let it carry on", r.VM.ID, r.VM.Domid)}
 		}
 		if r.Preserved {
 			return nil, &Error{Code: CodeFailedPrecondition, Message: fmt.Sprintf("VM %s's domain has shut down and is preserved for inspection; destroy it", r.VM.ID)}
@@ -321,7 +321,7 @@ func (m *Manager) applyAction(ctx context.Context, e *vmEntry, te *taskEntry, d 
 	}
 	if info.ShutdownReason == xenctrl.ShutdownSuspend {
 		// The guest suspended itself: its memory is intact and the domain
-		// can be saved or resumed (neither is implemented yet). Keep it.
+		// can be resumed (Resume) or, later, saved. Keep it.
 		m.log.Info("guest suspended itself; domain kept", "vm", e.id, "domid", d)
 		return func(r *vmRecord) { r.VM.Power, r.Preserved, r.VM.DomainSuspended = Paused, true, true }, nil
 	}

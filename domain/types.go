@@ -94,8 +94,9 @@ type VM struct {
 	Domid uint32 // 0 when there is no domain
 	// DomainSuspended: the guest suspended itself (its domain shut down
 	// with reason suspend). The domain is kept, memory intact, not running;
-	// Power is Paused. Saving it (which would make the VM Suspended, with no
-	// domain) and resuming it are not implemented: only Destroy applies.
+	// Power is Paused. Resume lets the guest carry on (Running again);
+	// saving it (which would make the VM Suspended, with no domain) is not
+	// implemented.
 	DomainSuspended bool
 	// Devices are the disks and NICs plugged into the VM's domain (none
 	// when it has no domain).

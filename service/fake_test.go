@@ -22,6 +22,7 @@ type fakeManager struct {
 
 	lastSpec     domain.Spec
 	lastShutdown domain.ShutdownOptions
+	lastSuspend  domain.SuspendOptions
 	lastPaused   bool
 
 	// err, when set, is returned by every method (after recording the call).
@@ -183,6 +184,15 @@ func (f *fakeManager) Reboot(ctx context.Context, ref string, opts domain.Shutdo
 	f.lastShutdown = opts
 	f.mu.Unlock()
 	return f.queue("reboot", ref)
+}
+func (f *fakeManager) Suspend(ctx context.Context, ref string, opts domain.SuspendOptions) (domain.Task, error) {
+	f.mu.Lock()
+	f.lastSuspend = opts
+	f.mu.Unlock()
+	return f.queue("suspend", ref)
+}
+func (f *fakeManager) Resume(ctx context.Context, ref string) (domain.Task, error) {
+	return f.queue("resume", ref)
 }
 func (f *fakeManager) Destroy(ctx context.Context, ref string) (domain.Task, error) {
 	return f.queue("destroy", ref)

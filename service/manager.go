@@ -22,6 +22,8 @@ type Manager interface {
 	Pause(ctx context.Context, ref string) (domain.Task, error)
 	Unpause(ctx context.Context, ref string) (domain.Task, error)
 	Shutdown(ctx context.Context, ref string, opts domain.ShutdownOptions) (domain.Task, error)
+	Suspend(ctx context.Context, ref string, opts domain.SuspendOptions) (domain.Task, error)
+	Resume(ctx context.Context, ref string) (domain.Task, error)
 	Reboot(ctx context.Context, ref string, opts domain.ShutdownOptions) (domain.Task, error)
 	Destroy(ctx context.Context, ref string) (domain.Task, error)
 

@@ -180,6 +180,18 @@ func TestProtoLevelValidation(t *testing.T) {
 			_, err := c.vm.RebootVM(ctx, &pb.RebootVMRequest{Id: "web-1", Timeout: &durationpb.Duration{Seconds: 1, Nanos: -1}})
 			return err
 		}, "timeout"},
+		{"negative suspend timeout", func(ctx context.Context, c clients) error {
+			_, err := c.vm.SuspendVM(ctx, &pb.SuspendVMRequest{Id: "web-1", Timeout: durationpb.New(-time.Second)})
+			return err
+		}, "timeout"},
+		{"invalid suspend timeout", func(ctx context.Context, c clients) error {
+			_, err := c.vm.SuspendVM(ctx, &pb.SuspendVMRequest{Id: "web-1", Timeout: &durationpb.Duration{Seconds: 1, Nanos: -1}})
+			return err
+		}, "timeout"},
+		{"empty resume id", func(ctx context.Context, c clients) error {
+			_, err := c.vm.ResumeVM(ctx, &pb.ResumeVMRequest{})
+			return err
+		}, "id"},
 		{"empty id", func(ctx context.Context, c clients) error {
 			_, err := c.vm.StartVM(ctx, &pb.StartVMRequest{Id: " "})
 			return err
@@ -293,6 +305,15 @@ func TestLifecycleWait(t *testing.T) {
 	if f.lastShutdown != (domain.ShutdownOptions{Timeout: 90 * time.Second}) {
 		t.Errorf("explicit timeout: %+v", f.lastShutdown)
 	}
+	if r, err := c.vm.SuspendVM(ctx, &pb.SuspendVMRequest{Id: "web-1", Timeout: durationpb.New(30 * time.Second)}); err != nil || r.Task.GetOp() != "suspend" {
+		t.Fatalf("SuspendVM: %v, %v", r, err)
+	}
+	if f.lastSuspend != (domain.SuspendOptions{Timeout: 30 * time.Second}) {
+		t.Errorf("suspend timeout: %+v", f.lastSuspend)
+	}
+	if r, err := c.vm.ResumeVM(ctx, &pb.ResumeVMRequest{Id: "web-1"}); err != nil || r.Task.GetOp() != "resume" {
+		t.Fatalf("ResumeVM: %v, %v", r, err)
+	}
 	// Waiting past the caller's deadline: DEADLINE_EXCEEDED, task still there.
 	f.blockWait = true
 	dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
@@ -302,7 +323,7 @@ func TestLifecycleWait(t *testing.T) {
 		t.Errorf("DestroyVM past deadline: %v", err)
 	}
 	lt, err := c.task.ListTasks(ctx, &pb.ListTasksRequest{VmId: fullSpec().Uuid})
-	if err != nil || len(lt.Tasks) != 5 {
+	if err != nil || len(lt.Tasks) != 7 {
 		t.Errorf("ListTasks: %v, %d tasks", err, len(lt.GetTasks()))
 	}
 }

@@ -257,6 +257,37 @@ func (s vmServer) RebootVM(ctx context.Context, req *pb.RebootVMRequest) (*pb.Re
 	return &pb.RebootVMResponse{Task: t}, nil
 }
 
+func (s vmServer) SuspendVM(ctx context.Context, req *pb.SuspendVMRequest) (*pb.SuspendVMResponse, error) {
+	var opts domain.SuspendOptions
+	if timeout := req.GetTimeout(); timeout != nil {
+		if err := timeout.CheckValid(); err != nil {
+			return nil, invalidField("timeout", err.Error())
+		}
+		if d := timeout.AsDuration(); d < 0 {
+			return nil, invalidField("timeout", "must not be negative, got "+d.String())
+		} else {
+			opts.Timeout = d
+		}
+	}
+	t, err := s.lifecycle(ctx, "SuspendVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.Suspend(ctx, req.GetId(), opts)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.SuspendVMResponse{Task: t}, nil
+}
+
+func (s vmServer) ResumeVM(ctx context.Context, req *pb.ResumeVMRequest) (*pb.ResumeVMResponse, error) {
+	t, err := s.lifecycle(ctx, "ResumeVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
+		return s.m.Resume(ctx, req.GetId())
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ResumeVMResponse{Task: t}, nil
+}
+
 func (s vmServer) DestroyVM(ctx context.Context, req *pb.DestroyVMRequest) (*pb.DestroyVMResponse, error) {
 	t, err := s.lifecycle(ctx, "DestroyVM", req.GetId(), req.GetWait(), func() (domain.Task, error) {
 		return s.m.Destroy(ctx, req.GetId())

@@ -192,3 +192,23 @@ func (c *Client) SetVCPUContext(ctx context.Context, d xenctrl.Domid, vcpu uint3
 		return err
 	})
 }
+
+// GetVCPUContext is XEN_DOMCTL_getvcpucontext.
+func (c *Client) GetVCPUContext(ctx context.Context, d xenctrl.Domid, vcpu uint32) (vgc []byte, err error) {
+	err = c.call(ctx, "GetVCPUContext", func(ctx context.Context, cn *conn) error {
+		r, err := cn.build.GetVCPUContext(ctx, &pb.GetVCPUContextRequest{Domid: uint32(d), Vcpu: vcpu})
+		vgc = r.GetContext()
+		return err
+	})
+	return vgc, err
+}
+
+// ResumeDomain is XEN_DOMCTL_resumedomain (xenctrl.Resumer).
+func (c *Client) ResumeDomain(ctx context.Context, d xenctrl.Domid) error {
+	return c.call(ctx, "ResumeDomain", func(ctx context.Context, cn *conn) error {
+		_, err := cn.hv.ResumeDomain(ctx, &pb.ResumeDomainRequest{Domid: uint32(d)})
+		return err
+	})
+}
+
+var _ xenctrl.Resumer = (*Client)(nil)

@@ -213,6 +213,19 @@ func shutdownLine(since time.Time, reason xenctrl.ShutdownReason) string {
 	return fmt.Sprintf("%s xen: SCHEDOP_shutdown reason %d\n", ts, reason)
 }
 
+// ResumeMarker is what a simulated guest prints when its suspend hypercall
+// returns after a cooperative resume (suspend cancelled).
+const ResumeMarker = "xen:manage: suspend cancelled, resuming"
+
+// resumeLine is what the guest prints once its domain is resumed.
+func resumeLine(since time.Time, cancelled bool) string {
+	ts := stamp(since)
+	if cancelled {
+		return ts + " " + ResumeMarker + "\n" + ts + " PM: suspend exit\n"
+	}
+	return ts + " xen:manage: resumed in a new domain\n" + ts + " PM: suspend exit\n"
+}
+
 // stamp is a dmesg-style timestamp, seconds since since.
 func stamp(since time.Time) string {
 	el := time.Since(since)

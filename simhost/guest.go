@@ -232,6 +232,10 @@ func (g *guest) onShutdownWatch(ctx context.Context) {
 	// unpaused; stop when the domain can no longer run.
 	for {
 		err := g.h.hv.GuestShutdown(ctx, g.d, reason)
+		if err == nil && reason == xenctrl.ShutdownSuspend {
+			g.suspended(ctx)
+			return
+		}
 		if !errors.Is(err, syscall.EBUSY) {
 			if err != nil {
 				log.Debug("simhost: guest shutdown failed", "err", err)
@@ -242,4 +246,18 @@ func (g *guest) onShutdownWatch(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// suspended is the rest of Linux's do_suspend once SCHEDOP_shutdown
+// (suspend) returns: the guest waits for its domain to be resumed, then
+// carries on, its console output and CPU time going on. A return value of
+// 1 is a cancelled suspend (a cooperative resume); anything else would
+// mean a new domain, which the simulator does not make yet.
+func (g *guest) suspended(ctx context.Context) {
+	rc, err := g.h.hv.WaitSuspendEnds(ctx, g.d)
+	if err != nil {
+		return
+	}
+	g.h.log.Debug("simhost: guest resumed", "domid", g.d, "cancelled", rc == 1)
+	g.h.console.print(g.d, resumeLine(g.born, rc == 1), true)
 }

@@ -42,6 +42,7 @@ type buildHypervisor interface {
 	HypercallInit(ctx context.Context, d xenctrl.Domid, mfn uint64) error
 	PinL4Table(ctx context.Context, d xenctrl.Domid, mfn uint64) error
 	SetVCPUContext(ctx context.Context, d xenctrl.Domid, vcpu uint32, vgc []byte) error
+	GetVCPUContext(ctx context.Context, d xenctrl.Domid, vcpu uint32) ([]byte, error)
 }
 
 // buildServer is the server side of DomainBuildService. It keeps the
@@ -254,6 +255,18 @@ func (s *buildServer) SetVCPUContext(ctx context.Context, r *pb.SetVCPUContextRe
 		return nil, err
 	}
 	return &pb.SetVCPUContextResponse{}, rpcError(s.hv.SetVCPUContext(ctx, d, r.GetVcpu(), r.GetContext()))
+}
+
+func (s *buildServer) GetVCPUContext(ctx context.Context, r *pb.GetVCPUContextRequest) (*pb.GetVCPUContextResponse, error) {
+	d, err := domidArg("domid", r.GetDomid())
+	if err != nil {
+		return nil, err
+	}
+	vgc, err := s.hv.GetVCPUContext(ctx, d, r.GetVcpu())
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return &pb.GetVCPUContextResponse{Context: vgc}, nil
 }
 
 // populateProgress is the PopulatePhysmapAtResponse a failed populate's

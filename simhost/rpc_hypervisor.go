@@ -12,6 +12,7 @@ import (
 type hypervisor interface {
 	xenctrl.Hypervisor
 	SetMaxVCPUs(ctx context.Context, d xenctrl.Domid, n uint32) error
+	ResumeDomain(ctx context.Context, d xenctrl.Domid) error
 }
 
 // hypervisorServer is the server side of HypervisorService. Every handler
@@ -100,6 +101,14 @@ func (s *hypervisorServer) UnpauseDomain(ctx context.Context, r *pb.UnpauseDomai
 		return nil, err
 	}
 	return &pb.UnpauseDomainResponse{}, rpcError(s.hv.UnpauseDomain(ctx, d))
+}
+
+func (s *hypervisorServer) ResumeDomain(ctx context.Context, r *pb.ResumeDomainRequest) (*pb.ResumeDomainResponse, error) {
+	d, err := domidArg("domid", r.GetDomid())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ResumeDomainResponse{}, rpcError(s.hv.ResumeDomain(ctx, d))
 }
 
 func (s *hypervisorServer) ShutdownDomain(ctx context.Context, r *pb.ShutdownDomainRequest) (*pb.ShutdownDomainResponse, error) {

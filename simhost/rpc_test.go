@@ -44,6 +44,10 @@ func (h *blockingHypervisor) SetMaxVCPUs(context.Context, xenctrl.Domid, uint32)
 	return errors.New("not called")
 }
 
+func (h *blockingHypervisor) ResumeDomain(context.Context, xenctrl.Domid) error {
+	return errors.New("not called")
+}
+
 // serveFake serves hv on a hypervisor socket in a temporary directory
 // until the test ends, and returns a client of it.
 func serveFake(t *testing.T, hv hypervisor) *Client {

@@ -235,7 +235,8 @@ func (a *app) vmDeleteCmd() *cobra.Command {
 	}
 }
 
-// lifecycleCmds are start, pause, unpause, shutdown, reboot and destroy: each
+// lifecycleCmds are start, pause, unpause, shutdown, reboot, suspend, resume
+// and destroy: each
 // queues a task and, unless --no-wait, waits for it.
 func (a *app) lifecycleCmds() []*cobra.Command {
 	type call func(ctx context.Context, c *clients, id string) (*apiv1.Task, error)
@@ -309,10 +310,35 @@ func (a *app) lifecycleCmds() []*cobra.Command {
 			r, err := c.vm.RebootVM(ctx, &apiv1.RebootVMRequest{Id: id, Timeout: durationOrNil(rb.timeout), Force: rb.force})
 			return r.GetTask(), err
 		})
+	// suspend has its own --timeout too (the guest's time to suspend).
+	var susTimeout time.Duration
+	suspend := mk("suspend", "Ask the guest to suspend itself in place (its domain is kept; resume lets it carry on)",
+		func(cmd *cobra.Command) {
+			cmd.Flags().DurationVar(&susTimeout, "timeout", 0,
+				"how long the guest has to suspend itself (0 = the daemon's default, 60s); the command waits that plus 1m (2m when 0)")
+		},
+		func() time.Duration {
+			if susTimeout > 0 {
+				return susTimeout + time.Minute
+			}
+			return 2 * time.Minute
+		},
+		func(ctx context.Context, c *clients, id string) (*apiv1.Task, error) {
+			if susTimeout < 0 {
+				return nil, usagef("--timeout: must not be negative")
+			}
+			r, err := c.vm.SuspendVM(ctx, &apiv1.SuspendVMRequest{Id: id, Timeout: durationOrNil(susTimeout)})
+			return r.GetTask(), err
+		})
+	resume := mk("resume", "Let a VM whose guest suspended itself carry on in its domain (a cancelled suspend)", nil, nil,
+		func(ctx context.Context, c *clients, id string) (*apiv1.Task, error) {
+			r, err := c.vm.ResumeVM(ctx, &apiv1.ResumeVMRequest{Id: id})
+			return r.GetTask(), err
+		})
 	destroy := mk("destroy", "Tear the domain down at once (hard power off)", nil, nil,
 		func(ctx context.Context, c *clients, id string) (*apiv1.Task, error) {
 			r, err := c.vm.DestroyVM(ctx, &apiv1.DestroyVMRequest{Id: id})
 			return r.GetTask(), err
 		})
-	return []*cobra.Command{start, pause, unpause, shutdown, reboot, destroy}
+	return []*cobra.Command{start, pause, unpause, shutdown, reboot, suspend, resume, destroy}
 }

@@ -154,9 +154,45 @@ func (h *Hypervisor) shutdown(op string, d xenctrl.Domid, reason xenctrl.Shutdow
 	h.change(dom, func() {
 		dom.shutdown = true
 		dom.reason = reason
+		if fromGuest && reason == xenctrl.ShutdownSuspend {
+			// SCHEDOP_shutdown(suspend) returns 0 in vCPU 0's %rax
+			// unless a cooperative resume sets it to 1.
+			if c := dom.setup.vcpuContext[0]; c != nil {
+				_ = xenctrl.SetVCPUContextRAX(c, 0)
+			}
+		}
 	})
 	h.log.Debug("sim: domain shut down", "domid", d, "reason", reason, "from_guest", fromGuest)
 	ev.exceptions = append(ev.exceptions, d)
+	return nil
+}
+
+// ResumeDomain is XEN_DOMCTL_resumedomain (Xen 4.17's domain_resume): the
+// shutdown state is cleared whatever its reason, and a domain that is not
+// shut down is left as it is; both succeed. EINVAL for dom0 (the caller's
+// own domain). The domain runs again if nothing else holds it paused.
+func (h *Hypervisor) ResumeDomain(ctx context.Context, d xenctrl.Domid) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	const op = "domctl resumedomain"
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	dom, err := h.lookup(op, d)
+	if err != nil {
+		return err
+	}
+	if d == 0 {
+		return errno(op, d, syscall.EINVAL)
+	}
+	if !dom.shutdown {
+		return nil
+	}
+	h.change(dom, func() {
+		dom.shutdown = false
+		dom.reason = 0
+	})
+	h.log.Debug("sim: domain resumed", "domid", d)
 	return nil
 }
 
@@ -302,6 +338,39 @@ func (h *Hypervisor) GuestBehaviour(d xenctrl.Domid) (GuestBehaviour, error) {
 		return GuestBehaviour{}, err
 	}
 	return dom.behaviour, nil
+}
+
+// WaitSuspendEnds is the guest's view of its SCHEDOP_shutdown(suspend)
+// call: it blocks while d is shut down, and once d has been resumed
+// (ResumeDomain) reports the call's return value, vCPU 0's %rax: 1 for a
+// cancelled suspend (a cooperative resume), 0 otherwise. It returns an
+// error matching ESRCH when d does not exist or disappears, one matching
+// ESHUTDOWN once it is dying, and ctx's error when ctx ends first.
+func (h *Hypervisor) WaitSuspendEnds(ctx context.Context, d xenctrl.Domid) (uint64, error) {
+	for {
+		h.mu.Lock()
+		dom, err := h.lookup("wait suspend ends", d)
+		if err != nil {
+			h.mu.Unlock()
+			return 0, err
+		}
+		switch {
+		case dom.dying:
+			h.mu.Unlock()
+			return 0, errno("wait suspend ends", d, syscall.ESHUTDOWN)
+		case !dom.shutdown:
+			rax, _ := xenctrl.VCPUContextRAX(currentVCPUContext(dom, 0))
+			h.mu.Unlock()
+			return rax, nil
+		}
+		ch := dom.changed
+		h.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 }
 
 // WaitRunnable blocks until d's vCPUs can run (it is booted, unpaused, not

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"encoding/binary"
 	"maps"
 	"slices"
 	"syscall"
@@ -271,7 +272,16 @@ func (h *Hypervisor) SetVCPUContext(ctx context.Context, d xenctrl.Domid, vcpu u
 		if d == 0 || !dom.vcpus || vcpu >= dom.maxVCPUs || len(vgc) != xenctrl.VCPUGuestContextSize {
 			return syscall.EINVAL
 		}
-		if !dom.hvm {
+		if !dom.hvm && vcpuInitialised(dom, vcpu) {
+			// An initialised PV vCPU keeps its page tables: only a
+			// context with the same %cr3 is accepted (Xen 4.17's
+			// arch_set_info_guest; EOPNOTSUPP otherwise).
+			cur, _ := xenctrl.VCPUContextCR3Frame(currentVCPUContext(dom, vcpu))
+			next, err := xenctrl.VCPUContextCR3Frame(vgc)
+			if err != nil || next != cur {
+				return syscall.EOPNOTSUPP
+			}
+		} else if !dom.hvm {
 			boot, err := xenctrl.DecodePVVCPUContext(vgc)
 			if err != nil {
 				return syscall.EINVAL
@@ -288,6 +298,59 @@ func (h *Hypervisor) SetVCPUContext(ctx context.Context, d xenctrl.Domid, vcpu u
 		dom.setup.vcpuContext[vcpu] = slices.Clone(vgc)
 		return 0
 	})
+}
+
+// vcpuInitialised reports whether vCPU vcpu of dom has a context: one was
+// loaded, or the simulated guest booted (its vCPUs came up).
+func vcpuInitialised(dom *domain, vcpu uint32) bool {
+	return dom.setup.vcpuContext[vcpu] != nil || dom.vcpusUp
+}
+
+// currentVCPUContext is the context of an initialised vCPU: the one loaded
+// last, or for a guest booted without one (an empty domain's simulated
+// guest) an all-zero context that is online (and, for PV, in kernel mode).
+func currentVCPUContext(dom *domain, vcpu uint32) []byte {
+	if c := dom.setup.vcpuContext[vcpu]; c != nil {
+		return slices.Clone(c)
+	}
+	c := make([]byte, xenctrl.VCPUGuestContextSize)
+	flags := uint64(vgcfOnline)
+	if !dom.hvm {
+		flags |= vgcfInKernel
+	}
+	binary.LittleEndian.PutUint64(c[vgcFlags:], flags)
+	return c
+}
+
+// vcpu_guest_context.flags and its bits (VGCF_*).
+const (
+	vgcFlags     = 512
+	vgcfInKernel = 1 << 2
+	vgcfOnline   = 1 << 5
+)
+
+// GetVCPUContext is XEN_DOMCTL_getvcpucontext: EINVAL for a vCPU that does
+// not exist (or any of dom0's: the simulator has no caller vCPU to tell
+// apart), ENODATA for one not initialised yet.
+func (h *Hypervisor) GetVCPUContext(ctx context.Context, d xenctrl.Domid, vcpu uint32) ([]byte, error) {
+	var out []byte
+	err := h.locked(ctx, "domctl getvcpucontext", d, func(dom *domain) syscall.Errno {
+		switch {
+		case d == 0 || !dom.vcpus || vcpu >= dom.maxVCPUs:
+			return syscall.EINVAL
+		case !vcpuInitialised(dom, vcpu):
+			return syscall.ENODATA
+		}
+		out = currentVCPUContext(dom, vcpu)
+		return 0
+	})
+	return out, err
+}
+
+// VCPUContext returns the context the simulator holds for vCPU vcpu of d
+// (what GetVCPUContext reports), for tests.
+func (h *Hypervisor) VCPUContext(d xenctrl.Domid, vcpu uint32) ([]byte, error) {
+	return h.GetVCPUContext(context.Background(), d, vcpu)
 }
 
 // hvmRecordSize is the body size of each save record type the simulator

@@ -31,6 +31,7 @@ func RunContract(t *testing.T, hv xenctrl.Hypervisor) {
 	t.Run("MemoryAccounting", func(t *testing.T) { testMemoryAccounting(t, hv) })
 	t.Run("PauseRefcount", func(t *testing.T) { testPauseRefcount(t, hv) })
 	t.Run("ShutdownCodes", func(t *testing.T) { testShutdownCodes(t, hv) })
+	t.Run("ResumeDomain", func(t *testing.T) { testResumeDomain(t, hv) })
 	t.Run("DestroyAndList", func(t *testing.T) { testDestroyAndList(t, hv) })
 	t.Run("UnknownDomid", func(t *testing.T) { testUnknownDomid(t, hv) })
 	t.Run("HostOutOfMemory", func(t *testing.T) { testHostOutOfMemory(t, hv) })
@@ -477,6 +478,63 @@ func testShutdownCodes(t *testing.T, hv xenctrl.Hypervisor) {
 	if err := hv.SetMaxMem(ctx, d, 1024); err != nil {
 		t.Fatalf("SetMaxMem on a shut-down domain: %v", err)
 	}
+}
+
+// testResumeDomain checks XEN_DOMCTL_resumedomain as Xen 4.17's
+// domain_resume does it: the shutdown state is cleared whatever its reason,
+// memory stays, a domain not shut down is left as it is; EINVAL for dom0
+// (the caller's own domain), ESRCH for no domain. Every backend must
+// implement xenctrl.Resumer.
+func testResumeDomain(t *testing.T, hv xenctrl.Hypervisor) {
+	ctx := ctxFor(t)
+	r, ok := hv.(xenctrl.Resumer)
+	if !ok {
+		t.Fatalf("%T does not implement xenctrl.Resumer", hv)
+	}
+	d := create(t, hv, handleFor(t, 25))
+	if err := hv.SetMaxMem(ctx, d, 4096); err != nil {
+		t.Fatalf("SetMaxMem: %v", err)
+	}
+	if err := hv.PopulatePhysmap(ctx, d, 256); err != nil {
+		t.Fatalf("PopulatePhysmap: %v", err)
+	}
+	before := info(t, hv, d)
+	if err := r.ResumeDomain(ctx, d); err != nil {
+		t.Fatalf("ResumeDomain of a domain not shut down: %v, want success (a no-op)", err)
+	}
+	if di := info(t, hv, d); di.Shutdown || di.Paused != before.Paused || di.TotPages != before.TotPages {
+		t.Errorf("ResumeDomain of a domain not shut down changed it: %+v, was %+v", di, before)
+	}
+	for _, reason := range []xenctrl.ShutdownReason{xenctrl.ShutdownSuspend, xenctrl.ShutdownPoweroff} {
+		if err := hv.ShutdownDomain(ctx, d, reason); err != nil {
+			t.Fatalf("ShutdownDomain(%v): %v", reason, err)
+		}
+		if di := info(t, hv, d); !di.Shutdown || di.ShutdownReason != reason {
+			t.Fatalf("after ShutdownDomain(%v): shutdown %v reason %v", reason, di.Shutdown, di.ShutdownReason)
+		}
+		if err := r.ResumeDomain(ctx, d); err != nil {
+			t.Fatalf("ResumeDomain after shutdown %v: %v", reason, err)
+		}
+		di := info(t, hv, d)
+		if di.Shutdown || di.Dying {
+			t.Errorf("after ResumeDomain (shutdown %v): shutdown %v dying %v, want neither", reason, di.Shutdown, di.Dying)
+		}
+		if di.TotPages != before.TotPages || di.Paused != before.Paused {
+			t.Errorf("after ResumeDomain (shutdown %v): %d pages paused %v, want %d pages paused %v", reason, di.TotPages, di.Paused, before.TotPages, before.Paused)
+		}
+	}
+	// A second shutdown after a resume records its own reason.
+	if err := hv.ShutdownDomain(ctx, d, xenctrl.ShutdownCrash); err != nil {
+		t.Fatalf("ShutdownDomain after resume: %v", err)
+	}
+	if di := info(t, hv, d); !di.Shutdown || di.ShutdownReason != xenctrl.ShutdownCrash {
+		t.Errorf("shutdown after resume: shutdown %v reason %v, want crash", di.Shutdown, di.ShutdownReason)
+	}
+	wantErrno(t, "ResumeDomain(0)", r.ResumeDomain(ctx, 0), syscall.EINVAL)
+	wantErrno(t, "ResumeDomain of no domain", r.ResumeDomain(ctx, xenctrl.DomidFirstReserved-2), syscall.ESRCH)
+	// The domain has no vCPUs yet (no max_vcpus): vCPU 0 does not exist.
+	_, err := r.GetVCPUContext(ctx, d, 0)
+	wantErrno(t, "GetVCPUContext before the vCPUs exist", err, syscall.EINVAL)
 }
 
 func testDestroyAndList(t *testing.T, hv xenctrl.Hypervisor) {

@@ -1977,6 +1977,208 @@ func (x *ShutdownVMResponse) GetTask() *Task {
 	return nil
 }
 
+type SuspendVMRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// timeout is how long the guest has to suspend itself; unset or zero =>
+	// the daemon's default (60 seconds). Must not be negative; at most 24 hours.
+	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Wait          bool                 `protobuf:"varint,3,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SuspendVMRequest) Reset() {
+	*x = SuspendVMRequest{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SuspendVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SuspendVMRequest) ProtoMessage() {}
+
+func (x *SuspendVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SuspendVMRequest.ProtoReflect.Descriptor instead.
+func (*SuspendVMRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SuspendVMRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SuspendVMRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *SuspendVMRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+type SuspendVMResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SuspendVMResponse) Reset() {
+	*x = SuspendVMResponse{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SuspendVMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SuspendVMResponse) ProtoMessage() {}
+
+func (x *SuspendVMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SuspendVMResponse.ProtoReflect.Descriptor instead.
+func (*SuspendVMResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SuspendVMResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+type ResumeVMRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Wait          bool                   `protobuf:"varint,2,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeVMRequest) Reset() {
+	*x = ResumeVMRequest{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeVMRequest) ProtoMessage() {}
+
+func (x *ResumeVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeVMRequest.ProtoReflect.Descriptor instead.
+func (*ResumeVMRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ResumeVMRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ResumeVMRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+type ResumeVMResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Task          *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeVMResponse) Reset() {
+	*x = ResumeVMResponse{}
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeVMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeVMResponse) ProtoMessage() {}
+
+func (x *ResumeVMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeVMResponse.ProtoReflect.Descriptor instead.
+func (*ResumeVMResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ResumeVMResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
 type RebootVMRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1992,7 +2194,7 @@ type RebootVMRequest struct {
 
 func (x *RebootVMRequest) Reset() {
 	*x = RebootVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2206,7 @@ func (x *RebootVMRequest) String() string {
 func (*RebootVMRequest) ProtoMessage() {}
 
 func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[24]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2219,7 @@ func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMRequest.ProtoReflect.Descriptor instead.
 func (*RebootVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{24}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RebootVMRequest) GetId() string {
@@ -2057,7 +2259,7 @@ type RebootVMResponse struct {
 
 func (x *RebootVMResponse) Reset() {
 	*x = RebootVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2069,7 +2271,7 @@ func (x *RebootVMResponse) String() string {
 func (*RebootVMResponse) ProtoMessage() {}
 
 func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[25]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2082,7 +2284,7 @@ func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMResponse.ProtoReflect.Descriptor instead.
 func (*RebootVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{25}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RebootVMResponse) GetTask() *Task {
@@ -2102,7 +2304,7 @@ type DestroyVMRequest struct {
 
 func (x *DestroyVMRequest) Reset() {
 	*x = DestroyVMRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2114,7 +2316,7 @@ func (x *DestroyVMRequest) String() string {
 func (*DestroyVMRequest) ProtoMessage() {}
 
 func (x *DestroyVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[26]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2127,7 +2329,7 @@ func (x *DestroyVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyVMRequest.ProtoReflect.Descriptor instead.
 func (*DestroyVMRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{26}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DestroyVMRequest) GetId() string {
@@ -2153,7 +2355,7 @@ type DestroyVMResponse struct {
 
 func (x *DestroyVMResponse) Reset() {
 	*x = DestroyVMResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2367,7 @@ func (x *DestroyVMResponse) String() string {
 func (*DestroyVMResponse) ProtoMessage() {}
 
 func (x *DestroyVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[27]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2380,7 @@ func (x *DestroyVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyVMResponse.ProtoReflect.Descriptor instead.
 func (*DestroyVMResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{27}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DestroyVMResponse) GetTask() *Task {
@@ -2200,7 +2402,7 @@ type AddDiskRequest struct {
 
 func (x *AddDiskRequest) Reset() {
 	*x = AddDiskRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2414,7 @@ func (x *AddDiskRequest) String() string {
 func (*AddDiskRequest) ProtoMessage() {}
 
 func (x *AddDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[28]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2427,7 @@ func (x *AddDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDiskRequest.ProtoReflect.Descriptor instead.
 func (*AddDiskRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{28}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AddDiskRequest) GetId() string {
@@ -2258,7 +2460,7 @@ type AddDiskResponse struct {
 
 func (x *AddDiskResponse) Reset() {
 	*x = AddDiskResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2270,7 +2472,7 @@ func (x *AddDiskResponse) String() string {
 func (*AddDiskResponse) ProtoMessage() {}
 
 func (x *AddDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[29]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2283,7 +2485,7 @@ func (x *AddDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddDiskResponse.ProtoReflect.Descriptor instead.
 func (*AddDiskResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{29}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AddDiskResponse) GetTask() *Task {
@@ -2307,7 +2509,7 @@ type RemoveDiskRequest struct {
 
 func (x *RemoveDiskRequest) Reset() {
 	*x = RemoveDiskRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2521,7 @@ func (x *RemoveDiskRequest) String() string {
 func (*RemoveDiskRequest) ProtoMessage() {}
 
 func (x *RemoveDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[30]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2534,7 @@ func (x *RemoveDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveDiskRequest.ProtoReflect.Descriptor instead.
 func (*RemoveDiskRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{30}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RemoveDiskRequest) GetId() string {
@@ -2372,7 +2574,7 @@ type RemoveDiskResponse struct {
 
 func (x *RemoveDiskResponse) Reset() {
 	*x = RemoveDiskResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2384,7 +2586,7 @@ func (x *RemoveDiskResponse) String() string {
 func (*RemoveDiskResponse) ProtoMessage() {}
 
 func (x *RemoveDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[31]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2397,7 +2599,7 @@ func (x *RemoveDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveDiskResponse.ProtoReflect.Descriptor instead.
 func (*RemoveDiskResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{31}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RemoveDiskResponse) GetTask() *Task {
@@ -2418,7 +2620,7 @@ type AddNICRequest struct {
 
 func (x *AddNICRequest) Reset() {
 	*x = AddNICRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2430,7 +2632,7 @@ func (x *AddNICRequest) String() string {
 func (*AddNICRequest) ProtoMessage() {}
 
 func (x *AddNICRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[32]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2443,7 +2645,7 @@ func (x *AddNICRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNICRequest.ProtoReflect.Descriptor instead.
 func (*AddNICRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{32}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AddNICRequest) GetId() string {
@@ -2476,7 +2678,7 @@ type AddNICResponse struct {
 
 func (x *AddNICResponse) Reset() {
 	*x = AddNICResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2690,7 @@ func (x *AddNICResponse) String() string {
 func (*AddNICResponse) ProtoMessage() {}
 
 func (x *AddNICResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[33]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2703,7 @@ func (x *AddNICResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddNICResponse.ProtoReflect.Descriptor instead.
 func (*AddNICResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{33}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AddNICResponse) GetTask() *Task {
@@ -2524,7 +2726,7 @@ type RemoveNICRequest struct {
 
 func (x *RemoveNICRequest) Reset() {
 	*x = RemoveNICRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2536,7 +2738,7 @@ func (x *RemoveNICRequest) String() string {
 func (*RemoveNICRequest) ProtoMessage() {}
 
 func (x *RemoveNICRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[34]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2549,7 +2751,7 @@ func (x *RemoveNICRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNICRequest.ProtoReflect.Descriptor instead.
 func (*RemoveNICRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{34}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RemoveNICRequest) GetId() string {
@@ -2589,7 +2791,7 @@ type RemoveNICResponse struct {
 
 func (x *RemoveNICResponse) Reset() {
 	*x = RemoveNICResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2803,7 @@ func (x *RemoveNICResponse) String() string {
 func (*RemoveNICResponse) ProtoMessage() {}
 
 func (x *RemoveNICResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[35]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2816,7 @@ func (x *RemoveNICResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNICResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNICResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{35}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemoveNICResponse) GetTask() *Task {
@@ -2643,7 +2845,7 @@ type StreamConsoleRequest struct {
 
 func (x *StreamConsoleRequest) Reset() {
 	*x = StreamConsoleRequest{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2655,7 +2857,7 @@ func (x *StreamConsoleRequest) String() string {
 func (*StreamConsoleRequest) ProtoMessage() {}
 
 func (x *StreamConsoleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[36]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2668,7 +2870,7 @@ func (x *StreamConsoleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConsoleRequest.ProtoReflect.Descriptor instead.
 func (*StreamConsoleRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{36}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *StreamConsoleRequest) GetId() string {
@@ -2716,7 +2918,7 @@ type StreamConsoleResponse struct {
 
 func (x *StreamConsoleResponse) Reset() {
 	*x = StreamConsoleResponse{}
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[37]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +2930,7 @@ func (x *StreamConsoleResponse) String() string {
 func (*StreamConsoleResponse) ProtoMessage() {}
 
 func (x *StreamConsoleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_v1_vm_proto_msgTypes[37]
+	mi := &file_xenopsd_v1_vm_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +2943,7 @@ func (x *StreamConsoleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamConsoleResponse.ProtoReflect.Descriptor instead.
 func (*StreamConsoleResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{37}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *StreamConsoleResponse) GetData() []byte {
@@ -2915,6 +3117,17 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\x05force\x18\x03 \x01(\bR\x05force\x12\x12\n" +
 	"\x04wait\x18\x04 \x01(\bR\x04wait\":\n" +
 	"\x12ShutdownVMResponse\x12$\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.xenopsd.v1.TaskR\x04task\"k\n" +
+	"\x10SuspendVMRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x12\n" +
+	"\x04wait\x18\x03 \x01(\bR\x04wait\"9\n" +
+	"\x11SuspendVMResponse\x12$\n" +
+	"\x04task\x18\x01 \x01(\v2\x10.xenopsd.v1.TaskR\x04task\"5\n" +
+	"\x0fResumeVMRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04wait\x18\x02 \x01(\bR\x04wait\"8\n" +
+	"\x10ResumeVMResponse\x12$\n" +
 	"\x04task\x18\x01 \x01(\v2\x10.xenopsd.v1.TaskR\x04task\"\x80\x01\n" +
 	"\x0fRebootVMRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
@@ -2992,7 +3205,8 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"DeviceKind\x12\x1b\n" +
 	"\x17DEVICE_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10DEVICE_KIND_DISK\x10\x01\x12\x13\n" +
-	"\x0fDEVICE_KIND_NIC\x10\x022\x86\t\n" +
+	"\x0fDEVICE_KIND_NIC\x10\x022\x97\n" +
+	"\n" +
 	"\tVMService\x12E\n" +
 	"\bCreateVM\x12\x1b.xenopsd.v1.CreateVMRequest\x1a\x1c.xenopsd.v1.CreateVMResponse\x12<\n" +
 	"\x05GetVM\x12\x18.xenopsd.v1.GetVMRequest\x1a\x19.xenopsd.v1.GetVMResponse\x12B\n" +
@@ -3005,7 +3219,9 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\n" +
 	"ShutdownVM\x12\x1d.xenopsd.v1.ShutdownVMRequest\x1a\x1e.xenopsd.v1.ShutdownVMResponse\x12E\n" +
 	"\bRebootVM\x12\x1b.xenopsd.v1.RebootVMRequest\x1a\x1c.xenopsd.v1.RebootVMResponse\x12H\n" +
-	"\tDestroyVM\x12\x1c.xenopsd.v1.DestroyVMRequest\x1a\x1d.xenopsd.v1.DestroyVMResponse\x12V\n" +
+	"\tDestroyVM\x12\x1c.xenopsd.v1.DestroyVMRequest\x1a\x1d.xenopsd.v1.DestroyVMResponse\x12H\n" +
+	"\tSuspendVM\x12\x1c.xenopsd.v1.SuspendVMRequest\x1a\x1d.xenopsd.v1.SuspendVMResponse\x12E\n" +
+	"\bResumeVM\x12\x1b.xenopsd.v1.ResumeVMRequest\x1a\x1c.xenopsd.v1.ResumeVMResponse\x12V\n" +
 	"\rStreamConsole\x12 .xenopsd.v1.StreamConsoleRequest\x1a!.xenopsd.v1.StreamConsoleResponse0\x01\x12B\n" +
 	"\aAddDisk\x12\x1a.xenopsd.v1.AddDiskRequest\x1a\x1b.xenopsd.v1.AddDiskResponse\x12K\n" +
 	"\n" +
@@ -3026,7 +3242,7 @@ func file_xenopsd_v1_vm_proto_rawDescGZIP() []byte {
 }
 
 var file_xenopsd_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_xenopsd_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_xenopsd_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_xenopsd_v1_vm_proto_goTypes = []any{
 	(DomainType)(0),               // 0: xenopsd.v1.DomainType
 	(PowerState)(0),               // 1: xenopsd.v1.PowerState
@@ -3057,31 +3273,35 @@ var file_xenopsd_v1_vm_proto_goTypes = []any{
 	(*UnpauseVMResponse)(nil),     // 26: xenopsd.v1.UnpauseVMResponse
 	(*ShutdownVMRequest)(nil),     // 27: xenopsd.v1.ShutdownVMRequest
 	(*ShutdownVMResponse)(nil),    // 28: xenopsd.v1.ShutdownVMResponse
-	(*RebootVMRequest)(nil),       // 29: xenopsd.v1.RebootVMRequest
-	(*RebootVMResponse)(nil),      // 30: xenopsd.v1.RebootVMResponse
-	(*DestroyVMRequest)(nil),      // 31: xenopsd.v1.DestroyVMRequest
-	(*DestroyVMResponse)(nil),     // 32: xenopsd.v1.DestroyVMResponse
-	(*AddDiskRequest)(nil),        // 33: xenopsd.v1.AddDiskRequest
-	(*AddDiskResponse)(nil),       // 34: xenopsd.v1.AddDiskResponse
-	(*RemoveDiskRequest)(nil),     // 35: xenopsd.v1.RemoveDiskRequest
-	(*RemoveDiskResponse)(nil),    // 36: xenopsd.v1.RemoveDiskResponse
-	(*AddNICRequest)(nil),         // 37: xenopsd.v1.AddNICRequest
-	(*AddNICResponse)(nil),        // 38: xenopsd.v1.AddNICResponse
-	(*RemoveNICRequest)(nil),      // 39: xenopsd.v1.RemoveNICRequest
-	(*RemoveNICResponse)(nil),     // 40: xenopsd.v1.RemoveNICResponse
-	(*StreamConsoleRequest)(nil),  // 41: xenopsd.v1.StreamConsoleRequest
-	(*StreamConsoleResponse)(nil), // 42: xenopsd.v1.StreamConsoleResponse
-	nil,                           // 43: xenopsd.v1.VMSpec.PlatformEntry
-	nil,                           // 44: xenopsd.v1.VMSpec.XenstoreDataEntry
-	(*timestamppb.Timestamp)(nil), // 45: google.protobuf.Timestamp
-	(*Task)(nil),                  // 46: xenopsd.v1.Task
-	(*durationpb.Duration)(nil),   // 47: google.protobuf.Duration
+	(*SuspendVMRequest)(nil),      // 29: xenopsd.v1.SuspendVMRequest
+	(*SuspendVMResponse)(nil),     // 30: xenopsd.v1.SuspendVMResponse
+	(*ResumeVMRequest)(nil),       // 31: xenopsd.v1.ResumeVMRequest
+	(*ResumeVMResponse)(nil),      // 32: xenopsd.v1.ResumeVMResponse
+	(*RebootVMRequest)(nil),       // 33: xenopsd.v1.RebootVMRequest
+	(*RebootVMResponse)(nil),      // 34: xenopsd.v1.RebootVMResponse
+	(*DestroyVMRequest)(nil),      // 35: xenopsd.v1.DestroyVMRequest
+	(*DestroyVMResponse)(nil),     // 36: xenopsd.v1.DestroyVMResponse
+	(*AddDiskRequest)(nil),        // 37: xenopsd.v1.AddDiskRequest
+	(*AddDiskResponse)(nil),       // 38: xenopsd.v1.AddDiskResponse
+	(*RemoveDiskRequest)(nil),     // 39: xenopsd.v1.RemoveDiskRequest
+	(*RemoveDiskResponse)(nil),    // 40: xenopsd.v1.RemoveDiskResponse
+	(*AddNICRequest)(nil),         // 41: xenopsd.v1.AddNICRequest
+	(*AddNICResponse)(nil),        // 42: xenopsd.v1.AddNICResponse
+	(*RemoveNICRequest)(nil),      // 43: xenopsd.v1.RemoveNICRequest
+	(*RemoveNICResponse)(nil),     // 44: xenopsd.v1.RemoveNICResponse
+	(*StreamConsoleRequest)(nil),  // 45: xenopsd.v1.StreamConsoleRequest
+	(*StreamConsoleResponse)(nil), // 46: xenopsd.v1.StreamConsoleResponse
+	nil,                           // 47: xenopsd.v1.VMSpec.PlatformEntry
+	nil,                           // 48: xenopsd.v1.VMSpec.XenstoreDataEntry
+	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
+	(*Task)(nil),                  // 50: xenopsd.v1.Task
+	(*durationpb.Duration)(nil),   // 51: google.protobuf.Duration
 }
 var file_xenopsd_v1_vm_proto_depIdxs = []int32{
 	3,  // 0: xenopsd.v1.Disk.mode:type_name -> xenopsd.v1.DiskMode
 	0,  // 1: xenopsd.v1.VMSpec.type:type_name -> xenopsd.v1.DomainType
-	43, // 2: xenopsd.v1.VMSpec.platform:type_name -> xenopsd.v1.VMSpec.PlatformEntry
-	44, // 3: xenopsd.v1.VMSpec.xenstore_data:type_name -> xenopsd.v1.VMSpec.XenstoreDataEntry
+	47, // 2: xenopsd.v1.VMSpec.platform:type_name -> xenopsd.v1.VMSpec.PlatformEntry
+	48, // 3: xenopsd.v1.VMSpec.xenstore_data:type_name -> xenopsd.v1.VMSpec.XenstoreDataEntry
 	2,  // 4: xenopsd.v1.VMSpec.on_poweroff:type_name -> xenopsd.v1.LifecycleAction
 	2,  // 5: xenopsd.v1.VMSpec.on_reboot:type_name -> xenopsd.v1.LifecycleAction
 	2,  // 6: xenopsd.v1.VMSpec.on_crash:type_name -> xenopsd.v1.LifecycleAction
@@ -3089,8 +3309,8 @@ var file_xenopsd_v1_vm_proto_depIdxs = []int32{
 	6,  // 8: xenopsd.v1.VMSpec.nics:type_name -> xenopsd.v1.NIC
 	7,  // 9: xenopsd.v1.VM.spec:type_name -> xenopsd.v1.VMSpec
 	1,  // 10: xenopsd.v1.VM.power_state:type_name -> xenopsd.v1.PowerState
-	45, // 11: xenopsd.v1.VM.create_time:type_name -> google.protobuf.Timestamp
-	45, // 12: xenopsd.v1.VM.update_time:type_name -> google.protobuf.Timestamp
+	49, // 11: xenopsd.v1.VM.create_time:type_name -> google.protobuf.Timestamp
+	49, // 12: xenopsd.v1.VM.update_time:type_name -> google.protobuf.Timestamp
 	9,  // 13: xenopsd.v1.VM.devices:type_name -> xenopsd.v1.PluggedDevice
 	4,  // 14: xenopsd.v1.PluggedDevice.kind:type_name -> xenopsd.v1.DeviceKind
 	10, // 15: xenopsd.v1.PluggedDevice.counters:type_name -> xenopsd.v1.DeviceCounters
@@ -3100,57 +3320,64 @@ var file_xenopsd_v1_vm_proto_depIdxs = []int32{
 	8,  // 19: xenopsd.v1.ListVMsResponse.vms:type_name -> xenopsd.v1.VM
 	7,  // 20: xenopsd.v1.UpdateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
 	8,  // 21: xenopsd.v1.UpdateVMResponse.vm:type_name -> xenopsd.v1.VM
-	46, // 22: xenopsd.v1.StartVMResponse.task:type_name -> xenopsd.v1.Task
-	46, // 23: xenopsd.v1.PauseVMResponse.task:type_name -> xenopsd.v1.Task
-	46, // 24: xenopsd.v1.UnpauseVMResponse.task:type_name -> xenopsd.v1.Task
-	47, // 25: xenopsd.v1.ShutdownVMRequest.timeout:type_name -> google.protobuf.Duration
-	46, // 26: xenopsd.v1.ShutdownVMResponse.task:type_name -> xenopsd.v1.Task
-	47, // 27: xenopsd.v1.RebootVMRequest.timeout:type_name -> google.protobuf.Duration
-	46, // 28: xenopsd.v1.RebootVMResponse.task:type_name -> xenopsd.v1.Task
-	46, // 29: xenopsd.v1.DestroyVMResponse.task:type_name -> xenopsd.v1.Task
-	5,  // 30: xenopsd.v1.AddDiskRequest.disk:type_name -> xenopsd.v1.Disk
-	46, // 31: xenopsd.v1.AddDiskResponse.task:type_name -> xenopsd.v1.Task
-	46, // 32: xenopsd.v1.RemoveDiskResponse.task:type_name -> xenopsd.v1.Task
-	6,  // 33: xenopsd.v1.AddNICRequest.nic:type_name -> xenopsd.v1.NIC
-	46, // 34: xenopsd.v1.AddNICResponse.task:type_name -> xenopsd.v1.Task
-	46, // 35: xenopsd.v1.RemoveNICResponse.task:type_name -> xenopsd.v1.Task
-	11, // 36: xenopsd.v1.VMService.CreateVM:input_type -> xenopsd.v1.CreateVMRequest
-	13, // 37: xenopsd.v1.VMService.GetVM:input_type -> xenopsd.v1.GetVMRequest
-	15, // 38: xenopsd.v1.VMService.ListVMs:input_type -> xenopsd.v1.ListVMsRequest
-	17, // 39: xenopsd.v1.VMService.UpdateVM:input_type -> xenopsd.v1.UpdateVMRequest
-	19, // 40: xenopsd.v1.VMService.DeleteVM:input_type -> xenopsd.v1.DeleteVMRequest
-	21, // 41: xenopsd.v1.VMService.StartVM:input_type -> xenopsd.v1.StartVMRequest
-	23, // 42: xenopsd.v1.VMService.PauseVM:input_type -> xenopsd.v1.PauseVMRequest
-	25, // 43: xenopsd.v1.VMService.UnpauseVM:input_type -> xenopsd.v1.UnpauseVMRequest
-	27, // 44: xenopsd.v1.VMService.ShutdownVM:input_type -> xenopsd.v1.ShutdownVMRequest
-	29, // 45: xenopsd.v1.VMService.RebootVM:input_type -> xenopsd.v1.RebootVMRequest
-	31, // 46: xenopsd.v1.VMService.DestroyVM:input_type -> xenopsd.v1.DestroyVMRequest
-	41, // 47: xenopsd.v1.VMService.StreamConsole:input_type -> xenopsd.v1.StreamConsoleRequest
-	33, // 48: xenopsd.v1.VMService.AddDisk:input_type -> xenopsd.v1.AddDiskRequest
-	35, // 49: xenopsd.v1.VMService.RemoveDisk:input_type -> xenopsd.v1.RemoveDiskRequest
-	37, // 50: xenopsd.v1.VMService.AddNIC:input_type -> xenopsd.v1.AddNICRequest
-	39, // 51: xenopsd.v1.VMService.RemoveNIC:input_type -> xenopsd.v1.RemoveNICRequest
-	12, // 52: xenopsd.v1.VMService.CreateVM:output_type -> xenopsd.v1.CreateVMResponse
-	14, // 53: xenopsd.v1.VMService.GetVM:output_type -> xenopsd.v1.GetVMResponse
-	16, // 54: xenopsd.v1.VMService.ListVMs:output_type -> xenopsd.v1.ListVMsResponse
-	18, // 55: xenopsd.v1.VMService.UpdateVM:output_type -> xenopsd.v1.UpdateVMResponse
-	20, // 56: xenopsd.v1.VMService.DeleteVM:output_type -> xenopsd.v1.DeleteVMResponse
-	22, // 57: xenopsd.v1.VMService.StartVM:output_type -> xenopsd.v1.StartVMResponse
-	24, // 58: xenopsd.v1.VMService.PauseVM:output_type -> xenopsd.v1.PauseVMResponse
-	26, // 59: xenopsd.v1.VMService.UnpauseVM:output_type -> xenopsd.v1.UnpauseVMResponse
-	28, // 60: xenopsd.v1.VMService.ShutdownVM:output_type -> xenopsd.v1.ShutdownVMResponse
-	30, // 61: xenopsd.v1.VMService.RebootVM:output_type -> xenopsd.v1.RebootVMResponse
-	32, // 62: xenopsd.v1.VMService.DestroyVM:output_type -> xenopsd.v1.DestroyVMResponse
-	42, // 63: xenopsd.v1.VMService.StreamConsole:output_type -> xenopsd.v1.StreamConsoleResponse
-	34, // 64: xenopsd.v1.VMService.AddDisk:output_type -> xenopsd.v1.AddDiskResponse
-	36, // 65: xenopsd.v1.VMService.RemoveDisk:output_type -> xenopsd.v1.RemoveDiskResponse
-	38, // 66: xenopsd.v1.VMService.AddNIC:output_type -> xenopsd.v1.AddNICResponse
-	40, // 67: xenopsd.v1.VMService.RemoveNIC:output_type -> xenopsd.v1.RemoveNICResponse
-	52, // [52:68] is the sub-list for method output_type
-	36, // [36:52] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	50, // 22: xenopsd.v1.StartVMResponse.task:type_name -> xenopsd.v1.Task
+	50, // 23: xenopsd.v1.PauseVMResponse.task:type_name -> xenopsd.v1.Task
+	50, // 24: xenopsd.v1.UnpauseVMResponse.task:type_name -> xenopsd.v1.Task
+	51, // 25: xenopsd.v1.ShutdownVMRequest.timeout:type_name -> google.protobuf.Duration
+	50, // 26: xenopsd.v1.ShutdownVMResponse.task:type_name -> xenopsd.v1.Task
+	51, // 27: xenopsd.v1.SuspendVMRequest.timeout:type_name -> google.protobuf.Duration
+	50, // 28: xenopsd.v1.SuspendVMResponse.task:type_name -> xenopsd.v1.Task
+	50, // 29: xenopsd.v1.ResumeVMResponse.task:type_name -> xenopsd.v1.Task
+	51, // 30: xenopsd.v1.RebootVMRequest.timeout:type_name -> google.protobuf.Duration
+	50, // 31: xenopsd.v1.RebootVMResponse.task:type_name -> xenopsd.v1.Task
+	50, // 32: xenopsd.v1.DestroyVMResponse.task:type_name -> xenopsd.v1.Task
+	5,  // 33: xenopsd.v1.AddDiskRequest.disk:type_name -> xenopsd.v1.Disk
+	50, // 34: xenopsd.v1.AddDiskResponse.task:type_name -> xenopsd.v1.Task
+	50, // 35: xenopsd.v1.RemoveDiskResponse.task:type_name -> xenopsd.v1.Task
+	6,  // 36: xenopsd.v1.AddNICRequest.nic:type_name -> xenopsd.v1.NIC
+	50, // 37: xenopsd.v1.AddNICResponse.task:type_name -> xenopsd.v1.Task
+	50, // 38: xenopsd.v1.RemoveNICResponse.task:type_name -> xenopsd.v1.Task
+	11, // 39: xenopsd.v1.VMService.CreateVM:input_type -> xenopsd.v1.CreateVMRequest
+	13, // 40: xenopsd.v1.VMService.GetVM:input_type -> xenopsd.v1.GetVMRequest
+	15, // 41: xenopsd.v1.VMService.ListVMs:input_type -> xenopsd.v1.ListVMsRequest
+	17, // 42: xenopsd.v1.VMService.UpdateVM:input_type -> xenopsd.v1.UpdateVMRequest
+	19, // 43: xenopsd.v1.VMService.DeleteVM:input_type -> xenopsd.v1.DeleteVMRequest
+	21, // 44: xenopsd.v1.VMService.StartVM:input_type -> xenopsd.v1.StartVMRequest
+	23, // 45: xenopsd.v1.VMService.PauseVM:input_type -> xenopsd.v1.PauseVMRequest
+	25, // 46: xenopsd.v1.VMService.UnpauseVM:input_type -> xenopsd.v1.UnpauseVMRequest
+	27, // 47: xenopsd.v1.VMService.ShutdownVM:input_type -> xenopsd.v1.ShutdownVMRequest
+	33, // 48: xenopsd.v1.VMService.RebootVM:input_type -> xenopsd.v1.RebootVMRequest
+	35, // 49: xenopsd.v1.VMService.DestroyVM:input_type -> xenopsd.v1.DestroyVMRequest
+	29, // 50: xenopsd.v1.VMService.SuspendVM:input_type -> xenopsd.v1.SuspendVMRequest
+	31, // 51: xenopsd.v1.VMService.ResumeVM:input_type -> xenopsd.v1.ResumeVMRequest
+	45, // 52: xenopsd.v1.VMService.StreamConsole:input_type -> xenopsd.v1.StreamConsoleRequest
+	37, // 53: xenopsd.v1.VMService.AddDisk:input_type -> xenopsd.v1.AddDiskRequest
+	39, // 54: xenopsd.v1.VMService.RemoveDisk:input_type -> xenopsd.v1.RemoveDiskRequest
+	41, // 55: xenopsd.v1.VMService.AddNIC:input_type -> xenopsd.v1.AddNICRequest
+	43, // 56: xenopsd.v1.VMService.RemoveNIC:input_type -> xenopsd.v1.RemoveNICRequest
+	12, // 57: xenopsd.v1.VMService.CreateVM:output_type -> xenopsd.v1.CreateVMResponse
+	14, // 58: xenopsd.v1.VMService.GetVM:output_type -> xenopsd.v1.GetVMResponse
+	16, // 59: xenopsd.v1.VMService.ListVMs:output_type -> xenopsd.v1.ListVMsResponse
+	18, // 60: xenopsd.v1.VMService.UpdateVM:output_type -> xenopsd.v1.UpdateVMResponse
+	20, // 61: xenopsd.v1.VMService.DeleteVM:output_type -> xenopsd.v1.DeleteVMResponse
+	22, // 62: xenopsd.v1.VMService.StartVM:output_type -> xenopsd.v1.StartVMResponse
+	24, // 63: xenopsd.v1.VMService.PauseVM:output_type -> xenopsd.v1.PauseVMResponse
+	26, // 64: xenopsd.v1.VMService.UnpauseVM:output_type -> xenopsd.v1.UnpauseVMResponse
+	28, // 65: xenopsd.v1.VMService.ShutdownVM:output_type -> xenopsd.v1.ShutdownVMResponse
+	34, // 66: xenopsd.v1.VMService.RebootVM:output_type -> xenopsd.v1.RebootVMResponse
+	36, // 67: xenopsd.v1.VMService.DestroyVM:output_type -> xenopsd.v1.DestroyVMResponse
+	30, // 68: xenopsd.v1.VMService.SuspendVM:output_type -> xenopsd.v1.SuspendVMResponse
+	32, // 69: xenopsd.v1.VMService.ResumeVM:output_type -> xenopsd.v1.ResumeVMResponse
+	46, // 70: xenopsd.v1.VMService.StreamConsole:output_type -> xenopsd.v1.StreamConsoleResponse
+	38, // 71: xenopsd.v1.VMService.AddDisk:output_type -> xenopsd.v1.AddDiskResponse
+	40, // 72: xenopsd.v1.VMService.RemoveDisk:output_type -> xenopsd.v1.RemoveDiskResponse
+	42, // 73: xenopsd.v1.VMService.AddNIC:output_type -> xenopsd.v1.AddNICResponse
+	44, // 74: xenopsd.v1.VMService.RemoveNIC:output_type -> xenopsd.v1.RemoveNICResponse
+	57, // [57:75] is the sub-list for method output_type
+	39, // [39:57] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_xenopsd_v1_vm_proto_init() }
@@ -3165,7 +3392,7 @@ func file_xenopsd_v1_vm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_v1_vm_proto_rawDesc), len(file_xenopsd_v1_vm_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   40,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,8 @@ const (
 	VMService_ShutdownVM_FullMethodName    = "/xenopsd.v1.VMService/ShutdownVM"
 	VMService_RebootVM_FullMethodName      = "/xenopsd.v1.VMService/RebootVM"
 	VMService_DestroyVM_FullMethodName     = "/xenopsd.v1.VMService/DestroyVM"
+	VMService_SuspendVM_FullMethodName     = "/xenopsd.v1.VMService/SuspendVM"
+	VMService_ResumeVM_FullMethodName      = "/xenopsd.v1.VMService/ResumeVM"
 	VMService_StreamConsole_FullMethodName = "/xenopsd.v1.VMService/StreamConsole"
 	VMService_AddDisk_FullMethodName       = "/xenopsd.v1.VMService/AddDisk"
 	VMService_RemoveDisk_FullMethodName    = "/xenopsd.v1.VMService/RemoveDisk"
@@ -91,6 +93,21 @@ type VMServiceClient interface {
 	RebootVM(ctx context.Context, in *RebootVMRequest, opts ...grpc.CallOption) (*RebootVMResponse, error)
 	// DestroyVM tears the domain down at once (hard power off).
 	DestroyVM(ctx context.Context, in *DestroyVMRequest, opts ...grpc.CallOption) (*DestroyVMResponse, error)
+	// SuspendVM asks a RUNNING VM's guest to suspend itself in place
+	// (control/shutdown = "suspend"). Its domain is kept, shut down with reason
+	// suspend, memory intact: the VM is then PAUSED with domain_suspended set,
+	// and ResumeVM lets it carry on. A guest that does not advertise
+	// control/feature-suspend fails the task with FAILED_PRECONDITION, one that
+	// does not suspend within timeout with DEADLINE_EXCEEDED; either way the
+	// request is withdrawn and the VM keeps running. Saving the suspended
+	// domain to a file is not implemented yet.
+	SuspendVM(ctx context.Context, in *SuspendVMRequest, opts ...grpc.CallOption) (*SuspendVMResponse, error)
+	// ResumeVM lets a VM whose guest suspended itself (PAUSED with
+	// domain_suspended) carry on in the same domain, as after a cancelled save
+	// or migration: the guest sees its suspend cancelled. The VM is RUNNING
+	// again. Any other VM is FAILED_PRECONDITION (use UnpauseVM for one paused
+	// by the toolstack).
+	ResumeVM(ctx context.Context, in *ResumeVMRequest, opts ...grpc.CallOption) (*ResumeVMResponse, error)
 	// StreamConsole streams the guest console output of the VM, as xenconsoled
 	// (or the simulator, acting as xenconsoled) logs it in the host's console
 	// log directory as guest-<VM name>.log. The log outlives the domain, so the
@@ -238,6 +255,26 @@ func (c *vMServiceClient) DestroyVM(ctx context.Context, in *DestroyVMRequest, o
 	return out, nil
 }
 
+func (c *vMServiceClient) SuspendVM(ctx context.Context, in *SuspendVMRequest, opts ...grpc.CallOption) (*SuspendVMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SuspendVMResponse)
+	err := c.cc.Invoke(ctx, VMService_SuspendVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *vMServiceClient) ResumeVM(ctx context.Context, in *ResumeVMRequest, opts ...grpc.CallOption) (*ResumeVMResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeVMResponse)
+	err := c.cc.Invoke(ctx, VMService_ResumeVM_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *vMServiceClient) StreamConsole(ctx context.Context, in *StreamConsoleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StreamConsoleResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &VMService_ServiceDesc.Streams[0], VMService_StreamConsole_FullMethodName, cOpts...)
@@ -351,6 +388,21 @@ type VMServiceServer interface {
 	RebootVM(context.Context, *RebootVMRequest) (*RebootVMResponse, error)
 	// DestroyVM tears the domain down at once (hard power off).
 	DestroyVM(context.Context, *DestroyVMRequest) (*DestroyVMResponse, error)
+	// SuspendVM asks a RUNNING VM's guest to suspend itself in place
+	// (control/shutdown = "suspend"). Its domain is kept, shut down with reason
+	// suspend, memory intact: the VM is then PAUSED with domain_suspended set,
+	// and ResumeVM lets it carry on. A guest that does not advertise
+	// control/feature-suspend fails the task with FAILED_PRECONDITION, one that
+	// does not suspend within timeout with DEADLINE_EXCEEDED; either way the
+	// request is withdrawn and the VM keeps running. Saving the suspended
+	// domain to a file is not implemented yet.
+	SuspendVM(context.Context, *SuspendVMRequest) (*SuspendVMResponse, error)
+	// ResumeVM lets a VM whose guest suspended itself (PAUSED with
+	// domain_suspended) carry on in the same domain, as after a cancelled save
+	// or migration: the guest sees its suspend cancelled. The VM is RUNNING
+	// again. Any other VM is FAILED_PRECONDITION (use UnpauseVM for one paused
+	// by the toolstack).
+	ResumeVM(context.Context, *ResumeVMRequest) (*ResumeVMResponse, error)
 	// StreamConsole streams the guest console output of the VM, as xenconsoled
 	// (or the simulator, acting as xenconsoled) logs it in the host's console
 	// log directory as guest-<VM name>.log. The log outlives the domain, so the
@@ -420,6 +472,12 @@ func (UnimplementedVMServiceServer) RebootVM(context.Context, *RebootVMRequest) 
 }
 func (UnimplementedVMServiceServer) DestroyVM(context.Context, *DestroyVMRequest) (*DestroyVMResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DestroyVM not implemented")
+}
+func (UnimplementedVMServiceServer) SuspendVM(context.Context, *SuspendVMRequest) (*SuspendVMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SuspendVM not implemented")
+}
+func (UnimplementedVMServiceServer) ResumeVM(context.Context, *ResumeVMRequest) (*ResumeVMResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeVM not implemented")
 }
 func (UnimplementedVMServiceServer) StreamConsole(*StreamConsoleRequest, grpc.ServerStreamingServer[StreamConsoleResponse]) error {
 	return status.Error(codes.Unimplemented, "method StreamConsole not implemented")
@@ -655,6 +713,42 @@ func _VMService_DestroyVM_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VMService_SuspendVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SuspendVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMServiceServer).SuspendVM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMService_SuspendVM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMServiceServer).SuspendVM(ctx, req.(*SuspendVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VMService_ResumeVM_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeVMRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VMServiceServer).ResumeVM(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VMService_ResumeVM_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VMServiceServer).ResumeVM(ctx, req.(*ResumeVMRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _VMService_StreamConsole_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(StreamConsoleRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -788,6 +882,14 @@ var VMService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DestroyVM",
 			Handler:    _VMService_DestroyVM_Handler,
+		},
+		{
+			MethodName: "SuspendVM",
+			Handler:    _VMService_SuspendVM_Handler,
+		},
+		{
+			MethodName: "ResumeVM",
+			Handler:    _VMService_ResumeVM_Handler,
 		},
 		{
 			MethodName: "AddDisk",

@@ -1666,6 +1666,104 @@ func (*SetVCPUContextResponse) Descriptor() ([]byte, []int) {
 	return file_xenopsd_simhost_v1_build_proto_rawDescGZIP(), []int{34}
 }
 
+// GetVCPUContextRequest is XEN_DOMCTL_getvcpucontext.
+type GetVCPUContextRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Domid         uint32                 `protobuf:"varint,1,opt,name=domid,proto3" json:"domid,omitempty"`
+	Vcpu          uint32                 `protobuf:"varint,2,opt,name=vcpu,proto3" json:"vcpu,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVCPUContextRequest) Reset() {
+	*x = GetVCPUContextRequest{}
+	mi := &file_xenopsd_simhost_v1_build_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVCPUContextRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVCPUContextRequest) ProtoMessage() {}
+
+func (x *GetVCPUContextRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_build_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVCPUContextRequest.ProtoReflect.Descriptor instead.
+func (*GetVCPUContextRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_build_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *GetVCPUContextRequest) GetDomid() uint32 {
+	if x != nil {
+		return x.Domid
+	}
+	return 0
+}
+
+func (x *GetVCPUContextRequest) GetVcpu() uint32 {
+	if x != nil {
+		return x.Vcpu
+	}
+	return 0
+}
+
+type GetVCPUContextResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// context is struct vcpu_guest_context as Xen reports it.
+	Context       []byte `protobuf:"bytes,1,opt,name=context,proto3" json:"context,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVCPUContextResponse) Reset() {
+	*x = GetVCPUContextResponse{}
+	mi := &file_xenopsd_simhost_v1_build_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVCPUContextResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVCPUContextResponse) ProtoMessage() {}
+
+func (x *GetVCPUContextResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_build_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVCPUContextResponse.ProtoReflect.Descriptor instead.
+func (*GetVCPUContextResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_build_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetVCPUContextResponse) GetContext() []byte {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
 var File_xenopsd_simhost_v1_build_proto protoreflect.FileDescriptor
 
 const file_xenopsd_simhost_v1_build_proto_rawDesc = "" +
@@ -1751,7 +1849,12 @@ const file_xenopsd_simhost_v1_build_proto_rawDesc = "" +
 	"\x05domid\x18\x01 \x01(\rR\x05domid\x12\x12\n" +
 	"\x04vcpu\x18\x02 \x01(\rR\x04vcpu\x12\x18\n" +
 	"\acontext\x18\x03 \x01(\fR\acontext\"\x18\n" +
-	"\x16SetVCPUContextResponse2\x8d\x0e\n" +
+	"\x16SetVCPUContextResponse\"A\n" +
+	"\x15GetVCPUContextRequest\x12\x14\n" +
+	"\x05domid\x18\x01 \x01(\rR\x05domid\x12\x12\n" +
+	"\x04vcpu\x18\x02 \x01(\rR\x04vcpu\"2\n" +
+	"\x16GetVCPUContextResponse\x12\x18\n" +
+	"\acontext\x18\x01 \x01(\fR\acontext2\xf6\x0e\n" +
 	"\x12DomainBuildService\x12p\n" +
 	"\x11PopulatePhysmapAt\x12,.xenopsd.simhost.v1.PopulatePhysmapAtRequest\x1a-.xenopsd.simhost.v1.PopulatePhysmapAtResponse\x12[\n" +
 	"\n" +
@@ -1772,7 +1875,8 @@ const file_xenopsd_simhost_v1_build_proto_rawDesc = "" +
 	"\rHypercallInit\x12(.xenopsd.simhost.v1.HypercallInitRequest\x1a).xenopsd.simhost.v1.HypercallInitResponse\x12[\n" +
 	"\n" +
 	"PinL4Table\x12%.xenopsd.simhost.v1.PinL4TableRequest\x1a&.xenopsd.simhost.v1.PinL4TableResponse\x12g\n" +
-	"\x0eSetVCPUContext\x12).xenopsd.simhost.v1.SetVCPUContextRequest\x1a*.xenopsd.simhost.v1.SetVCPUContextResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
+	"\x0eSetVCPUContext\x12).xenopsd.simhost.v1.SetVCPUContextRequest\x1a*.xenopsd.simhost.v1.SetVCPUContextResponse\x12g\n" +
+	"\x0eGetVCPUContext\x12).xenopsd.simhost.v1.GetVCPUContextRequest\x1a*.xenopsd.simhost.v1.GetVCPUContextResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
 
 var (
 	file_xenopsd_simhost_v1_build_proto_rawDescOnce sync.Once
@@ -1786,7 +1890,7 @@ func file_xenopsd_simhost_v1_build_proto_rawDescGZIP() []byte {
 	return file_xenopsd_simhost_v1_build_proto_rawDescData
 }
 
-var file_xenopsd_simhost_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_xenopsd_simhost_v1_build_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_xenopsd_simhost_v1_build_proto_goTypes = []any{
 	(*PopulatePhysmapAtRequest)(nil),     // 0: xenopsd.simhost.v1.PopulatePhysmapAtRequest
 	(*PopulatePhysmapAtResponse)(nil),    // 1: xenopsd.simhost.v1.PopulatePhysmapAtResponse
@@ -1823,6 +1927,8 @@ var file_xenopsd_simhost_v1_build_proto_goTypes = []any{
 	(*PinL4TableResponse)(nil),           // 32: xenopsd.simhost.v1.PinL4TableResponse
 	(*SetVCPUContextRequest)(nil),        // 33: xenopsd.simhost.v1.SetVCPUContextRequest
 	(*SetVCPUContextResponse)(nil),       // 34: xenopsd.simhost.v1.SetVCPUContextResponse
+	(*GetVCPUContextRequest)(nil),        // 35: xenopsd.simhost.v1.GetVCPUContextRequest
+	(*GetVCPUContextResponse)(nil),       // 36: xenopsd.simhost.v1.GetVCPUContextResponse
 }
 var file_xenopsd_simhost_v1_build_proto_depIdxs = []int32{
 	6,  // 0: xenopsd.simhost.v1.SetMemoryMapRequest.entries:type_name -> xenopsd.simhost.v1.E820Entry
@@ -1843,25 +1949,27 @@ var file_xenopsd_simhost_v1_build_proto_depIdxs = []int32{
 	29, // 15: xenopsd.simhost.v1.DomainBuildService.HypercallInit:input_type -> xenopsd.simhost.v1.HypercallInitRequest
 	31, // 16: xenopsd.simhost.v1.DomainBuildService.PinL4Table:input_type -> xenopsd.simhost.v1.PinL4TableRequest
 	33, // 17: xenopsd.simhost.v1.DomainBuildService.SetVCPUContext:input_type -> xenopsd.simhost.v1.SetVCPUContextRequest
-	1,  // 18: xenopsd.simhost.v1.DomainBuildService.PopulatePhysmapAt:output_type -> xenopsd.simhost.v1.PopulatePhysmapAtResponse
-	3,  // 19: xenopsd.simhost.v1.DomainBuildService.MapForeign:output_type -> xenopsd.simhost.v1.MapForeignResponse
-	5,  // 20: xenopsd.simhost.v1.DomainBuildService.UnmapForeign:output_type -> xenopsd.simhost.v1.UnmapForeignResponse
-	8,  // 21: xenopsd.simhost.v1.DomainBuildService.SetMemoryMap:output_type -> xenopsd.simhost.v1.SetMemoryMapResponse
-	10, // 22: xenopsd.simhost.v1.DomainBuildService.SetPagingMempoolSize:output_type -> xenopsd.simhost.v1.SetPagingMempoolSizeResponse
-	12, // 23: xenopsd.simhost.v1.DomainBuildService.SetTSCInfo:output_type -> xenopsd.simhost.v1.SetTSCInfoResponse
-	14, // 24: xenopsd.simhost.v1.DomainBuildService.AllocUnboundEvtchn:output_type -> xenopsd.simhost.v1.AllocUnboundEvtchnResponse
-	16, // 25: xenopsd.simhost.v1.DomainBuildService.SetHVMParam:output_type -> xenopsd.simhost.v1.SetHVMParamResponse
-	18, // 26: xenopsd.simhost.v1.DomainBuildService.SharedInfoFrame:output_type -> xenopsd.simhost.v1.SharedInfoFrameResponse
-	20, // 27: xenopsd.simhost.v1.DomainBuildService.MapGrantTableFrame:output_type -> xenopsd.simhost.v1.MapGrantTableFrameResponse
-	22, // 28: xenopsd.simhost.v1.DomainBuildService.RemoveFromPhysmap:output_type -> xenopsd.simhost.v1.RemoveFromPhysmapResponse
-	24, // 29: xenopsd.simhost.v1.DomainBuildService.GrantTableFrame:output_type -> xenopsd.simhost.v1.GrantTableFrameResponse
-	26, // 30: xenopsd.simhost.v1.DomainBuildService.GetHVMContext:output_type -> xenopsd.simhost.v1.GetHVMContextResponse
-	28, // 31: xenopsd.simhost.v1.DomainBuildService.SetHVMContext:output_type -> xenopsd.simhost.v1.SetHVMContextResponse
-	30, // 32: xenopsd.simhost.v1.DomainBuildService.HypercallInit:output_type -> xenopsd.simhost.v1.HypercallInitResponse
-	32, // 33: xenopsd.simhost.v1.DomainBuildService.PinL4Table:output_type -> xenopsd.simhost.v1.PinL4TableResponse
-	34, // 34: xenopsd.simhost.v1.DomainBuildService.SetVCPUContext:output_type -> xenopsd.simhost.v1.SetVCPUContextResponse
-	18, // [18:35] is the sub-list for method output_type
-	1,  // [1:18] is the sub-list for method input_type
+	35, // 18: xenopsd.simhost.v1.DomainBuildService.GetVCPUContext:input_type -> xenopsd.simhost.v1.GetVCPUContextRequest
+	1,  // 19: xenopsd.simhost.v1.DomainBuildService.PopulatePhysmapAt:output_type -> xenopsd.simhost.v1.PopulatePhysmapAtResponse
+	3,  // 20: xenopsd.simhost.v1.DomainBuildService.MapForeign:output_type -> xenopsd.simhost.v1.MapForeignResponse
+	5,  // 21: xenopsd.simhost.v1.DomainBuildService.UnmapForeign:output_type -> xenopsd.simhost.v1.UnmapForeignResponse
+	8,  // 22: xenopsd.simhost.v1.DomainBuildService.SetMemoryMap:output_type -> xenopsd.simhost.v1.SetMemoryMapResponse
+	10, // 23: xenopsd.simhost.v1.DomainBuildService.SetPagingMempoolSize:output_type -> xenopsd.simhost.v1.SetPagingMempoolSizeResponse
+	12, // 24: xenopsd.simhost.v1.DomainBuildService.SetTSCInfo:output_type -> xenopsd.simhost.v1.SetTSCInfoResponse
+	14, // 25: xenopsd.simhost.v1.DomainBuildService.AllocUnboundEvtchn:output_type -> xenopsd.simhost.v1.AllocUnboundEvtchnResponse
+	16, // 26: xenopsd.simhost.v1.DomainBuildService.SetHVMParam:output_type -> xenopsd.simhost.v1.SetHVMParamResponse
+	18, // 27: xenopsd.simhost.v1.DomainBuildService.SharedInfoFrame:output_type -> xenopsd.simhost.v1.SharedInfoFrameResponse
+	20, // 28: xenopsd.simhost.v1.DomainBuildService.MapGrantTableFrame:output_type -> xenopsd.simhost.v1.MapGrantTableFrameResponse
+	22, // 29: xenopsd.simhost.v1.DomainBuildService.RemoveFromPhysmap:output_type -> xenopsd.simhost.v1.RemoveFromPhysmapResponse
+	24, // 30: xenopsd.simhost.v1.DomainBuildService.GrantTableFrame:output_type -> xenopsd.simhost.v1.GrantTableFrameResponse
+	26, // 31: xenopsd.simhost.v1.DomainBuildService.GetHVMContext:output_type -> xenopsd.simhost.v1.GetHVMContextResponse
+	28, // 32: xenopsd.simhost.v1.DomainBuildService.SetHVMContext:output_type -> xenopsd.simhost.v1.SetHVMContextResponse
+	30, // 33: xenopsd.simhost.v1.DomainBuildService.HypercallInit:output_type -> xenopsd.simhost.v1.HypercallInitResponse
+	32, // 34: xenopsd.simhost.v1.DomainBuildService.PinL4Table:output_type -> xenopsd.simhost.v1.PinL4TableResponse
+	34, // 35: xenopsd.simhost.v1.DomainBuildService.SetVCPUContext:output_type -> xenopsd.simhost.v1.SetVCPUContextResponse
+	36, // 36: xenopsd.simhost.v1.DomainBuildService.GetVCPUContext:output_type -> xenopsd.simhost.v1.GetVCPUContextResponse
+	19, // [19:37] is the sub-list for method output_type
+	1,  // [1:19] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -1878,7 +1986,7 @@ func file_xenopsd_simhost_v1_build_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_simhost_v1_build_proto_rawDesc), len(file_xenopsd_simhost_v1_build_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

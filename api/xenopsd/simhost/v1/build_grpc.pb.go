@@ -36,6 +36,7 @@ const (
 	DomainBuildService_HypercallInit_FullMethodName        = "/xenopsd.simhost.v1.DomainBuildService/HypercallInit"
 	DomainBuildService_PinL4Table_FullMethodName           = "/xenopsd.simhost.v1.DomainBuildService/PinL4Table"
 	DomainBuildService_SetVCPUContext_FullMethodName       = "/xenopsd.simhost.v1.DomainBuildService/SetVCPUContext"
+	DomainBuildService_GetVCPUContext_FullMethodName       = "/xenopsd.simhost.v1.DomainBuildService/GetVCPUContext"
 )
 
 // DomainBuildServiceClient is the client API for DomainBuildService service.
@@ -74,6 +75,7 @@ type DomainBuildServiceClient interface {
 	HypercallInit(ctx context.Context, in *HypercallInitRequest, opts ...grpc.CallOption) (*HypercallInitResponse, error)
 	PinL4Table(ctx context.Context, in *PinL4TableRequest, opts ...grpc.CallOption) (*PinL4TableResponse, error)
 	SetVCPUContext(ctx context.Context, in *SetVCPUContextRequest, opts ...grpc.CallOption) (*SetVCPUContextResponse, error)
+	GetVCPUContext(ctx context.Context, in *GetVCPUContextRequest, opts ...grpc.CallOption) (*GetVCPUContextResponse, error)
 }
 
 type domainBuildServiceClient struct {
@@ -254,6 +256,16 @@ func (c *domainBuildServiceClient) SetVCPUContext(ctx context.Context, in *SetVC
 	return out, nil
 }
 
+func (c *domainBuildServiceClient) GetVCPUContext(ctx context.Context, in *GetVCPUContextRequest, opts ...grpc.CallOption) (*GetVCPUContextResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetVCPUContextResponse)
+	err := c.cc.Invoke(ctx, DomainBuildService_GetVCPUContext_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DomainBuildServiceServer is the server API for DomainBuildService service.
 // All implementations must embed UnimplementedDomainBuildServiceServer
 // for forward compatibility.
@@ -290,6 +302,7 @@ type DomainBuildServiceServer interface {
 	HypercallInit(context.Context, *HypercallInitRequest) (*HypercallInitResponse, error)
 	PinL4Table(context.Context, *PinL4TableRequest) (*PinL4TableResponse, error)
 	SetVCPUContext(context.Context, *SetVCPUContextRequest) (*SetVCPUContextResponse, error)
+	GetVCPUContext(context.Context, *GetVCPUContextRequest) (*GetVCPUContextResponse, error)
 	mustEmbedUnimplementedDomainBuildServiceServer()
 }
 
@@ -350,6 +363,9 @@ func (UnimplementedDomainBuildServiceServer) PinL4Table(context.Context, *PinL4T
 }
 func (UnimplementedDomainBuildServiceServer) SetVCPUContext(context.Context, *SetVCPUContextRequest) (*SetVCPUContextResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SetVCPUContext not implemented")
+}
+func (UnimplementedDomainBuildServiceServer) GetVCPUContext(context.Context, *GetVCPUContextRequest) (*GetVCPUContextResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetVCPUContext not implemented")
 }
 func (UnimplementedDomainBuildServiceServer) mustEmbedUnimplementedDomainBuildServiceServer() {}
 func (UnimplementedDomainBuildServiceServer) testEmbeddedByValue()                            {}
@@ -678,6 +694,24 @@ func _DomainBuildService_SetVCPUContext_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DomainBuildService_GetVCPUContext_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetVCPUContextRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DomainBuildServiceServer).GetVCPUContext(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DomainBuildService_GetVCPUContext_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DomainBuildServiceServer).GetVCPUContext(ctx, req.(*GetVCPUContextRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // DomainBuildService_ServiceDesc is the grpc.ServiceDesc for DomainBuildService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -752,6 +786,10 @@ var DomainBuildService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetVCPUContext",
 			Handler:    _DomainBuildService_SetVCPUContext_Handler,
+		},
+		{
+			MethodName: "GetVCPUContext",
+			Handler:    _DomainBuildService_GetVCPUContext_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1006,6 +1006,87 @@ func (*PauseDomainResponse) Descriptor() ([]byte, []int) {
 	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{18}
 }
 
+// ResumeDomainRequest is XEN_DOMCTL_resumedomain.
+type ResumeDomainRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Domid         uint32                 `protobuf:"varint,1,opt,name=domid,proto3" json:"domid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeDomainRequest) Reset() {
+	*x = ResumeDomainRequest{}
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeDomainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeDomainRequest) ProtoMessage() {}
+
+func (x *ResumeDomainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeDomainRequest.ProtoReflect.Descriptor instead.
+func (*ResumeDomainRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ResumeDomainRequest) GetDomid() uint32 {
+	if x != nil {
+		return x.Domid
+	}
+	return 0
+}
+
+type ResumeDomainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeDomainResponse) Reset() {
+	*x = ResumeDomainResponse{}
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeDomainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeDomainResponse) ProtoMessage() {}
+
+func (x *ResumeDomainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeDomainResponse.ProtoReflect.Descriptor instead.
+func (*ResumeDomainResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{20}
+}
+
 type UnpauseDomainRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Domid         uint32                 `protobuf:"varint,1,opt,name=domid,proto3" json:"domid,omitempty"`
@@ -1015,7 +1096,7 @@ type UnpauseDomainRequest struct {
 
 func (x *UnpauseDomainRequest) Reset() {
 	*x = UnpauseDomainRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[19]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1108,7 @@ func (x *UnpauseDomainRequest) String() string {
 func (*UnpauseDomainRequest) ProtoMessage() {}
 
 func (x *UnpauseDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[19]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1121,7 @@ func (x *UnpauseDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpauseDomainRequest.ProtoReflect.Descriptor instead.
 func (*UnpauseDomainRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{19}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UnpauseDomainRequest) GetDomid() uint32 {
@@ -1058,7 +1139,7 @@ type UnpauseDomainResponse struct {
 
 func (x *UnpauseDomainResponse) Reset() {
 	*x = UnpauseDomainResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[20]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1151,7 @@ func (x *UnpauseDomainResponse) String() string {
 func (*UnpauseDomainResponse) ProtoMessage() {}
 
 func (x *UnpauseDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[20]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1164,7 @@ func (x *UnpauseDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpauseDomainResponse.ProtoReflect.Descriptor instead.
 func (*UnpauseDomainResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{20}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{22}
 }
 
 type ShutdownDomainRequest struct {
@@ -1097,7 +1178,7 @@ type ShutdownDomainRequest struct {
 
 func (x *ShutdownDomainRequest) Reset() {
 	*x = ShutdownDomainRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[21]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1190,7 @@ func (x *ShutdownDomainRequest) String() string {
 func (*ShutdownDomainRequest) ProtoMessage() {}
 
 func (x *ShutdownDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[21]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1203,7 @@ func (x *ShutdownDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownDomainRequest.ProtoReflect.Descriptor instead.
 func (*ShutdownDomainRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{21}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ShutdownDomainRequest) GetDomid() uint32 {
@@ -1147,7 +1228,7 @@ type ShutdownDomainResponse struct {
 
 func (x *ShutdownDomainResponse) Reset() {
 	*x = ShutdownDomainResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[22]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1240,7 @@ func (x *ShutdownDomainResponse) String() string {
 func (*ShutdownDomainResponse) ProtoMessage() {}
 
 func (x *ShutdownDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[22]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1253,7 @@ func (x *ShutdownDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShutdownDomainResponse.ProtoReflect.Descriptor instead.
 func (*ShutdownDomainResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{22}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{24}
 }
 
 type DestroyDomainRequest struct {
@@ -1184,7 +1265,7 @@ type DestroyDomainRequest struct {
 
 func (x *DestroyDomainRequest) Reset() {
 	*x = DestroyDomainRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[23]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1277,7 @@ func (x *DestroyDomainRequest) String() string {
 func (*DestroyDomainRequest) ProtoMessage() {}
 
 func (x *DestroyDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[23]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1290,7 @@ func (x *DestroyDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyDomainRequest.ProtoReflect.Descriptor instead.
 func (*DestroyDomainRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{23}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DestroyDomainRequest) GetDomid() uint32 {
@@ -1227,7 +1308,7 @@ type DestroyDomainResponse struct {
 
 func (x *DestroyDomainResponse) Reset() {
 	*x = DestroyDomainResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[24]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +1320,7 @@ func (x *DestroyDomainResponse) String() string {
 func (*DestroyDomainResponse) ProtoMessage() {}
 
 func (x *DestroyDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[24]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +1333,7 @@ func (x *DestroyDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroyDomainResponse.ProtoReflect.Descriptor instead.
 func (*DestroyDomainResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{24}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{26}
 }
 
 type DomainInfoRequest struct {
@@ -1264,7 +1345,7 @@ type DomainInfoRequest struct {
 
 func (x *DomainInfoRequest) Reset() {
 	*x = DomainInfoRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[25]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1357,7 @@ func (x *DomainInfoRequest) String() string {
 func (*DomainInfoRequest) ProtoMessage() {}
 
 func (x *DomainInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[25]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1370,7 @@ func (x *DomainInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainInfoRequest.ProtoReflect.Descriptor instead.
 func (*DomainInfoRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{25}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DomainInfoRequest) GetDomid() uint32 {
@@ -1309,7 +1390,7 @@ type DomainInfoResponse struct {
 
 func (x *DomainInfoResponse) Reset() {
 	*x = DomainInfoResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[26]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1402,7 @@ func (x *DomainInfoResponse) String() string {
 func (*DomainInfoResponse) ProtoMessage() {}
 
 func (x *DomainInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[26]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1415,7 @@ func (x *DomainInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DomainInfoResponse.ProtoReflect.Descriptor instead.
 func (*DomainInfoResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{26}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DomainInfoResponse) GetDomain() *DomainRecords {
@@ -1354,7 +1435,7 @@ type GetVCPUInfoRequest struct {
 
 func (x *GetVCPUInfoRequest) Reset() {
 	*x = GetVCPUInfoRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1447,7 @@ func (x *GetVCPUInfoRequest) String() string {
 func (*GetVCPUInfoRequest) ProtoMessage() {}
 
 func (x *GetVCPUInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[27]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1460,7 @@ func (x *GetVCPUInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVCPUInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetVCPUInfoRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{27}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetVCPUInfoRequest) GetDomid() uint32 {
@@ -1413,7 +1494,7 @@ type GetVCPUInfoResponse struct {
 
 func (x *GetVCPUInfoResponse) Reset() {
 	*x = GetVCPUInfoResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1506,7 @@ func (x *GetVCPUInfoResponse) String() string {
 func (*GetVCPUInfoResponse) ProtoMessage() {}
 
 func (x *GetVCPUInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[28]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1519,7 @@ func (x *GetVCPUInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVCPUInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetVCPUInfoResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{28}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetVCPUInfoResponse) GetVcpu() uint32 {
@@ -1491,7 +1572,7 @@ type ListDomainsRequest struct {
 
 func (x *ListDomainsRequest) Reset() {
 	*x = ListDomainsRequest{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[29]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1503,7 +1584,7 @@ func (x *ListDomainsRequest) String() string {
 func (*ListDomainsRequest) ProtoMessage() {}
 
 func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[29]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1516,7 +1597,7 @@ func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsRequest.ProtoReflect.Descriptor instead.
 func (*ListDomainsRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{29}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{31}
 }
 
 type ListDomainsResponse struct {
@@ -1529,7 +1610,7 @@ type ListDomainsResponse struct {
 
 func (x *ListDomainsResponse) Reset() {
 	*x = ListDomainsResponse{}
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[30]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1622,7 @@ func (x *ListDomainsResponse) String() string {
 func (*ListDomainsResponse) ProtoMessage() {}
 
 func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[30]
+	mi := &file_xenopsd_simhost_v1_hypervisor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1635,7 @@ func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsResponse.ProtoReflect.Descriptor instead.
 func (*ListDomainsResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{30}
+	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListDomainsResponse) GetDomains() *DomainRecords {
@@ -1627,7 +1708,10 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"\x17PopulatePhysmapResponse\"*\n" +
 	"\x12PauseDomainRequest\x12\x14\n" +
 	"\x05domid\x18\x01 \x01(\rR\x05domid\"\x15\n" +
-	"\x13PauseDomainResponse\",\n" +
+	"\x13PauseDomainResponse\"+\n" +
+	"\x13ResumeDomainRequest\x12\x14\n" +
+	"\x05domid\x18\x01 \x01(\rR\x05domid\"\x16\n" +
+	"\x14ResumeDomainResponse\",\n" +
 	"\x14UnpauseDomainRequest\x12\x14\n" +
 	"\x05domid\x18\x01 \x01(\rR\x05domid\"\x17\n" +
 	"\x15UnpauseDomainResponse\"E\n" +
@@ -1654,8 +1738,7 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"\x03cpu\x18\x06 \x01(\rR\x03cpu\"\x14\n" +
 	"\x12ListDomainsRequest\"R\n" +
 	"\x13ListDomainsResponse\x12;\n" +
-	"\adomains\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\adomains2\xcd\n" +
-	"\n" +
+	"\adomains\x18\x01 \x01(\v2!.xenopsd.simhost.v1.DomainRecordsR\adomains2\xb0\v\n" +
 	"\x11HypervisorService\x12R\n" +
 	"\aVersion\x12\".xenopsd.simhost.v1.VersionRequest\x1a#.xenopsd.simhost.v1.VersionResponse\x12U\n" +
 	"\bPhysInfo\x12#.xenopsd.simhost.v1.PhysInfoRequest\x1a$.xenopsd.simhost.v1.PhysInfoResponse\x12R\n" +
@@ -1665,7 +1748,8 @@ const file_xenopsd_simhost_v1_hypervisor_proto_rawDesc = "" +
 	"\vSetMaxVCPUs\x12&.xenopsd.simhost.v1.SetMaxVCPUsRequest\x1a'.xenopsd.simhost.v1.SetMaxVCPUsResponse\x12j\n" +
 	"\x0fPopulatePhysmap\x12*.xenopsd.simhost.v1.PopulatePhysmapRequest\x1a+.xenopsd.simhost.v1.PopulatePhysmapResponse\x12^\n" +
 	"\vPauseDomain\x12&.xenopsd.simhost.v1.PauseDomainRequest\x1a'.xenopsd.simhost.v1.PauseDomainResponse\x12d\n" +
-	"\rUnpauseDomain\x12(.xenopsd.simhost.v1.UnpauseDomainRequest\x1a).xenopsd.simhost.v1.UnpauseDomainResponse\x12g\n" +
+	"\rUnpauseDomain\x12(.xenopsd.simhost.v1.UnpauseDomainRequest\x1a).xenopsd.simhost.v1.UnpauseDomainResponse\x12a\n" +
+	"\fResumeDomain\x12'.xenopsd.simhost.v1.ResumeDomainRequest\x1a(.xenopsd.simhost.v1.ResumeDomainResponse\x12g\n" +
 	"\x0eShutdownDomain\x12).xenopsd.simhost.v1.ShutdownDomainRequest\x1a*.xenopsd.simhost.v1.ShutdownDomainResponse\x12d\n" +
 	"\rDestroyDomain\x12(.xenopsd.simhost.v1.DestroyDomainRequest\x1a).xenopsd.simhost.v1.DestroyDomainResponse\x12[\n" +
 	"\n" +
@@ -1685,7 +1769,7 @@ func file_xenopsd_simhost_v1_hypervisor_proto_rawDescGZIP() []byte {
 	return file_xenopsd_simhost_v1_hypervisor_proto_rawDescData
 }
 
-var file_xenopsd_simhost_v1_hypervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_xenopsd_simhost_v1_hypervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_xenopsd_simhost_v1_hypervisor_proto_goTypes = []any{
 	(*HypervisorError)(nil),         // 0: xenopsd.simhost.v1.HypervisorError
 	(*DomainConfig)(nil),            // 1: xenopsd.simhost.v1.DomainConfig
@@ -1706,18 +1790,20 @@ var file_xenopsd_simhost_v1_hypervisor_proto_goTypes = []any{
 	(*PopulatePhysmapResponse)(nil), // 16: xenopsd.simhost.v1.PopulatePhysmapResponse
 	(*PauseDomainRequest)(nil),      // 17: xenopsd.simhost.v1.PauseDomainRequest
 	(*PauseDomainResponse)(nil),     // 18: xenopsd.simhost.v1.PauseDomainResponse
-	(*UnpauseDomainRequest)(nil),    // 19: xenopsd.simhost.v1.UnpauseDomainRequest
-	(*UnpauseDomainResponse)(nil),   // 20: xenopsd.simhost.v1.UnpauseDomainResponse
-	(*ShutdownDomainRequest)(nil),   // 21: xenopsd.simhost.v1.ShutdownDomainRequest
-	(*ShutdownDomainResponse)(nil),  // 22: xenopsd.simhost.v1.ShutdownDomainResponse
-	(*DestroyDomainRequest)(nil),    // 23: xenopsd.simhost.v1.DestroyDomainRequest
-	(*DestroyDomainResponse)(nil),   // 24: xenopsd.simhost.v1.DestroyDomainResponse
-	(*DomainInfoRequest)(nil),       // 25: xenopsd.simhost.v1.DomainInfoRequest
-	(*DomainInfoResponse)(nil),      // 26: xenopsd.simhost.v1.DomainInfoResponse
-	(*GetVCPUInfoRequest)(nil),      // 27: xenopsd.simhost.v1.GetVCPUInfoRequest
-	(*GetVCPUInfoResponse)(nil),     // 28: xenopsd.simhost.v1.GetVCPUInfoResponse
-	(*ListDomainsRequest)(nil),      // 29: xenopsd.simhost.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),     // 30: xenopsd.simhost.v1.ListDomainsResponse
+	(*ResumeDomainRequest)(nil),     // 19: xenopsd.simhost.v1.ResumeDomainRequest
+	(*ResumeDomainResponse)(nil),    // 20: xenopsd.simhost.v1.ResumeDomainResponse
+	(*UnpauseDomainRequest)(nil),    // 21: xenopsd.simhost.v1.UnpauseDomainRequest
+	(*UnpauseDomainResponse)(nil),   // 22: xenopsd.simhost.v1.UnpauseDomainResponse
+	(*ShutdownDomainRequest)(nil),   // 23: xenopsd.simhost.v1.ShutdownDomainRequest
+	(*ShutdownDomainResponse)(nil),  // 24: xenopsd.simhost.v1.ShutdownDomainResponse
+	(*DestroyDomainRequest)(nil),    // 25: xenopsd.simhost.v1.DestroyDomainRequest
+	(*DestroyDomainResponse)(nil),   // 26: xenopsd.simhost.v1.DestroyDomainResponse
+	(*DomainInfoRequest)(nil),       // 27: xenopsd.simhost.v1.DomainInfoRequest
+	(*DomainInfoResponse)(nil),      // 28: xenopsd.simhost.v1.DomainInfoResponse
+	(*GetVCPUInfoRequest)(nil),      // 29: xenopsd.simhost.v1.GetVCPUInfoRequest
+	(*GetVCPUInfoResponse)(nil),     // 30: xenopsd.simhost.v1.GetVCPUInfoResponse
+	(*ListDomainsRequest)(nil),      // 31: xenopsd.simhost.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),     // 32: xenopsd.simhost.v1.ListDomainsResponse
 }
 var file_xenopsd_simhost_v1_hypervisor_proto_depIdxs = []int32{
 	1,  // 0: xenopsd.simhost.v1.CreateDomainRequest.config:type_name -> xenopsd.simhost.v1.DomainConfig
@@ -1731,28 +1817,30 @@ var file_xenopsd_simhost_v1_hypervisor_proto_depIdxs = []int32{
 	13, // 8: xenopsd.simhost.v1.HypervisorService.SetMaxVCPUs:input_type -> xenopsd.simhost.v1.SetMaxVCPUsRequest
 	15, // 9: xenopsd.simhost.v1.HypervisorService.PopulatePhysmap:input_type -> xenopsd.simhost.v1.PopulatePhysmapRequest
 	17, // 10: xenopsd.simhost.v1.HypervisorService.PauseDomain:input_type -> xenopsd.simhost.v1.PauseDomainRequest
-	19, // 11: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:input_type -> xenopsd.simhost.v1.UnpauseDomainRequest
-	21, // 12: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:input_type -> xenopsd.simhost.v1.ShutdownDomainRequest
-	23, // 13: xenopsd.simhost.v1.HypervisorService.DestroyDomain:input_type -> xenopsd.simhost.v1.DestroyDomainRequest
-	25, // 14: xenopsd.simhost.v1.HypervisorService.DomainInfo:input_type -> xenopsd.simhost.v1.DomainInfoRequest
-	27, // 15: xenopsd.simhost.v1.HypervisorService.GetVCPUInfo:input_type -> xenopsd.simhost.v1.GetVCPUInfoRequest
-	29, // 16: xenopsd.simhost.v1.HypervisorService.ListDomains:input_type -> xenopsd.simhost.v1.ListDomainsRequest
-	4,  // 17: xenopsd.simhost.v1.HypervisorService.Version:output_type -> xenopsd.simhost.v1.VersionResponse
-	6,  // 18: xenopsd.simhost.v1.HypervisorService.PhysInfo:output_type -> xenopsd.simhost.v1.PhysInfoResponse
-	8,  // 19: xenopsd.simhost.v1.HypervisorService.CPUIdle:output_type -> xenopsd.simhost.v1.CPUIdleResponse
-	10, // 20: xenopsd.simhost.v1.HypervisorService.CreateDomain:output_type -> xenopsd.simhost.v1.CreateDomainResponse
-	12, // 21: xenopsd.simhost.v1.HypervisorService.SetMaxMem:output_type -> xenopsd.simhost.v1.SetMaxMemResponse
-	14, // 22: xenopsd.simhost.v1.HypervisorService.SetMaxVCPUs:output_type -> xenopsd.simhost.v1.SetMaxVCPUsResponse
-	16, // 23: xenopsd.simhost.v1.HypervisorService.PopulatePhysmap:output_type -> xenopsd.simhost.v1.PopulatePhysmapResponse
-	18, // 24: xenopsd.simhost.v1.HypervisorService.PauseDomain:output_type -> xenopsd.simhost.v1.PauseDomainResponse
-	20, // 25: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:output_type -> xenopsd.simhost.v1.UnpauseDomainResponse
-	22, // 26: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:output_type -> xenopsd.simhost.v1.ShutdownDomainResponse
-	24, // 27: xenopsd.simhost.v1.HypervisorService.DestroyDomain:output_type -> xenopsd.simhost.v1.DestroyDomainResponse
-	26, // 28: xenopsd.simhost.v1.HypervisorService.DomainInfo:output_type -> xenopsd.simhost.v1.DomainInfoResponse
-	28, // 29: xenopsd.simhost.v1.HypervisorService.GetVCPUInfo:output_type -> xenopsd.simhost.v1.GetVCPUInfoResponse
-	30, // 30: xenopsd.simhost.v1.HypervisorService.ListDomains:output_type -> xenopsd.simhost.v1.ListDomainsResponse
-	17, // [17:31] is the sub-list for method output_type
-	3,  // [3:17] is the sub-list for method input_type
+	21, // 11: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:input_type -> xenopsd.simhost.v1.UnpauseDomainRequest
+	19, // 12: xenopsd.simhost.v1.HypervisorService.ResumeDomain:input_type -> xenopsd.simhost.v1.ResumeDomainRequest
+	23, // 13: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:input_type -> xenopsd.simhost.v1.ShutdownDomainRequest
+	25, // 14: xenopsd.simhost.v1.HypervisorService.DestroyDomain:input_type -> xenopsd.simhost.v1.DestroyDomainRequest
+	27, // 15: xenopsd.simhost.v1.HypervisorService.DomainInfo:input_type -> xenopsd.simhost.v1.DomainInfoRequest
+	29, // 16: xenopsd.simhost.v1.HypervisorService.GetVCPUInfo:input_type -> xenopsd.simhost.v1.GetVCPUInfoRequest
+	31, // 17: xenopsd.simhost.v1.HypervisorService.ListDomains:input_type -> xenopsd.simhost.v1.ListDomainsRequest
+	4,  // 18: xenopsd.simhost.v1.HypervisorService.Version:output_type -> xenopsd.simhost.v1.VersionResponse
+	6,  // 19: xenopsd.simhost.v1.HypervisorService.PhysInfo:output_type -> xenopsd.simhost.v1.PhysInfoResponse
+	8,  // 20: xenopsd.simhost.v1.HypervisorService.CPUIdle:output_type -> xenopsd.simhost.v1.CPUIdleResponse
+	10, // 21: xenopsd.simhost.v1.HypervisorService.CreateDomain:output_type -> xenopsd.simhost.v1.CreateDomainResponse
+	12, // 22: xenopsd.simhost.v1.HypervisorService.SetMaxMem:output_type -> xenopsd.simhost.v1.SetMaxMemResponse
+	14, // 23: xenopsd.simhost.v1.HypervisorService.SetMaxVCPUs:output_type -> xenopsd.simhost.v1.SetMaxVCPUsResponse
+	16, // 24: xenopsd.simhost.v1.HypervisorService.PopulatePhysmap:output_type -> xenopsd.simhost.v1.PopulatePhysmapResponse
+	18, // 25: xenopsd.simhost.v1.HypervisorService.PauseDomain:output_type -> xenopsd.simhost.v1.PauseDomainResponse
+	22, // 26: xenopsd.simhost.v1.HypervisorService.UnpauseDomain:output_type -> xenopsd.simhost.v1.UnpauseDomainResponse
+	20, // 27: xenopsd.simhost.v1.HypervisorService.ResumeDomain:output_type -> xenopsd.simhost.v1.ResumeDomainResponse
+	24, // 28: xenopsd.simhost.v1.HypervisorService.ShutdownDomain:output_type -> xenopsd.simhost.v1.ShutdownDomainResponse
+	26, // 29: xenopsd.simhost.v1.HypervisorService.DestroyDomain:output_type -> xenopsd.simhost.v1.DestroyDomainResponse
+	28, // 30: xenopsd.simhost.v1.HypervisorService.DomainInfo:output_type -> xenopsd.simhost.v1.DomainInfoResponse
+	30, // 31: xenopsd.simhost.v1.HypervisorService.GetVCPUInfo:output_type -> xenopsd.simhost.v1.GetVCPUInfoResponse
+	32, // 32: xenopsd.simhost.v1.HypervisorService.ListDomains:output_type -> xenopsd.simhost.v1.ListDomainsResponse
+	18, // [18:33] is the sub-list for method output_type
+	3,  // [3:18] is the sub-list for method input_type
 	3,  // [3:3] is the sub-list for extension type_name
 	3,  // [3:3] is the sub-list for extension extendee
 	0,  // [0:3] is the sub-list for field type_name
@@ -1769,7 +1857,7 @@ func file_xenopsd_simhost_v1_hypervisor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_simhost_v1_hypervisor_proto_rawDesc), len(file_xenopsd_simhost_v1_hypervisor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

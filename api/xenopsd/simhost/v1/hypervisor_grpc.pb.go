@@ -28,6 +28,7 @@ const (
 	HypervisorService_PopulatePhysmap_FullMethodName = "/xenopsd.simhost.v1.HypervisorService/PopulatePhysmap"
 	HypervisorService_PauseDomain_FullMethodName     = "/xenopsd.simhost.v1.HypervisorService/PauseDomain"
 	HypervisorService_UnpauseDomain_FullMethodName   = "/xenopsd.simhost.v1.HypervisorService/UnpauseDomain"
+	HypervisorService_ResumeDomain_FullMethodName    = "/xenopsd.simhost.v1.HypervisorService/ResumeDomain"
 	HypervisorService_ShutdownDomain_FullMethodName  = "/xenopsd.simhost.v1.HypervisorService/ShutdownDomain"
 	HypervisorService_DestroyDomain_FullMethodName   = "/xenopsd.simhost.v1.HypervisorService/DestroyDomain"
 	HypervisorService_DomainInfo_FullMethodName      = "/xenopsd.simhost.v1.HypervisorService/DomainInfo"
@@ -51,6 +52,7 @@ type HypervisorServiceClient interface {
 	PopulatePhysmap(ctx context.Context, in *PopulatePhysmapRequest, opts ...grpc.CallOption) (*PopulatePhysmapResponse, error)
 	PauseDomain(ctx context.Context, in *PauseDomainRequest, opts ...grpc.CallOption) (*PauseDomainResponse, error)
 	UnpauseDomain(ctx context.Context, in *UnpauseDomainRequest, opts ...grpc.CallOption) (*UnpauseDomainResponse, error)
+	ResumeDomain(ctx context.Context, in *ResumeDomainRequest, opts ...grpc.CallOption) (*ResumeDomainResponse, error)
 	ShutdownDomain(ctx context.Context, in *ShutdownDomainRequest, opts ...grpc.CallOption) (*ShutdownDomainResponse, error)
 	DestroyDomain(ctx context.Context, in *DestroyDomainRequest, opts ...grpc.CallOption) (*DestroyDomainResponse, error)
 	DomainInfo(ctx context.Context, in *DomainInfoRequest, opts ...grpc.CallOption) (*DomainInfoResponse, error)
@@ -156,6 +158,16 @@ func (c *hypervisorServiceClient) UnpauseDomain(ctx context.Context, in *Unpause
 	return out, nil
 }
 
+func (c *hypervisorServiceClient) ResumeDomain(ctx context.Context, in *ResumeDomainRequest, opts ...grpc.CallOption) (*ResumeDomainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeDomainResponse)
+	err := c.cc.Invoke(ctx, HypervisorService_ResumeDomain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *hypervisorServiceClient) ShutdownDomain(ctx context.Context, in *ShutdownDomainRequest, opts ...grpc.CallOption) (*ShutdownDomainResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ShutdownDomainResponse)
@@ -222,6 +234,7 @@ type HypervisorServiceServer interface {
 	PopulatePhysmap(context.Context, *PopulatePhysmapRequest) (*PopulatePhysmapResponse, error)
 	PauseDomain(context.Context, *PauseDomainRequest) (*PauseDomainResponse, error)
 	UnpauseDomain(context.Context, *UnpauseDomainRequest) (*UnpauseDomainResponse, error)
+	ResumeDomain(context.Context, *ResumeDomainRequest) (*ResumeDomainResponse, error)
 	ShutdownDomain(context.Context, *ShutdownDomainRequest) (*ShutdownDomainResponse, error)
 	DestroyDomain(context.Context, *DestroyDomainRequest) (*DestroyDomainResponse, error)
 	DomainInfo(context.Context, *DomainInfoRequest) (*DomainInfoResponse, error)
@@ -263,6 +276,9 @@ func (UnimplementedHypervisorServiceServer) PauseDomain(context.Context, *PauseD
 }
 func (UnimplementedHypervisorServiceServer) UnpauseDomain(context.Context, *UnpauseDomainRequest) (*UnpauseDomainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UnpauseDomain not implemented")
+}
+func (UnimplementedHypervisorServiceServer) ResumeDomain(context.Context, *ResumeDomainRequest) (*ResumeDomainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeDomain not implemented")
 }
 func (UnimplementedHypervisorServiceServer) ShutdownDomain(context.Context, *ShutdownDomainRequest) (*ShutdownDomainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ShutdownDomain not implemented")
@@ -462,6 +478,24 @@ func _HypervisorService_UnpauseDomain_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HypervisorService_ResumeDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeDomainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HypervisorServiceServer).ResumeDomain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HypervisorService_ResumeDomain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HypervisorServiceServer).ResumeDomain(ctx, req.(*ResumeDomainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _HypervisorService_ShutdownDomain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ShutdownDomainRequest)
 	if err := dec(in); err != nil {
@@ -594,6 +628,10 @@ var HypervisorService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UnpauseDomain",
 			Handler:    _HypervisorService_UnpauseDomain_Handler,
+		},
+		{
+			MethodName: "ResumeDomain",
+			Handler:    _HypervisorService_ResumeDomain_Handler,
 		},
 		{
 			MethodName: "ShutdownDomain",
