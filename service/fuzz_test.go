@@ -33,7 +33,7 @@ const (
 	fuzzMaxVMs      = 3                      // more and every VM is destroyed and deleted
 	fuzzMaxPayload  = 4 << 10
 	fuzzCheckLimit  = 3 * time.Second
-	fuzzMethodCount = 14
+	fuzzMethodCount = 16
 )
 
 // fuzzCall decodes payload as the request of VM service method m (mod
@@ -131,6 +131,19 @@ func fuzzCall(ctx context.Context, s vmServer, m uint8, payload []byte) (ok bool
 			req.Wait = true
 			_, err = s.RemoveNIC(ctx, req)
 		}
+	case 14:
+		req := &pb.SuspendVMRequest{}
+		if ok = decode(req); ok {
+			req.Wait = true
+			capTimeout(&req.Timeout)
+			_, err = s.SuspendVM(ctx, req)
+		}
+	case 15:
+		req := &pb.ResumeVMRequest{}
+		if ok = decode(req); ok {
+			req.Wait = true
+			_, err = s.ResumeVM(ctx, req)
+		}
 	}
 	return ok, err
 }
@@ -172,6 +185,8 @@ func FuzzVMService(f *testing.F) {
 	seed(11, &pb.RemoveDiskRequest{Id: "f-full", Device: "xvda"})
 	seed(12, &pb.AddNICRequest{Id: "f-full", Nic: &pb.NIC{Bridge: "xenbr0", Mtu: 9000}})
 	seed(13, &pb.RemoveNICRequest{Id: "f-full", Mac: "00:16:3e:00:00:01", Force: true})
+	seed(14, &pb.SuspendVMRequest{Id: "f-full"})
+	seed(15, &pb.ResumeVMRequest{Id: "f-full"})
 
 	m, hc := realManager(f)
 	s := vmServer{Server: New(m, Options{Logger: slog.New(slog.DiscardHandler)})}
