@@ -53,7 +53,8 @@
 #   tmpfs; NX_XENSTORED names the running xenstore daemon; loop, bridge, blkback and
 #   netback are loaded (busybox has losetup, brctl and ip).
 #
-# Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_KEEP=1 (keep per-run cpio),
+# Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_TCG (QEMU -accel for tcg, default
+#      tcg,thread=multi), NX_KEEP=1 (keep per-run cpio),
 #      NX_KERNEL_PKG (pin the kernel package, e.g. linux-image-6.1.0-57-amd64),
 #      NX_NO_INSTALL=1 (never apt-get install), NX_XEN (default of -X),
 #      NX_QEMU_BIN (the QEMU binary, default qemu-system-x86_64 from PATH; e.g. QEMU 10
@@ -607,7 +608,7 @@ cat "$BASE_CPIO" "$OUT/overlay.cpio.gz" >"$OUT/dom0.cpio.gz"   # concatenated cp
 
 case $ACCEL in
   # -smap: under TCG, Xen's PV dom0 dies at its first exception bounce with SMAP on
-  tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu "${NX_CPU:-max,-smap}") ;;
+  tcg) ACCEL_ARGS=(-accel "${NX_TCG:-tcg,thread=multi}" -cpu "${NX_CPU:-max,-smap}") ;;
   kvm) ACCEL_ARGS=(-accel kvm -cpu "${NX_CPU:-host,-arch-capabilities}") ;;
   *) die "unknown accel $ACCEL" ;;
 esac
