@@ -61,7 +61,7 @@ func TestNestedPVHBootLoop(t *testing.T) {
 			path := paths[(i+j)%2] // alternate which path goes first
 			var b loopBoot
 			if path == "xl" {
-				b = xlLoopBoot(t, fmt.Sprintf("nxloopxl%d-%d", os.Getpid(), i), vcpus)
+				b = xlLoopBoot(t, fmt.Sprintf("nxloopxl%d-%d", os.Getpid(), i), "pvh", vcpus)
 			} else {
 				b = oursLoopBoot(t, e, name)
 			}
@@ -160,16 +160,22 @@ func waitDomainGone(t *testing.T, domid string) {
 	}
 }
 
-func xlLoopBoot(t *testing.T, name string, vcpus int) loopBoot {
+// xlLoopBoot boots the harness's guest (typ pvh or pv, 256 MiB) once with
+// `xl create`, waits for its marker, tells how it ended and destroys it.
+func xlLoopBoot(t *testing.T, name, typ string, vcpus int) loopBoot {
 	cfg := filepath.Join(t.TempDir(), name+".cfg")
-	body := fmt.Sprintf("name = %q\ntype = \"pvh\"\nkernel = %q\nramdisk = %q\nextra = %q\n"+
-		"memory = 256\nmaxmem = 256\nvcpus = %d\ntsc_mode = \"native\"\non_reboot = \"destroy\"\non_crash = \"destroy\"\n",
-		name, guestKernel, guestInitrd, guestCmdline, vcpus)
+	tsc := ""
+	if typ == "pvh" {
+		tsc = "tsc_mode = \"native\"\n"
+	}
+	body := fmt.Sprintf("name = %q\ntype = %q\nkernel = %q\nramdisk = %q\nextra = %q\n"+
+		"memory = 256\nmaxmem = 256\nvcpus = %d\n%son_reboot = \"destroy\"\non_crash = \"destroy\"\n",
+		name, typ, guestKernel, guestInitrd, guestCmdline, vcpus, tsc)
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
-	run(30*time.Second, "xl", "dmesg", "-c")
+	clearXenConsole()
 	t0 := time.Now()
 	if out, err := run(2*time.Minute, "xl", "create", cfg); err != nil {
 		t.Fatalf("xl create: %v\n%s", err, out)
@@ -202,7 +208,7 @@ func xlLoopBoot(t *testing.T, name string, vcpus int) loopBoot {
 func oursLoopBoot(t *testing.T, e *env, name string) loopBoot {
 	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
 	from := fileSize(logPath)
-	run(30*time.Second, "xl", "dmesg", "-c")
+	clearXenConsole()
 	t0 := time.Now()
 	if _, err := e.ctl("vm", "start", name); err != nil {
 		t.Fatalf("vm start: %v\n%s", err, tail([]byte(e.logText()), 3000))

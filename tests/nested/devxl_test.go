@@ -141,7 +141,9 @@ func xlGuestConfig(t *testing.T, name, typ, cmdline string, disks, nics []string
 // the guest's markers, xl shutdown, the word in the file, nothing left.
 func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 	blk, vif := xlScripts(t)
-	for attempt := 1; ; attempt++ {
+	var g devGuest
+	b := guestBoot{what: "xl's " + strings.ToUpper(typ) + " devices guest", typ: typ, vcpus: 1}
+	bootRetrying(t, b, func(attempt int) error {
 		im := newDevImages(t, typ)
 		// unique per boot: TestNestedDevices boots the same guest, and
 		// xenconsoled appends to the console log of a name used before
@@ -180,15 +182,15 @@ func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 		if err != nil {
 			t.Logf("attempt %d: %v; console:\n%s", attempt, err, tail(readFrom(logPath, 0), 2000))
 			_, _ = run(time.Minute, "xl", "destroy", name)
-			if errors.Is(err, errGuestGone) && attempt == 1 {
-				continue
+			if errors.Is(err, errGuestGone) {
+				return died(domid, err.Error())
 			}
-			t.Fatalf("xl's %s guest's devices did not connect", typ)
+			return fmt.Errorf("xl's %s guest's devices did not connect: %v", typ, err)
 		}
 		if _, err := w.waitConnected(time.Now().Add(bootWait), nil, bes...); err != nil {
 			t.Errorf("backends: %v", err)
 		}
-		g := devGuest{domid: domid, connected: tConn.Sub(t0)}
+		g = devGuest{domid: domid, connected: tConn.Sub(t0)}
 		t.Logf("domain %s: xl create returned after %v; frontends Connected %v after the call", domid,
 			tCreated.Sub(t0).Round(time.Millisecond), g.connected.Round(time.Millisecond))
 		logNodes(t, w, devs[0], devs[2])
@@ -201,11 +203,9 @@ func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 		checkGone(t, "xl shutdown", domid, "")
 		checkNoDevices(t, w, domid, []string{im.rw, im.ro})
 		im.checkPattern(t)
-		if attempt > 1 {
-			t.Logf("NOTE: xl's %s boot needed a retry", typ)
-		}
-		return g
-	}
+		return nil
+	})
+	return g
 }
 
 // xlHotplug: a running guest (nxmode=hotplug) gets a disk and a NIC with
