@@ -101,7 +101,7 @@ type loopBoot struct {
 // triple fault of domid, and whether the vCPU state dumped with it has
 // Xen's code segment (e008): the issue's signature.
 func tripleFault(domid string) (found, xenRIP bool, lines string) {
-	out, _ := run(30*time.Second, "xl", "dmesg")
+	out := readXenConsole()
 	re := regexp.MustCompile(`d` + regexp.QuoteMeta(domid) + `v\d+ Triple fault`)
 	loc := re.FindIndex(out)
 	if loc == nil {
@@ -150,7 +150,7 @@ func loopWait(logPath string, from int64, stillThere func() bool) (booted, gone 
 }
 
 // waitDomainGone waits (bounded) until xl no longer lists domid.
-func waitDomainGone(t *testing.T, domid string) {
+func waitDomainGone(t testing.TB, domid string) {
 	deadline := time.Now().Add(30 * time.Second)
 	for xlDomids(t)[domid] && time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
@@ -162,7 +162,7 @@ func waitDomainGone(t *testing.T, domid string) {
 
 // xlLoopBoot boots the harness's guest (typ pvh or pv, 256 MiB) once with
 // `xl create`, waits for its marker, tells how it ended and destroys it.
-func xlLoopBoot(t *testing.T, name, typ string, vcpus int) loopBoot {
+func xlLoopBoot(t testing.TB, name, typ string, vcpus int) loopBoot {
 	cfg := filepath.Join(t.TempDir(), name+".cfg")
 	tsc := ""
 	if typ == "pvh" {

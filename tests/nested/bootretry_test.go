@@ -45,7 +45,7 @@ type guestBoot struct {
 // guest that died before its marker; any other error fails the test at
 // once. A death is retried once only if Xen's console shows a triple fault
 // of that domain; a second one fails the test (for ours: a builder bug).
-func bootRetrying(t *testing.T, g guestBoot, boot func(attempt int) error) int {
+func bootRetrying(t testing.TB, g guestBoot, boot func(attempt int) error) int {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		clearXenConsole()
@@ -75,7 +75,7 @@ func bootRetrying(t *testing.T, g guestBoot, boot func(attempt int) error) int {
 		t.Logf("NOTE: BOOT-RETRY %s: domain %s triple-faulted before its marker (Xen's RIP in the dump: %v): %v\nXen's console:\n%s",
 			g.what, d.domid, xenRIP, err, tail([]byte(dm), 1500))
 		if g.ours {
-			c := xlLoopBoot(t, fmt.Sprintf("nxcontrol%s%d", g.typ, time.Now().UnixNano()%1e9), g.typ, g.vcpus)
+			c := controlBoot(t, g.typ, g.vcpus)
 			t.Logf("NOTE: BOOT-CONTROL %s: xl's %s guest (%d vCPUs) in the same boot: %s after %v",
 				g.what, strings.ToUpper(g.typ), g.vcpus, c.outcome, c.took.Round(time.Millisecond))
 			if c.outcome != "booted" {
@@ -85,9 +85,17 @@ func bootRetrying(t *testing.T, g guestBoot, boot func(attempt int) error) int {
 	}
 }
 
-// clearXenConsole empties Xen's console ring (`xl dmesg -c`), so a triple
-// fault found there belongs to the boot that follows (the daemon may reuse
-// a domid). The serial console keeps everything.
-func clearXenConsole() {
-	_, _ = run(30*time.Second, "xl", "dmesg", "-c")
-}
+// What bootRetrying asks of dom0 (replaced by its own test): Xen's console
+// ring, emptying it (`xl dmesg -c`: a triple fault found there then belongs
+// to the boot that followed, even if the daemon reuses a domid; the serial
+// console keeps everything), and the xl control boot.
+var (
+	readXenConsole = func() []byte {
+		out, _ := run(30*time.Second, "xl", "dmesg")
+		return out
+	}
+	clearXenConsole = func() { _, _ = run(30*time.Second, "xl", "dmesg", "-c") }
+	controlBoot     = func(t testing.TB, typ string, vcpus int) loopBoot {
+		return xlLoopBoot(t, fmt.Sprintf("nxcontrol%s%d", typ, time.Now().UnixNano()%1e9), typ, vcpus)
+	}
+)
