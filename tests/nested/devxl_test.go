@@ -215,21 +215,37 @@ func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 func xlHotplug(t *testing.T, w *stateWatcher, typ string) {
 	blk, vif := xlScripts(t)
 	im := newDevImages(t, "hp")
-	name := fmt.Sprintf("nxhp%s%d", typ, time.Now().UnixNano()%1e9)
-	cfg := xlGuestConfig(t, name, typ, "console=hvc0 nxmode=hotplug", nil, nil)
-	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
-	if out, err := run(2*time.Minute, "xl", "create", cfg); err != nil {
-		t.Fatalf("xl create: %v\n%s", err, out)
-	}
+	var name, logPath, domid string
+	b := guestBoot{what: "xl's " + strings.ToUpper(typ) + " hot-plug guest", typ: typ, vcpus: 1}
+	bootRetrying(t, b, func(attempt int) error {
+		name = fmt.Sprintf("nxhp%s%d-%d", typ, time.Now().UnixNano()%1e9, attempt)
+		cfg := xlGuestConfig(t, name, typ, "console=hvc0 nxmode=hotplug", nil, nil)
+		logPath = filepath.Join(consoleDir, "guest-"+name+".log")
+		if out, err := run(2*time.Minute, "xl", "create", cfg); err != nil {
+			t.Fatalf("xl create: %v\n%s", err, out)
+		}
+		out, err := run(30*time.Second, "xl", "domid", name)
+		if err != nil {
+			return died("?", fmt.Sprintf("xl domid right after xl create: %v", err))
+		}
+		domid = strings.TrimSpace(string(out))
+		m, why := waitMarker(logPath, 0, time.Now().Add(markerWait), func() string {
+			if !xlDomids(t)[domid] {
+				return "domain " + domid + " gone (on_reboot/on_crash destroy: triple fault?)"
+			}
+			return ""
+		})
+		if why == "" {
+			return nil
+		}
+		t.Logf("attempt %d: %s; console:\n%s", attempt, why, tail(readFrom(logPath, 0), 2000))
+		_, _ = run(time.Minute, "xl", "destroy", name)
+		if m.booted.IsZero() && !strings.HasPrefix(why, "no marker") {
+			return died(domid, why)
+		}
+		return errors.New(why)
+	})
 	defer func() { _, _ = run(time.Minute, "xl", "destroy", name) }()
-	out, err := run(30*time.Second, "xl", "domid", name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	domid := strings.TrimSpace(string(out))
-	if _, why := waitMarker(logPath, 0, time.Now().Add(markerWait), func() string { return "" }); why != "" {
-		t.Fatalf("%s; console:\n%s", why, tail(readFrom(logPath, 0), 2000))
-	}
 	waitGuest := func(what string) {
 		t.Helper()
 		deadline := time.Now().Add(bootWait)

@@ -294,6 +294,14 @@ func guestLifecycle(t *testing.T, e *env, typ string) {
 						t.Errorf("after the guest's reboot the VM has domid %s (was %s)", d, first)
 					}
 					checkGone(t, "rebooted domain", first, "")
+					// the restart is a boot too: the daemon's on_reboot
+					// restart retries one that triple-faults, unseen but
+					// for Xen's console (emptied when this guest started)
+					if n := bytes.Count(readXenConsole(), []byte("Triple fault")); n == 1 {
+						t.Logf("NOTE: BOOT-RETRY the daemon's %s guest's restart: a domain triple-faulted after the guest's reboot; the daemon's next restart booted", strings.ToUpper(typ))
+					} else if n > 1 {
+						t.Errorf("%d triple faults after the guest's reboot (each restart is a retry): a builder bug", n)
+					}
 					return
 				}
 				time.Sleep(500 * time.Millisecond)
