@@ -147,26 +147,22 @@ func TestNestedDevicesByHand(t *testing.T) {
 // vif nodes, and `xl unpause`; it checks the guest's markers, every backend
 // and frontend Connected, and, after `xl destroy` and the test's own
 // clean-up, the word in the backing file and nothing left behind. A guest
-// that dies before its marker (PVH triple faults now and then under QEMU)
-// is retried once.
+// that triple-faults before its marker (PVH, now and then under QEMU) is
+// retried once (bootRetrying).
 func handBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
-	for attempt := 1; ; attempt++ {
-		g, ok := handBootOnce(t, w, typ, attempt)
-		switch {
-		case ok:
-			if attempt > 1 {
-				t.Logf("NOTE: the hand-made %s boot needed a retry", typ)
-			}
-			return g
-		case attempt == 2:
-			t.Fatalf("the hand-made %s guest died before its devices connected, twice", typ)
-		}
-	}
+	var g devGuest
+	b := guestBoot{what: "the hand-made " + strings.ToUpper(typ) + " devices guest", typ: typ, vcpus: 1}
+	bootRetrying(t, b, func(attempt int) error {
+		var err error
+		g, err = handBootOnce(t, w, typ, attempt)
+		return err
+	})
+	return g
 }
 
-// handBootOnce is one attempt of handBoot; ok false means the guest died
-// before it printed GUEST-BOOTED (worth a retry).
-func handBootOnce(t *testing.T, w *stateWatcher, typ string, attempt int) (devGuest, bool) {
+// handBootOnce is one attempt of handBoot; an error made by died means the
+// guest died before its devices connected.
+func handBootOnce(t *testing.T, w *stateWatcher, typ string, attempt int) (devGuest, error) {
 	im := newDevImages(t, typ)
 	name := fmt.Sprintf("nxdevhand%s%d-%d", typ, time.Now().UnixNano()%1e9, attempt)
 	cfg := filepath.Join(t.TempDir(), name+".cfg")
@@ -237,7 +233,7 @@ func handBootOnce(t *testing.T, w *stateWatcher, typ string, attempt int) (devGu
 	if err != nil {
 		if errors.Is(err, errGuestGone) {
 			t.Logf("attempt %d: %v; console:\n%s", attempt, err, tail(readFrom(logPath, 0), 1500))
-			return devGuest{}, false
+			return devGuest{}, died(domidStr, err.Error())
 		}
 		t.Fatalf("%v; console:\n%s", err, tail(readFrom(logPath, 0), 3000))
 	}
@@ -252,7 +248,7 @@ func handBootOnce(t *testing.T, w *stateWatcher, typ string, attempt int) (devGu
 	g.writeKBps, g.readKBps = checkGuestDevices(t, logPath, 0, im, gone)
 	cleanup()
 	im.checkPattern(t)
-	return g, true
+	return g, nil
 }
 
 // logNodes logs what the drivers wrote in a vbd's and a vif's directories.
@@ -381,7 +377,8 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
 	files := []string{im.rw, im.ro}
 	var g devGuest
-	for attempt := 1; attempt <= 2; attempt++ {
+	b := guestBoot{what: "the daemon's " + strings.ToUpper(typ) + " devices guest", typ: typ, vcpus: 1, ours: true}
+	bootRetrying(t, b, func(attempt int) error {
 		from := fileSize(logPath)
 		t0 := time.Now()
 		if _, err := e.ctl("vm", "start", name); err != nil {
@@ -408,10 +405,10 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 			if _, derr := e.ctl("vm", "destroy", name); derr != nil {
 				t.Logf("destroy: %v", derr)
 			}
-			if errors.Is(err, errGuestGone) && attempt == 1 {
-				continue
+			if errors.Is(err, errGuestGone) {
+				return died(domid, err.Error())
 			}
-			t.Fatalf("the daemon's %s guest's devices did not connect\n%s", typ, tail([]byte(e.logText()), 3000))
+			return fmt.Errorf("the daemon's %s guest's devices did not connect: %v\n%s", typ, err, tail([]byte(e.logText()), 3000))
 		}
 		g = devGuest{domid: domid, connected: tConn.Sub(t0)}
 		g.writeKBps, g.readKBps = checkGuestDevices(t, logPath, from, im, func() string {
@@ -429,8 +426,8 @@ func daemonDevices(t *testing.T, e *env, w *stateWatcher, typ string) devGuest {
 		checkGone(t, "vm shutdown", domid, "")
 		checkNoDevices(t, w, domid, files)
 		im.checkPattern(t)
-		break
-	}
+		return nil
+	})
 
 	t.Run("Kill9ThenDestroy", func(t *testing.T) {
 		freeBefore := freeMiB(t)
@@ -485,14 +482,34 @@ func TestNestedDevicesHotplug(t *testing.T) {
 		}
 	}()
 	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
-	from := fileSize(logPath)
-	if _, err := e.ctl("vm", "start", name); err != nil {
-		t.Fatalf("vm start: %v", err)
-	}
-	domid := field(e.ctlJSON("vm", "get", name), "domid", "domid")
-	if _, why := waitMarker(logPath, from, time.Now().Add(markerWait), func() string { return "" }); why != "" {
-		t.Fatalf("%s; console:\n%s", why, tail(readFrom(logPath, from), 2000))
-	}
+	var from int64
+	var domid string
+	b := guestBoot{what: "the daemon's PVH hot-plug guest", typ: "pvh", vcpus: 1, ours: true}
+	bootRetrying(t, b, func(attempt int) error {
+		from = fileSize(logPath)
+		if _, err := e.ctl("vm", "start", name); err != nil {
+			t.Fatalf("vm start: %v", err)
+		}
+		domid = field(e.ctlJSON("vm", "get", name), "domid", "domid")
+		m, why := waitMarker(logPath, from, time.Now().Add(markerWait), func() string {
+			vm := e.ctlJSON("vm", "get", name)
+			if d, s := field(vm, "domid", "domid"), field(vm, "powerState", "power_state"); d != domid || !strings.Contains(s, "RUNNING") {
+				return fmt.Sprintf("the VM is now domid %q %s (the guest rebooted or died: triple fault?)", d, s)
+			}
+			return ""
+		})
+		if why == "" {
+			return nil
+		}
+		t.Logf("attempt %d: %s; console:\n%s", attempt, why, tail(readFrom(logPath, from), 2000))
+		if _, err := e.ctl("vm", "destroy", name); err != nil {
+			t.Logf("destroy: %v", err)
+		}
+		if m.booted.IsZero() && !strings.HasPrefix(why, "no marker") {
+			return died(domid, why)
+		}
+		return errors.New(why)
+	})
 	waitGuest := func(what string) {
 		t.Helper()
 		deadline := time.Now().Add(bootWait)

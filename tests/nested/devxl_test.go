@@ -141,7 +141,9 @@ func xlGuestConfig(t *testing.T, name, typ, cmdline string, disks, nics []string
 // the guest's markers, xl shutdown, the word in the file, nothing left.
 func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 	blk, vif := xlScripts(t)
-	for attempt := 1; ; attempt++ {
+	var g devGuest
+	b := guestBoot{what: "xl's " + strings.ToUpper(typ) + " devices guest", typ: typ, vcpus: 1}
+	bootRetrying(t, b, func(attempt int) error {
 		im := newDevImages(t, typ)
 		// unique per boot: TestNestedDevices boots the same guest, and
 		// xenconsoled appends to the console log of a name used before
@@ -180,15 +182,15 @@ func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 		if err != nil {
 			t.Logf("attempt %d: %v; console:\n%s", attempt, err, tail(readFrom(logPath, 0), 2000))
 			_, _ = run(time.Minute, "xl", "destroy", name)
-			if errors.Is(err, errGuestGone) && attempt == 1 {
-				continue
+			if errors.Is(err, errGuestGone) {
+				return died(domid, err.Error())
 			}
-			t.Fatalf("xl's %s guest's devices did not connect", typ)
+			return fmt.Errorf("xl's %s guest's devices did not connect: %v", typ, err)
 		}
 		if _, err := w.waitConnected(time.Now().Add(bootWait), nil, bes...); err != nil {
 			t.Errorf("backends: %v", err)
 		}
-		g := devGuest{domid: domid, connected: tConn.Sub(t0)}
+		g = devGuest{domid: domid, connected: tConn.Sub(t0)}
 		t.Logf("domain %s: xl create returned after %v; frontends Connected %v after the call", domid,
 			tCreated.Sub(t0).Round(time.Millisecond), g.connected.Round(time.Millisecond))
 		logNodes(t, w, devs[0], devs[2])
@@ -201,11 +203,9 @@ func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 		checkGone(t, "xl shutdown", domid, "")
 		checkNoDevices(t, w, domid, []string{im.rw, im.ro})
 		im.checkPattern(t)
-		if attempt > 1 {
-			t.Logf("NOTE: xl's %s boot needed a retry", typ)
-		}
-		return g
-	}
+		return nil
+	})
+	return g
 }
 
 // xlHotplug: a running guest (nxmode=hotplug) gets a disk and a NIC with
@@ -215,21 +215,37 @@ func xlDevicesBoot(t *testing.T, w *stateWatcher, typ string) devGuest {
 func xlHotplug(t *testing.T, w *stateWatcher, typ string) {
 	blk, vif := xlScripts(t)
 	im := newDevImages(t, "hp")
-	name := fmt.Sprintf("nxhp%s%d", typ, time.Now().UnixNano()%1e9)
-	cfg := xlGuestConfig(t, name, typ, "console=hvc0 nxmode=hotplug", nil, nil)
-	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
-	if out, err := run(2*time.Minute, "xl", "create", cfg); err != nil {
-		t.Fatalf("xl create: %v\n%s", err, out)
-	}
+	var name, logPath, domid string
+	b := guestBoot{what: "xl's " + strings.ToUpper(typ) + " hot-plug guest", typ: typ, vcpus: 1}
+	bootRetrying(t, b, func(attempt int) error {
+		name = fmt.Sprintf("nxhp%s%d-%d", typ, time.Now().UnixNano()%1e9, attempt)
+		cfg := xlGuestConfig(t, name, typ, "console=hvc0 nxmode=hotplug", nil, nil)
+		logPath = filepath.Join(consoleDir, "guest-"+name+".log")
+		if out, err := run(2*time.Minute, "xl", "create", cfg); err != nil {
+			t.Fatalf("xl create: %v\n%s", err, out)
+		}
+		out, err := run(30*time.Second, "xl", "domid", name)
+		if err != nil {
+			return died("?", fmt.Sprintf("xl domid right after xl create: %v", err))
+		}
+		domid = strings.TrimSpace(string(out))
+		m, why := waitMarker(logPath, 0, time.Now().Add(markerWait), func() string {
+			if !xlDomids(t)[domid] {
+				return "domain " + domid + " gone (on_reboot/on_crash destroy: triple fault?)"
+			}
+			return ""
+		})
+		if why == "" {
+			return nil
+		}
+		t.Logf("attempt %d: %s; console:\n%s", attempt, why, tail(readFrom(logPath, 0), 2000))
+		_, _ = run(time.Minute, "xl", "destroy", name)
+		if m.booted.IsZero() && !strings.HasPrefix(why, "no marker") {
+			return died(domid, why)
+		}
+		return errors.New(why)
+	})
 	defer func() { _, _ = run(time.Minute, "xl", "destroy", name) }()
-	out, err := run(30*time.Second, "xl", "domid", name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	domid := strings.TrimSpace(string(out))
-	if _, why := waitMarker(logPath, 0, time.Now().Add(markerWait), func() string { return "" }); why != "" {
-		t.Fatalf("%s; console:\n%s", why, tail(readFrom(logPath, 0), 2000))
-	}
 	waitGuest := func(what string) {
 		t.Helper()
 		deadline := time.Now().Add(bootWait)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -108,8 +109,9 @@ type bootTimes struct {
 // (on_reboot=restart builds a new domain that boots again) and crash
 // (on_crash=destroy), reads the console through xopsctl (also after the
 // crash), and destroys a guest mid-boot. Malformed kernels are refused,
-// leaving no domain. About 1 PVH boot in 18 triple-faults under QEMU: each first boot
-// is retried once, and a retry is reported.
+// leaving no domain. About 1 PVH boot in 18 triple-faults under QEMU: every
+// boot goes through bootRetrying (one retry after a triple fault, with xl's
+// guest as the control for ours).
 func TestNestedDaemonGuests(t *testing.T) {
 	needNested(t)
 	needGuest(t)
@@ -147,9 +149,6 @@ func guestLifecycle(t *testing.T, e *env, typ string) {
 		_, err := e.ctl("vm", "list", "-o", "json")
 		xlCrash.note(t, "xl guest boot", err)
 	})
-	if xl.attempts == 0 {
-		t.Error("xl create of the same guest did not reach its marker in 2 attempts")
-	}
 
 	name := fmt.Sprintf("nx%s%d", typ, os.Getpid())
 	if _, err := e.ctl("vm", "create", "--name", name, "--type", typ, "--memory", "256M", "--vcpus", strconv.Itoa(guestVCPUs),
@@ -159,7 +158,8 @@ func guestLifecycle(t *testing.T, e *env, typ string) {
 	uuid := field(e.ctlJSON("vm", "get", name), "id", "id")
 	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
 	var domid string
-	for attempt := 1; attempt <= 2 && api.attempts == 0; attempt++ {
+	g := guestBoot{what: "the daemon's " + strings.ToUpper(typ) + " guest", typ: typ, vcpus: guestVCPUs, ours: true}
+	api.attempts = bootRetrying(t, g, func(attempt int) error {
 		from := fileSize(logPath)
 		logFrom := len(e.logText())
 		// What one xopsctl process costs by itself under emulation, to
@@ -192,36 +192,34 @@ func guestLifecycle(t *testing.T, e *env, typ string) {
 			}
 			return ""
 		})
-		if why == "" {
-			if want := fmt.Sprintf("cpus=%d", guestVCPUs); !strings.Contains(m.line, want) {
-				t.Errorf("the guest did not bring up all its vCPUs: marker %q, want %s", m.line, want)
+		if why != "" {
+			t.Logf("xenopsd-ng attempt %d: %s\nconsole tail:\n%s", attempt, why, tail(readFrom(logPath, from), 1500))
+			if _, err := e.ctl("vm", "destroy", name); err != nil {
+				t.Logf("destroy after failed attempt: %v", err)
 			}
-			// Linux checks its page tables once booted: a builder that
-			// leaves writable, executable mappings behind fails here.
-			if wx := wxCheck(readFrom(logPath, from)); strings.Contains(wx, "FAILED") {
-				t.Errorf("the guest found writable and executable mappings: %s", wx)
-			} else {
-				t.Logf("xenopsd-ng's guest: %s", wx)
+			checkGone(t, "failed attempt", domid, uuid)
+			if m.booted.IsZero() && !strings.HasPrefix(why, "no marker") {
+				return died(domid, why)
 			}
-			api = bootTimes{running: tRun.Sub(t0), marker: m.booted.Sub(t0), attempts: attempt}
-			t.Logf("xenopsd-ng: domain %s running %v after the API call, marker %v after (attempt %d): %s",
-				domid, api.running.Round(time.Millisecond), api.marker.Round(time.Millisecond), attempt, m.line)
-			t.Logf("an xopsctl vm get took %v; the daemon's log of the start (where the time went):\n%s",
-				baseline.Round(time.Millisecond), startLog(e.logText()[logFrom:]))
-			break
+			return fmt.Errorf("%s (marker line %q)\n%s", why, m.line, tail([]byte(e.logText()), 3000))
 		}
-		t.Logf("xenopsd-ng attempt %d: %s\nconsole tail:\n%s", attempt, why, tail(readFrom(logPath, from), 1500))
-		if _, err := e.ctl("vm", "destroy", name); err != nil {
-			t.Logf("destroy after failed attempt: %v", err)
+		if want := fmt.Sprintf("cpus=%d", guestVCPUs); !strings.Contains(m.line, want) {
+			t.Errorf("the guest did not bring up all its vCPUs: marker %q, want %s", m.line, want)
 		}
-		checkGone(t, "failed attempt", domid, uuid)
-	}
-	if api.attempts == 0 {
-		t.Fatalf("%s guest started by xenopsd-ng did not reach its marker in 2 attempts\n%s", typ, e.logText())
-	}
-	if api.attempts > 1 {
-		t.Logf("NOTE: the xenopsd-ng %s boot needed a retry (%d attempts)", typ, api.attempts)
-	}
+		// Linux checks its page tables once booted: a builder that
+		// leaves writable, executable mappings behind fails here.
+		if wx := wxCheck(readFrom(logPath, from)); strings.Contains(wx, "FAILED") {
+			t.Errorf("the guest found writable and executable mappings: %s", wx)
+		} else {
+			t.Logf("xenopsd-ng's guest: %s", wx)
+		}
+		api = bootTimes{running: tRun.Sub(t0), marker: m.booted.Sub(t0)}
+		t.Logf("xenopsd-ng: domain %s running %v after the API call, marker %v after (attempt %d): %s",
+			domid, api.running.Round(time.Millisecond), api.marker.Round(time.Millisecond), attempt, m.line)
+		t.Logf("an xopsctl vm get took %v; the daemon's log of the start (where the time went):\n%s",
+			baseline.Round(time.Millisecond), startLog(e.logText()[logFrom:]))
+		return nil
+	})
 
 	// The console through the API: what xenconsoled logged.
 	if out, err := e.ctl("vm", "console", name, "--tail", "8192"); err != nil || !bytes.Contains(out, []byte("GUEST-BOOTED")) {
@@ -296,6 +294,14 @@ func guestLifecycle(t *testing.T, e *env, typ string) {
 						t.Errorf("after the guest's reboot the VM has domid %s (was %s)", d, first)
 					}
 					checkGone(t, "rebooted domain", first, "")
+					// the restart is a boot too: the daemon's on_reboot
+					// restart retries one that triple-faults, unseen but
+					// for Xen's console (emptied when this guest started)
+					if n := bytes.Count(readXenConsole(), []byte("Triple fault")); n == 1 {
+						t.Logf("NOTE: BOOT-RETRY the daemon's %s guest's restart: a domain triple-faulted after the guest's reboot; the daemon's next restart booted", strings.ToUpper(typ))
+					} else if n > 1 {
+						t.Errorf("%d triple faults after the guest's reboot (each restart is a retry): a builder bug", n)
+					}
 					return
 				}
 				time.Sleep(500 * time.Millisecond)
@@ -366,9 +372,6 @@ func guestLifecycle(t *testing.T, e *env, typ string) {
 		t.Errorf("vm delete: %v", err)
 	}
 
-	if xl.attempts == 0 {
-		return
-	}
 	ratio := func(a, b time.Duration) string { return fmt.Sprintf("%.2f", a.Seconds()/b.Seconds()) }
 	t.Logf("START-TIMES %s xenopsd-ng/xl: call->running %v / %v = %s; call->marker %v / %v = %s; attempts %d / %d",
 		typ, api.running.Round(time.Millisecond), xl.running.Round(time.Millisecond), ratio(api.running, xl.running),
@@ -409,29 +412,50 @@ func guestShutdown(t *testing.T, e *env, typ, mode string, check func(t *testing
 		}
 	}()
 	logPath := filepath.Join(consoleDir, "guest-"+vmName+".log")
-	from := fileSize(logPath)
-	if _, err := e.ctl("vm", "start", vmName); err != nil {
-		t.Fatalf("vm start: %v", err)
-	}
-	domid := field(e.ctlJSON("vm", "get", vmName), "domid", "domid")
-	halted := func() string {
-		if s := field(e.ctlJSON("vm", "get", vmName), "powerState", "power_state"); strings.Contains(s, "HALTED") {
-			return "the VM halted"
+	var from int64
+	var domid string
+	g := guestBoot{what: fmt.Sprintf("the daemon's %s guest (nxmode=%s)", strings.ToUpper(typ), mode), typ: typ, vcpus: 1, ours: true}
+	bootRetrying(t, g, func(attempt int) error {
+		from = fileSize(logPath)
+		if _, err := e.ctl("vm", "start", vmName); err != nil {
+			t.Fatalf("vm start: %v", err)
 		}
-		return ""
-	}
-	if _, why := waitMarker(logPath, from, time.Now().Add(markerWait), halted); why != "" && !bytes.Contains(readFrom(logPath, from), []byte("GUEST-BOOTED")) {
-		t.Fatalf("no marker: %s; console:\n%s", why, tail(readFrom(logPath, from), 3000))
-	}
+		domid = field(e.ctlJSON("vm", "get", vmName), "domid", "domid")
+		// the guest may halt or reboot itself once it printed its marker;
+		// before it, a new domid or a halted VM means it died
+		gone := func() string {
+			vm := e.ctlJSON("vm", "get", vmName)
+			if d, s := field(vm, "domid", "domid"), field(vm, "powerState", "power_state"); d != domid || strings.Contains(s, "HALTED") {
+				return fmt.Sprintf("the VM is now domid %q %s", d, s)
+			}
+			return ""
+		}
+		_, why := waitMarker(logPath, from, time.Now().Add(markerWait), gone)
+		if why == "" || bytes.Contains(readFrom(logPath, from), []byte("GUEST-BOOTED")) {
+			return nil
+		}
+		t.Logf("attempt %d: no marker: %s; console:\n%s", attempt, why, tail(readFrom(logPath, from), 3000))
+		if s := field(e.ctlJSON("vm", "get", vmName), "powerState", "power_state"); !strings.Contains(s, "HALTED") {
+			if _, err := e.ctl("vm", "destroy", vmName); err != nil {
+				t.Fatalf("destroy after a failed attempt: %v", err)
+			}
+		}
+		if strings.HasPrefix(why, "no marker") {
+			return errors.New(why)
+		}
+		return died(domid, why)
+	})
 	check(t, vmName, logPath, from, domid)
 }
 
 // xlBoot boots the same guest with `xl create` (same type, memory, vcpus;
 // PVH with tsc_mode native, as xenopsd-ng's default), waits for its marker
-// and destroys it; one retry.
+// and destroys it; a triple fault is retried once (bootRetrying).
 func xlBoot(t *testing.T, typ string, probe func()) bootTimes {
 	t.Helper()
-	for attempt := 1; attempt <= 2; attempt++ {
+	var bt bootTimes
+	g := guestBoot{what: "xl's " + strings.ToUpper(typ) + " guest", typ: typ, vcpus: guestVCPUs}
+	bt.attempts = bootRetrying(t, g, func(attempt int) error {
 		name := fmt.Sprintf("nxxl%s%d-%d", typ, os.Getpid(), attempt)
 		cfg := filepath.Join(t.TempDir(), name+".cfg")
 		tsc := ""
@@ -452,7 +476,7 @@ func xlBoot(t *testing.T, typ string, probe func()) bootTimes {
 		tRun := time.Now()
 		out, err := run(30*time.Second, "xl", "domid", name)
 		if err != nil {
-			t.Fatal(err)
+			return died("?", fmt.Sprintf("xl domid right after xl create: %v", err))
 		}
 		domid := strings.TrimSpace(string(out))
 		m, why := waitMarker(logPath, 0, tRun.Add(markerWait), func() string {
@@ -471,19 +495,20 @@ func xlBoot(t *testing.T, typ string, probe func()) bootTimes {
 		if _, err := run(time.Minute, "xl", "destroy", name); err != nil && xlDomids(t)[domid] {
 			t.Errorf("xl destroy: %v", err)
 		}
-		if why == "" {
-			bt := bootTimes{running: tRun.Sub(t0), marker: m.booted.Sub(t0), attempts: attempt, consoleLog: logPath}
-			t.Logf("xl: domain %s running %v after xl create, marker %v after (attempt %d): %s",
-				domid, bt.running.Round(time.Millisecond), bt.marker.Round(time.Millisecond), attempt, m.line)
-			t.Logf("xl's guest: %s", wxCheck(readFrom(logPath, 0)))
-			if attempt > 1 {
-				t.Logf("NOTE: the xl %s boot needed a retry", typ)
+		if why != "" {
+			t.Logf("xl attempt %d: %s\nconsole tail:\n%s", attempt, why, tail(readFrom(logPath, 0), 1500))
+			if m.booted.IsZero() && !strings.HasPrefix(why, "no marker") {
+				return died(domid, why)
 			}
-			return bt
+			return fmt.Errorf("%s (marker line %q)", why, m.line)
 		}
-		t.Logf("xl attempt %d: %s\nconsole tail:\n%s", attempt, why, tail(readFrom(logPath, 0), 1500))
-	}
-	return bootTimes{}
+		bt = bootTimes{running: tRun.Sub(t0), marker: m.booted.Sub(t0), consoleLog: logPath}
+		t.Logf("xl: domain %s running %v after xl create, marker %v after (attempt %d): %s",
+			domid, bt.running.Round(time.Millisecond), bt.marker.Round(time.Millisecond), attempt, m.line)
+		t.Logf("xl's guest: %s", wxCheck(readFrom(logPath, 0)))
+		return nil
+	})
+	return bt
 }
 
 // malformedKernel: a truncated copy of the guest kernel and two with lying

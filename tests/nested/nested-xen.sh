@@ -53,9 +53,13 @@
 #   tmpfs; NX_XENSTORED names the running xenstore daemon; loop, bridge, blkback and
 #   netback are loaded (busybox has losetup, brctl and ip).
 #
-# Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_KEEP=1 (keep per-run cpio),
+# Env: NX_CPU (QEMU -cpu, default max,-smap for tcg), NX_TCG (QEMU -accel for tcg, default
+#      tcg,thread=multi), NX_KEEP=1 (keep per-run cpio),
 #      NX_KERNEL_PKG (pin the kernel package, e.g. linux-image-6.1.0-57-amd64),
-#      NX_NO_INSTALL=1 (never apt-get install), NX_XEN (default of -X).
+#      NX_NO_INSTALL=1 (never apt-get install), NX_XEN (default of -X),
+#      NX_QEMU_BIN (the QEMU binary, default qemu-system-x86_64 from PATH; e.g. QEMU 10
+#      extracted from bookworm-backports), NX_QEMU_DATA (colon-separated -L dirs for
+#      that binary's firmware: its own share/qemu, then /usr/share/seabios).
 #
 # Host: Debian 12 as root. Missing qemu-system-x86, cpio, xz-utils, zstd, gzip, e2fsprogs are installed
 # with apt-get; the Xen/kernel/busybox .debs are fetched with apt-get download and cached.
@@ -604,7 +608,7 @@ cat "$BASE_CPIO" "$OUT/overlay.cpio.gz" >"$OUT/dom0.cpio.gz"   # concatenated cp
 
 case $ACCEL in
   # -smap: under TCG, Xen's PV dom0 dies at its first exception bounce with SMAP on
-  tcg) ACCEL_ARGS=(-accel tcg,thread=multi -cpu "${NX_CPU:-max,-smap}") ;;
+  tcg) ACCEL_ARGS=(-accel "${NX_TCG:-tcg,thread=multi}" -cpu "${NX_CPU:-max,-smap}") ;;
   kvm) ACCEL_ARGS=(-accel kvm -cpu "${NX_CPU:-host,-arch-capabilities}") ;;
   *) die "unknown accel $ACCEL" ;;
 esac
@@ -621,7 +625,11 @@ DOM0_CMD="console=hvc0 earlyprintk=xen panic=-1 loglevel=4 $DOM0_EXTRA"
 # itself, which under TCG adds ~3 s to every boot), else the bzImage
 DOM0_KERNEL=$IMG/vmlinuz; [ -f "$IMG/vmlinux" ] && DOM0_KERNEL=$IMG/vmlinux
 # QEMU multiboot: modules are "file args" separated by commas; commas inside args must be doubled
-QEMU=(qemu-system-x86_64 -nodefaults -machine pc "${ACCEL_ARGS[@]}" -m "$QMEM" -smp "$NCPU"
+QEMU_DATA_ARGS=()
+if [ -n "${NX_QEMU_DATA:-}" ]; then
+  IFS=: read -r -a qd <<<"$NX_QEMU_DATA"; for d in "${qd[@]}"; do QEMU_DATA_ARGS+=(-L "$d"); done
+fi
+QEMU=("${NX_QEMU_BIN:-qemu-system-x86_64}" "${QEMU_DATA_ARGS[@]}" -nodefaults -machine pc "${ACCEL_ARGS[@]}" -m "$QMEM" -smp "$NCPU"
       -display none -vga none -no-reboot
       -serial "file:$OUT/console.log" -serial "file:$OUT/output.txt"
       -kernel "$IMG/xen.elf" -append "$XEN_CMD"
