@@ -1,8 +1,10 @@
 package nested
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -109,3 +111,51 @@ var (
 		return xlLoopBoot(t, fmt.Sprintf("nxcontrol%s%d", typ, time.Now().UnixNano()%1e9), typ, vcpus)
 	}
 )
+
+// startToMarker starts the daemon's VM name (created by the caller, with
+// the test's kernel) and waits until its guest prints GUEST-BOOTED, under
+// bootRetrying: a guest that dies first (its VM on another domid or no
+// longer running: a triple fault crashed or restarted it) is destroyed and
+// started again as the policy allows; a guest that never gets there fails
+// the test. It returns the domid of the boot that reached its marker and
+// the console log's size before that boot.
+func startToMarker(t *testing.T, e *env, name, typ string, vcpus int) (domid string, from int64) {
+	t.Helper()
+	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
+	g := guestBoot{what: "the daemon's " + strings.ToUpper(typ) + " guest " + name, typ: typ, vcpus: vcpus, ours: true}
+	bootRetrying(t, g, func(attempt int) error {
+		from = fileSize(logPath)
+		if _, err := e.ctl("vm", "start", name); err != nil {
+			t.Fatalf("vm start %s: %v\n%s", name, err, tail([]byte(e.logText()), 3000))
+		}
+		domid = field(e.ctlJSON("vm", "get", name), "domid", "domid")
+		var gone bool
+		_, why := waitMarker(logPath, from, time.Now().Add(markerWait), func() string {
+			out, err := e.ctl("vm", "get", name, "-o", "json")
+			if err != nil {
+				return "" // a failed probe says nothing about the guest
+			}
+			vm := map[string]any{}
+			if err := json.Unmarshal(out, &vm); err != nil {
+				return ""
+			}
+			if d, s := field(vm, "domid", "domid"), field(vm, "powerState", "power_state"); d != domid || !strings.Contains(s, "RUNNING") {
+				gone = true
+				return fmt.Sprintf("the VM is now domid %q %s (the guest rebooted or died: triple fault?)", d, s)
+			}
+			return ""
+		})
+		if why == "" {
+			return nil
+		}
+		t.Logf("%s, attempt %d: %s; console:\n%s", g.what, attempt, why, tail(readFrom(logPath, from), 2000))
+		if _, err := e.ctl("vm", "destroy", name); err != nil {
+			t.Logf("destroy after the failed attempt: %v", err)
+		}
+		if gone {
+			return died(domid, why)
+		}
+		return errors.New(why)
+	})
+	return domid, from
+}

@@ -59,14 +59,7 @@ func guestSuspend(t *testing.T, e *env, typ string) {
 		}
 	}()
 	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
-	from := fileSize(logPath)
-	if _, err := e.ctl("vm", "start", name); err != nil {
-		t.Fatalf("vm start: %v\n%s", err, e.logText())
-	}
-	domid := field(e.ctlJSON("vm", "get", name), "domid", "domid")
-	if _, why := waitMarker(logPath, from, time.Now().Add(markerWait), func() string { return "" }); why != "" {
-		t.Fatalf("no marker: %s; console:\n%s", why, tail(readFrom(logPath, from), 3000))
-	}
+	domid, from := startToMarker(t, e, name, typ, 1)
 	// Linux advertises control/feature-suspend early in its boot.
 	feature := "/local/domain/" + domid + "/control/feature-suspend"
 	deadline := time.Now().Add(time.Minute)
