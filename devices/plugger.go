@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -29,6 +31,9 @@ type Plugger struct {
 	xs   Store
 	host Host
 	log  *slog.Logger
+	// qemuMu serialises the start of a domain's QEMU (ensureQEMU), so two
+	// qcow2 plugs never start two.
+	qemuMu sync.Mutex
 
 	backendWait, closeWait time.Duration // BackendWait, CloseWait; shorter in tests
 	tokens                 atomic.Uint64 // watch tokens, unique on the connection
@@ -124,7 +129,7 @@ func (p *Plugger) removeDirs(ctx context.Context, rec Record) error {
 				return err
 			}
 		}
-		return removeEmpty(ctx, tx, backendDomainDir(rec.Kind, rec.Domid), errorDomainDir(rec.Kind, rec.Domid))
+		return removeEmpty(ctx, tx, backendDomainDir(rec.backendKind(), rec.Domid), errorDomainDir(rec.backendKind(), rec.Domid))
 	})
 }
 
@@ -275,6 +280,8 @@ func (p *Plugger) Status(ctx context.Context, rec Record) (Status, error) {
 		_, ferr = p.readFrontend(ctx, rec, true)
 	}
 	switch {
+	case rec.BackendKind == KindQdisk && !p.qemuAlive(ctx, rec):
+		st.Error = fmt.Sprintf("its QEMU (pid %d) is gone: the disk is not served", rec.QEMU.Pid)
 	case errors.Is(ferr, ErrBadFrontend):
 		st.Error = ferr.Error()
 	case ferr != nil:
@@ -289,6 +296,9 @@ func (p *Plugger) Status(ctx context.Context, rec Record) (Status, error) {
 func (r Record) check() error {
 	if r.Kind != KindVBD && r.Kind != KindVIF {
 		return fmt.Errorf("devices: unknown device kind %q", r.Kind)
+	}
+	if r.BackendKind != "" && (r.BackendKind != KindQdisk || r.Kind != KindVBD) {
+		return fmt.Errorf("devices: %s: backend %q is not qdisk", r.name(), r.BackendKind)
 	}
 	if r.DevID < 0 {
 		return fmt.Errorf("devices: %s: negative device id", r.name())
@@ -307,6 +317,9 @@ func (p *Plugger) CheckBridge(ctx context.Context, bridge string) error {
 func (p *Plugger) Counters(ctx context.Context, rec Record) (Counters, error) {
 	if err := rec.check(); err != nil {
 		return Counters{}, err
+	}
+	if rec.BackendKind == KindQdisk {
+		return Counters{}, fmt.Errorf("%s: QEMU's qdisk keeps no counters dom0 can read: %w", rec.name(), fs.ErrNotExist)
 	}
 	return p.host.Counters(ctx, rec)
 }

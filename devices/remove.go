@@ -94,7 +94,8 @@ func (p *Plugger) askToClose(ctx context.Context, rec Record) (exists bool, err 
 }
 
 // RemoveDomainDevices releases everything plugged into a destroyed domain,
-// from xenstore alone (it needs no Record, so it works after a crash): for
+// from xenstore alone (it needs no Record, so it works after a crash):
+// first the domain's QEMU (recorded in device-model/<domid>), then for
 // every backend directory of the domain it detaches the loop device named
 // by the backend's node (and physical-device) or takes vif<domid>.<devid>
 // out of its bridge, then removes the backend and frontend directories.
@@ -106,7 +107,12 @@ func (p *Plugger) RemoveDomainDevices(ctx context.Context, domid uint32) error {
 		return err
 	}
 	var errs []error
-	for _, kind := range []Kind{KindVBD, KindVIF} {
+	// The domain's QEMU first: it holds the qcow2 files, and once it is
+	// gone nothing rewrites the qdisk directories removed below.
+	if err := p.stopQEMU(ctx, domid); err != nil {
+		errs = append(errs, err)
+	}
+	for _, kind := range []Kind{KindVBD, KindQdisk, KindVIF} {
 		dir := backendDomainDir(kind, domid)
 		names, err := p.xs.List(ctx, dir)
 		if errors.Is(err, syscall.ENOENT) {
@@ -137,6 +143,9 @@ func (p *Plugger) RemoveDomainDevices(ctx context.Context, domid uint32) error {
 // recordFromBackend rebuilds what teardown needs from a backend directory.
 func (p *Plugger) recordFromBackend(ctx context.Context, kind Kind, domid uint32, devid int) (Record, error) {
 	rec := Record{Kind: kind, Domid: domid, DevID: devid}
+	if kind == KindQdisk {
+		rec.Kind, rec.BackendKind = KindVBD, KindQdisk
+	}
 	if kind == KindVIF {
 		rec.VIF = VIFName(domid, devid)
 		return rec, nil

@@ -79,11 +79,36 @@ func diskFile(i int, d Disk) (fileID, error) {
 	case fi.IsDir():
 		return fileID{}, InvalidField(field, "backing path %q of disk %s is a directory, not a raw image file or block device", d.Path, d.Device)
 	case fi.Mode().IsRegular():
-		return fileID{dev: uint64(st.Dev), ino: st.Ino}, nil
+		return fileID{dev: uint64(st.Dev), ino: st.Ino}, checkFormat(i, d)
 	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
-		return fileID{dev: ^uint64(0), ino: uint64(st.Rdev)}, nil
+		return fileID{dev: ^uint64(0), ino: uint64(st.Rdev)}, checkFormat(i, d)
 	}
 	return fileID{}, InvalidField(field, "backing path %q of disk %s is neither a regular file nor a block device", d.Path, d.Device)
+}
+
+// checkFormat checks that disk i's backing file starts as its format says
+// (a qcow2 image given as raw would show the guest QEMU's metadata).
+func checkFormat(i int, d Disk) error {
+	err := devices.CheckFormat(d.Path, deviceFormat(d.Format))
+	var inv *devices.InvalidError
+	if errors.As(err, &inv) {
+		return InvalidField(fmt.Sprintf("spec.disks[%d].%s", i, inv.Field), "disk %s: %s", d.Device, inv.Reason)
+	}
+	return err
+}
+
+// deviceFormat is the devices package's name of a format.
+func deviceFormat(f DiskFormat) devices.Format {
+	if f == DiskQCOW2 {
+		return devices.FormatQCOW2
+	}
+	return devices.FormatRaw
+}
+
+// deviceDisk is what package devices plugs for d.
+func deviceDisk(d Disk) devices.Disk {
+	return devices.Disk{Device: d.Device, Path: d.Path, Format: deviceFormat(d.Format),
+		ReadOnly: d.Mode == DiskRO || d.CDROM, CDROM: d.CDROM}
 }
 
 // checkDevices checks, before anything is built, that spec's disks and NICs
@@ -193,7 +218,7 @@ func (m *Manager) adoptDeviceUses(vm VM) {
 			if rec.Path == "" {
 				continue
 			}
-			f, err := diskFile(0, Disk{Device: rec.Device, Path: rec.Path})
+			f, err := diskFile(0, Disk{Device: rec.Device, Path: rec.Path, Format: diskFormatOf(rec)})
 			if err != nil {
 				m.log.Warn("backing file of a plugged disk", "vm", vm.ID, "device", rec.Device, "err", err)
 				continue
@@ -211,9 +236,7 @@ func (m *Manager) adoptDeviceUses(vm VM) {
 func (m *Manager) plugDevices(ctx context.Context, spec Spec, d xenctrl.Domid) ([]devices.Record, error) {
 	var recs []devices.Record
 	for i, disk := range spec.Disks {
-		rec, err := m.devs.PlugDisk(ctx, uint32(d), devices.Disk{
-			Device: disk.Device, Path: disk.Path, ReadOnly: disk.Mode == DiskRO || disk.CDROM, CDROM: disk.CDROM,
-		})
+		rec, err := m.devs.PlugDisk(ctx, uint32(d), deviceDisk(disk))
 		if err != nil {
 			return recs, plugError(err, fmt.Sprintf("spec.disks[%d]", i), fmt.Sprintf("plug disk %s of domain %d", disk.Device, d))
 		}
@@ -227,6 +250,14 @@ func (m *Manager) plugDevices(ctx context.Context, spec Spec, d xenctrl.Domid) (
 		recs = append(recs, rec)
 	}
 	return recs, nil
+}
+
+// diskFormatOf is the format of a plugged disk.
+func diskFormatOf(rec devices.Record) DiskFormat {
+	if rec.Format == devices.FormatQCOW2 {
+		return DiskQCOW2
+	}
+	return DiskRaw
 }
 
 // DefaultBridge is the bridge of a NIC whose spec names none, as in libxl.

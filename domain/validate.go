@@ -173,6 +173,15 @@ func validateDevices(s Spec) error {
 		if d.Mode < DiskModeUnspecified || d.Mode > DiskRW {
 			return InvalidField(f+".mode", "unknown mode %d (want ro or rw)", d.Mode)
 		}
+		if d.Format < DiskFormatUnspecified || d.Format > DiskQCOW2 {
+			return InvalidField(f+".format", "unknown format %d (want raw or qcow2)", d.Format)
+		}
+		if d.Format == DiskQCOW2 && s.Type != TypePV {
+			return InvalidField(f+".format", "qcow2 disks are served by QEMU's qdisk backend, which this daemon starts for PV guests only; a %s guest needs a raw disk", s.Type)
+		}
+		if d.Format == DiskQCOW2 && d.Path == "" {
+			return InvalidField(f+".path", "a qcow2 disk needs its image file")
+		}
 	}
 	if len(s.NICs) > MaxNICs {
 		return InvalidField("spec.nics", "%d NICs, at most %d allowed", len(s.NICs), MaxNICs)
