@@ -1,0 +1,269 @@
+package nested
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// qcow2 disks through QEMU's qdisk backend (Debian's qemu-system-xen,
+// packed into the 4.17 dom0 by nested-xen.sh's prepare_qemu_xen).
+
+const (
+	qemuXen = "/usr/libexec/xen-qemu-system-i386"
+	qemuImg = "/usr/bin/qemu-img"
+)
+
+// TestNestedQdisk: a PV guest of the daemon with two qcow2 disks
+// (`--disk xvda:F.qcow2:rw:qcow2 --disk xvdb:G.qcow2:ro:qcow2`), served by
+// the one QEMU the daemon starts for the domain. The guest writes its word
+// to xvda and reads the test's word on xvdb; after `vm shutdown` the word
+// is in the qcow2 image (read through qemu-img convert) and no QEMU,
+// qdisk backend or device-model node is left. Then: kill -9 of the daemon
+// with the guest running (its QEMU must survive and be re-adopted: vm get
+// shows the same pid, the disks Connected), destroy by the restarted
+// daemon, nothing left. Bad input first: a qcow2 image given as raw and
+// qcow2 on a PVH guest are refused naming the field, with nothing built.
+func TestNestedQdisk(t *testing.T) {
+	needNested(t)
+	needGuest(t)
+	if v := xlInfo(t); v["xen_major"]+"."+v["xen_minor"] != "4.17" {
+		t.Skipf("Xen %s.%s: nested-xen.sh packs qemu-system-xen (Debian 12's, linked with libxenctrl 4.17) into the 4.17 boot only", v["xen_major"], v["xen_minor"])
+	}
+	for _, f := range []string{qemuXen, qemuImg} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("%v: nested-xen.sh's prepare_qemu_xen packs Debian's qemu-system-xen and qemu-utils into the 4.17 dom0", err)
+		}
+	}
+	w := newStateWatcher(t)
+	e := newEnv(t)
+	e.start()
+	dir := t.TempDir()
+	rw, ro, roRaw := filepath.Join(dir, "rw.qcow2"), filepath.Join(dir, "ro.qcow2"), filepath.Join(dir, "ro.raw")
+	rwWord := fmt.Sprintf("NXQRW%d", time.Now().UnixNano()%1e6)
+	roWord := fmt.Sprintf("NXQRO%d", time.Now().UnixNano()%1e6)
+	writeImage(t, roRaw, roImageSize, roWord)
+	for _, args := range [][]string{
+		{"create", "-q", "-f", "qcow2", rw, strconv.Itoa(rwImageSize)},
+		{"convert", "-q", "-f", "raw", "-O", "qcow2", roRaw, ro},
+	} {
+		if out, err := run(time.Minute, qemuImg, args...); err != nil {
+			t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
+		}
+	}
+
+	t.Run("BadInput", func(t *testing.T) {
+		name := fmt.Sprintf("nxqbad%d", time.Now().UnixNano()%1e9)
+		_, err := e.ctl("vm", "create", "--name", name, "--type", "pvh", "--memory", "256M", "--vcpus", "1",
+			"--kernel", guestKernel, "--ramdisk", guestInitrd, "--disk", "xvda:"+rw+":rw:qcow2")
+		if err == nil || !strings.Contains(err.Error(), "spec.disks[0].format") || !strings.Contains(err.Error(), "INVALID_ARGUMENT") {
+			t.Errorf("vm create of a PVH guest with a qcow2 disk: %v; want InvalidArgument naming spec.disks[0].format", err)
+		}
+		if out, _ := e.ctl("vm", "list"); strings.Contains(string(out), name) {
+			t.Errorf("the refused VM exists:\n%s", out)
+		}
+		if _, err := e.ctl("vm", "create", "--name", name, "--type", "pv", "--memory", "256M", "--vcpus", "1",
+			"--kernel", guestKernel, "--ramdisk", guestInitrd, "--disk", "xvda:"+rw+":rw"); err != nil {
+			t.Fatal(err)
+		}
+		defer e.ctl("vm", "delete", name)
+		_, err = e.ctl("vm", "start", name)
+		if err == nil || !strings.Contains(err.Error(), "spec.disks[0].format") || !strings.Contains(err.Error(), "INVALID_ARGUMENT") {
+			t.Errorf("vm start with a qcow2 image given as raw: %v; want InvalidArgument naming spec.disks[0].format", err)
+		}
+		if d := field(e.ctlJSON("vm", "get", name), "domid", "domid"); d != "" && d != "0" {
+			t.Errorf("the refused start left domain %s", d)
+		}
+		if p := qemuPids(""); len(p) > 0 {
+			t.Errorf("QEMUs running after the refusals: %v", p)
+		}
+	})
+
+	name := fmt.Sprintf("nxqdisk%d", time.Now().UnixNano()%1e9)
+	if _, err := e.ctl("vm", "create", "--name", name, "--type", "pv", "--memory", "256M", "--vcpus", "1",
+		"--kernel", guestKernel, "--ramdisk", guestInitrd,
+		"--cmdline", fmt.Sprintf("console=hvc0 nxmode=devices nxpattern=%s nxddmb=%d", rwWord, ddMiB),
+		"--disk", "xvda:"+rw+":rw:qcow2", "--disk", "xvdb:"+ro+":ro:qcow2"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_, _ = e.ctl("vm", "destroy", name)
+		if _, err := e.ctl("vm", "delete", name); err != nil {
+			t.Errorf("vm delete: %v", err)
+		}
+	}()
+	logPath := filepath.Join(consoleDir, "guest-"+name+".log")
+	fes := func(domid string) []string {
+		return []string{"/local/domain/" + domid + "/device/vbd/" + strconv.Itoa(vdevXvda),
+			"/local/domain/" + domid + "/device/vbd/" + strconv.Itoa(vdevXvdb)}
+	}
+	// start starts the VM and waits for both disks to connect; it returns
+	// the domid and the domain's one QEMU.
+	start := func(t *testing.T) (domid string, qemu int) {
+		t.Helper()
+		t0 := time.Now()
+		if _, err := e.ctl("vm", "start", name); err != nil {
+			t.Fatalf("vm start: %v\n%s", err, tail([]byte(e.logText()), 3000))
+		}
+		domid = field(e.ctlJSON("vm", "get", name), "domid", "domid")
+		gone := func() string {
+			if d := field(e.ctlJSON("vm", "get", name), "domid", "domid"); d != domid {
+				return "the VM is now domid " + d
+			}
+			return ""
+		}
+		tConn, err := w.waitConnected(time.Now().Add(markerWait), gone, fes(domid)...)
+		if err != nil {
+			t.Fatalf("the qcow2 disks did not connect: %v\nQEMU's log:\n%s\ndaemon log:\n%s", err,
+				tail(readFrom("/var/log/xen/qemu-dm-"+domid+".log", 0), 2000), tail([]byte(e.logText()), 3000))
+		}
+		pids := qemuPids(domid)
+		if len(pids) != 1 {
+			t.Fatalf("QEMUs of domain %s: %v, want one", domid, pids)
+		}
+		t.Logf("QDISK-TIMES vm start -> both qcow2 disks Connected %v (domain %d, QEMU pid %d)",
+			tConn.Sub(t0).Round(time.Millisecond), mustAtoi(t, domid), pids[0])
+		if got := pluggedQEMUPids(t, e, name); len(got) != 2 || got[0] != pids[0] || got[1] != pids[0] {
+			t.Errorf("vm get's disks name QEMU pids %v, want %d for both", got, pids[0])
+		}
+		return domid, pids[0]
+	}
+
+	from := fileSize(logPath)
+	domid, _ := start(t)
+	deadline := time.Now().Add(markerWait)
+	var b []byte
+	for b = readFrom(logPath, from); !bytes.Contains(b, []byte("GUEST-DEVICES-DONE")); b = readFrom(logPath, from) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no GUEST-DEVICES-DONE within %v; console:\n%s", markerWait, tail(b, 4000))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	lines := guestLines(b)
+	t.Logf("guest:\n%s", lines)
+	for _, want := range []string{"GUEST-DISK-WROTE " + rwWord, "GUEST-DISK-RO " + roWord} {
+		if !strings.Contains(lines, want+"\n") {
+			t.Errorf("the guest did not print %q", want)
+		}
+	}
+	if m := ddLine.FindStringSubmatch(lines); m != nil {
+		t.Logf("QDISK-DD %s", m[0])
+	}
+	if out, err := e.ctl("vm", "get", name); err == nil {
+		t.Logf("vm get:\n%s", out)
+	}
+	if _, err := e.ctl("vm", "shutdown", name, "--timeout", "2m"); err != nil {
+		t.Errorf("vm shutdown: %v", err)
+	}
+	checkGone(t, "vm shutdown", domid, "")
+	checkNoQdisk(t, w, domid)
+	// The word, read from the qcow2 image by QEMU's own tools.
+	out := filepath.Join(dir, "rw-after.raw")
+	if o, err := run(time.Minute, qemuImg, "convert", "-f", "qcow2", "-O", "raw", rw, out); err != nil {
+		t.Fatalf("qemu-img convert: %v\n%s", err, o)
+	}
+	if head := readFrom(out, 0); !bytes.HasPrefix(head, []byte(rwWord+"\n")) {
+		t.Errorf("the guest's word %q is not at the start of %s (qemu-img convert): %q", rwWord, rw, bytes.TrimRight(head[:min(len(head), 64)], "\x00"))
+	} else {
+		t.Logf("%s starts with the guest's word %s (read with qemu-img convert)", filepath.Base(rw), rwWord)
+	}
+	os.Remove(out)
+	if o, err := run(time.Minute, qemuImg, "check", rw); err != nil {
+		t.Errorf("qemu-img check %s after the shutdown: %v\n%s", rw, err, o)
+	}
+
+	t.Run("Kill9ThenDestroy", func(t *testing.T) {
+		domid, qemu := start(t)
+		e.kill9()
+		if p := qemuPids(domid); len(p) != 1 || p[0] != qemu {
+			t.Fatalf("after kill -9 of the daemon: QEMUs of domain %s %v, want %d still running", domid, p, qemu)
+		}
+		e.start()
+		if got := pluggedQEMUPids(t, e, name); len(got) != 2 || got[0] != qemu || got[1] != qemu {
+			t.Errorf("after the restart vm get's disks name QEMU pids %v, want %d (re-adopted)", got, qemu)
+		}
+		if out, err := e.ctl("vm", "get", name); err == nil {
+			t.Logf("vm get after the restart:\n%s", out)
+			if n := strings.Count(string(out), "backend Connected, frontend Connected"); n != 2 {
+				t.Errorf("after the restart %d disks read Connected, want 2", n)
+			}
+		}
+		if p := qemuPids(domid); len(p) != 1 || p[0] != qemu {
+			t.Errorf("the restarted daemon changed the QEMUs of domain %s: %v, want %d", domid, p, qemu)
+		}
+		if _, err := e.ctl("vm", "destroy", name); err != nil {
+			t.Fatal(err)
+		}
+		checkGone(t, "destroy after kill -9", domid, "")
+		checkNoQdisk(t, w, domid)
+	})
+}
+
+// checkNoQdisk fails if anything of domid's qcow2 disks is left: its QEMU,
+// backend directories (qdisk or vbd), device-model directory.
+func checkNoQdisk(t *testing.T, w *stateWatcher, domid string) {
+	t.Helper()
+	if p := qemuPids(domid); len(p) > 0 {
+		t.Errorf("QEMU of domain %s left: %v", domid, p)
+	}
+	if left := w.backendsLeft(domid, "qdisk", "vbd"); len(left) > 0 {
+		t.Errorf("backend directories of domain %s left: %v", domid, left)
+	}
+	if xsExists(t, "/local/domain/0/device-model/"+domid) {
+		t.Errorf("/local/domain/0/device-model/%s left", domid)
+	}
+}
+
+// qemuPids lists the xen-qemu-system-i386 processes (not zombies) serving
+// domid (any domain for "").
+func qemuPids(domid string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile("/proc/" + ent.Name() + "/cmdline")
+		if err != nil || !bytes.HasPrefix(cmd, []byte(qemuXen+"\x00")) {
+			continue
+		}
+		if stat, err := os.ReadFile("/proc/" + ent.Name() + "/stat"); err == nil {
+			if i := bytes.LastIndexByte(stat, ')'); i > 0 && bytes.HasPrefix(stat[i+1:], []byte(" Z")) {
+				continue
+			}
+		}
+		if domid == "" || bytes.Contains(cmd, []byte("\x00-xen-domid\x00"+domid+"\x00")) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// pluggedQEMUPids are the QEMU pids vm get shows for the VM's disks.
+func pluggedQEMUPids(t *testing.T, e *env, name string) []int {
+	t.Helper()
+	devs, _ := e.ctlJSON("vm", "get", name)["devices"].([]any)
+	var pids []int
+	for _, d := range devs {
+		m, _ := d.(map[string]any)
+		if p := field(m, "qemuPid", "qemu_pid"); p != "" {
+			pids = append(pids, mustAtoi(t, p))
+		}
+	}
+	return pids
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatalf("%q: %v", s, err)
+	}
+	return n
+}
