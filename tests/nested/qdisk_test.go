@@ -119,8 +119,11 @@ func TestNestedQdisk(t *testing.T) {
 		}
 		tConn, err := w.waitConnected(time.Now().Add(markerWait), gone, fes(domid)...)
 		if err != nil {
-			t.Fatalf("the qcow2 disks did not connect: %v\nQEMU's log:\n%s\ndaemon log:\n%s", err,
-				tail(readFrom("/var/log/xen/qemu-dm-"+domid+".log", 0), 2000), tail([]byte(e.logText()), 3000))
+			xs, _ := run(30*time.Second, "xenstore-ls", "-fp", "/local/domain/0/backend/qdisk/"+domid)
+			fe, _ := run(30*time.Second, "xenstore-ls", "-fp", "/local/domain/"+domid+"/device")
+			dm, _ := run(30*time.Second, "xenstore-ls", "-fp", "/local/domain/0/device-model/"+domid)
+			t.Fatalf("the qcow2 disks did not connect: %v\nbackends:\n%s\nfrontends:\n%s\ndevice-model:\n%s\nQEMU's log:\n%s\ndaemon log:\n%s", err,
+				xs, fe, dm, tail(readFrom("/var/log/xen/qemu-dm-"+domid+".log", 0), 2000), tail([]byte(e.logText()), 3000))
 		}
 		pids := qemuPids(domid)
 		if len(pids) != 1 {
