@@ -79,15 +79,17 @@ func diskFile(i int, d Disk) (fileID, error) {
 	case fi.IsDir():
 		return fileID{}, InvalidField(field, "backing path %q of disk %s is a directory, not a raw image file or block device", d.Path, d.Device)
 	case fi.Mode().IsRegular():
-		return fileID{dev: uint64(st.Dev), ino: st.Ino}, checkFormat(i, d)
+		return fileID{dev: uint64(st.Dev), ino: st.Ino}, nil
 	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
-		return fileID{dev: ^uint64(0), ino: uint64(st.Rdev)}, checkFormat(i, d)
+		return fileID{dev: ^uint64(0), ino: uint64(st.Rdev)}, nil
 	}
 	return fileID{}, InvalidField(field, "backing path %q of disk %s is neither a regular file nor a block device", d.Path, d.Device)
 }
 
-// checkFormat checks that disk i's backing file starts as its format says
-// (a qcow2 image given as raw would show the guest QEMU's metadata).
+// checkFormat checks, before a start or a plug (never for a disk plugged
+// already, whose first bytes are the guest's), that disk i's backing file
+// starts as its format says (a qcow2 image given as raw would show the
+// guest QEMU's metadata).
 func checkFormat(i int, d Disk) error {
 	err := devices.CheckFormat(d.Path, deviceFormat(d.Format))
 	var inv *devices.InvalidError
@@ -131,6 +133,9 @@ func (m *Manager) checkDevices(ctx context.Context, id string, spec Spec, reserv
 		}
 		f, err := diskFile(i, d)
 		if err != nil {
+			return err
+		}
+		if err := checkFormat(i, d); err != nil {
 			return err
 		}
 		files[i] = f
@@ -218,7 +223,7 @@ func (m *Manager) adoptDeviceUses(vm VM) {
 			if rec.Path == "" {
 				continue
 			}
-			f, err := diskFile(0, Disk{Device: rec.Device, Path: rec.Path, Format: diskFormatOf(rec)})
+			f, err := diskFile(0, Disk{Device: rec.Device, Path: rec.Path})
 			if err != nil {
 				m.log.Warn("backing file of a plugged disk", "vm", vm.ID, "device", rec.Device, "err", err)
 				continue
@@ -250,14 +255,6 @@ func (m *Manager) plugDevices(ctx context.Context, spec Spec, d xenctrl.Domid) (
 		recs = append(recs, rec)
 	}
 	return recs, nil
-}
-
-// diskFormatOf is the format of a plugged disk.
-func diskFormatOf(rec devices.Record) DiskFormat {
-	if rec.Format == devices.FormatQCOW2 {
-		return DiskQCOW2
-	}
-	return DiskRaw
 }
 
 // DefaultBridge is the bridge of a NIC whose spec names none, as in libxl.
