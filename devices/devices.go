@@ -35,6 +35,11 @@
 // the Host puts netback's interface into its bridge (vif-bridge) and we
 // write hotplug-status.
 //
+// A qcow2 disk is not blkback's: like libxl for a PV guest, we write its
+// backend directory under backend/qdisk (params "qcow2:<path>") and the
+// domain's one dom0 QEMU (started by the Host at the first qcow2 plug,
+// recorded in device-model/<domid>) serves it; see qdisk.go.
+//
 // Every wait (InitWait after a plug, both ends Connected after a hot-plug,
 // Closed on unplug) is driven by xenstore watches, bounded (BackendWait,
 // CloseWait) and re-reads the states after each batch of events, so a
