@@ -105,6 +105,29 @@ func TestQdisk(t *testing.T) {
 		t.Fatalf("qdisk backends of domain %d: %v", domid, kids)
 	}
 
+	// A hot-plugged qcow2 disk is served by the same QEMU, which stays
+	// when it goes.
+	hot := filepath.Join(dir, "hot.qcow2")
+	if err := os.WriteFile(hot, hdr, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cli(t, d, "vm", "disk", "add", "q1", "xvdc:"+hot+":rw:qcow2")
+	eventually(t, 30*time.Second, func() string {
+		devs := cliVM(t, d, "q1").GetDevices()
+		if len(devs) != 3 || devs[2].GetFrontendState() != "Connected" {
+			return fmt.Sprintf("after disk add: %v", devs)
+		}
+		if devs[2].GetQemuPid() != qd.GetQemuPid() {
+			return fmt.Sprintf("the hot-plugged disk names QEMU %d, want %d", devs[2].GetQemuPid(), qd.GetQemuPid())
+		}
+		return ""
+	})
+	cli(t, d, "vm", "disk", "rm", "q1", "xvdc")
+	eventually(t, 30*time.Second, connected)
+	if st, err := simc.Dom0State(ctx); err != nil || len(st.QEMUs) != 1 || st.QEMUs[0].Pid != qd.GetQemuPid() {
+		t.Fatalf("after the hot-plug and unplug dom0's QEMUs %+v, %v", st.QEMUs, err)
+	}
+
 	// kill -9: the same QEMU, re-adopted, nothing plugged twice.
 	d.Kill()
 	d.Start()
