@@ -35,7 +35,7 @@
 // the Host puts netback's interface into its bridge (vif-bridge) and we
 // write hotplug-status.
 //
-// A qcow2 disk is not blkback's: like libxl for a PV guest, we write its
+// A qcow2 disk is not blkback's: like libxl for a PV or PVH guest, we write its
 // backend directory under backend/qdisk (params "qcow2:<path>") and the
 // domain's one dom0 QEMU (started by the Host at the first qcow2 plug,
 // recorded in device-model/<domid>) serves it; see qdisk.go.
@@ -171,7 +171,7 @@ type Host interface {
 	DisconnectVIF(ctx context.Context, name string) error
 	// StartQEMU starts a dom0 QEMU serving the qdisk backends of domain
 	// domid (QEMU's Xen PV machine attached to the domain, as libxl starts
-	// it for a PV guest) and returns it. It does not wait for QEMU to be
+	// it for a PV or PVH guest) and returns it. It does not wait for QEMU to be
 	// ready. The process outlives the daemon.
 	StartQEMU(ctx context.Context, domid uint32) (QEMUProc, error)
 	// QEMUAlive reports whether q is still running (the same process: pid

@@ -13,7 +13,8 @@ import (
 // qcow2 disks: QEMU's qdisk backend.
 //
 // blkback serves only block devices; a qcow2 image needs QEMU, as libxl
-// does it for a PV guest: one dom0 QEMU per domain (the Xen PV machine,
+// does it for a PV or PVH guest (libxl__need_xenpv_qemu, then
+// libxl__spawn_local_dm): one dom0 QEMU per domain (the Xen PV machine,
 // attached to the domain), which serves every backend directory under
 // backend/qdisk/<domid>/ (QEMU's xen-block: params "qcow2:<path>"). The
 // frontend is the guest's blkfront, in device/vbd/<devid> as for blkback.

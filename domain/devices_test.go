@@ -367,12 +367,12 @@ func TestQCOW2Disks(t *testing.T) {
 	if err := os.WriteFile(q, []byte("QFI\xfb\x00\x00\x00\x03"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pvh := spec("q-pvh")
-	pvh.Disks = []Disk{{Device: "xvda", Path: q, Format: DiskQCOW2}}
-	_, err := e.m.CreateVM(e.ctx, pvh, "")
+	hvm := spec("q-hvm")
+	hvm.Type, hvm.Disks = TypeHVM, []Disk{{Device: "xvda", Path: q, Format: DiskQCOW2}}
+	_, err := e.m.CreateVM(e.ctx, hvm, "")
 	var de *Error
-	if !errors.As(err, &de) || de.Code != CodeInvalidArgument || de.Field != "spec.disks[0].format" || !strings.Contains(de.Message, "PV guests only") {
-		t.Fatalf("create PVH with a qcow2 disk: %v", err)
+	if !errors.As(err, &de) || de.Code != CodeInvalidArgument || de.Field != "spec.disks[0].format" || !strings.Contains(de.Message, "PV and PVH guests only") {
+		t.Fatalf("create HVM with a qcow2 disk: %v", err)
 	}
 	bad := spec("q-bad")
 	bad.Disks = []Disk{{Device: "xvda", Path: q, Format: 7}}
@@ -404,8 +404,8 @@ func TestQCOW2Disks(t *testing.T) {
 	if doms := e.guestDomains(); len(doms) != 0 {
 		t.Fatalf("refused starts left domains %+v", doms)
 	}
-	s := spec("q-ok")
-	s.Type, s.Disks = TypePV, []Disk{{Device: "xvda", Path: q, Format: DiskQCOW2}, {Device: "xvdb", Path: raw, Mode: DiskRO}}
+	s := spec("q-ok") // PVH
+	s.Disks = []Disk{{Device: "xvda", Path: q, Format: DiskQCOW2}, {Device: "xvdb", Path: raw, Mode: DiskRO}}
 	vm, err := e.m.CreateVM(e.ctx, s, "")
 	if err != nil {
 		t.Fatal(err)

@@ -53,7 +53,7 @@ type DiskFormat int
 const (
 	DiskFormatUnspecified DiskFormat = iota // raw
 	DiskRaw                                 // blkback, through a loop device for a file
-	DiskQCOW2                               // QEMU's qdisk backend (PV guests)
+	DiskQCOW2                               // QEMU's qdisk backend (PV and PVH guests)
 )
 
 // Disk is a virtual block device, plugged when the VM starts.

@@ -176,8 +176,8 @@ func validateDevices(s Spec) error {
 		if d.Format < DiskFormatUnspecified || d.Format > DiskQCOW2 {
 			return InvalidField(f+".format", "unknown format %d (want raw or qcow2)", d.Format)
 		}
-		if d.Format == DiskQCOW2 && s.Type != TypePV {
-			return InvalidField(f+".format", "qcow2 disks are served by QEMU's qdisk backend, which this daemon starts for PV guests only; a %s guest needs a raw disk", s.Type)
+		if d.Format == DiskQCOW2 && s.Type != TypePV && s.Type != TypePVH {
+			return InvalidField(f+".format", "qcow2 disks are served by QEMU's qdisk backend, which this daemon starts for PV and PVH guests only; a %s guest needs a raw disk", s.Type)
 		}
 		if d.Format == DiskQCOW2 && d.Path == "" {
 			return InvalidField(f+".path", "a qcow2 disk needs its image file")

@@ -19,7 +19,7 @@ import (
 
 // QEMU for the qdisk backend (qcow2 disks).
 //
-// libxl starts, for a PV guest with a qdisk disk, QEMU's Xen PV machine
+// libxl starts, for a PV or PVH guest with a qdisk disk, QEMU's Xen PV machine
 // attached to the existing domain; that QEMU serves every
 // backend/qdisk/<domid>/* directory. We start it the same way (QEMUArgs),
 // in its own session so that it outlives the daemon (kill -9 of the daemon
@@ -40,7 +40,7 @@ const DefaultQEMULogDir = "/var/log/xen"
 const qemuStopWait = 5 * time.Second
 
 // QEMUArgs are QEMU's arguments for domain domid: the Xen PV machine
-// attached to the domain (libxl_dm.c's for a PV guest, less the QMP
+// attached to the domain (libxl_dm.c's for a PV or PVH guest, less the QMP
 // sockets and the display we do not use).
 func QEMUArgs(domid uint32) []string {
 	return []string{

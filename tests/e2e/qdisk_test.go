@@ -15,7 +15,7 @@ import (
 	"github.com/xenopsd-ng/xenopsd-ng/tests/e2e/harness"
 )
 
-// TestQdisk runs a PV VM with a qcow2 disk (served by the domain's QEMU,
+// TestQdisk runs a PVH VM with a qcow2 disk (served by the domain's QEMU,
 // which the sim host plays) beside a raw one: both connect, vm get names
 // the QEMU; a kill -9 of the daemon keeps the same QEMU, re-adopted; a
 // QEMU that dies shows as the disk's error; a destroy leaves no QEMU,
@@ -51,9 +51,9 @@ func TestQdisk(t *testing.T) {
 	}
 
 	// Bad input.
-	if r := d.CLI("vm", "create", "--name", "bad", "--type", "pvh", "--memory", "64M", "--disk", "xvda:"+qcow2+":rw:qcow2"); r.Code == 0 ||
-		!strings.Contains(r.Stderr, "spec.disks[0].format") || !strings.Contains(r.Stderr, "PV guests only") {
-		t.Fatalf("qcow2 on a PVH guest: exit %d %s", r.Code, r.Stderr)
+	if r := d.CLI("vm", "create", "--name", "bad", "--type", "hvm", "--memory", "64M", "--disk", "xvda:"+qcow2+":rw:qcow2"); r.Code == 0 ||
+		!strings.Contains(r.Stderr, "spec.disks[0].format") || !strings.Contains(r.Stderr, "PV and PVH guests only") {
+		t.Fatalf("qcow2 on an HVM guest: exit %d %s", r.Code, r.Stderr)
 	}
 	cli(t, d, "vm", "create", "--name", "asraw", "--type", "pv", "--memory", "64M", "--disk", "xvda:"+qcow2+":rw")
 	if r := d.CLI("vm", "start", "asraw"); r.Code == 0 || !strings.Contains(r.Stderr, "INVALID_ARGUMENT") ||
@@ -68,7 +68,7 @@ func TestQdisk(t *testing.T) {
 	}
 	cli(t, d, "vm", "delete", "asraw")
 
-	cli(t, d, "vm", "create", "--name", "q1", "--type", "pv", "--memory", "128M",
+	cli(t, d, "vm", "create", "--name", "q1", "--type", "pvh", "--memory", "128M",
 		"--disk", "xvda:"+qcow2+":rw:qcow2", "--disk", "xvdb:"+raw+":ro")
 	cli(t, d, "vm", "start", "q1")
 	connected := func() string {

@@ -19,16 +19,17 @@ const (
 	qemuImg = "/usr/bin/qemu-img"
 )
 
-// TestNestedQdisk: a PV guest of the daemon with two qcow2 disks
-// (`--disk xvda:F.qcow2:rw:qcow2 --disk xvdb:G.qcow2:ro:qcow2`), served by
-// the one QEMU the daemon starts for the domain. The guest writes its word
-// to xvda and reads the test's word on xvdb; after `vm shutdown` the word
-// is in the qcow2 image (read through qemu-img convert) and no QEMU,
-// qdisk backend or device-model node is left. Then: kill -9 of the daemon
-// with the guest running (its QEMU must survive and be re-adopted: vm get
-// shows the same pid, the disks Connected), destroy by the restarted
-// daemon, nothing left. Bad input first: a qcow2 image given as raw and
-// qcow2 on a PVH guest are refused naming the field, with nothing built.
+// TestNestedQdisk: a PV and a PVH guest of the daemon, each with two qcow2
+// disks (`--disk xvda:F.qcow2:rw:qcow2 --disk xvdb:G.qcow2:ro:qcow2`),
+// served by the one QEMU the daemon starts for the domain. The guest
+// writes its word to xvda and reads the test's word on xvdb; after `vm
+// shutdown` the word is in the qcow2 image (read through qemu-img convert)
+// and no QEMU, qdisk backend or device-model node is left. Then, for the
+// PV guest: kill -9 of the daemon with the guest running (its QEMU must
+// survive and be re-adopted: vm get shows the same pid, the disks
+// Connected), destroy by the restarted daemon, nothing left. Bad input
+// first: a qcow2 image given as raw and qcow2 on an HVM guest are refused
+// naming the field, with nothing built.
 func TestNestedQdisk(t *testing.T) {
 	needNested(t)
 	needGuest(t)
@@ -43,38 +44,26 @@ func TestNestedQdisk(t *testing.T) {
 	w := newStateWatcher(t)
 	e := newEnv(t)
 	e.start()
-	dir := t.TempDir()
-	rw, ro, roRaw := filepath.Join(dir, "rw.qcow2"), filepath.Join(dir, "ro.qcow2"), filepath.Join(dir, "ro.raw")
-	rwWord := fmt.Sprintf("NXQRW%d", time.Now().UnixNano()%1e6)
-	roWord := fmt.Sprintf("NXQRO%d", time.Now().UnixNano()%1e6)
-	writeImage(t, roRaw, roImageSize, roWord)
-	for _, args := range [][]string{
-		{"create", "-q", "-f", "qcow2", rw, strconv.Itoa(rwImageSize)},
-		{"convert", "-q", "-f", "raw", "-O", "qcow2", roRaw, ro},
-	} {
-		if out, err := run(time.Minute, qemuImg, args...); err != nil {
-			t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
-		}
-	}
 
 	t.Run("BadInput", func(t *testing.T) {
+		im := newQcow2Images(t, "bad")
 		name := fmt.Sprintf("nxqbad%d", time.Now().UnixNano()%1e9)
-		_, err := e.ctl("vm", "create", "--name", name, "--type", "pvh", "--memory", "256M", "--vcpus", "1",
-			"--kernel", guestKernel, "--ramdisk", guestInitrd, "--disk", "xvda:"+rw+":rw:qcow2")
+		_, err := e.ctl("vm", "create", "--name", name, "--type", "hvm", "--memory", "256M", "--vcpus", "1",
+			"--kernel", guestKernel, "--ramdisk", guestInitrd, "--disk", "xvda:"+im.rw+":rw:qcow2")
 		if err == nil || !strings.Contains(err.Error(), "spec.disks[0].format") || !strings.Contains(err.Error(), "INVALID_ARGUMENT") {
-			t.Errorf("vm create of a PVH guest with a qcow2 disk: %v; want InvalidArgument naming spec.disks[0].format", err)
+			t.Errorf("vm create of an HVM guest with a qcow2 disk: %v; want INVALID_ARGUMENT naming spec.disks[0].format", err)
 		}
 		if out, _ := e.ctl("vm", "list"); strings.Contains(string(out), name) {
 			t.Errorf("the refused VM exists:\n%s", out)
 		}
 		if _, err := e.ctl("vm", "create", "--name", name, "--type", "pv", "--memory", "256M", "--vcpus", "1",
-			"--kernel", guestKernel, "--ramdisk", guestInitrd, "--disk", "xvda:"+rw+":rw"); err != nil {
+			"--kernel", guestKernel, "--ramdisk", guestInitrd, "--disk", "xvda:"+im.rw+":rw"); err != nil {
 			t.Fatal(err)
 		}
 		defer e.ctl("vm", "delete", name)
 		_, err = e.ctl("vm", "start", name)
 		if err == nil || !strings.Contains(err.Error(), "spec.disks[0].format") || !strings.Contains(err.Error(), "INVALID_ARGUMENT") {
-			t.Errorf("vm start with a qcow2 image given as raw: %v; want InvalidArgument naming spec.disks[0].format", err)
+			t.Errorf("vm start with a qcow2 image given as raw: %v; want INVALID_ARGUMENT naming spec.disks[0].format", err)
 		}
 		if d := field(e.ctlJSON("vm", "get", name), "domid", "domid"); d != "" && d != "0" {
 			t.Errorf("the refused start left domain %s", d)
@@ -83,12 +72,49 @@ func TestNestedQdisk(t *testing.T) {
 			t.Errorf("QEMUs running after the refusals: %v", p)
 		}
 	})
+	for _, typ := range []string{"pv", "pvh"} {
+		t.Run(strings.ToUpper(typ), func(t *testing.T) { qdiskGuest(t, e, w, typ, typ == "pv") })
+	}
+}
 
-	name := fmt.Sprintf("nxqdisk%d", time.Now().UnixNano()%1e9)
-	if _, err := e.ctl("vm", "create", "--name", name, "--type", "pv", "--memory", "256M", "--vcpus", "1",
+// qcow2Images are one guest's qcow2 disks and the words on them.
+type qcow2Images struct {
+	rw, ro         string
+	rwWord, roWord string
+}
+
+func newQcow2Images(t *testing.T, tag string) qcow2Images {
+	t.Helper()
+	dir := t.TempDir()
+	im := qcow2Images{rw: filepath.Join(dir, "rw.qcow2"), ro: filepath.Join(dir, "ro.qcow2"),
+		rwWord: fmt.Sprintf("NXQRW%s%d", tag, time.Now().UnixNano()%1e6),
+		roWord: fmt.Sprintf("NXQRO%s%d", tag, time.Now().UnixNano()%1e6)}
+	roRaw := filepath.Join(dir, "ro.raw")
+	writeImage(t, roRaw, roImageSize, im.roWord)
+	for _, args := range [][]string{
+		{"create", "-q", "-f", "qcow2", im.rw, strconv.Itoa(rwImageSize)},
+		{"convert", "-q", "-f", "raw", "-O", "qcow2", roRaw, im.ro},
+	} {
+		if out, err := run(time.Minute, qemuImg, args...); err != nil {
+			t.Fatalf("qemu-img %v: %v\n%s", args, err, out)
+		}
+	}
+	os.Remove(roRaw)
+	return im
+}
+
+// qdiskGuest runs one guest with two qcow2 disks: start, the guest's
+// markers, vm shutdown, the word in the image, nothing left; with kill9,
+// then start, kill -9 of the daemon, restart, re-adoption, destroy,
+// nothing left.
+func qdiskGuest(t *testing.T, e *env, w *stateWatcher, typ string, kill9 bool) {
+	im := newQcow2Images(t, typ)
+	rw := im.rw
+	name := fmt.Sprintf("nxqdisk%s%d", typ, time.Now().UnixNano()%1e9)
+	if _, err := e.ctl("vm", "create", "--name", name, "--type", typ, "--memory", "256M", "--vcpus", "1",
 		"--kernel", guestKernel, "--ramdisk", guestInitrd,
-		"--cmdline", fmt.Sprintf("console=hvc0 nxmode=devices nxpattern=%s nxddmb=%d", rwWord, ddMiB),
-		"--disk", "xvda:"+rw+":rw:qcow2", "--disk", "xvdb:"+ro+":ro:qcow2"); err != nil {
+		"--cmdline", fmt.Sprintf("console=hvc0 nxmode=devices nxpattern=%s nxddmb=%d", im.rwWord, ddMiB),
+		"--disk", "xvda:"+im.rw+":rw:qcow2", "--disk", "xvdb:"+im.ro+":ro:qcow2"); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
@@ -129,8 +155,8 @@ func TestNestedQdisk(t *testing.T) {
 		if len(pids) != 1 {
 			t.Fatalf("QEMUs of domain %s: %v, want one", domid, pids)
 		}
-		t.Logf("QDISK-TIMES vm start -> both qcow2 disks Connected %v (domain %d, QEMU pid %d)",
-			tConn.Sub(t0).Round(time.Millisecond), mustAtoi(t, domid), pids[0])
+		t.Logf("QDISK-TIMES %s vm start -> both qcow2 disks Connected %v (domain %d, QEMU pid %d)",
+			typ, tConn.Sub(t0).Round(time.Millisecond), mustAtoi(t, domid), pids[0])
 		if got := pluggedQEMUPids(t, e, name); len(got) != 2 || got[0] != pids[0] || got[1] != pids[0] {
 			t.Errorf("vm get's disks name QEMU pids %v, want %d for both", got, pids[0])
 		}
@@ -149,13 +175,13 @@ func TestNestedQdisk(t *testing.T) {
 	}
 	lines := guestLines(b)
 	t.Logf("guest:\n%s", lines)
-	for _, want := range []string{"GUEST-DISK-WROTE " + rwWord, "GUEST-DISK-RO " + roWord} {
+	for _, want := range []string{"GUEST-DISK-WROTE " + im.rwWord, "GUEST-DISK-RO " + im.roWord} {
 		if !strings.Contains(lines, want+"\n") {
 			t.Errorf("the guest did not print %q", want)
 		}
 	}
 	if m := ddLine.FindStringSubmatch(lines); m != nil {
-		t.Logf("QDISK-DD %s", m[0])
+		t.Logf("QDISK-DD %s %s", typ, m[0])
 	}
 	if out, err := e.ctl("vm", "get", name); err == nil {
 		t.Logf("vm get:\n%s", out)
@@ -166,20 +192,23 @@ func TestNestedQdisk(t *testing.T) {
 	checkGone(t, "vm shutdown", domid, "")
 	checkNoQdisk(t, w, domid)
 	// The word, read from the qcow2 image by QEMU's own tools.
-	out := filepath.Join(dir, "rw-after.raw")
+	out := filepath.Join(filepath.Dir(rw), "rw-after.raw")
 	if o, err := run(time.Minute, qemuImg, "convert", "-f", "qcow2", "-O", "raw", rw, out); err != nil {
 		t.Fatalf("qemu-img convert: %v\n%s", err, o)
 	}
-	if head := readFrom(out, 0); !bytes.HasPrefix(head, []byte(rwWord+"\n")) {
-		t.Errorf("the guest's word %q is not at the start of %s (qemu-img convert): %q", rwWord, rw, bytes.TrimRight(head[:min(len(head), 64)], "\x00"))
+	if head := readFrom(out, 0); !bytes.HasPrefix(head, []byte(im.rwWord+"\n")) {
+		t.Errorf("the guest's word %q is not at the start of %s (qemu-img convert): %q", im.rwWord, rw, bytes.TrimRight(head[:min(len(head), 64)], "\x00"))
 	} else {
-		t.Logf("%s starts with the guest's word %s (read with qemu-img convert)", filepath.Base(rw), rwWord)
+		t.Logf("%s starts with the guest's word %s (read with qemu-img convert)", filepath.Base(rw), im.rwWord)
 	}
 	os.Remove(out)
 	if o, err := run(time.Minute, qemuImg, "check", rw); err != nil {
 		t.Errorf("qemu-img check %s after the shutdown: %v\n%s", rw, err, o)
 	}
 
+	if !kill9 {
+		return
+	}
 	t.Run("Kill9ThenDestroy", func(t *testing.T) {
 		domid, qemu := start(t)
 		e.kill9()

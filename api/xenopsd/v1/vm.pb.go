@@ -256,7 +256,7 @@ const (
 	DiskFormat_DISK_FORMAT_RAW DiskFormat = 1
 	// DISK_FORMAT_QCOW2: a qcow2 image, served by QEMU's qdisk backend (one
 	// QEMU per domain, started and supervised by the daemon, as libxl does).
-	// PV guests only.
+	// PV and PVH guests only.
 	DiskFormat_DISK_FORMAT_QCOW2 DiskFormat = 2
 )
 
