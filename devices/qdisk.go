@@ -140,7 +140,7 @@ func (p *Plugger) waitQEMURunning(ctx context.Context, q QEMUProc, domid uint32)
 		if err == nil {
 			var alive bool
 			if alive, err = p.host.QEMUAlive(ctx, q, domid); err == nil && !alive {
-				return fmt.Errorf("QEMU (pid %d) exited before it was running (its log says why)", q.Pid)
+				return fmt.Errorf("QEMU (pid %d) exited before it was running (the daemon's log has the end of QEMU's)", q.Pid)
 			}
 		}
 		if err == nil {

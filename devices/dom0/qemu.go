@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -88,7 +89,8 @@ func (h *Host) StartQEMU(ctx context.Context, domid uint32) (devices.QEMUProc, e
 		if stopping {
 			h.log.Info("QEMU exited", "domid", domid, "qemu_pid", pid, "status", cmd.ProcessState.String())
 		} else {
-			h.log.Error("QEMU exited on its own: the domain's qcow2 disks are not served any more", "domid", domid, "qemu_pid", pid, "status", errString(err, cmd), "log", logPath)
+			h.log.Error("QEMU exited on its own: the domain's qcow2 disks are not served any more", "domid", domid, "qemu_pid", pid,
+				"status", errString(err, cmd), "log", logPath, "log_tail", logTail(logPath, 1024))
 		}
 	}()
 	st, err := readProcStat(h.proc, pid)
@@ -99,6 +101,20 @@ func (h *Host) StartQEMU(ctx context.Context, domid uint32) (devices.QEMUProc, e
 	}
 	h.log.Info("QEMU started", "domid", domid, "qemu_pid", pid, "log", logPath)
 	return devices.QEMUProc{Pid: pid, Start: st.start}, nil
+}
+
+// logTail is the last n bytes of a log ("" if it cannot be read).
+func logTail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > n {
+		_, _ = f.Seek(fi.Size()-n, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, n))
+	return strings.TrimSpace(string(b))
 }
 
 func errString(err error, cmd *exec.Cmd) string {

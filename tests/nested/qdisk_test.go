@@ -41,6 +41,12 @@ func TestNestedQdisk(t *testing.T) {
 			t.Fatalf("%v: nested-xen.sh's prepare_qemu_xen packs Debian's qemu-system-xen and qemu-utils into the 4.17 dom0", err)
 		}
 	}
+	// QEMU itself runs in this dom0 (its libraries, its data).
+	if out, err := run(30*time.Second, qemuXen, "-version"); err != nil {
+		t.Fatalf("%s -version: %v\n%s", qemuXen, err, out)
+	} else {
+		t.Logf("%s", bytes.TrimSpace(out))
+	}
 	w := newStateWatcher(t)
 	e := newEnv(t)
 	e.start()
@@ -134,7 +140,12 @@ func qdiskGuest(t *testing.T, e *env, w *stateWatcher, typ string, kill9 bool) {
 		t.Helper()
 		t0 := time.Now()
 		if _, err := e.ctl("vm", "start", name); err != nil {
-			t.Fatalf("vm start: %v\n%s", err, tail([]byte(e.logText()), 3000))
+			logs, _ := filepath.Glob("/var/log/xen/qemu-dm-*.log")
+			var ql strings.Builder
+			for _, l := range logs {
+				fmt.Fprintf(&ql, "%s:\n%s\n", l, tail(readFrom(l, 0), 1500))
+			}
+			t.Fatalf("vm start: %v\nQEMU logs:\n%s\ndaemon log:\n%s", err, ql.String(), tail([]byte(e.logText()), 3000))
 		}
 		domid = field(e.ctlJSON("vm", "get", name), "domid", "domid")
 		gone := func() string {
