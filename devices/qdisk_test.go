@@ -34,7 +34,7 @@ func TestQdiskLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, err := e.p.PlugDisk(e.ctx, guest, Disk{Device: "xvdb", Path: b, Format: FormatQCOW2, ReadOnly: true})
+	rb, err := e.p.PlugDisk(e.ctx, guest, Disk{Device: "xvdb", Path: b, Format: FormatQCOW2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +120,10 @@ func TestQdiskLifecycle(t *testing.T) {
 func TestDiskFormatChecked(t *testing.T) {
 	e := newEnv(t)
 	q, raw := e.qcow2File("q.qcow2"), e.file("r.img")
+	_, err := e.p.PlugDisk(e.ctx, guest, Disk{Device: "xvda", Path: q, Format: FormatQCOW2, ReadOnly: true})
+	if inv := (*InvalidError)(nil); !errors.As(err, &inv) || inv.Field != "mode" {
+		t.Errorf("PlugDisk of a read-only qcow2 disk = %v, want an InvalidError on mode", err)
+	}
 	for _, d := range []Disk{
 		{Device: "xvda", Path: q},
 		{Device: "xvda", Path: q, Format: FormatRaw},

@@ -57,8 +57,16 @@ func checkDisk(domid uint32, d Disk) (int, error) {
 	if err := checkDiskPath(d.Path); err != nil {
 		return 0, err
 	}
+	if d.Format == FormatQCOW2 && (d.ReadOnly || d.CDROM) {
+		return 0, invalid("mode", "%s", ReadOnlyQCOW2)
+	}
 	return devid, CheckFormat(d.Path, d.Format)
 }
+
+// ReadOnlyQCOW2 is why a read-only qcow2 disk is refused: seen on real Xen
+// 4.17 with Debian 12's QEMU 7.2, whose xen-block logs "failed to create
+// drive: Block node is read-only" for it and never serves the device.
+const ReadOnlyQCOW2 = "read-only qcow2 disks are not supported: QEMU 7.2's xen-block (Debian 12's qemu-system-xen) opens the qcow2 layer read-write over the read-only file and fails (\"Block node is read-only\"); use a read-write qcow2 disk or a raw one"
 
 // qcow2Magic starts every qcow2 image (QEMU's docs/interop/qcow2.txt).
 const qcow2Magic = "QFI\xfb"

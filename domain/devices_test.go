@@ -374,6 +374,11 @@ func TestQCOW2Disks(t *testing.T) {
 	if !errors.As(err, &de) || de.Code != CodeInvalidArgument || de.Field != "spec.disks[0].format" || !strings.Contains(de.Message, "PV and PVH guests only") {
 		t.Fatalf("create HVM with a qcow2 disk: %v", err)
 	}
+	ro := spec("q-ro")
+	ro.Disks = []Disk{{Device: "xvda", Path: q, Format: DiskQCOW2, Mode: DiskRO}}
+	if _, err := e.m.CreateVM(e.ctx, ro, ""); !errors.As(err, &de) || de.Field != "spec.disks[0].mode" || !strings.Contains(de.Message, "read-only qcow2") {
+		t.Fatalf("create with a read-only qcow2 disk: %v", err)
+	}
 	bad := spec("q-bad")
 	bad.Disks = []Disk{{Device: "xvda", Path: q, Format: 7}}
 	if _, err := e.m.CreateVM(e.ctx, bad, ""); !errors.As(err, &de) || de.Field != "spec.disks[0].format" {

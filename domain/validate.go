@@ -6,6 +6,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
@@ -178,6 +179,9 @@ func validateDevices(s Spec) error {
 		}
 		if d.Format == DiskQCOW2 && s.Type != TypePV && s.Type != TypePVH {
 			return InvalidField(f+".format", "qcow2 disks are served by QEMU's qdisk backend, which this daemon starts for PV and PVH guests only; a %s guest needs a raw disk", s.Type)
+		}
+		if d.Format == DiskQCOW2 && (d.Mode == DiskRO || d.CDROM) {
+			return InvalidField(f+".mode", "%s", devices.ReadOnlyQCOW2)
 		}
 		if d.Format == DiskQCOW2 && d.Path == "" {
 			return InvalidField(f+".path", "a qcow2 disk needs its image file")

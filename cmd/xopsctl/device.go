@@ -18,7 +18,7 @@ import (
 //	--nic [bridge=BR][,mac=MAC][,mtu=N]   e.g. bridge=xenbr0,mtu=9000
 
 const (
-	diskFlagHelp = "disk DEVICE:PATH[:ro|rw][:raw|qcow2], e.g. xvda:/srv/a.img:rw or xvdb:/srv/b.qcow2:ro:qcow2 (rw and raw when not given; qcow2: PV and PVH guests, served by QEMU); repeatable"
+	diskFlagHelp = "disk DEVICE:PATH[:ro|rw][:raw|qcow2], e.g. xvda:/srv/a.img:rw or xvdb:/srv/b.qcow2:ro:qcow2 (rw and raw when not given; qcow2: PV and PVH guests, rw only, served by QEMU); repeatable"
 	nicFlagHelp  = "NIC [bridge=BR][,mac=MAC][,mtu=N] (bridge xenbr0 when none); repeatable"
 )
 

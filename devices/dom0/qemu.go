@@ -94,13 +94,41 @@ func (h *Host) StartQEMU(ctx context.Context, domid uint32) (devices.QEMUProc, e
 		}
 	}()
 	st, err := readProcStat(h.proc, pid)
+	if err == nil {
+		err = h.waitExeced(ctx, pid, domid, done)
+	}
 	if err != nil {
 		_ = cmd.Process.Kill()
 		<-done
-		return devices.QEMUProc{}, fmt.Errorf("reading QEMU's start time: %w", err)
+		return devices.QEMUProc{}, fmt.Errorf("QEMU pid %d: %w", pid, err)
 	}
 	h.log.Info("QEMU started", "domid", domid, "qemu_pid", pid, "log", logPath)
 	return devices.QEMUProc{Pid: pid, Start: st.start}, nil
+}
+
+// execWait bounds waitExeced.
+const execWait = 10 * time.Second
+
+// waitExeced waits until /proc shows QEMU's own command line: the kernel
+// lets exec's caller go (Start returns) before it has set the new
+// program's arguments, and until then /proc/<pid>/cmdline is empty, which
+// isQEMU would take for a process that is gone.
+func (h *Host) waitExeced(ctx context.Context, pid int, domid uint32, done <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, execWait)
+	defer cancel()
+	want := []byte("\x00-xen-domid\x00" + strconv.FormatUint(uint64(domid), 10) + "\x00")
+	for {
+		if b, err := os.ReadFile(filepath.Join(h.proc, strconv.Itoa(pid), "cmdline")); err == nil && bytes.Contains(b, want) {
+			return nil
+		}
+		select {
+		case <-done:
+			return errors.New("exited at once")
+		case <-ctx.Done():
+			return fmt.Errorf("its command line did not show in %s: %w", h.proc, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // logTail is the last n bytes of a log ("" if it cannot be read).

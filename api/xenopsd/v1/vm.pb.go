@@ -256,7 +256,8 @@ const (
 	DiskFormat_DISK_FORMAT_RAW DiskFormat = 1
 	// DISK_FORMAT_QCOW2: a qcow2 image, served by QEMU's qdisk backend (one
 	// QEMU per domain, started and supervised by the daemon, as libxl does).
-	// PV and PVH guests only.
+	// PV and PVH guests only; read-write only (QEMU 7.2's xen-block cannot
+	// open a read-only qcow2 image).
 	DiskFormat_DISK_FORMAT_QCOW2 DiskFormat = 2
 )
 
