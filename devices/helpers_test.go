@@ -377,6 +377,12 @@ func (h *fakeHost) StopQEMU(ctx context.Context, q QEMUProc, domid uint32) error
 		return err
 	}
 	delete(h.qemus, q.Pid)
+	// QEMU's xen-bus removes its devices' backend directories as it goes.
+	dir := backendDomainDir(KindQdisk, domid)
+	names, _ := h.xs.List(ctx, dir)
+	for _, n := range names {
+		_ = h.xs.Remove(ctx, dir+"/"+n)
+	}
 	return nil
 }
 

@@ -268,6 +268,11 @@ func (p *Plugger) Status(ctx context.Context, rec Record) (Status, error) {
 	if err != nil {
 		return st, fmt.Errorf("%s: %w", rec.name(), err)
 	}
+	if rec.BackendKind == KindQdisk && !p.qemuAlive(ctx, rec) {
+		// A QEMU that stops may take its backend directories with it.
+		st.Backend, st.Error = max(be, StateUnknown), qemuGone(rec)
+		return st, nil
+	}
 	if be == stateGone {
 		return st, fmt.Errorf("%s: %w", rec.name(), ErrNotPlugged)
 	}
@@ -280,8 +285,6 @@ func (p *Plugger) Status(ctx context.Context, rec Record) (Status, error) {
 		_, ferr = p.readFrontend(ctx, rec, true)
 	}
 	switch {
-	case rec.BackendKind == KindQdisk && !p.qemuAlive(ctx, rec):
-		st.Error = fmt.Sprintf("its QEMU (pid %d) is gone: the disk is not served", rec.QEMU.Pid)
 	case errors.Is(ferr, ErrBadFrontend):
 		st.Error = ferr.Error()
 	case ferr != nil:

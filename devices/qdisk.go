@@ -173,6 +173,11 @@ func (p *Plugger) recordedQEMU(ctx context.Context, domid uint32) (QEMUProc, boo
 	return q, true, nil
 }
 
+// qemuGone is the Status error of a qcow2 disk whose QEMU is gone.
+func qemuGone(rec Record) string {
+	return fmt.Sprintf("its QEMU (pid %d) is gone: the disk is not served", rec.QEMU.Pid)
+}
+
 // qemuAlive is whether rec's QEMU still runs (false if that cannot be read).
 func (p *Plugger) qemuAlive(ctx context.Context, rec Record) bool {
 	alive, err := p.host.QEMUAlive(ctx, rec.QEMU, rec.Domid)

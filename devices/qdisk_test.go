@@ -109,6 +109,9 @@ func TestQdiskLifecycle(t *testing.T) {
 	}
 	e.assertGone(ra)
 	e.assertGone(rc)
+	if e.exists(backendDomainDir(KindQdisk, guest)) {
+		t.Errorf("%s left", backendDomainDir(KindQdisk, guest))
+	}
 	if e.host.running() != 0 || e.exists(deviceModelDir(guest)) {
 		t.Fatalf("after RemoveDomainDevices: %d QEMUs running, device-model dir left %v", e.host.running(), e.exists(deviceModelDir(guest)))
 	}

@@ -136,8 +136,52 @@ func (p *Plugger) RemoveDomainDevices(ctx context.Context, domid uint32) error {
 				errs = append(errs, fmt.Errorf("%s: %w", rec.name(), err))
 			}
 		}
+		// A QEMU that is stopped removes its devices' directories itself
+		// (seen on real Xen), which leaves their parent empty.
+		if err := p.xs.Transaction(ctx, func(tx *xenstore.Tx) error {
+			return removeEmpty(ctx, tx, dir, errorDomainDir(kind, domid))
+		}); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", dir, err))
+		}
+	}
+	if err := p.removeOrphanFrontends(ctx, domid); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// removeOrphanFrontends removes the destroyed domain's vbd frontend
+// directories that no backend directory names any more: those of qcow2
+// disks whose QEMU removed their backend directories as it stopped. Only
+// the directory names are read, nothing the guest wrote in them.
+func (p *Plugger) removeOrphanFrontends(ctx context.Context, domid uint32) error {
+	dir := fmt.Sprintf("/local/domain/%d/device/%s", domid, KindVBD)
+	names, err := p.xs.List(ctx, dir)
+	if errors.Is(err, syscall.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", dir, err)
+	}
+	for _, name := range names {
+		devid, ok := parseNumber(name, math.MaxInt32)
+		if !ok {
+			continue
+		}
+		orphan := true
+		for _, kind := range []Kind{KindVBD, KindQdisk} {
+			rec := Record{Kind: KindVBD, BackendKind: kind, Domid: domid, DevID: devid}
+			if _, ok, err := p.readNode(ctx, rec.BackendPath()+"/frontend"); err != nil || ok {
+				orphan = false
+			}
+		}
+		if orphan {
+			if err := p.xs.Remove(ctx, dir+"/"+name); err != nil && !errors.Is(err, syscall.ENOENT) {
+				return fmt.Errorf("removing %s/%s: %w", dir, name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // recordFromBackend rebuilds what teardown needs from a backend directory.

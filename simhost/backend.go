@@ -297,14 +297,21 @@ func (b *backendBus) qemuStarted(ctx context.Context, domid uint32) {
 	b.rescan(ctx, []string{string(devices.KindQdisk), strconv.FormatUint(uint64(domid), 10)})
 }
 
-// qemuStopped is domid's QEMU gone: its devices stop being served.
-func (b *backendBus) qemuStopped(domid uint32) {
+// qemuStopped is domid's QEMU gone: its devices stop being served. A
+// stopped QEMU (SIGTERM) removes its devices' backend directories on its
+// way out, as QEMU 7.2 does on real Xen; their parent stays.
+func (b *backendBus) qemuStopped(ctx context.Context, domid uint32) {
 	prefix := fmt.Sprintf("backend/%s/%d/", devices.KindQdisk, domid)
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	for name, d := range b.devs {
 		if strings.HasPrefix(name, prefix) {
 			d.kicked()
 		}
+	}
+	b.mu.Unlock()
+	dir := fmt.Sprintf("%s/%s/%d", backendRoot, devices.KindQdisk, domid)
+	names, _ := b.cli.List(ctx, dir)
+	for _, n := range names {
+		_ = b.cli.Remove(ctx, dir+"/"+n)
 	}
 }

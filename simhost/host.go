@@ -279,7 +279,7 @@ func (h *host) startBackends() (*runningBackends, error) {
 	bus := newBackendBus(rb.cli, h.hv, h.dom0, h.cpus(), h.log)
 	h.dom0.setQEMUHooks(qemuHooks{
 		started: func(domid uint32) { bus.qemuStarted(ctx, domid) },
-		stopped: bus.qemuStopped,
+		stopped: func(domid uint32) { bus.qemuStopped(ctx, domid) },
 	})
 	go func() {
 		defer close(rb.done)
