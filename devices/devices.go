@@ -35,6 +35,11 @@
 // the Host puts netback's interface into its bridge (vif-bridge) and we
 // write hotplug-status.
 //
+// A qcow2 disk is not blkback's: like libxl for a PV or PVH guest, we write its
+// backend directory under backend/qdisk (params "qcow2:<path>") and the
+// domain's one dom0 QEMU (started by the Host at the first qcow2 plug,
+// recorded in device-model/<domid>) serves it; see qdisk.go.
+//
 // Every wait (InitWait after a plug, both ends Connected after a hot-plug,
 // Closed on unplug) is driven by xenstore watches, bounded (BackendWait,
 // CloseWait) and re-reads the states after each batch of events, so a
@@ -59,6 +64,7 @@ package devices
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -68,7 +74,39 @@ type Kind string
 const (
 	KindVBD Kind = "vbd" // a disk, served by blkback
 	KindVIF Kind = "vif" // a NIC, served by netback
+	// KindQdisk is not a device class but a backend: a disk (KindVBD, with
+	// a vbd frontend directory) served by QEMU's qdisk backend, whose
+	// directory is backend/qdisk/<domid>/<devid>.
+	KindQdisk Kind = "qdisk"
 )
+
+// Format is a disk's backing file format.
+type Format string
+
+const (
+	FormatRaw   Format = "raw"   // served by blkback through a loop device
+	FormatQCOW2 Format = "qcow2" // served by QEMU's qdisk backend
+)
+
+// QEMUProc identifies one dom0 QEMU process: its pid and its start time
+// (field 22 of /proc/<pid>/stat, in clock ticks since boot), so that a pid
+// reused by another process is never taken for it.
+type QEMUProc struct {
+	Pid   int    `json:"pid"`
+	Start uint64 `json:"start"`
+}
+
+// String is how the process is recorded in xenstore: "<pid> <start>".
+func (q QEMUProc) String() string { return fmt.Sprintf("%d %d", q.Pid, q.Start) }
+
+// parseQEMUProc reads String's form back.
+func parseQEMUProc(s string) (QEMUProc, error) {
+	var q QEMUProc
+	if n, err := fmt.Sscanf(s, "%d %d", &q.Pid, &q.Start); err != nil || n != 2 || q.Pid <= 0 || q.String() != s {
+		return QEMUProc{}, fmt.Errorf("%q is not \"<pid> <start time>\"", s)
+	}
+	return q, nil
+}
 
 // State is a XenbusState (io/xenbus.h).
 type State int
@@ -88,7 +126,8 @@ const (
 // Disk is a disk to plug.
 type Disk struct {
 	Device   string // guest name: xvda, hda, sda...
-	Path     string // dom0 path of the backing raw file or block device
+	Path     string // dom0 path of the backing file or block device
+	Format   Format // "" is FormatRaw
 	ReadOnly bool
 	CDROM    bool
 }
@@ -130,6 +169,17 @@ type Host interface {
 	ConnectVIF(ctx context.Context, name, bridge string, mtu uint32) error
 	// DisconnectVIF takes name out of its bridge; a missing one is no error.
 	DisconnectVIF(ctx context.Context, name string) error
+	// StartQEMU starts a dom0 QEMU serving the qdisk backends of domain
+	// domid (QEMU's Xen PV machine attached to the domain, as libxl starts
+	// it for a PV or PVH guest) and returns it. It does not wait for QEMU to be
+	// ready. The process outlives the daemon.
+	StartQEMU(ctx context.Context, domid uint32) (QEMUProc, error)
+	// QEMUAlive reports whether q is still running (the same process: pid
+	// and start time match, and it serves domid).
+	QEMUAlive(ctx context.Context, q QEMUProc, domid uint32) (bool, error)
+	// StopQEMU ends q (SIGTERM, then SIGKILL) and waits, until ctx ends,
+	// for it to be gone; a process that is gone already is no error.
+	StopQEMU(ctx context.Context, q QEMUProc, domid uint32) error
 	// Counters reads the I/O counters dom0 keeps for a plugged device:
 	// blkback's statistics for a vbd, the interface's counters for a vif.
 	// The error wraps fs.ErrNotExist while dom0 has no such device (a vbd
@@ -159,17 +209,22 @@ type Counters struct {
 // Record is what is persisted about one plugged device: enough to show it,
 // re-adopt it after a restart and remove it, with nothing from the guest.
 type Record struct {
-	Kind     Kind           `json:"kind"`
-	Domid    uint32         `json:"domid"` // the frontend's domain
-	DevID    int            `json:"devid"` // vbd: virtual device number; vif: handle
-	Device   string         `json:"device,omitempty"`
-	Path     string         `json:"path,omitempty"`
-	ReadOnly bool           `json:"read_only,omitempty"`
-	Disk     DiskAttachment `json:"disk,omitempty"`
-	VIF      string         `json:"vif,omitempty"` // vif<domid>.<devid>
-	Bridge   string         `json:"bridge,omitempty"`
-	MAC      string         `json:"mac,omitempty"`
-	MTU      uint32         `json:"mtu,omitempty"`
+	Kind     Kind   `json:"kind"`
+	Domid    uint32 `json:"domid"` // the frontend's domain
+	DevID    int    `json:"devid"` // vbd: virtual device number; vif: handle
+	Device   string `json:"device,omitempty"`
+	Path     string `json:"path,omitempty"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+	// BackendKind is the backend's kind when it is not Kind: KindQdisk for a
+	// qcow2 disk, served by QEMU (whose process is QEMU).
+	BackendKind Kind           `json:"backend,omitempty"`
+	Format      Format         `json:"format,omitempty"`
+	QEMU        QEMUProc       `json:"qemu,omitempty"`
+	Disk        DiskAttachment `json:"disk,omitempty"`
+	VIF         string         `json:"vif,omitempty"` // vif<domid>.<devid>
+	Bridge      string         `json:"bridge,omitempty"`
+	MAC         string         `json:"mac,omitempty"`
+	MTU         uint32         `json:"mtu,omitempty"`
 }
 
 // Status is a device as xenstore and dom0 show it now.

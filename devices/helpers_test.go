@@ -63,6 +63,7 @@ func newEnv(t *testing.T) *env {
 		return c
 	}
 	e.xs, e.dom0 = dial(), dial()
+	e.host.xs = e.dom0
 	for _, d := range []uint32{0, guest} {
 		path := "/local/domain/" + strconv.Itoa(int(d))
 		if err := e.xs.Mkdir(ctx, path); err != nil {
@@ -242,6 +243,9 @@ const (
 // connected), Closed once asked to close and the frontend has closed.
 func (e *env) backend(kind Kind, devid int, mode backendMode) {
 	rec := Record{Kind: kind, Domid: guest, DevID: devid}
+	if kind == KindQdisk { // QEMU's qdisk: a vbd that needs no physical-device
+		rec.Kind, rec.BackendKind = KindVBD, KindQdisk
+	}
 	be, fe := rec.BackendPath(), rec.FrontendPath()
 	e.actor(e.dom0, []string{be, fe + "/state"}, func(ctx context.Context) bool {
 		bs := state(ctx, e.dom0, be+"/state")
@@ -255,7 +259,7 @@ func (e *env) backend(kind Kind, devid int, mode backendMode) {
 			put(ctx, e.dom0, backendErrorPath(rec)+"/error", "2 opening /dev/loop7")
 			switchState(ctx, e.dom0, be+"/state", StateClosing)
 		case bs == StateInitialising:
-			if kind == KindVBD {
+			if rec.Kind == KindVBD && rec.BackendKind == "" {
 				if pd, _ := e.dom0.Read(ctx, be+"/physical-device"); len(pd) == 0 {
 					return false
 				}
@@ -290,7 +294,11 @@ const (
 // once) and closes when the backend asks.
 func (e *env) frontend(kind Kind, devid int, mode frontendMode) {
 	dir := fmt.Sprintf("device/%s/%d/", kind, devid)
-	e.actor(e.guestXS, []string{dir + "state", fmt.Sprintf("/local/domain/0/backend/%s/%d/%d/state", kind, guest, devid)}, func(ctx context.Context) bool {
+	watch := []string{dir + "state", fmt.Sprintf("/local/domain/0/backend/%s/%d/%d/state", kind, guest, devid)}
+	if kind == KindVBD { // its backend may be QEMU's qdisk
+		watch = append(watch, fmt.Sprintf("/local/domain/0/backend/%s/%d/%d/state", KindQdisk, guest, devid))
+	}
+	e.actor(e.guestXS, watch, func(ctx context.Context) bool {
 		if mode == frontendSilent {
 			return true
 		}
@@ -331,10 +339,62 @@ type fakeHost struct {
 	bridges []string
 	fail    map[string]error // by method name
 	calls   []string
+	// The QEMUs: xs is the connection they write their state with.
+	xs      *xenstore.Client
+	nextPid int
+	qemus   map[int]uint32 // running QEMUs: pid -> domid
+	started int            // QEMUs started in all
+}
+
+// StartQEMU plays QEMU: it is "running" at once (its state node written).
+func (h *fakeHost) StartQEMU(ctx context.Context, domid uint32) (QEMUProc, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := h.failing("StartQEMU"); err != nil {
+		return QEMUProc{}, err
+	}
+	h.nextPid++
+	pid := 1000 + h.nextPid
+	h.qemus[pid] = domid
+	h.started++
+	if err := h.xs.Write(ctx, deviceModelDir(domid)+"/state", []byte("running")); err != nil {
+		return QEMUProc{}, err
+	}
+	return QEMUProc{Pid: pid, Start: uint64(pid) * 7}, nil
+}
+
+func (h *fakeHost) QEMUAlive(ctx context.Context, q QEMUProc, domid uint32) (bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d, ok := h.qemus[q.Pid]
+	return ok && d == domid && q.Start == uint64(q.Pid)*7, nil
+}
+
+func (h *fakeHost) StopQEMU(ctx context.Context, q QEMUProc, domid uint32) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := h.failing("StopQEMU"); err != nil {
+		return err
+	}
+	delete(h.qemus, q.Pid)
+	// QEMU's xen-bus removes its devices' backend directories as it goes.
+	dir := backendDomainDir(KindQdisk, domid)
+	names, _ := h.xs.List(ctx, dir)
+	for _, n := range names {
+		_ = h.xs.Remove(ctx, dir+"/"+n)
+	}
+	return nil
+}
+
+// running is the number of QEMUs running.
+func (h *fakeHost) running() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.qemus)
 }
 
 func newFakeHost() *fakeHost {
-	return &fakeHost{disks: map[string]DiskAttachment{}, vifs: map[string]string{}, bridges: []string{"xenbr0"}, fail: map[string]error{}}
+	return &fakeHost{disks: map[string]DiskAttachment{}, vifs: map[string]string{}, bridges: []string{"xenbr0"}, fail: map[string]error{}, qemus: map[int]uint32{}}
 }
 
 func (h *fakeHost) failing(method string) error { return h.fail[method] }

@@ -25,8 +25,27 @@ const backendDomid = 0
 // /local/domain/0/backend/<kind>/<domid>/<devid>: written by us and the
 // kernel's backend, readable by the guest.
 func (r Record) BackendPath() string {
-	return fmt.Sprintf("%s/%d", backendDomainDir(r.Kind, r.Domid), r.DevID)
+	return fmt.Sprintf("%s/%d", backendDomainDir(r.backendKind(), r.Domid), r.DevID)
 }
+
+// backendKind is the kind of the device's backend directory.
+func (r Record) backendKind() Kind {
+	if r.BackendKind != "" {
+		return r.BackendKind
+	}
+	return r.Kind
+}
+
+// deviceModelDir is libxl's directory for domain domid's QEMU
+// (/local/domain/0/device-model/<domid>): QEMU writes its state there,
+// and we record its process (qemuNode), dom0-only.
+func deviceModelDir(domid uint32) string {
+	return fmt.Sprintf("/local/domain/%d/device-model/%d", backendDomid, domid)
+}
+
+// qemuNode records the QEMU serving the domain's qdisk backends, as
+// QEMUProc.String: the durable record RemoveDomainDevices stops it from.
+func qemuNode(domid uint32) string { return deviceModelDir(domid) + "/xenopsd-ng-qemu" }
 
 // FrontendPath is the device's frontend directory,
 // /local/domain/<domid>/device/<kind>/<devid>: owned by the guest, which may
@@ -53,7 +72,7 @@ func backendDomainDir(kind Kind, domid uint32) string {
 // backend's failure (its "error/<nodename>" below the backend domain's
 // home), as "<errno> <message>" in the node "error" inside it.
 func backendErrorPath(r Record) string {
-	return fmt.Sprintf("/local/domain/%d/error/backend/%s/%d/%d", backendDomid, r.Kind, r.Domid, r.DevID)
+	return fmt.Sprintf("/local/domain/%d/error/backend/%s/%d/%d", backendDomid, r.backendKind(), r.Domid, r.DevID)
 }
 
 // backendPerms are libxl's backend permissions: owned by the backend

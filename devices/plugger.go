@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -29,6 +31,9 @@ type Plugger struct {
 	xs   Store
 	host Host
 	log  *slog.Logger
+	// qemuMu serialises the start of a domain's QEMU (ensureQEMU), so two
+	// qcow2 plugs never start two.
+	qemuMu sync.Mutex
 
 	backendWait, closeWait time.Duration // BackendWait, CloseWait; shorter in tests
 	tokens                 atomic.Uint64 // watch tokens, unique on the connection
@@ -124,7 +129,7 @@ func (p *Plugger) removeDirs(ctx context.Context, rec Record) error {
 				return err
 			}
 		}
-		return removeEmpty(ctx, tx, backendDomainDir(rec.Kind, rec.Domid), errorDomainDir(rec.Kind, rec.Domid))
+		return removeEmpty(ctx, tx, backendDomainDir(rec.backendKind(), rec.Domid), errorDomainDir(rec.backendKind(), rec.Domid))
 	})
 }
 
@@ -263,6 +268,11 @@ func (p *Plugger) Status(ctx context.Context, rec Record) (Status, error) {
 	if err != nil {
 		return st, fmt.Errorf("%s: %w", rec.name(), err)
 	}
+	if rec.BackendKind == KindQdisk && !p.qemuAlive(ctx, rec) {
+		// A QEMU that stops may take its backend directories with it.
+		st.Backend, st.Error = max(be, StateUnknown), qemuGone(rec)
+		return st, nil
+	}
 	if be == stateGone {
 		return st, fmt.Errorf("%s: %w", rec.name(), ErrNotPlugged)
 	}
@@ -290,6 +300,9 @@ func (r Record) check() error {
 	if r.Kind != KindVBD && r.Kind != KindVIF {
 		return fmt.Errorf("devices: unknown device kind %q", r.Kind)
 	}
+	if r.BackendKind != "" && (r.BackendKind != KindQdisk || r.Kind != KindVBD) {
+		return fmt.Errorf("devices: %s: backend %q is not qdisk", r.name(), r.BackendKind)
+	}
 	if r.DevID < 0 {
 		return fmt.Errorf("devices: %s: negative device id", r.name())
 	}
@@ -307,6 +320,9 @@ func (p *Plugger) CheckBridge(ctx context.Context, bridge string) error {
 func (p *Plugger) Counters(ctx context.Context, rec Record) (Counters, error) {
 	if err := rec.check(); err != nil {
 		return Counters{}, err
+	}
+	if rec.BackendKind == KindQdisk {
+		return Counters{}, fmt.Errorf("%s: QEMU's qdisk keeps no counters dom0 can read: %w", rec.name(), fs.ErrNotExist)
 	}
 	return p.host.Counters(ctx, rec)
 }

@@ -94,7 +94,8 @@ func (p *Plugger) askToClose(ctx context.Context, rec Record) (exists bool, err 
 }
 
 // RemoveDomainDevices releases everything plugged into a destroyed domain,
-// from xenstore alone (it needs no Record, so it works after a crash): for
+// from xenstore alone (it needs no Record, so it works after a crash):
+// first the domain's QEMU (recorded in device-model/<domid>), then for
 // every backend directory of the domain it detaches the loop device named
 // by the backend's node (and physical-device) or takes vif<domid>.<devid>
 // out of its bridge, then removes the backend and frontend directories.
@@ -106,7 +107,12 @@ func (p *Plugger) RemoveDomainDevices(ctx context.Context, domid uint32) error {
 		return err
 	}
 	var errs []error
-	for _, kind := range []Kind{KindVBD, KindVIF} {
+	// The domain's QEMU first: it holds the qcow2 files, and once it is
+	// gone nothing rewrites the qdisk directories removed below.
+	if err := p.stopQEMU(ctx, domid); err != nil {
+		errs = append(errs, err)
+	}
+	for _, kind := range []Kind{KindVBD, KindQdisk, KindVIF} {
 		dir := backendDomainDir(kind, domid)
 		names, err := p.xs.List(ctx, dir)
 		if errors.Is(err, syscall.ENOENT) {
@@ -130,13 +136,60 @@ func (p *Plugger) RemoveDomainDevices(ctx context.Context, domid uint32) error {
 				errs = append(errs, fmt.Errorf("%s: %w", rec.name(), err))
 			}
 		}
+		// A QEMU that is stopped removes its devices' directories itself
+		// (seen on real Xen), which leaves their parent empty.
+		if err := p.xs.Transaction(ctx, func(tx *xenstore.Tx) error {
+			return removeEmpty(ctx, tx, dir, errorDomainDir(kind, domid))
+		}); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", dir, err))
+		}
+	}
+	if err := p.removeOrphanFrontends(ctx, domid); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// removeOrphanFrontends removes the destroyed domain's vbd frontend
+// directories that no backend directory names any more: those of qcow2
+// disks whose QEMU removed their backend directories as it stopped. Only
+// the directory names are read, nothing the guest wrote in them.
+func (p *Plugger) removeOrphanFrontends(ctx context.Context, domid uint32) error {
+	dir := fmt.Sprintf("/local/domain/%d/device/%s", domid, KindVBD)
+	names, err := p.xs.List(ctx, dir)
+	if errors.Is(err, syscall.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", dir, err)
+	}
+	for _, name := range names {
+		devid, ok := parseNumber(name, math.MaxInt32)
+		if !ok {
+			continue
+		}
+		orphan := true
+		for _, kind := range []Kind{KindVBD, KindQdisk} {
+			rec := Record{Kind: KindVBD, BackendKind: kind, Domid: domid, DevID: devid}
+			if _, ok, err := p.readNode(ctx, rec.BackendPath()+"/frontend"); err != nil || ok {
+				orphan = false
+			}
+		}
+		if orphan {
+			if err := p.xs.Remove(ctx, dir+"/"+name); err != nil && !errors.Is(err, syscall.ENOENT) {
+				return fmt.Errorf("removing %s/%s: %w", dir, name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // recordFromBackend rebuilds what teardown needs from a backend directory.
 func (p *Plugger) recordFromBackend(ctx context.Context, kind Kind, domid uint32, devid int) (Record, error) {
 	rec := Record{Kind: kind, Domid: domid, DevID: devid}
+	if kind == KindQdisk {
+		rec.Kind, rec.BackendKind = KindVBD, KindQdisk
+	}
 	if kind == KindVIF {
 		rec.VIF = VIFName(domid, devid)
 		return rec, nil

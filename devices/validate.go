@@ -3,6 +3,7 @@ package devices
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -53,7 +54,51 @@ func checkDisk(domid uint32, d Disk) (int, error) {
 	if err != nil {
 		return 0, &InvalidError{Field: "device", Reason: err.Error(), Err: err}
 	}
-	return devid, checkDiskPath(d.Path)
+	if err := checkDiskPath(d.Path); err != nil {
+		return 0, err
+	}
+	if d.Format == FormatQCOW2 && (d.ReadOnly || d.CDROM) {
+		return 0, invalid("mode", "%s", ReadOnlyQCOW2)
+	}
+	return devid, CheckFormat(d.Path, d.Format)
+}
+
+// ReadOnlyQCOW2 is why a read-only qcow2 disk is refused: seen on real Xen
+// 4.17 with Debian 12's QEMU 7.2, whose xen-block logs "failed to create
+// drive: Block node is read-only" for it and never serves the device.
+const ReadOnlyQCOW2 = "read-only qcow2 disks are not supported: QEMU 7.2's xen-block (Debian 12's qemu-system-xen) opens the qcow2 layer read-write over the read-only file and fails (\"Block node is read-only\"); use a read-write qcow2 disk or a raw one"
+
+// qcow2Magic starts every qcow2 image (QEMU's docs/interop/qcow2.txt).
+const qcow2Magic = "QFI\xfb"
+
+// CheckFormat checks that the file or block device at path starts as
+// format says: a qcow2 image with the qcow2 magic, a raw one without it (a
+// guest given a qcow2 image as raw would see QEMU's metadata, not its
+// disk). Its error is an InvalidError on "format".
+func CheckFormat(path string, format Format) error {
+	switch format {
+	case "", FormatRaw, FormatQCOW2:
+	default:
+		return invalid("format", "unknown format %q (want raw or qcow2)", format)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return &InvalidError{Field: "path", Reason: fmt.Sprintf("%s cannot be read: %v", path, err), Err: err}
+	}
+	defer f.Close()
+	head := make([]byte, len(qcow2Magic))
+	n, err := io.ReadFull(f, head)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return &InvalidError{Field: "path", Reason: fmt.Sprintf("%s cannot be read: %v", path, err), Err: err}
+	}
+	isQCOW2 := n == len(head) && string(head) == qcow2Magic
+	switch {
+	case format == FormatQCOW2 && !isQCOW2:
+		return invalid("format", "%s is not a qcow2 image (no qcow2 magic at its start)", path)
+	case format != FormatQCOW2 && isQCOW2:
+		return invalid("format", "%s is a qcow2 image, not raw: give its format as qcow2", path)
+	}
+	return nil
 }
 
 // checkDiskPath accepts an absolute path to a regular file or a block

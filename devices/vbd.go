@@ -6,7 +6,8 @@ import (
 )
 
 // PlugDisk plugs a disk into domain domid: it checks d (the path must be a
-// regular file or a block device), writes the backend and frontend
+// regular file or a block device, whose first bytes match d.Format; a qcow2
+// disk goes to plugQdisk), writes the backend and frontend
 // directories as libxl does, has the Host attach the path (a loop device
 // for a file), publishes the result in the backend (node, physical-device,
 // hotplug-status, as the block hotplug script does) and waits, bounded by
@@ -19,6 +20,9 @@ func (p *Plugger) PlugDisk(ctx context.Context, domid uint32, d Disk) (Record, e
 		return Record{}, err
 	}
 	rec := Record{Kind: KindVBD, Domid: domid, DevID: devid, Device: d.Device, Path: d.Path, ReadOnly: d.ReadOnly}
+	if d.Format == FormatQCOW2 {
+		return p.plugQdisk(ctx, rec, d)
+	}
 	if err := p.writeDirs(ctx, rec, diskLayout(rec, d)); err != nil {
 		return Record{}, failed(rec, "writing its xenstore directories", err)
 	}

@@ -86,6 +86,33 @@ func diskFile(i int, d Disk) (fileID, error) {
 	return fileID{}, InvalidField(field, "backing path %q of disk %s is neither a regular file nor a block device", d.Path, d.Device)
 }
 
+// checkFormat checks, before a start or a plug (never for a disk plugged
+// already, whose first bytes are the guest's), that disk i's backing file
+// starts as its format says (a qcow2 image given as raw would show the
+// guest QEMU's metadata).
+func checkFormat(i int, d Disk) error {
+	err := devices.CheckFormat(d.Path, deviceFormat(d.Format))
+	var inv *devices.InvalidError
+	if errors.As(err, &inv) {
+		return InvalidField(fmt.Sprintf("spec.disks[%d].%s", i, inv.Field), "disk %s: %s", d.Device, inv.Reason)
+	}
+	return err
+}
+
+// deviceFormat is the devices package's name of a format.
+func deviceFormat(f DiskFormat) devices.Format {
+	if f == DiskQCOW2 {
+		return devices.FormatQCOW2
+	}
+	return devices.FormatRaw
+}
+
+// deviceDisk is what package devices plugs for d.
+func deviceDisk(d Disk) devices.Disk {
+	return devices.Disk{Device: d.Device, Path: d.Path, Format: deviceFormat(d.Format),
+		ReadOnly: d.Mode == DiskRO || d.CDROM, CDROM: d.CDROM}
+}
+
 // checkDevices checks, before anything is built, that spec's disks and NICs
 // can be plugged for VM id: backing files exist and are not in use by
 // another VM in a conflicting mode (a file read-write in one running VM is
@@ -106,6 +133,9 @@ func (m *Manager) checkDevices(ctx context.Context, id string, spec Spec, reserv
 		}
 		f, err := diskFile(i, d)
 		if err != nil {
+			return err
+		}
+		if err := checkFormat(i, d); err != nil {
 			return err
 		}
 		files[i] = f
@@ -211,9 +241,7 @@ func (m *Manager) adoptDeviceUses(vm VM) {
 func (m *Manager) plugDevices(ctx context.Context, spec Spec, d xenctrl.Domid) ([]devices.Record, error) {
 	var recs []devices.Record
 	for i, disk := range spec.Disks {
-		rec, err := m.devs.PlugDisk(ctx, uint32(d), devices.Disk{
-			Device: disk.Device, Path: disk.Path, ReadOnly: disk.Mode == DiskRO || disk.CDROM, CDROM: disk.CDROM,
-		})
+		rec, err := m.devs.PlugDisk(ctx, uint32(d), deviceDisk(disk))
 		if err != nil {
 			return recs, plugError(err, fmt.Sprintf("spec.disks[%d]", i), fmt.Sprintf("plug disk %s of domain %d", disk.Device, d))
 		}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -47,6 +48,9 @@ func (f *fakeDevices) PlugDisk(_ context.Context, domid uint32, d devices.Disk) 
 	}
 	rec := devices.Record{Kind: devices.KindVBD, Domid: domid, DevID: n, Device: d.Device, Path: d.Path, ReadOnly: d.ReadOnly,
 		Disk: devices.DiskAttachment{PhysicalDevice: "7:0", Loop: "/dev/loop0"}}
+	if d.Format == devices.FormatQCOW2 {
+		rec.BackendKind, rec.Format, rec.Disk, rec.QEMU = devices.KindQdisk, d.Format, devices.DiskAttachment{}, devices.QEMUProc{Pid: 99, Start: 1}
+	}
 	f.plugged[domid] = append(f.plugged[domid], rec)
 	return rec, nil
 }
@@ -350,4 +354,73 @@ func must(t Task, err error) Task {
 		panic(err)
 	}
 	return t
+}
+
+// TestQCOW2Disks: a qcow2 disk is plugged as qcow2 (PV guests only); its
+// format must match the file's first bytes; bad input names the field and
+// builds nothing.
+func TestQCOW2Disks(t *testing.T) {
+	f := newFakeDevices()
+	e := newEnv(t, envOpts{devices: f})
+	raw := diskImage(t, "a.img")
+	q := diskImage(t, "b.qcow2")
+	if err := os.WriteFile(q, []byte("QFI\xfb\x00\x00\x00\x03"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hvm := spec("q-hvm")
+	hvm.Type, hvm.Disks = TypeHVM, []Disk{{Device: "xvda", Path: q, Format: DiskQCOW2}}
+	_, err := e.m.CreateVM(e.ctx, hvm, "")
+	var de *Error
+	if !errors.As(err, &de) || de.Code != CodeInvalidArgument || de.Field != "spec.disks[0].format" || !strings.Contains(de.Message, "PV and PVH guests only") {
+		t.Fatalf("create HVM with a qcow2 disk: %v", err)
+	}
+	ro := spec("q-ro")
+	ro.Disks = []Disk{{Device: "xvda", Path: q, Format: DiskQCOW2, Mode: DiskRO}}
+	if _, err := e.m.CreateVM(e.ctx, ro, ""); !errors.As(err, &de) || de.Field != "spec.disks[0].mode" || !strings.Contains(de.Message, "read-only qcow2") {
+		t.Fatalf("create with a read-only qcow2 disk: %v", err)
+	}
+	bad := spec("q-bad")
+	bad.Disks = []Disk{{Device: "xvda", Path: q, Format: 7}}
+	if _, err := e.m.CreateVM(e.ctx, bad, ""); !errors.As(err, &de) || de.Field != "spec.disks[0].format" {
+		t.Fatalf("create with format 7: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		disk Disk
+	}{
+		{"qcow2-as-raw", Disk{Device: "xvda", Path: q}},
+		{"qcow2-as-explicit-raw", Disk{Device: "xvda", Path: q, Format: DiskRaw}},
+		{"raw-as-qcow2", Disk{Device: "xvda", Path: raw, Format: DiskQCOW2}},
+	} {
+		s := spec(c.name)
+		s.Type, s.Disks = TypePV, []Disk{c.disk}
+		vm, err := e.m.CreateVM(e.ctx, s, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.m.Start(e.ctx, vm.ID, false)
+		if !errors.As(err, &de) || de.Code != CodeInvalidArgument || de.Field != "spec.disks[0].format" {
+			t.Fatalf("%s: start: %v, want InvalidArgument naming spec.disks[0].format", c.name, err)
+		}
+		if got := e.vm(vm.ID); got.Power != Halted || got.Domid != 0 {
+			t.Fatalf("%s: VM %s domid %d after a refused start", c.name, got.Power, got.Domid)
+		}
+	}
+	if doms := e.guestDomains(); len(doms) != 0 {
+		t.Fatalf("refused starts left domains %+v", doms)
+	}
+	s := spec("q-ok") // PVH
+	s.Disks = []Disk{{Device: "xvda", Path: q, Format: DiskQCOW2}, {Device: "xvdb", Path: raw, Mode: DiskRO}}
+	vm, err := e.m.CreateVM(e.ctx, s, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.run(e.m.Start(e.ctx, vm.ID, false))
+	got := e.vm(vm.ID)
+	if len(got.Devices) != 2 || got.Devices[0].Format != devices.FormatQCOW2 || got.Devices[0].QEMU.Pid == 0 || got.Devices[1].Format == devices.FormatQCOW2 {
+		t.Fatalf("plugged %+v", got.Devices)
+	}
+	if got.Spec.Disks[0].Format != DiskQCOW2 {
+		t.Fatalf("spec disk %+v", got.Spec.Disks[0])
+	}
 }

@@ -34,7 +34,7 @@ func (m *Manager) AddDisk(ctx context.Context, ref string, disk Disk) (Task, err
 		if err := renameField(m.checkDevices(ctx, e.id, spec, true), fmt.Sprintf("spec.disks[%d]", len(spec.Disks)-1), "disk"); err != nil {
 			return nil, err
 		}
-		rec, err := m.devs.PlugDisk(ctx, r.VM.Domid, devices.Disk{Device: disk.Device, Path: disk.Path, ReadOnly: disk.Mode == DiskRO || disk.CDROM, CDROM: disk.CDROM})
+		rec, err := m.devs.PlugDisk(ctx, r.VM.Domid, deviceDisk(disk))
 		if err != nil {
 			m.reserveSpec(ctx, e.id, r.VM.Spec)
 			return nil, plugError(err, "disk", fmt.Sprintf("plug disk %s into domain %d", disk.Device, r.VM.Domid))

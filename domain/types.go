@@ -47,12 +47,22 @@ const (
 	DiskRW
 )
 
+// DiskFormat is a disk's backing file format.
+type DiskFormat int
+
+const (
+	DiskFormatUnspecified DiskFormat = iota // raw
+	DiskRaw                                 // blkback, through a loop device for a file
+	DiskQCOW2                               // QEMU's qdisk backend (PV and PVH guests)
+)
+
 // Disk is a virtual block device, plugged when the VM starts.
 type Disk struct {
 	Device string // guest device name, e.g. "xvda"
 	Path   string // backing file or block device in dom0
 	Mode   DiskMode
 	CDROM  bool
+	Format DiskFormat
 }
 
 // NIC is a virtual network interface, plugged when the VM starts. An empty

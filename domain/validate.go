@@ -6,6 +6,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/xenopsd-ng/xenopsd-ng/devices"
 	"github.com/xenopsd-ng/xenopsd-ng/xenctrl"
 )
 
@@ -172,6 +173,18 @@ func validateDevices(s Spec) error {
 		}
 		if d.Mode < DiskModeUnspecified || d.Mode > DiskRW {
 			return InvalidField(f+".mode", "unknown mode %d (want ro or rw)", d.Mode)
+		}
+		if d.Format < DiskFormatUnspecified || d.Format > DiskQCOW2 {
+			return InvalidField(f+".format", "unknown format %d (want raw or qcow2)", d.Format)
+		}
+		if d.Format == DiskQCOW2 && s.Type != TypePV && s.Type != TypePVH {
+			return InvalidField(f+".format", "qcow2 disks are served by QEMU's qdisk backend, which this daemon starts for PV and PVH guests only; a %s guest needs a raw disk", s.Type)
+		}
+		if d.Format == DiskQCOW2 && (d.Mode == DiskRO || d.CDROM) {
+			return InvalidField(f+".mode", "%s", devices.ReadOnlyQCOW2)
+		}
+		if d.Format == DiskQCOW2 && d.Path == "" {
+			return InvalidField(f+".path", "a qcow2 disk needs its image file")
 		}
 	}
 	if len(s.NICs) > MaxNICs {

@@ -34,6 +34,11 @@ var (
 		pb.DiskMode_DISK_MODE_RO:          domain.DiskRO,
 		pb.DiskMode_DISK_MODE_RW:          domain.DiskRW,
 	}
+	diskFormats = map[pb.DiskFormat]domain.DiskFormat{
+		pb.DiskFormat_DISK_FORMAT_UNSPECIFIED: domain.DiskFormatUnspecified,
+		pb.DiskFormat_DISK_FORMAT_RAW:         domain.DiskRaw,
+		pb.DiskFormat_DISK_FORMAT_QCOW2:       domain.DiskQCOW2,
+	}
 	powerStates = map[domain.PowerState]pb.PowerState{
 		domain.PowerUnspecified: pb.PowerState_POWER_STATE_UNSPECIFIED,
 		domain.Halted:           pb.PowerState_POWER_STATE_HALTED,
@@ -64,6 +69,7 @@ var (
 	domainTypesPB = invert(domainTypes)
 	actionsPB     = invert(actions)
 	diskModesPB   = invert(diskModes)
+	diskFormatsPB = invert(diskFormats)
 )
 
 // enumFromPB converts an API enum value; values the API does not define
@@ -137,7 +143,11 @@ func DiskFromPB(d *pb.Disk, field string) (domain.Disk, error) {
 	if err != nil {
 		return domain.Disk{}, err
 	}
-	return domain.Disk{Device: d.GetDevice(), Path: d.GetPath(), Mode: mode, CDROM: d.GetCdrom()}, nil
+	format, err := enumFromPB(diskFormats, d.GetFormat(), field+".format")
+	if err != nil {
+		return domain.Disk{}, err
+	}
+	return domain.Disk{Device: d.GetDevice(), Path: d.GetPath(), Mode: mode, CDROM: d.GetCdrom(), Format: format}, nil
 }
 
 // NICFromPB converts an API NIC (at field) to the core's.
@@ -169,7 +179,7 @@ func SpecToPB(s domain.Spec) *pb.VMSpec {
 		OnCrash:          actionsPB[s.OnCrash],
 	}
 	for _, d := range s.Disks {
-		out.Disks = append(out.Disks, &pb.Disk{Device: d.Device, Path: d.Path, Mode: diskModesPB[d.Mode], Cdrom: d.CDROM})
+		out.Disks = append(out.Disks, &pb.Disk{Device: d.Device, Path: d.Path, Mode: diskModesPB[d.Mode], Cdrom: d.CDROM, Format: diskFormatsPB[d.Format]})
 	}
 	for _, n := range s.NICs {
 		out.Nics = append(out.Nics, &pb.NIC{Mac: n.MAC, Bridge: n.Bridge, Mtu: n.MTU})
@@ -236,7 +246,13 @@ func stateName(s devices.State) string {
 func deviceToPB(r devices.Record) *pb.PluggedDevice {
 	d := &pb.PluggedDevice{
 		Device: r.Device, Devid: uint32(r.DevID), Path: r.Path, ReadOnly: r.ReadOnly,
-		LoopDevice: r.Disk.Loop, Vif: r.VIF, Bridge: r.Bridge, Mac: r.MAC,
+		LoopDevice: r.Disk.Loop, Vif: r.VIF, Bridge: r.Bridge, Mac: r.MAC, QemuPid: uint32(r.QEMU.Pid),
+	}
+	switch {
+	case r.Format == devices.FormatQCOW2:
+		d.Format = pb.DiskFormat_DISK_FORMAT_QCOW2
+	case r.Kind == devices.KindVBD:
+		d.Format = pb.DiskFormat_DISK_FORMAT_RAW
 	}
 	switch r.Kind {
 	case devices.KindVBD:

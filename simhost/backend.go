@@ -109,7 +109,7 @@ func (b *backendBus) changed(ctx context.Context, path string) {
 
 // rescan looks at every device below the given path prefix (kind, domid).
 func (b *backendBus) rescan(ctx context.Context, prefix []string) {
-	kinds := []string{string(devices.KindVBD), string(devices.KindVIF)}
+	kinds := []string{string(devices.KindVBD), string(devices.KindVIF), string(devices.KindQdisk)}
 	if len(prefix) > 0 && prefix[0] != "" {
 		kinds = prefix[:1]
 	}
@@ -142,7 +142,7 @@ func (b *backendBus) rescan(ctx context.Context, prefix []string) {
 // deviceChanged kicks a bound device, or probes a new one whose state is
 // Initialising (xenbus_probe_node).
 func (b *backendBus) deviceChanged(ctx context.Context, kind devices.Kind, domidS, devidS string) {
-	if kind != devices.KindVBD && kind != devices.KindVIF {
+	if kind != devices.KindVBD && kind != devices.KindVIF && kind != devices.KindQdisk {
 		return // not a device class this dom0 serves
 	}
 	nodename := fmt.Sprintf("backend/%s/%s/%s", kind, domidS, devidS)
@@ -157,6 +157,9 @@ func (b *backendBus) deviceChanged(ctx context.Context, kind devices.Kind, domid
 	devid, err2 := strconv.ParseUint(devidS, 10, 32)
 	if err1 != nil || err2 != nil {
 		return
+	}
+	if kind == devices.KindQdisk && !b.d0.qemuFor(uint32(domid)) {
+		return // no QEMU serves the domain (yet)
 	}
 	if readDriverState(ctx, b.cli, backendRoot+"/"+string(kind)+"/"+domidS+"/"+devidS) != devices.StateInitialising {
 		return // not new: ignore (it may be going away after Closed)
@@ -214,6 +217,10 @@ func (b *backendBus) serve(ctx context.Context, d *backendDev) {
 	for {
 		select {
 		case <-d.kick:
+			if d.kind == devices.KindQdisk && !b.d0.qemuFor(d.domid) {
+				drv.remove(ctx) // its QEMU is gone: nothing more is written
+				return
+			}
 			if !b.exists(ctx, d) {
 				b.unregister(ctx, d, drv)
 				return
@@ -239,8 +246,11 @@ func (b *backendBus) talkToOtherend(ctx context.Context, d *backendDev) backendD
 	if !d.x.readOtherend(ctx, "frontend") {
 		return nil
 	}
-	if d.kind == devices.KindVBD {
+	switch d.kind {
+	case devices.KindVBD:
 		return &blkback{bus: b, dev: d}
+	case devices.KindQdisk:
+		return &blkback{bus: b, dev: d, qdisk: true}
 	}
 	return &netback{bus: b, dev: d}
 }
@@ -255,7 +265,7 @@ func (b *backendBus) waitGone(ctx context.Context, d *backendDev) {
 	for {
 		select {
 		case <-d.kick:
-			if !b.exists(ctx, d) {
+			if !b.exists(ctx, d) || d.kind == devices.KindQdisk && !b.d0.qemuFor(d.domid) {
 				return
 			}
 		case <-ctx.Done():
@@ -275,4 +285,33 @@ func (b *backendBus) unregister(ctx context.Context, d *backendDev, drv backendD
 		}
 	}
 	b.log.Debug("simhost: backend removed", "dev", d.x.nodename)
+}
+
+// qemuStarted is a QEMU starting for domid: it reports itself running in
+// device-model/<domid>/state and serves the domain's qdisk directories.
+func (b *backendBus) qemuStarted(ctx context.Context, domid uint32) {
+	dm := fmt.Sprintf("/local/domain/0/device-model/%d/state", domid)
+	if err := b.cli.Write(ctx, dm, []byte("running")); err != nil {
+		b.log.Warn("simhost: QEMU cannot write its state", "domid", domid, "err", err)
+	}
+	b.rescan(ctx, []string{string(devices.KindQdisk), strconv.FormatUint(uint64(domid), 10)})
+}
+
+// qemuStopped is domid's QEMU gone: its devices stop being served. A
+// stopped QEMU (SIGTERM) removes its devices' backend directories on its
+// way out, as QEMU 7.2 does on real Xen; their parent stays.
+func (b *backendBus) qemuStopped(ctx context.Context, domid uint32) {
+	prefix := fmt.Sprintf("backend/%s/%d/", devices.KindQdisk, domid)
+	b.mu.Lock()
+	for name, d := range b.devs {
+		if strings.HasPrefix(name, prefix) {
+			d.kicked()
+		}
+	}
+	b.mu.Unlock()
+	dir := fmt.Sprintf("%s/%s/%d", backendRoot, devices.KindQdisk, domid)
+	names, _ := b.cli.List(ctx, dir)
+	for _, n := range names {
+		_ = b.cli.Remove(ctx, dir+"/"+n)
+	}
 }

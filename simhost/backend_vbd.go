@@ -40,6 +40,11 @@ type blkback struct {
 	readOnly bool     // mode has no 'w'
 	cdrom    bool
 	ring     bool // the frontend's ring is mapped
+	// qdisk: this is QEMU's xen-block on a backend/qdisk directory, which
+	// opens the image params names ("qcow2:<path>") at probe instead of
+	// a physical-device.
+	qdisk   bool
+	sectors uint64 // the image's size (qdisk)
 }
 
 // Limits blkback advertises: MAX_INDIRECT_SEGMENTS and the default
@@ -69,13 +74,44 @@ func (b *blkback) probe(ctx context.Context) bool {
 		x.log.Debug("simhost: blkback: cannot advertise features", "dev", x.nodename, "err", err)
 	}
 	b.bus.d0.deviceAdded(b.trafficKey(), devices.KindVBD, b.dev.domid)
+	if b.qdisk {
+		return b.openImage(ctx)
+	}
 	x.switchState(ctx, devices.StateInitWait)
 	b.backendChanged(ctx) // the physical-device watch fires once at once
 	return true
 }
 
+// openImage is QEMU's xen_block_drive_create and realize: the image named
+// by params, opened in the backend's mode, then InitWait; false after a
+// fatal error.
+func (b *blkback) openImage(ctx context.Context) bool {
+	x := b.x()
+	params, err := x.read(ctx, "params")
+	if err != nil {
+		x.fatal(ctx, errnoOf(err), "reading params")
+		return false
+	}
+	mode, _ := x.read(ctx, "mode")
+	if t, err := x.readOther(ctx, "device-type"); err == nil {
+		b.cdrom = t == "cdrom"
+	}
+	b.readOnly = !strings.Contains(mode, "w")
+	bdev, sectors, err := openImage(params, !b.readOnly)
+	if err != nil {
+		x.fatal(ctx, errnoOf(err), "opening %s", params)
+		return false
+	}
+	b.bdev, b.sectors, b.physical = bdev, sectors, params
+	x.switchState(ctx, devices.StateInitWait)
+	return true
+}
+
 // backendChanged is blkback's watch on physical-device.
 func (b *blkback) backendChanged(ctx context.Context) {
+	if b.qdisk {
+		return // QEMU watches no physical-device
+	}
 	x := b.x()
 	v, err := x.read(ctx, "physical-device")
 	if err != nil || v == b.physical {
@@ -247,7 +283,7 @@ func (b *blkback) updateStatus(ctx context.Context) {
 		"feature-discard", "1",
 		"feature-barrier", "1",
 		"feature-persistent", "1",
-		"sectors", strconv.FormatUint(b.bdev.sectors(), 10),
+		"sectors", strconv.FormatUint(b.size(), 10),
 		"info", strconv.Itoa(info),
 		"sector-size", "512",
 		"physical-sector-size", "512")
@@ -268,4 +304,12 @@ func (b *blkback) remove(context.Context) {
 		b.bdev.close()
 		b.bdev = blockDev{}
 	}
+}
+
+// size is the disk's size in sectors.
+func (b *blkback) size() uint64 {
+	if b.qdisk {
+		return b.sectors
+	}
+	return b.bdev.sectors()
 }

@@ -2,6 +2,7 @@ package simhost
 
 import (
 	"context"
+	"math"
 
 	pb "github.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1"
 	"github.com/xenopsd-ng/xenopsd-ng/devices"
@@ -87,4 +88,42 @@ func (c *Client) Dom0State(ctx context.Context) (st Dom0State, err error) {
 		return err
 	})
 	return st, err
+}
+
+// StartQEMU implements devices.Host.
+func (c *Client) StartQEMU(ctx context.Context, domid uint32) (q devices.QEMUProc, err error) {
+	err = c.call(ctx, "StartQEMU", func(ctx context.Context, cn *conn) error {
+		r, err := cn.dom0.StartQEMU(ctx, &pb.StartQEMURequest{Domid: domid})
+		q = devices.QEMUProc{Pid: int(r.GetQemu().GetPid()), Start: r.GetQemu().GetStart()}
+		return err
+	})
+	return q, err
+}
+
+// QEMUAlive implements devices.Host.
+func (c *Client) QEMUAlive(ctx context.Context, q devices.QEMUProc, domid uint32) (alive bool, err error) {
+	if q.Pid <= 0 || q.Pid > math.MaxUint32 {
+		return false, nil
+	}
+	err = c.call(ctx, "QEMUAlive", func(ctx context.Context, cn *conn) error {
+		r, err := cn.dom0.QEMUAlive(ctx, &pb.QEMUAliveRequest{Qemu: qemuToRPC(q, domid)})
+		alive = r.GetAlive()
+		return err
+	})
+	return alive, err
+}
+
+// StopQEMU implements devices.Host.
+func (c *Client) StopQEMU(ctx context.Context, q devices.QEMUProc, domid uint32) error {
+	if q.Pid <= 0 || q.Pid > math.MaxUint32 {
+		return nil
+	}
+	return c.call(ctx, "StopQEMU", func(ctx context.Context, cn *conn) error {
+		_, err := cn.dom0.StopQEMU(ctx, &pb.StopQEMURequest{Qemu: qemuToRPC(q, domid)})
+		return err
+	})
+}
+
+func qemuToRPC(q devices.QEMUProc, domid uint32) *pb.QEMUProcess {
+	return &pb.QEMUProcess{Pid: uint32(q.Pid), Start: q.Start, Domid: domid}
 }

@@ -33,6 +33,10 @@ type dom0 struct {
 	links     map[string]*link    // by name
 	changed   chan struct{}       // closed and replaced when links change
 	traffic   map[string]*traffic // the devices' I/O, by vbdTrafficKey or link name
+	// qemus are the running QEMUs by pid (qemu.go); nextPid numbers them.
+	qemus     map[uint32]simQEMU
+	nextPid   uint32
+	qemuHooks qemuHooks
 	// guestCPU is a domain's CPU time now (0 once it is gone), which
 	// drives its devices' traffic; nil: no guest runs.
 	guestCPU func(domid uint32) time.Duration
@@ -84,6 +88,7 @@ func newDom0(bridges []string) *dom0 {
 		links:     make(map[string]*link),
 		changed:   make(chan struct{}),
 		traffic:   make(map[string]*traffic),
+		qemus:     make(map[uint32]simQEMU),
 	}
 	for _, b := range bridges {
 		d.bridges[b] = true
@@ -326,6 +331,14 @@ type Dom0State struct {
 	Loops   []LoopDevice
 	Links   []Link
 	Bridges []string
+	QEMUs   []QEMUProcess
+}
+
+// QEMUProcess is one running QEMU.
+type QEMUProcess struct {
+	Pid   uint32
+	Start uint64
+	Domid uint32
 }
 
 // LoopDevice is one attached loop device.
@@ -361,5 +374,9 @@ func (d *dom0) state() Dom0State {
 		s.Links = append(s.Links, Link{Name: l.name, Domid: l.domid, DevID: l.devid, Bridge: l.bridge, MTU: l.mtu, Up: l.up})
 	}
 	s.Bridges = slices.Sorted(maps.Keys(d.bridges))
+	for _, pid := range slices.Sorted(maps.Keys(d.qemus)) {
+		q := d.qemus[pid]
+		s.QEMUs = append(s.QEMUs, QEMUProcess{Pid: q.pid, Start: q.start, Domid: q.domid})
+	}
 	return s
 }

@@ -277,6 +277,10 @@ func (h *host) startBackends() (*runningBackends, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	rb := &runningBackends{cancel: cancel, done: make(chan struct{}), cli: xenstore.NewClient(conn), l: l}
 	bus := newBackendBus(rb.cli, h.hv, h.dom0, h.cpus(), h.log)
+	h.dom0.setQEMUHooks(qemuHooks{
+		started: func(domid uint32) { bus.qemuStarted(ctx, domid) },
+		stopped: func(domid uint32) { bus.qemuStopped(ctx, domid) },
+	})
 	go func() {
 		defer close(rb.done)
 		bus.run(ctx)

@@ -65,6 +65,9 @@ func (s *dom0Server) Dom0State(context.Context, *pb.Dom0StateRequest) (*pb.Dom0S
 	for _, l := range st.Links {
 		resp.Links = append(resp.Links, &pb.Link{Name: l.Name, Domid: l.Domid, Devid: l.DevID, Bridge: l.Bridge, Mtu: l.MTU, Up: l.Up})
 	}
+	for _, q := range st.QEMUs {
+		resp.Qemus = append(resp.Qemus, &pb.QEMUProcess{Pid: q.Pid, Start: q.Start, Domid: q.Domid})
+	}
 	return resp, nil
 }
 
@@ -123,5 +126,32 @@ func dom0StateFromRPC(m *pb.Dom0StateResponse) Dom0State {
 	for _, l := range m.GetLinks() {
 		st.Links = append(st.Links, Link{Name: l.GetName(), Domid: l.GetDomid(), DevID: l.GetDevid(), Bridge: l.GetBridge(), MTU: l.GetMtu(), Up: l.GetUp()})
 	}
+	for _, q := range m.GetQemus() {
+		st.QEMUs = append(st.QEMUs, QEMUProcess{Pid: q.GetPid(), Start: q.GetStart(), Domid: q.GetDomid()})
+	}
 	return st
+}
+
+func (s *dom0Server) StartQEMU(_ context.Context, r *pb.StartQEMURequest) (*pb.StartQEMUResponse, error) {
+	if r.GetDomid() == 0 {
+		return nil, status.Error(codes.InvalidArgument, "domid: 0 is dom0")
+	}
+	q, err := s.d.startQEMU(r.GetDomid())
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return &pb.StartQEMUResponse{Qemu: &pb.QEMUProcess{Pid: q.pid, Start: q.start, Domid: q.domid}}, nil
+}
+
+func (s *dom0Server) QEMUAlive(_ context.Context, r *pb.QEMUAliveRequest) (*pb.QEMUAliveResponse, error) {
+	return &pb.QEMUAliveResponse{Alive: s.d.qemuAlive(qemuFromRPC(r.GetQemu()))}, nil
+}
+
+func (s *dom0Server) StopQEMU(_ context.Context, r *pb.StopQEMURequest) (*pb.StopQEMUResponse, error) {
+	s.d.stopQEMU(qemuFromRPC(r.GetQemu()))
+	return &pb.StopQEMUResponse{}, nil
+}
+
+func qemuFromRPC(m *pb.QEMUProcess) simQEMU {
+	return simQEMU{pid: m.GetPid(), start: m.GetStart(), domid: m.GetDomid()}
 }

@@ -14,29 +14,46 @@ import (
 
 // Disk and NIC flags, shared by vm create and the hot-plug commands:
 //
-//	--disk DEVICE:PATH[:ro|rw]            e.g. xvda:/srv/vm1.img:rw (default rw)
+//	--disk DEVICE:PATH[:ro|rw][:raw|qcow2] e.g. xvda:/srv/vm1.qcow2:rw:qcow2 (default rw, raw)
 //	--nic [bridge=BR][,mac=MAC][,mtu=N]   e.g. bridge=xenbr0,mtu=9000
 
 const (
-	diskFlagHelp = "disk DEVICE:PATH[:ro|rw], e.g. xvda:/srv/a.img:rw (rw when no mode); repeatable"
+	diskFlagHelp = "disk DEVICE:PATH[:ro|rw][:raw|qcow2], e.g. xvda:/srv/a.img:rw or xvdb:/srv/b.qcow2:ro:qcow2 (rw and raw when not given; qcow2: PV and PVH guests, rw only, served by QEMU); repeatable"
 	nicFlagHelp  = "NIC [bridge=BR][,mac=MAC][,mtu=N] (bridge xenbr0 when none); repeatable"
 )
 
 func parseDiskFlag(s string) (*apiv1.Disk, error) {
 	dev, rest, ok := strings.Cut(s, ":")
 	if !ok || dev == "" || rest == "" {
-		return nil, usagef("--disk %q: want DEVICE:PATH[:ro|rw]", s)
+		return nil, usagef("--disk %q: want DEVICE:PATH[:ro|rw][:raw|qcow2]", s)
 	}
-	d := &apiv1.Disk{Device: dev, Path: rest, Mode: apiv1.DiskMode_DISK_MODE_RW}
-	if i := strings.LastIndex(rest, ":"); i >= 0 {
-		switch rest[i+1:] {
-		case "rw":
-			d.Path = rest[:i]
-		case "ro":
-			d.Path, d.Mode = rest[:i], apiv1.DiskMode_DISK_MODE_RO
-		default:
-			return nil, usagef("--disk %q: mode %q is not ro or rw", s, rest[i+1:])
+	d := &apiv1.Disk{Device: dev, Path: rest, Mode: apiv1.DiskMode_DISK_MODE_RW, Format: apiv1.DiskFormat_DISK_FORMAT_RAW}
+	// The optional suffixes, last first: a format, then a mode.
+	suffix := func() string {
+		if i := strings.LastIndex(d.Path, ":"); i >= 0 {
+			return d.Path[i+1:]
 		}
+		return ""
+	}
+	cut := func() { d.Path = d.Path[:strings.LastIndex(d.Path, ":")] }
+	switch suffix() {
+	case "raw":
+		cut()
+	case "qcow2":
+		d.Format = apiv1.DiskFormat_DISK_FORMAT_QCOW2
+		cut()
+	}
+	switch m := suffix(); {
+	case m == "rw":
+		cut()
+	case m == "ro":
+		d.Mode = apiv1.DiskMode_DISK_MODE_RO
+		cut()
+	case strings.Contains(d.Path, ":"):
+		return nil, usagef("--disk %q: mode %q is not ro or rw", s, m)
+	}
+	if d.Path == "" {
+		return nil, usagef("--disk %q: want DEVICE:PATH[:ro|rw][:raw|qcow2]", s)
 	}
 	return d, nil
 }
@@ -148,8 +165,12 @@ func pluggedRows(vm *apiv1.VM) [][2]string {
 			if d.GetReadOnly() {
 				mode = "ro"
 			}
+			via := dash(d.GetLoopDevice())
+			if d.GetFormat() == apiv1.DiskFormat_DISK_FORMAT_QCOW2 {
+				via = fmt.Sprintf("qcow2 QEMU pid %d", d.GetQemuPid())
+			}
 			kv = append(kv, [2]string{"plugged disk " + d.GetDevice(), fmt.Sprintf("%s %s via %s (vbd %d)%s",
-				d.GetPath(), mode, dash(d.GetLoopDevice()), d.GetDevid(), deviceState(d)+deviceCounters(d))})
+				d.GetPath(), mode, via, d.GetDevid(), deviceState(d)+deviceCounters(d))})
 		case apiv1.DeviceKind_DEVICE_KIND_NIC:
 			kv = append(kv, [2]string{fmt.Sprintf("plugged nic %d", d.GetDevid()), fmt.Sprintf("%s %s on %s%s",
 				d.GetMac(), d.GetVif(), d.GetBridge(), deviceState(d)+deviceCounters(d))})

@@ -10,15 +10,22 @@ import (
 
 func TestParseDiskFlag(t *testing.T) {
 	rw, ro := apiv1.DiskMode_DISK_MODE_RW, apiv1.DiskMode_DISK_MODE_RO
+	raw, qcow2 := apiv1.DiskFormat_DISK_FORMAT_RAW, apiv1.DiskFormat_DISK_FORMAT_QCOW2
 	for in, want := range map[string]*apiv1.Disk{
-		"xvda:/srv/a.img":         {Device: "xvda", Path: "/srv/a.img", Mode: rw},
-		"xvda:/srv/a.img:rw":      {Device: "xvda", Path: "/srv/a.img", Mode: rw},
-		"xvdb:/srv/b.img:ro":      {Device: "xvdb", Path: "/srv/b.img", Mode: ro},
-		"xvdc:/dev/vg0/lv:ro":     {Device: "xvdc", Path: "/dev/vg0/lv", Mode: ro},
-		"hda:/srv/with:colon.img": nil, // ":colon.img" is no mode
-		"xvda":                    nil,
-		":/srv/a.img":             nil,
-		"xvda:":                   nil,
+		"xvda:/srv/a.img":               {Device: "xvda", Path: "/srv/a.img", Mode: rw, Format: raw},
+		"xvda:/srv/a.img:rw":            {Device: "xvda", Path: "/srv/a.img", Mode: rw, Format: raw},
+		"xvdb:/srv/b.img:ro":            {Device: "xvdb", Path: "/srv/b.img", Mode: ro, Format: raw},
+		"xvdc:/dev/vg0/lv:ro":           {Device: "xvdc", Path: "/dev/vg0/lv", Mode: ro, Format: raw},
+		"xvda:/srv/a.qcow2:rw:qcow2":    {Device: "xvda", Path: "/srv/a.qcow2", Mode: rw, Format: qcow2},
+		"xvda:/srv/a.qcow2:qcow2":       {Device: "xvda", Path: "/srv/a.qcow2", Mode: rw, Format: qcow2},
+		"xvdb:/srv/b.qcow2:ro:qcow2":    {Device: "xvdb", Path: "/srv/b.qcow2", Mode: ro, Format: qcow2},
+		"xvdb:/srv/b.img:ro:raw":        {Device: "xvdb", Path: "/srv/b.img", Mode: ro, Format: raw},
+		"xvdb:/srv/b.img:ro:vhd":        nil,
+		"hda:/srv/with:colon.img":       nil, // ":colon.img" is no mode
+		"hda:/srv/with:colon.img:qcow2": nil,
+		"xvda":                          nil,
+		":/srv/a.img":                   nil,
+		"xvda:":                         nil,
 	} {
 		got, err := parseDiskFlag(in)
 		if want == nil {

@@ -163,8 +163,8 @@ func (a *app) printVMDetail(vm *apiv1.VM) error {
 		kv = append(kv, [2]string{"xenstore-data", sortedMap(s.GetXenstoreData())})
 	}
 	for i, d := range s.GetDisks() {
-		kv = append(kv, [2]string{fmt.Sprintf("disk[%d]", i), fmt.Sprintf("%s %s %s cdrom=%t",
-			d.GetDevice(), d.GetPath(), enumName(d.GetMode().String(), "DISK_MODE_"), d.GetCdrom())})
+		kv = append(kv, [2]string{fmt.Sprintf("disk[%d]", i), fmt.Sprintf("%s %s %s %s cdrom=%t",
+			d.GetDevice(), d.GetPath(), enumName(d.GetMode().String(), "DISK_MODE_"), enumName(d.GetFormat().String(), "DISK_FORMAT_"), d.GetCdrom())})
 	}
 	for i, n := range s.GetNics() {
 		kv = append(kv, [2]string{fmt.Sprintf("nic[%d]", i), fmt.Sprintf("%s bridge=%s mtu=%d",

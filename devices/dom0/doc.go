@@ -40,6 +40,13 @@
 // restart) does not disturb the guest's traffic. DisconnectVIF is
 // idempotent.
 //
+// StartQEMU runs the QEMU that serves a PV domain's qcow2 disks (qdisk
+// backends): Debian's /usr/libexec/xen-qemu-system-i386 with QEMUArgs, in
+// its own session so that it outlives the daemon, its output in
+// /var/log/xen/qemu-dm-<domid>.log. A QEMU is known by pid and start time
+// (/proc/<pid>/stat) and its -xen-domid, so a reused pid is never taken for
+// it nor signalled; StopQEMU sends SIGTERM, then SIGKILL, and waits.
+//
 // DiskStats and VIFStats read the I/O counters `vm get` shows: blkback's
 // statistics in sysfs and the vif's link statistics. Both wrap
 // fs.ErrNotExist when the device is gone.

@@ -2,6 +2,7 @@ package dom0
 
 import (
 	"log/slog"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -20,6 +21,15 @@ type Host struct {
 	// netns is the network namespace link subscriptions are made in (nil:
 	// the calling thread's). Set with nl by tests that work in their own.
 	netns *netns.NsHandle
+
+	// qemu is the QEMU binary for qdisk backends, qemuLogDir where their
+	// output goes, proc where procfs is mounted ("/proc").
+	qemu, qemuLogDir, proc string
+	// mu guards children (the QEMUs this Host started, closed when reaped)
+	// and stopping (those StopQEMU is ending: their exit is no failure).
+	mu       sync.Mutex
+	children map[int]chan struct{}
+	stopping map[int]bool
 }
 
 var _ devices.Host = (*Host)(nil)
@@ -27,5 +37,11 @@ var _ devices.Host = (*Host)(nil)
 // New returns a Host working on this dom0's loop devices, sysfs and its
 // current network namespace.
 func New(log *slog.Logger) *Host {
-	return &Host{log: log, sysfs: "/sys", nl: &netlink.Handle{}}
+	return &Host{log: log, sysfs: "/sys", nl: &netlink.Handle{},
+		qemu: DefaultQEMU, qemuLogDir: DefaultQEMULogDir, proc: "/proc",
+		children: map[int]chan struct{}{}, stopping: map[int]bool{}}
 }
+
+// SetQEMU replaces the QEMU binary (DefaultQEMU) and the directory of its
+// logs (DefaultQEMULogDir). Call it before the Host is used.
+func (h *Host) SetQEMU(binary, logDir string) { h.qemu, h.qemuLogDir = binary, logDir }

@@ -474,6 +474,48 @@ EOF
   chmod +x "$1"
 }
 
+# QEMU's Xen device model (Debian 12's qemu-system-xen: /usr/libexec/xen-qemu-system-i386, the
+# path libxl 4.17 spawns) for the qdisk backend (qcow2 disks), with qemu-img and qemu-io
+# (qemu-utils) and the one keymap QEMU reads even with -vnc none (qemu-system-data's en-us).
+# Its libraries (spice, glib, gstreamer, ...: 23 MB) come from the host, a Debian 12 like the
+# 4.17 dom0, unless the extracted packages have them. Kept as its own cached cpio (15 MB gz,
+# 42 MB unpacked), appended to the 4.17 boots only (it links libxenctrl 4.17). A failed
+# download only warns: the qdisk tests then skip naming the missing file.
+QEMU_XEN_DIR=$CACHE/qemu-xen
+QEMU_XEN_CPIO=$QEMU_XEN_DIR/qemu-xen.cpio.gz
+prepare_qemu_xen() {
+  [ "$XENVER" = 4.17 ] || return 0
+  [ -f "$QEMU_XEN_DIR/.done" ] && return 0
+  local t0; t0=$(now)
+  rm -rf "$QEMU_XEN_DIR"; mkdir -p "$QEMU_XEN_DIR/deb" "$QEMU_XEN_DIR/extract"
+  if ! (cd "$QEMU_XEN_DIR/deb" && apt-get "${APT_OPTS[@]}" download -q qemu-system-xen qemu-utils qemu-system-data \
+        >/dev/null 2>"$QEMU_XEN_DIR/apt.err"); then
+    log "NX-WARN qemu-system-xen not fetched: $(tail -1 "$QEMU_XEN_DIR/apt.err" 2>/dev/null)"; return 0
+  fi
+  local d x=$QEMU_XEN_DIR/extract r=$QEMU_XEN_DIR/root
+  for d in "$QEMU_XEN_DIR"/deb/*.deb; do dpkg-deb -x "$d" "$x"; done
+  rm -rf "$r"; mkdir -p "$r/usr/libexec" "$r/usr/bin" "$r/usr/share/qemu/keymaps" "$r/usr/lib/x86_64-linux-gnu"
+  cp "$x/usr/libexec/xen-qemu-system-i386" "$r/usr/libexec/"
+  cp "$x/usr/bin/qemu-img" "$x/usr/bin/qemu-io" "$r/usr/bin/"
+  cp "$x/usr/share/qemu/keymaps/en-us" "$r/usr/share/qemu/keymaps/"
+  local lib base libpath=$EXT/usr/lib/x86_64-linux-gnu:$EXT/lib/x86_64-linux-gnu
+  for d in "$r/usr/libexec/xen-qemu-system-i386" "$r/usr/bin/qemu-img" "$r/usr/bin/qemu-io"; do
+    LD_LIBRARY_PATH=$libpath ldd "$d" | awk '$2 == "=>" {print ($3 == "not" ? $1 : $3)}'
+  done | sort -u | while read -r lib; do
+    base=$(basename "$lib")
+    # libxen* and libc's own resolve to the extracted packages (the dom0's copies), the rest to the host
+    case $lib in
+      /*) [ -e "$r/usr/lib/x86_64-linux-gnu/$base" ] || cp -L "$lib" "$r/usr/lib/x86_64-linux-gnu/$base" ;;
+      *) log "NX-WARN qemu-system-xen needs $base, found neither in the packages nor on the host" ;;
+    esac
+  done
+  (cd "$r" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$QEMU_XEN_CPIO"
+  rm -rf "$r" "$x"
+  echo "qemu-xen $(elapsed "$t0")s $(du -h "$QEMU_XEN_CPIO" | cut -f1)" >>"$WORK/prepare-timings.txt"
+  log "qemu-system-xen image in $(elapsed "$t0")s ($(du -h "$QEMU_XEN_CPIO" | cut -f1))"
+  touch "$QEMU_XEN_DIR/.done"
+}
+
 # copy_libs_for ROOT BINARY...: copy the shared libraries the binaries (inside ROOT)
 # need from the extracted packages. The packages' own ld.so lists them, so a
 # release whose libc is newer than the host's resolves them as its dom0 will.
@@ -568,6 +610,7 @@ prepare() {
   [ -f "$IMG/vmlinuz" ] || cp "$EXT/boot/vmlinuz-$kv" "$IMG/vmlinuz"
   build_guest_initrd
   prepare_guest_grub
+  prepare_qemu_xen
   local t1; t1=$(now)
   case $FLAVOR in
     busybox)     [ -f "$DOM0_BASE" ] || { build_dom0_busybox; log "busybox dom0 initramfs built in $(elapsed "$t1")s ($(du -h "$DOM0_BASE" | cut -f1))"; }
@@ -604,7 +647,8 @@ for spec in "${FILES[@]}"; do
   mkdir -p "$OV/$(dirname "$dst")"; cp -a "$src" "$OV/$dst"
 done
 (cd "$OV" && find . | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$OUT/overlay.cpio.gz"
-cat "$BASE_CPIO" "$OUT/overlay.cpio.gz" >"$OUT/dom0.cpio.gz"   # concatenated cpio archives are fine for Linux
+QEMU_XEN_PART=(); [ "$XENVER" = 4.17 ] && [ -f "$QEMU_XEN_CPIO" ] && QEMU_XEN_PART=("$QEMU_XEN_CPIO")
+cat "$BASE_CPIO" "${QEMU_XEN_PART[@]}" "$OUT/overlay.cpio.gz" >"$OUT/dom0.cpio.gz"   # concatenated cpio archives are fine for Linux
 
 case $ACCEL in
   # -smap: under TCG, Xen's PV dom0 dies at its first exception bounce with SMAP on

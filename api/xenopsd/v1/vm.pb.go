@@ -244,6 +244,64 @@ func (DiskMode) EnumDescriptor() ([]byte, []int) {
 	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{3}
 }
 
+// DiskFormat is how a disk's backing file is laid out.
+type DiskFormat int32
+
+const (
+	// DISK_FORMAT_UNSPECIFIED is DISK_FORMAT_RAW.
+	DiskFormat_DISK_FORMAT_UNSPECIFIED DiskFormat = 0
+	// DISK_FORMAT_RAW: the file (or block device) is the disk's bytes,
+	// served by dom0's blkback through a loop device. A file that starts
+	// with the qcow2 magic is refused as raw.
+	DiskFormat_DISK_FORMAT_RAW DiskFormat = 1
+	// DISK_FORMAT_QCOW2: a qcow2 image, served by QEMU's qdisk backend (one
+	// QEMU per domain, started and supervised by the daemon, as libxl does).
+	// PV and PVH guests only; read-write only (QEMU 7.2's xen-block cannot
+	// open a read-only qcow2 image).
+	DiskFormat_DISK_FORMAT_QCOW2 DiskFormat = 2
+)
+
+// Enum value maps for DiskFormat.
+var (
+	DiskFormat_name = map[int32]string{
+		0: "DISK_FORMAT_UNSPECIFIED",
+		1: "DISK_FORMAT_RAW",
+		2: "DISK_FORMAT_QCOW2",
+	}
+	DiskFormat_value = map[string]int32{
+		"DISK_FORMAT_UNSPECIFIED": 0,
+		"DISK_FORMAT_RAW":         1,
+		"DISK_FORMAT_QCOW2":       2,
+	}
+)
+
+func (x DiskFormat) Enum() *DiskFormat {
+	p := new(DiskFormat)
+	*p = x
+	return p
+}
+
+func (x DiskFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DiskFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_xenopsd_v1_vm_proto_enumTypes[4].Descriptor()
+}
+
+func (DiskFormat) Type() protoreflect.EnumType {
+	return &file_xenopsd_v1_vm_proto_enumTypes[4]
+}
+
+func (x DiskFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DiskFormat.Descriptor instead.
+func (DiskFormat) EnumDescriptor() ([]byte, []int) {
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{4}
+}
+
 // DeviceKind is what a plugged device is.
 type DeviceKind int32
 
@@ -280,11 +338,11 @@ func (x DeviceKind) String() string {
 }
 
 func (DeviceKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_xenopsd_v1_vm_proto_enumTypes[4].Descriptor()
+	return file_xenopsd_v1_vm_proto_enumTypes[5].Descriptor()
 }
 
 func (DeviceKind) Type() protoreflect.EnumType {
-	return &file_xenopsd_v1_vm_proto_enumTypes[4]
+	return &file_xenopsd_v1_vm_proto_enumTypes[5]
 }
 
 func (x DeviceKind) Number() protoreflect.EnumNumber {
@@ -293,7 +351,7 @@ func (x DeviceKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DeviceKind.Descriptor instead.
 func (DeviceKind) EnumDescriptor() ([]byte, []int) {
-	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{4}
+	return file_xenopsd_v1_vm_proto_rawDescGZIP(), []int{5}
 }
 
 // Disk is a virtual block device.
@@ -301,12 +359,15 @@ type Disk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// device is the guest device name, e.g. "xvda".
 	Device string `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
-	// path is the backing raw image file (attached to a dom0 loop device) or
-	// block device in dom0. A file read-write in one running VM can be in
-	// no other (read-only in several is fine).
-	Path          string   `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
-	Mode          DiskMode `protobuf:"varint,3,opt,name=mode,proto3,enum=xenopsd.v1.DiskMode" json:"mode,omitempty"`
-	Cdrom         bool     `protobuf:"varint,4,opt,name=cdrom,proto3" json:"cdrom,omitempty"`
+	// path is the backing image file (a raw one attached to a dom0 loop
+	// device, a qcow2 one opened by QEMU) or block device in dom0. A file
+	// read-write in one running VM can be in no other (read-only in several
+	// is fine).
+	Path  string   `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Mode  DiskMode `protobuf:"varint,3,opt,name=mode,proto3,enum=xenopsd.v1.DiskMode" json:"mode,omitempty"`
+	Cdrom bool     `protobuf:"varint,4,opt,name=cdrom,proto3" json:"cdrom,omitempty"`
+	// format is the backing file's format; unspecified is raw.
+	Format        DiskFormat `protobuf:"varint,5,opt,name=format,proto3,enum=xenopsd.v1.DiskFormat" json:"format,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -367,6 +428,13 @@ func (x *Disk) GetCdrom() bool {
 		return x.Cdrom
 	}
 	return false
+}
+
+func (x *Disk) GetFormat() DiskFormat {
+	if x != nil {
+		return x.Format
+	}
+	return DiskFormat_DISK_FORMAT_UNSPECIFIED
 }
 
 // NIC is a virtual network interface.
@@ -796,6 +864,10 @@ type PluggedDevice struct {
 	// counters_error is why the counters could not be read, if they could
 	// not (the device being absent in dom0 is no error).
 	CountersError string `protobuf:"bytes,14,opt,name=counters_error,json=countersError,proto3" json:"counters_error,omitempty"`
+	// format is a disk's format (raw: blkback, qcow2: QEMU's qdisk).
+	Format DiskFormat `protobuf:"varint,15,opt,name=format,proto3,enum=xenopsd.v1.DiskFormat" json:"format,omitempty"`
+	// qemu_pid is the dom0 QEMU serving a qcow2 disk (0 for the others).
+	QemuPid       uint32 `protobuf:"varint,16,opt,name=qemu_pid,json=qemuPid,proto3" json:"qemu_pid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -926,6 +998,20 @@ func (x *PluggedDevice) GetCountersError() string {
 		return x.CountersError
 	}
 	return ""
+}
+
+func (x *PluggedDevice) GetFormat() DiskFormat {
+	if x != nil {
+		return x.Format
+	}
+	return DiskFormat_DISK_FORMAT_UNSPECIFIED
+}
+
+func (x *PluggedDevice) GetQemuPid() uint32 {
+	if x != nil {
+		return x.QemuPid
+	}
+	return 0
 }
 
 // DeviceCounters are a plugged device's I/O counters since blkback set it
@@ -2979,12 +3065,13 @@ var File_xenopsd_v1_vm_proto protoreflect.FileDescriptor
 const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\n" +
 	"\x13xenopsd/v1/vm.proto\x12\n" +
-	"xenopsd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15xenopsd/v1/task.proto\"r\n" +
+	"xenopsd.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15xenopsd/v1/task.proto\"\xa2\x01\n" +
 	"\x04Disk\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12(\n" +
 	"\x04mode\x18\x03 \x01(\x0e2\x14.xenopsd.v1.DiskModeR\x04mode\x12\x14\n" +
-	"\x05cdrom\x18\x04 \x01(\bR\x05cdrom\"A\n" +
+	"\x05cdrom\x18\x04 \x01(\bR\x05cdrom\x12.\n" +
+	"\x06format\x18\x05 \x01(\x0e2\x16.xenopsd.v1.DiskFormatR\x06format\"A\n" +
 	"\x03NIC\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x16\n" +
 	"\x06bridge\x18\x02 \x01(\tR\x06bridge\x12\x10\n" +
@@ -3032,7 +3119,7 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"generation\x12)\n" +
 	"\x10domain_suspended\x18\t \x01(\bR\x0fdomainSuspended\x123\n" +
 	"\adevices\x18\n" +
-	" \x03(\v2\x19.xenopsd.v1.PluggedDeviceR\adevices\"\xb8\x03\n" +
+	" \x03(\v2\x19.xenopsd.v1.PluggedDeviceR\adevices\"\x83\x04\n" +
 	"\rPluggedDevice\x12*\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x16.xenopsd.v1.DeviceKindR\x04kind\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x14\n" +
@@ -3049,7 +3136,9 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\x0efrontend_state\x18\v \x01(\tR\rfrontendState\x12\x14\n" +
 	"\x05error\x18\f \x01(\tR\x05error\x126\n" +
 	"\bcounters\x18\r \x01(\v2\x1a.xenopsd.v1.DeviceCountersR\bcounters\x12%\n" +
-	"\x0ecounters_error\x18\x0e \x01(\tR\rcountersError\"\xa8\x03\n" +
+	"\x0ecounters_error\x18\x0e \x01(\tR\rcountersError\x12.\n" +
+	"\x06format\x18\x0f \x01(\x0e2\x16.xenopsd.v1.DiskFormatR\x06format\x12\x19\n" +
+	"\bqemu_pid\x18\x10 \x01(\rR\aqemuPid\"\xa8\x03\n" +
 	"\x0eDeviceCounters\x12#\n" +
 	"\rread_requests\x18\x01 \x01(\x04R\freadRequests\x12%\n" +
 	"\x0ewrite_requests\x18\x02 \x01(\x04R\rwriteRequests\x12\x1d\n" +
@@ -3200,7 +3289,12 @@ const file_xenopsd_v1_vm_proto_rawDesc = "" +
 	"\bDiskMode\x12\x19\n" +
 	"\x15DISK_MODE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDISK_MODE_RO\x10\x01\x12\x10\n" +
-	"\fDISK_MODE_RW\x10\x02*T\n" +
+	"\fDISK_MODE_RW\x10\x02*U\n" +
+	"\n" +
+	"DiskFormat\x12\x1b\n" +
+	"\x17DISK_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fDISK_FORMAT_RAW\x10\x01\x12\x15\n" +
+	"\x11DISK_FORMAT_QCOW2\x10\x02*T\n" +
 	"\n" +
 	"DeviceKind\x12\x1b\n" +
 	"\x17DEVICE_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
@@ -3241,143 +3335,146 @@ func file_xenopsd_v1_vm_proto_rawDescGZIP() []byte {
 	return file_xenopsd_v1_vm_proto_rawDescData
 }
 
-var file_xenopsd_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_xenopsd_v1_vm_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
 var file_xenopsd_v1_vm_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_xenopsd_v1_vm_proto_goTypes = []any{
 	(DomainType)(0),               // 0: xenopsd.v1.DomainType
 	(PowerState)(0),               // 1: xenopsd.v1.PowerState
 	(LifecycleAction)(0),          // 2: xenopsd.v1.LifecycleAction
 	(DiskMode)(0),                 // 3: xenopsd.v1.DiskMode
-	(DeviceKind)(0),               // 4: xenopsd.v1.DeviceKind
-	(*Disk)(nil),                  // 5: xenopsd.v1.Disk
-	(*NIC)(nil),                   // 6: xenopsd.v1.NIC
-	(*VMSpec)(nil),                // 7: xenopsd.v1.VMSpec
-	(*VM)(nil),                    // 8: xenopsd.v1.VM
-	(*PluggedDevice)(nil),         // 9: xenopsd.v1.PluggedDevice
-	(*DeviceCounters)(nil),        // 10: xenopsd.v1.DeviceCounters
-	(*CreateVMRequest)(nil),       // 11: xenopsd.v1.CreateVMRequest
-	(*CreateVMResponse)(nil),      // 12: xenopsd.v1.CreateVMResponse
-	(*GetVMRequest)(nil),          // 13: xenopsd.v1.GetVMRequest
-	(*GetVMResponse)(nil),         // 14: xenopsd.v1.GetVMResponse
-	(*ListVMsRequest)(nil),        // 15: xenopsd.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),       // 16: xenopsd.v1.ListVMsResponse
-	(*UpdateVMRequest)(nil),       // 17: xenopsd.v1.UpdateVMRequest
-	(*UpdateVMResponse)(nil),      // 18: xenopsd.v1.UpdateVMResponse
-	(*DeleteVMRequest)(nil),       // 19: xenopsd.v1.DeleteVMRequest
-	(*DeleteVMResponse)(nil),      // 20: xenopsd.v1.DeleteVMResponse
-	(*StartVMRequest)(nil),        // 21: xenopsd.v1.StartVMRequest
-	(*StartVMResponse)(nil),       // 22: xenopsd.v1.StartVMResponse
-	(*PauseVMRequest)(nil),        // 23: xenopsd.v1.PauseVMRequest
-	(*PauseVMResponse)(nil),       // 24: xenopsd.v1.PauseVMResponse
-	(*UnpauseVMRequest)(nil),      // 25: xenopsd.v1.UnpauseVMRequest
-	(*UnpauseVMResponse)(nil),     // 26: xenopsd.v1.UnpauseVMResponse
-	(*ShutdownVMRequest)(nil),     // 27: xenopsd.v1.ShutdownVMRequest
-	(*ShutdownVMResponse)(nil),    // 28: xenopsd.v1.ShutdownVMResponse
-	(*SuspendVMRequest)(nil),      // 29: xenopsd.v1.SuspendVMRequest
-	(*SuspendVMResponse)(nil),     // 30: xenopsd.v1.SuspendVMResponse
-	(*ResumeVMRequest)(nil),       // 31: xenopsd.v1.ResumeVMRequest
-	(*ResumeVMResponse)(nil),      // 32: xenopsd.v1.ResumeVMResponse
-	(*RebootVMRequest)(nil),       // 33: xenopsd.v1.RebootVMRequest
-	(*RebootVMResponse)(nil),      // 34: xenopsd.v1.RebootVMResponse
-	(*DestroyVMRequest)(nil),      // 35: xenopsd.v1.DestroyVMRequest
-	(*DestroyVMResponse)(nil),     // 36: xenopsd.v1.DestroyVMResponse
-	(*AddDiskRequest)(nil),        // 37: xenopsd.v1.AddDiskRequest
-	(*AddDiskResponse)(nil),       // 38: xenopsd.v1.AddDiskResponse
-	(*RemoveDiskRequest)(nil),     // 39: xenopsd.v1.RemoveDiskRequest
-	(*RemoveDiskResponse)(nil),    // 40: xenopsd.v1.RemoveDiskResponse
-	(*AddNICRequest)(nil),         // 41: xenopsd.v1.AddNICRequest
-	(*AddNICResponse)(nil),        // 42: xenopsd.v1.AddNICResponse
-	(*RemoveNICRequest)(nil),      // 43: xenopsd.v1.RemoveNICRequest
-	(*RemoveNICResponse)(nil),     // 44: xenopsd.v1.RemoveNICResponse
-	(*StreamConsoleRequest)(nil),  // 45: xenopsd.v1.StreamConsoleRequest
-	(*StreamConsoleResponse)(nil), // 46: xenopsd.v1.StreamConsoleResponse
-	nil,                           // 47: xenopsd.v1.VMSpec.PlatformEntry
-	nil,                           // 48: xenopsd.v1.VMSpec.XenstoreDataEntry
-	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
-	(*Task)(nil),                  // 50: xenopsd.v1.Task
-	(*durationpb.Duration)(nil),   // 51: google.protobuf.Duration
+	(DiskFormat)(0),               // 4: xenopsd.v1.DiskFormat
+	(DeviceKind)(0),               // 5: xenopsd.v1.DeviceKind
+	(*Disk)(nil),                  // 6: xenopsd.v1.Disk
+	(*NIC)(nil),                   // 7: xenopsd.v1.NIC
+	(*VMSpec)(nil),                // 8: xenopsd.v1.VMSpec
+	(*VM)(nil),                    // 9: xenopsd.v1.VM
+	(*PluggedDevice)(nil),         // 10: xenopsd.v1.PluggedDevice
+	(*DeviceCounters)(nil),        // 11: xenopsd.v1.DeviceCounters
+	(*CreateVMRequest)(nil),       // 12: xenopsd.v1.CreateVMRequest
+	(*CreateVMResponse)(nil),      // 13: xenopsd.v1.CreateVMResponse
+	(*GetVMRequest)(nil),          // 14: xenopsd.v1.GetVMRequest
+	(*GetVMResponse)(nil),         // 15: xenopsd.v1.GetVMResponse
+	(*ListVMsRequest)(nil),        // 16: xenopsd.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),       // 17: xenopsd.v1.ListVMsResponse
+	(*UpdateVMRequest)(nil),       // 18: xenopsd.v1.UpdateVMRequest
+	(*UpdateVMResponse)(nil),      // 19: xenopsd.v1.UpdateVMResponse
+	(*DeleteVMRequest)(nil),       // 20: xenopsd.v1.DeleteVMRequest
+	(*DeleteVMResponse)(nil),      // 21: xenopsd.v1.DeleteVMResponse
+	(*StartVMRequest)(nil),        // 22: xenopsd.v1.StartVMRequest
+	(*StartVMResponse)(nil),       // 23: xenopsd.v1.StartVMResponse
+	(*PauseVMRequest)(nil),        // 24: xenopsd.v1.PauseVMRequest
+	(*PauseVMResponse)(nil),       // 25: xenopsd.v1.PauseVMResponse
+	(*UnpauseVMRequest)(nil),      // 26: xenopsd.v1.UnpauseVMRequest
+	(*UnpauseVMResponse)(nil),     // 27: xenopsd.v1.UnpauseVMResponse
+	(*ShutdownVMRequest)(nil),     // 28: xenopsd.v1.ShutdownVMRequest
+	(*ShutdownVMResponse)(nil),    // 29: xenopsd.v1.ShutdownVMResponse
+	(*SuspendVMRequest)(nil),      // 30: xenopsd.v1.SuspendVMRequest
+	(*SuspendVMResponse)(nil),     // 31: xenopsd.v1.SuspendVMResponse
+	(*ResumeVMRequest)(nil),       // 32: xenopsd.v1.ResumeVMRequest
+	(*ResumeVMResponse)(nil),      // 33: xenopsd.v1.ResumeVMResponse
+	(*RebootVMRequest)(nil),       // 34: xenopsd.v1.RebootVMRequest
+	(*RebootVMResponse)(nil),      // 35: xenopsd.v1.RebootVMResponse
+	(*DestroyVMRequest)(nil),      // 36: xenopsd.v1.DestroyVMRequest
+	(*DestroyVMResponse)(nil),     // 37: xenopsd.v1.DestroyVMResponse
+	(*AddDiskRequest)(nil),        // 38: xenopsd.v1.AddDiskRequest
+	(*AddDiskResponse)(nil),       // 39: xenopsd.v1.AddDiskResponse
+	(*RemoveDiskRequest)(nil),     // 40: xenopsd.v1.RemoveDiskRequest
+	(*RemoveDiskResponse)(nil),    // 41: xenopsd.v1.RemoveDiskResponse
+	(*AddNICRequest)(nil),         // 42: xenopsd.v1.AddNICRequest
+	(*AddNICResponse)(nil),        // 43: xenopsd.v1.AddNICResponse
+	(*RemoveNICRequest)(nil),      // 44: xenopsd.v1.RemoveNICRequest
+	(*RemoveNICResponse)(nil),     // 45: xenopsd.v1.RemoveNICResponse
+	(*StreamConsoleRequest)(nil),  // 46: xenopsd.v1.StreamConsoleRequest
+	(*StreamConsoleResponse)(nil), // 47: xenopsd.v1.StreamConsoleResponse
+	nil,                           // 48: xenopsd.v1.VMSpec.PlatformEntry
+	nil,                           // 49: xenopsd.v1.VMSpec.XenstoreDataEntry
+	(*timestamppb.Timestamp)(nil), // 50: google.protobuf.Timestamp
+	(*Task)(nil),                  // 51: xenopsd.v1.Task
+	(*durationpb.Duration)(nil),   // 52: google.protobuf.Duration
 }
 var file_xenopsd_v1_vm_proto_depIdxs = []int32{
 	3,  // 0: xenopsd.v1.Disk.mode:type_name -> xenopsd.v1.DiskMode
-	0,  // 1: xenopsd.v1.VMSpec.type:type_name -> xenopsd.v1.DomainType
-	47, // 2: xenopsd.v1.VMSpec.platform:type_name -> xenopsd.v1.VMSpec.PlatformEntry
-	48, // 3: xenopsd.v1.VMSpec.xenstore_data:type_name -> xenopsd.v1.VMSpec.XenstoreDataEntry
-	2,  // 4: xenopsd.v1.VMSpec.on_poweroff:type_name -> xenopsd.v1.LifecycleAction
-	2,  // 5: xenopsd.v1.VMSpec.on_reboot:type_name -> xenopsd.v1.LifecycleAction
-	2,  // 6: xenopsd.v1.VMSpec.on_crash:type_name -> xenopsd.v1.LifecycleAction
-	5,  // 7: xenopsd.v1.VMSpec.disks:type_name -> xenopsd.v1.Disk
-	6,  // 8: xenopsd.v1.VMSpec.nics:type_name -> xenopsd.v1.NIC
-	7,  // 9: xenopsd.v1.VM.spec:type_name -> xenopsd.v1.VMSpec
-	1,  // 10: xenopsd.v1.VM.power_state:type_name -> xenopsd.v1.PowerState
-	49, // 11: xenopsd.v1.VM.create_time:type_name -> google.protobuf.Timestamp
-	49, // 12: xenopsd.v1.VM.update_time:type_name -> google.protobuf.Timestamp
-	9,  // 13: xenopsd.v1.VM.devices:type_name -> xenopsd.v1.PluggedDevice
-	4,  // 14: xenopsd.v1.PluggedDevice.kind:type_name -> xenopsd.v1.DeviceKind
-	10, // 15: xenopsd.v1.PluggedDevice.counters:type_name -> xenopsd.v1.DeviceCounters
-	7,  // 16: xenopsd.v1.CreateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
-	8,  // 17: xenopsd.v1.CreateVMResponse.vm:type_name -> xenopsd.v1.VM
-	8,  // 18: xenopsd.v1.GetVMResponse.vm:type_name -> xenopsd.v1.VM
-	8,  // 19: xenopsd.v1.ListVMsResponse.vms:type_name -> xenopsd.v1.VM
-	7,  // 20: xenopsd.v1.UpdateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
-	8,  // 21: xenopsd.v1.UpdateVMResponse.vm:type_name -> xenopsd.v1.VM
-	50, // 22: xenopsd.v1.StartVMResponse.task:type_name -> xenopsd.v1.Task
-	50, // 23: xenopsd.v1.PauseVMResponse.task:type_name -> xenopsd.v1.Task
-	50, // 24: xenopsd.v1.UnpauseVMResponse.task:type_name -> xenopsd.v1.Task
-	51, // 25: xenopsd.v1.ShutdownVMRequest.timeout:type_name -> google.protobuf.Duration
-	50, // 26: xenopsd.v1.ShutdownVMResponse.task:type_name -> xenopsd.v1.Task
-	51, // 27: xenopsd.v1.SuspendVMRequest.timeout:type_name -> google.protobuf.Duration
-	50, // 28: xenopsd.v1.SuspendVMResponse.task:type_name -> xenopsd.v1.Task
-	50, // 29: xenopsd.v1.ResumeVMResponse.task:type_name -> xenopsd.v1.Task
-	51, // 30: xenopsd.v1.RebootVMRequest.timeout:type_name -> google.protobuf.Duration
-	50, // 31: xenopsd.v1.RebootVMResponse.task:type_name -> xenopsd.v1.Task
-	50, // 32: xenopsd.v1.DestroyVMResponse.task:type_name -> xenopsd.v1.Task
-	5,  // 33: xenopsd.v1.AddDiskRequest.disk:type_name -> xenopsd.v1.Disk
-	50, // 34: xenopsd.v1.AddDiskResponse.task:type_name -> xenopsd.v1.Task
-	50, // 35: xenopsd.v1.RemoveDiskResponse.task:type_name -> xenopsd.v1.Task
-	6,  // 36: xenopsd.v1.AddNICRequest.nic:type_name -> xenopsd.v1.NIC
-	50, // 37: xenopsd.v1.AddNICResponse.task:type_name -> xenopsd.v1.Task
-	50, // 38: xenopsd.v1.RemoveNICResponse.task:type_name -> xenopsd.v1.Task
-	11, // 39: xenopsd.v1.VMService.CreateVM:input_type -> xenopsd.v1.CreateVMRequest
-	13, // 40: xenopsd.v1.VMService.GetVM:input_type -> xenopsd.v1.GetVMRequest
-	15, // 41: xenopsd.v1.VMService.ListVMs:input_type -> xenopsd.v1.ListVMsRequest
-	17, // 42: xenopsd.v1.VMService.UpdateVM:input_type -> xenopsd.v1.UpdateVMRequest
-	19, // 43: xenopsd.v1.VMService.DeleteVM:input_type -> xenopsd.v1.DeleteVMRequest
-	21, // 44: xenopsd.v1.VMService.StartVM:input_type -> xenopsd.v1.StartVMRequest
-	23, // 45: xenopsd.v1.VMService.PauseVM:input_type -> xenopsd.v1.PauseVMRequest
-	25, // 46: xenopsd.v1.VMService.UnpauseVM:input_type -> xenopsd.v1.UnpauseVMRequest
-	27, // 47: xenopsd.v1.VMService.ShutdownVM:input_type -> xenopsd.v1.ShutdownVMRequest
-	33, // 48: xenopsd.v1.VMService.RebootVM:input_type -> xenopsd.v1.RebootVMRequest
-	35, // 49: xenopsd.v1.VMService.DestroyVM:input_type -> xenopsd.v1.DestroyVMRequest
-	29, // 50: xenopsd.v1.VMService.SuspendVM:input_type -> xenopsd.v1.SuspendVMRequest
-	31, // 51: xenopsd.v1.VMService.ResumeVM:input_type -> xenopsd.v1.ResumeVMRequest
-	45, // 52: xenopsd.v1.VMService.StreamConsole:input_type -> xenopsd.v1.StreamConsoleRequest
-	37, // 53: xenopsd.v1.VMService.AddDisk:input_type -> xenopsd.v1.AddDiskRequest
-	39, // 54: xenopsd.v1.VMService.RemoveDisk:input_type -> xenopsd.v1.RemoveDiskRequest
-	41, // 55: xenopsd.v1.VMService.AddNIC:input_type -> xenopsd.v1.AddNICRequest
-	43, // 56: xenopsd.v1.VMService.RemoveNIC:input_type -> xenopsd.v1.RemoveNICRequest
-	12, // 57: xenopsd.v1.VMService.CreateVM:output_type -> xenopsd.v1.CreateVMResponse
-	14, // 58: xenopsd.v1.VMService.GetVM:output_type -> xenopsd.v1.GetVMResponse
-	16, // 59: xenopsd.v1.VMService.ListVMs:output_type -> xenopsd.v1.ListVMsResponse
-	18, // 60: xenopsd.v1.VMService.UpdateVM:output_type -> xenopsd.v1.UpdateVMResponse
-	20, // 61: xenopsd.v1.VMService.DeleteVM:output_type -> xenopsd.v1.DeleteVMResponse
-	22, // 62: xenopsd.v1.VMService.StartVM:output_type -> xenopsd.v1.StartVMResponse
-	24, // 63: xenopsd.v1.VMService.PauseVM:output_type -> xenopsd.v1.PauseVMResponse
-	26, // 64: xenopsd.v1.VMService.UnpauseVM:output_type -> xenopsd.v1.UnpauseVMResponse
-	28, // 65: xenopsd.v1.VMService.ShutdownVM:output_type -> xenopsd.v1.ShutdownVMResponse
-	34, // 66: xenopsd.v1.VMService.RebootVM:output_type -> xenopsd.v1.RebootVMResponse
-	36, // 67: xenopsd.v1.VMService.DestroyVM:output_type -> xenopsd.v1.DestroyVMResponse
-	30, // 68: xenopsd.v1.VMService.SuspendVM:output_type -> xenopsd.v1.SuspendVMResponse
-	32, // 69: xenopsd.v1.VMService.ResumeVM:output_type -> xenopsd.v1.ResumeVMResponse
-	46, // 70: xenopsd.v1.VMService.StreamConsole:output_type -> xenopsd.v1.StreamConsoleResponse
-	38, // 71: xenopsd.v1.VMService.AddDisk:output_type -> xenopsd.v1.AddDiskResponse
-	40, // 72: xenopsd.v1.VMService.RemoveDisk:output_type -> xenopsd.v1.RemoveDiskResponse
-	42, // 73: xenopsd.v1.VMService.AddNIC:output_type -> xenopsd.v1.AddNICResponse
-	44, // 74: xenopsd.v1.VMService.RemoveNIC:output_type -> xenopsd.v1.RemoveNICResponse
-	57, // [57:75] is the sub-list for method output_type
-	39, // [39:57] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	4,  // 1: xenopsd.v1.Disk.format:type_name -> xenopsd.v1.DiskFormat
+	0,  // 2: xenopsd.v1.VMSpec.type:type_name -> xenopsd.v1.DomainType
+	48, // 3: xenopsd.v1.VMSpec.platform:type_name -> xenopsd.v1.VMSpec.PlatformEntry
+	49, // 4: xenopsd.v1.VMSpec.xenstore_data:type_name -> xenopsd.v1.VMSpec.XenstoreDataEntry
+	2,  // 5: xenopsd.v1.VMSpec.on_poweroff:type_name -> xenopsd.v1.LifecycleAction
+	2,  // 6: xenopsd.v1.VMSpec.on_reboot:type_name -> xenopsd.v1.LifecycleAction
+	2,  // 7: xenopsd.v1.VMSpec.on_crash:type_name -> xenopsd.v1.LifecycleAction
+	6,  // 8: xenopsd.v1.VMSpec.disks:type_name -> xenopsd.v1.Disk
+	7,  // 9: xenopsd.v1.VMSpec.nics:type_name -> xenopsd.v1.NIC
+	8,  // 10: xenopsd.v1.VM.spec:type_name -> xenopsd.v1.VMSpec
+	1,  // 11: xenopsd.v1.VM.power_state:type_name -> xenopsd.v1.PowerState
+	50, // 12: xenopsd.v1.VM.create_time:type_name -> google.protobuf.Timestamp
+	50, // 13: xenopsd.v1.VM.update_time:type_name -> google.protobuf.Timestamp
+	10, // 14: xenopsd.v1.VM.devices:type_name -> xenopsd.v1.PluggedDevice
+	5,  // 15: xenopsd.v1.PluggedDevice.kind:type_name -> xenopsd.v1.DeviceKind
+	11, // 16: xenopsd.v1.PluggedDevice.counters:type_name -> xenopsd.v1.DeviceCounters
+	4,  // 17: xenopsd.v1.PluggedDevice.format:type_name -> xenopsd.v1.DiskFormat
+	8,  // 18: xenopsd.v1.CreateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
+	9,  // 19: xenopsd.v1.CreateVMResponse.vm:type_name -> xenopsd.v1.VM
+	9,  // 20: xenopsd.v1.GetVMResponse.vm:type_name -> xenopsd.v1.VM
+	9,  // 21: xenopsd.v1.ListVMsResponse.vms:type_name -> xenopsd.v1.VM
+	8,  // 22: xenopsd.v1.UpdateVMRequest.spec:type_name -> xenopsd.v1.VMSpec
+	9,  // 23: xenopsd.v1.UpdateVMResponse.vm:type_name -> xenopsd.v1.VM
+	51, // 24: xenopsd.v1.StartVMResponse.task:type_name -> xenopsd.v1.Task
+	51, // 25: xenopsd.v1.PauseVMResponse.task:type_name -> xenopsd.v1.Task
+	51, // 26: xenopsd.v1.UnpauseVMResponse.task:type_name -> xenopsd.v1.Task
+	52, // 27: xenopsd.v1.ShutdownVMRequest.timeout:type_name -> google.protobuf.Duration
+	51, // 28: xenopsd.v1.ShutdownVMResponse.task:type_name -> xenopsd.v1.Task
+	52, // 29: xenopsd.v1.SuspendVMRequest.timeout:type_name -> google.protobuf.Duration
+	51, // 30: xenopsd.v1.SuspendVMResponse.task:type_name -> xenopsd.v1.Task
+	51, // 31: xenopsd.v1.ResumeVMResponse.task:type_name -> xenopsd.v1.Task
+	52, // 32: xenopsd.v1.RebootVMRequest.timeout:type_name -> google.protobuf.Duration
+	51, // 33: xenopsd.v1.RebootVMResponse.task:type_name -> xenopsd.v1.Task
+	51, // 34: xenopsd.v1.DestroyVMResponse.task:type_name -> xenopsd.v1.Task
+	6,  // 35: xenopsd.v1.AddDiskRequest.disk:type_name -> xenopsd.v1.Disk
+	51, // 36: xenopsd.v1.AddDiskResponse.task:type_name -> xenopsd.v1.Task
+	51, // 37: xenopsd.v1.RemoveDiskResponse.task:type_name -> xenopsd.v1.Task
+	7,  // 38: xenopsd.v1.AddNICRequest.nic:type_name -> xenopsd.v1.NIC
+	51, // 39: xenopsd.v1.AddNICResponse.task:type_name -> xenopsd.v1.Task
+	51, // 40: xenopsd.v1.RemoveNICResponse.task:type_name -> xenopsd.v1.Task
+	12, // 41: xenopsd.v1.VMService.CreateVM:input_type -> xenopsd.v1.CreateVMRequest
+	14, // 42: xenopsd.v1.VMService.GetVM:input_type -> xenopsd.v1.GetVMRequest
+	16, // 43: xenopsd.v1.VMService.ListVMs:input_type -> xenopsd.v1.ListVMsRequest
+	18, // 44: xenopsd.v1.VMService.UpdateVM:input_type -> xenopsd.v1.UpdateVMRequest
+	20, // 45: xenopsd.v1.VMService.DeleteVM:input_type -> xenopsd.v1.DeleteVMRequest
+	22, // 46: xenopsd.v1.VMService.StartVM:input_type -> xenopsd.v1.StartVMRequest
+	24, // 47: xenopsd.v1.VMService.PauseVM:input_type -> xenopsd.v1.PauseVMRequest
+	26, // 48: xenopsd.v1.VMService.UnpauseVM:input_type -> xenopsd.v1.UnpauseVMRequest
+	28, // 49: xenopsd.v1.VMService.ShutdownVM:input_type -> xenopsd.v1.ShutdownVMRequest
+	34, // 50: xenopsd.v1.VMService.RebootVM:input_type -> xenopsd.v1.RebootVMRequest
+	36, // 51: xenopsd.v1.VMService.DestroyVM:input_type -> xenopsd.v1.DestroyVMRequest
+	30, // 52: xenopsd.v1.VMService.SuspendVM:input_type -> xenopsd.v1.SuspendVMRequest
+	32, // 53: xenopsd.v1.VMService.ResumeVM:input_type -> xenopsd.v1.ResumeVMRequest
+	46, // 54: xenopsd.v1.VMService.StreamConsole:input_type -> xenopsd.v1.StreamConsoleRequest
+	38, // 55: xenopsd.v1.VMService.AddDisk:input_type -> xenopsd.v1.AddDiskRequest
+	40, // 56: xenopsd.v1.VMService.RemoveDisk:input_type -> xenopsd.v1.RemoveDiskRequest
+	42, // 57: xenopsd.v1.VMService.AddNIC:input_type -> xenopsd.v1.AddNICRequest
+	44, // 58: xenopsd.v1.VMService.RemoveNIC:input_type -> xenopsd.v1.RemoveNICRequest
+	13, // 59: xenopsd.v1.VMService.CreateVM:output_type -> xenopsd.v1.CreateVMResponse
+	15, // 60: xenopsd.v1.VMService.GetVM:output_type -> xenopsd.v1.GetVMResponse
+	17, // 61: xenopsd.v1.VMService.ListVMs:output_type -> xenopsd.v1.ListVMsResponse
+	19, // 62: xenopsd.v1.VMService.UpdateVM:output_type -> xenopsd.v1.UpdateVMResponse
+	21, // 63: xenopsd.v1.VMService.DeleteVM:output_type -> xenopsd.v1.DeleteVMResponse
+	23, // 64: xenopsd.v1.VMService.StartVM:output_type -> xenopsd.v1.StartVMResponse
+	25, // 65: xenopsd.v1.VMService.PauseVM:output_type -> xenopsd.v1.PauseVMResponse
+	27, // 66: xenopsd.v1.VMService.UnpauseVM:output_type -> xenopsd.v1.UnpauseVMResponse
+	29, // 67: xenopsd.v1.VMService.ShutdownVM:output_type -> xenopsd.v1.ShutdownVMResponse
+	35, // 68: xenopsd.v1.VMService.RebootVM:output_type -> xenopsd.v1.RebootVMResponse
+	37, // 69: xenopsd.v1.VMService.DestroyVM:output_type -> xenopsd.v1.DestroyVMResponse
+	31, // 70: xenopsd.v1.VMService.SuspendVM:output_type -> xenopsd.v1.SuspendVMResponse
+	33, // 71: xenopsd.v1.VMService.ResumeVM:output_type -> xenopsd.v1.ResumeVMResponse
+	47, // 72: xenopsd.v1.VMService.StreamConsole:output_type -> xenopsd.v1.StreamConsoleResponse
+	39, // 73: xenopsd.v1.VMService.AddDisk:output_type -> xenopsd.v1.AddDiskResponse
+	41, // 74: xenopsd.v1.VMService.RemoveDisk:output_type -> xenopsd.v1.RemoveDiskResponse
+	43, // 75: xenopsd.v1.VMService.AddNIC:output_type -> xenopsd.v1.AddNICResponse
+	45, // 76: xenopsd.v1.VMService.RemoveNIC:output_type -> xenopsd.v1.RemoveNICResponse
+	59, // [59:77] is the sub-list for method output_type
+	41, // [41:59] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_xenopsd_v1_vm_proto_init() }
@@ -3391,7 +3488,7 @@ func file_xenopsd_v1_vm_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_v1_vm_proto_rawDesc), len(file_xenopsd_v1_vm_proto_rawDesc)),
-			NumEnums:      5,
+			NumEnums:      6,
 			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -21,6 +21,325 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// QEMUProcess is one QEMU (devices.QEMUProc).
+type QEMUProcess struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pid   uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// start is its start time (clock ticks since boot in /proc/<pid>/stat).
+	Start uint64 `protobuf:"varint,2,opt,name=start,proto3" json:"start,omitempty"`
+	// domid is the domain it serves.
+	Domid         uint32 `protobuf:"varint,3,opt,name=domid,proto3" json:"domid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QEMUProcess) Reset() {
+	*x = QEMUProcess{}
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QEMUProcess) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QEMUProcess) ProtoMessage() {}
+
+func (x *QEMUProcess) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QEMUProcess.ProtoReflect.Descriptor instead.
+func (*QEMUProcess) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *QEMUProcess) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *QEMUProcess) GetStart() uint64 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *QEMUProcess) GetDomid() uint32 {
+	if x != nil {
+		return x.Domid
+	}
+	return 0
+}
+
+type StartQEMURequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Domid         uint32                 `protobuf:"varint,1,opt,name=domid,proto3" json:"domid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartQEMURequest) Reset() {
+	*x = StartQEMURequest{}
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartQEMURequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartQEMURequest) ProtoMessage() {}
+
+func (x *StartQEMURequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartQEMURequest.ProtoReflect.Descriptor instead.
+func (*StartQEMURequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *StartQEMURequest) GetDomid() uint32 {
+	if x != nil {
+		return x.Domid
+	}
+	return 0
+}
+
+type StartQEMUResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Qemu          *QEMUProcess           `protobuf:"bytes,1,opt,name=qemu,proto3" json:"qemu,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartQEMUResponse) Reset() {
+	*x = StartQEMUResponse{}
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartQEMUResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartQEMUResponse) ProtoMessage() {}
+
+func (x *StartQEMUResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartQEMUResponse.ProtoReflect.Descriptor instead.
+func (*StartQEMUResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StartQEMUResponse) GetQemu() *QEMUProcess {
+	if x != nil {
+		return x.Qemu
+	}
+	return nil
+}
+
+type QEMUAliveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Qemu          *QEMUProcess           `protobuf:"bytes,1,opt,name=qemu,proto3" json:"qemu,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QEMUAliveRequest) Reset() {
+	*x = QEMUAliveRequest{}
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QEMUAliveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QEMUAliveRequest) ProtoMessage() {}
+
+func (x *QEMUAliveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QEMUAliveRequest.ProtoReflect.Descriptor instead.
+func (*QEMUAliveRequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *QEMUAliveRequest) GetQemu() *QEMUProcess {
+	if x != nil {
+		return x.Qemu
+	}
+	return nil
+}
+
+type QEMUAliveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Alive         bool                   `protobuf:"varint,1,opt,name=alive,proto3" json:"alive,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QEMUAliveResponse) Reset() {
+	*x = QEMUAliveResponse{}
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QEMUAliveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QEMUAliveResponse) ProtoMessage() {}
+
+func (x *QEMUAliveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QEMUAliveResponse.ProtoReflect.Descriptor instead.
+func (*QEMUAliveResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *QEMUAliveResponse) GetAlive() bool {
+	if x != nil {
+		return x.Alive
+	}
+	return false
+}
+
+type StopQEMURequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Qemu          *QEMUProcess           `protobuf:"bytes,1,opt,name=qemu,proto3" json:"qemu,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopQEMURequest) Reset() {
+	*x = StopQEMURequest{}
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopQEMURequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopQEMURequest) ProtoMessage() {}
+
+func (x *StopQEMURequest) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopQEMURequest.ProtoReflect.Descriptor instead.
+func (*StopQEMURequest) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *StopQEMURequest) GetQemu() *QEMUProcess {
+	if x != nil {
+		return x.Qemu
+	}
+	return nil
+}
+
+type StopQEMUResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopQEMUResponse) Reset() {
+	*x = StopQEMUResponse{}
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopQEMUResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopQEMUResponse) ProtoMessage() {}
+
+func (x *StopQEMUResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopQEMUResponse.ProtoReflect.Descriptor instead.
+func (*StopQEMUResponse) Descriptor() ([]byte, []int) {
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{6}
+}
+
 // DiskAttachment is devices.DiskAttachment.
 type DiskAttachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -34,7 +353,7 @@ type DiskAttachment struct {
 
 func (x *DiskAttachment) Reset() {
 	*x = DiskAttachment{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[0]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +365,7 @@ func (x *DiskAttachment) String() string {
 func (*DiskAttachment) ProtoMessage() {}
 
 func (x *DiskAttachment) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[0]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +378,7 @@ func (x *DiskAttachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskAttachment.ProtoReflect.Descriptor instead.
 func (*DiskAttachment) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{0}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DiskAttachment) GetPhysicalDevice() string {
@@ -86,7 +405,7 @@ type AttachDiskRequest struct {
 
 func (x *AttachDiskRequest) Reset() {
 	*x = AttachDiskRequest{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[1]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -98,7 +417,7 @@ func (x *AttachDiskRequest) String() string {
 func (*AttachDiskRequest) ProtoMessage() {}
 
 func (x *AttachDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[1]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -111,7 +430,7 @@ func (x *AttachDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachDiskRequest.ProtoReflect.Descriptor instead.
 func (*AttachDiskRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{1}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AttachDiskRequest) GetPath() string {
@@ -137,7 +456,7 @@ type AttachDiskResponse struct {
 
 func (x *AttachDiskResponse) Reset() {
 	*x = AttachDiskResponse{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[2]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -149,7 +468,7 @@ func (x *AttachDiskResponse) String() string {
 func (*AttachDiskResponse) ProtoMessage() {}
 
 func (x *AttachDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[2]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -162,7 +481,7 @@ func (x *AttachDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachDiskResponse.ProtoReflect.Descriptor instead.
 func (*AttachDiskResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{2}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AttachDiskResponse) GetAttachment() *DiskAttachment {
@@ -181,7 +500,7 @@ type FindDiskRequest struct {
 
 func (x *FindDiskRequest) Reset() {
 	*x = FindDiskRequest{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[3]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -193,7 +512,7 @@ func (x *FindDiskRequest) String() string {
 func (*FindDiskRequest) ProtoMessage() {}
 
 func (x *FindDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[3]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -206,7 +525,7 @@ func (x *FindDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindDiskRequest.ProtoReflect.Descriptor instead.
 func (*FindDiskRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{3}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FindDiskRequest) GetPath() string {
@@ -225,7 +544,7 @@ type FindDiskResponse struct {
 
 func (x *FindDiskResponse) Reset() {
 	*x = FindDiskResponse{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[4]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -237,7 +556,7 @@ func (x *FindDiskResponse) String() string {
 func (*FindDiskResponse) ProtoMessage() {}
 
 func (x *FindDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[4]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -250,7 +569,7 @@ func (x *FindDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FindDiskResponse.ProtoReflect.Descriptor instead.
 func (*FindDiskResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{4}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FindDiskResponse) GetAttachments() []*DiskAttachment {
@@ -269,7 +588,7 @@ type DetachDiskRequest struct {
 
 func (x *DetachDiskRequest) Reset() {
 	*x = DetachDiskRequest{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[5]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -281,7 +600,7 @@ func (x *DetachDiskRequest) String() string {
 func (*DetachDiskRequest) ProtoMessage() {}
 
 func (x *DetachDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[5]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -294,7 +613,7 @@ func (x *DetachDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachDiskRequest.ProtoReflect.Descriptor instead.
 func (*DetachDiskRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{5}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DetachDiskRequest) GetAttachment() *DiskAttachment {
@@ -312,7 +631,7 @@ type DetachDiskResponse struct {
 
 func (x *DetachDiskResponse) Reset() {
 	*x = DetachDiskResponse{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[6]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +643,7 @@ func (x *DetachDiskResponse) String() string {
 func (*DetachDiskResponse) ProtoMessage() {}
 
 func (x *DetachDiskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[6]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +656,7 @@ func (x *DetachDiskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachDiskResponse.ProtoReflect.Descriptor instead.
 func (*DetachDiskResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{6}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{13}
 }
 
 type CheckBridgeRequest struct {
@@ -349,7 +668,7 @@ type CheckBridgeRequest struct {
 
 func (x *CheckBridgeRequest) Reset() {
 	*x = CheckBridgeRequest{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[7]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -361,7 +680,7 @@ func (x *CheckBridgeRequest) String() string {
 func (*CheckBridgeRequest) ProtoMessage() {}
 
 func (x *CheckBridgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[7]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -374,7 +693,7 @@ func (x *CheckBridgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBridgeRequest.ProtoReflect.Descriptor instead.
 func (*CheckBridgeRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{7}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CheckBridgeRequest) GetBridge() string {
@@ -392,7 +711,7 @@ type CheckBridgeResponse struct {
 
 func (x *CheckBridgeResponse) Reset() {
 	*x = CheckBridgeResponse{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[8]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +723,7 @@ func (x *CheckBridgeResponse) String() string {
 func (*CheckBridgeResponse) ProtoMessage() {}
 
 func (x *CheckBridgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[8]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +736,7 @@ func (x *CheckBridgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckBridgeResponse.ProtoReflect.Descriptor instead.
 func (*CheckBridgeResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{8}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{15}
 }
 
 type ConnectVIFRequest struct {
@@ -433,7 +752,7 @@ type ConnectVIFRequest struct {
 
 func (x *ConnectVIFRequest) Reset() {
 	*x = ConnectVIFRequest{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[9]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -445,7 +764,7 @@ func (x *ConnectVIFRequest) String() string {
 func (*ConnectVIFRequest) ProtoMessage() {}
 
 func (x *ConnectVIFRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[9]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -458,7 +777,7 @@ func (x *ConnectVIFRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectVIFRequest.ProtoReflect.Descriptor instead.
 func (*ConnectVIFRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{9}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ConnectVIFRequest) GetName() string {
@@ -490,7 +809,7 @@ type ConnectVIFResponse struct {
 
 func (x *ConnectVIFResponse) Reset() {
 	*x = ConnectVIFResponse{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[10]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +821,7 @@ func (x *ConnectVIFResponse) String() string {
 func (*ConnectVIFResponse) ProtoMessage() {}
 
 func (x *ConnectVIFResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[10]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +834,7 @@ func (x *ConnectVIFResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectVIFResponse.ProtoReflect.Descriptor instead.
 func (*ConnectVIFResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{10}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{17}
 }
 
 type DisconnectVIFRequest struct {
@@ -527,7 +846,7 @@ type DisconnectVIFRequest struct {
 
 func (x *DisconnectVIFRequest) Reset() {
 	*x = DisconnectVIFRequest{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[11]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +858,7 @@ func (x *DisconnectVIFRequest) String() string {
 func (*DisconnectVIFRequest) ProtoMessage() {}
 
 func (x *DisconnectVIFRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[11]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +871,7 @@ func (x *DisconnectVIFRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectVIFRequest.ProtoReflect.Descriptor instead.
 func (*DisconnectVIFRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{11}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DisconnectVIFRequest) GetName() string {
@@ -570,7 +889,7 @@ type DisconnectVIFResponse struct {
 
 func (x *DisconnectVIFResponse) Reset() {
 	*x = DisconnectVIFResponse{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[12]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +901,7 @@ func (x *DisconnectVIFResponse) String() string {
 func (*DisconnectVIFResponse) ProtoMessage() {}
 
 func (x *DisconnectVIFResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[12]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +914,7 @@ func (x *DisconnectVIFResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectVIFResponse.ProtoReflect.Descriptor instead.
 func (*DisconnectVIFResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{12}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{19}
 }
 
 type Dom0StateRequest struct {
@@ -606,7 +925,7 @@ type Dom0StateRequest struct {
 
 func (x *Dom0StateRequest) Reset() {
 	*x = Dom0StateRequest{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[13]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +937,7 @@ func (x *Dom0StateRequest) String() string {
 func (*Dom0StateRequest) ProtoMessage() {}
 
 func (x *Dom0StateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[13]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +950,7 @@ func (x *Dom0StateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dom0StateRequest.ProtoReflect.Descriptor instead.
 func (*Dom0StateRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{13}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{20}
 }
 
 // LoopDevice is one attached loop device.
@@ -653,7 +972,7 @@ type LoopDevice struct {
 
 func (x *LoopDevice) Reset() {
 	*x = LoopDevice{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[14]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +984,7 @@ func (x *LoopDevice) String() string {
 func (*LoopDevice) ProtoMessage() {}
 
 func (x *LoopDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[14]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +997,7 @@ func (x *LoopDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoopDevice.ProtoReflect.Descriptor instead.
 func (*LoopDevice) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{14}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LoopDevice) GetName() string {
@@ -739,7 +1058,7 @@ type Link struct {
 
 func (x *Link) Reset() {
 	*x = Link{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[15]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +1070,7 @@ func (x *Link) String() string {
 func (*Link) ProtoMessage() {}
 
 func (x *Link) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[15]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +1083,7 @@ func (x *Link) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Link.ProtoReflect.Descriptor instead.
 func (*Link) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{15}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Link) GetName() string {
@@ -810,17 +1129,19 @@ func (x *Link) GetUp() bool {
 }
 
 type Dom0StateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Loops         []*LoopDevice          `protobuf:"bytes,1,rep,name=loops,proto3" json:"loops,omitempty"`
-	Links         []*Link                `protobuf:"bytes,2,rep,name=links,proto3" json:"links,omitempty"`
-	Bridges       []string               `protobuf:"bytes,3,rep,name=bridges,proto3" json:"bridges,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Loops   []*LoopDevice          `protobuf:"bytes,1,rep,name=loops,proto3" json:"loops,omitempty"`
+	Links   []*Link                `protobuf:"bytes,2,rep,name=links,proto3" json:"links,omitempty"`
+	Bridges []string               `protobuf:"bytes,3,rep,name=bridges,proto3" json:"bridges,omitempty"`
+	// qemus are the QEMUs running.
+	Qemus         []*QEMUProcess `protobuf:"bytes,4,rep,name=qemus,proto3" json:"qemus,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Dom0StateResponse) Reset() {
 	*x = Dom0StateResponse{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[16]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1153,7 @@ func (x *Dom0StateResponse) String() string {
 func (*Dom0StateResponse) ProtoMessage() {}
 
 func (x *Dom0StateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[16]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1166,7 @@ func (x *Dom0StateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dom0StateResponse.ProtoReflect.Descriptor instead.
 func (*Dom0StateResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{16}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Dom0StateResponse) GetLoops() []*LoopDevice {
@@ -869,6 +1190,13 @@ func (x *Dom0StateResponse) GetBridges() []string {
 	return nil
 }
 
+func (x *Dom0StateResponse) GetQemus() []*QEMUProcess {
+	if x != nil {
+		return x.Qemus
+	}
+	return nil
+}
+
 type DeviceCountersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// kind is "vbd" or "vif".
@@ -884,7 +1212,7 @@ type DeviceCountersRequest struct {
 
 func (x *DeviceCountersRequest) Reset() {
 	*x = DeviceCountersRequest{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[17]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +1224,7 @@ func (x *DeviceCountersRequest) String() string {
 func (*DeviceCountersRequest) ProtoMessage() {}
 
 func (x *DeviceCountersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[17]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +1237,7 @@ func (x *DeviceCountersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceCountersRequest.ProtoReflect.Descriptor instead.
 func (*DeviceCountersRequest) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{17}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeviceCountersRequest) GetKind() string {
@@ -962,7 +1290,7 @@ type DeviceCountersResponse struct {
 
 func (x *DeviceCountersResponse) Reset() {
 	*x = DeviceCountersResponse{}
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[18]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1302,7 @@ func (x *DeviceCountersResponse) String() string {
 func (*DeviceCountersResponse) ProtoMessage() {}
 
 func (x *DeviceCountersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[18]
+	mi := &file_xenopsd_simhost_v1_dom0_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1315,7 @@ func (x *DeviceCountersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeviceCountersResponse.ProtoReflect.Descriptor instead.
 func (*DeviceCountersResponse) Descriptor() ([]byte, []int) {
-	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{18}
+	return file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeviceCountersResponse) GetReadRequests() uint64 {
@@ -1085,7 +1413,22 @@ var File_xenopsd_simhost_v1_dom0_proto protoreflect.FileDescriptor
 
 const file_xenopsd_simhost_v1_dom0_proto_rawDesc = "" +
 	"\n" +
-	"\x1dxenopsd/simhost/v1/dom0.proto\x12\x12xenopsd.simhost.v1\"M\n" +
+	"\x1dxenopsd/simhost/v1/dom0.proto\x12\x12xenopsd.simhost.v1\"K\n" +
+	"\vQEMUProcess\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x14\n" +
+	"\x05start\x18\x02 \x01(\x04R\x05start\x12\x14\n" +
+	"\x05domid\x18\x03 \x01(\rR\x05domid\"(\n" +
+	"\x10StartQEMURequest\x12\x14\n" +
+	"\x05domid\x18\x01 \x01(\rR\x05domid\"H\n" +
+	"\x11StartQEMUResponse\x123\n" +
+	"\x04qemu\x18\x01 \x01(\v2\x1f.xenopsd.simhost.v1.QEMUProcessR\x04qemu\"G\n" +
+	"\x10QEMUAliveRequest\x123\n" +
+	"\x04qemu\x18\x01 \x01(\v2\x1f.xenopsd.simhost.v1.QEMUProcessR\x04qemu\")\n" +
+	"\x11QEMUAliveResponse\x12\x14\n" +
+	"\x05alive\x18\x01 \x01(\bR\x05alive\"F\n" +
+	"\x0fStopQEMURequest\x123\n" +
+	"\x04qemu\x18\x01 \x01(\v2\x1f.xenopsd.simhost.v1.QEMUProcessR\x04qemu\"\x12\n" +
+	"\x10StopQEMUResponse\"M\n" +
 	"\x0eDiskAttachment\x12'\n" +
 	"\x0fphysical_device\x18\x01 \x01(\tR\x0ephysicalDevice\x12\x12\n" +
 	"\x04loop\x18\x02 \x01(\tR\x04loop\"D\n" +
@@ -1131,11 +1474,12 @@ const file_xenopsd_simhost_v1_dom0_proto_rawDesc = "" +
 	"\x05devid\x18\x03 \x01(\rR\x05devid\x12\x16\n" +
 	"\x06bridge\x18\x04 \x01(\tR\x06bridge\x12\x10\n" +
 	"\x03mtu\x18\x05 \x01(\rR\x03mtu\x12\x0e\n" +
-	"\x02up\x18\x06 \x01(\bR\x02up\"\x93\x01\n" +
+	"\x02up\x18\x06 \x01(\bR\x02up\"\xca\x01\n" +
 	"\x11Dom0StateResponse\x124\n" +
 	"\x05loops\x18\x01 \x03(\v2\x1e.xenopsd.simhost.v1.LoopDeviceR\x05loops\x12.\n" +
 	"\x05links\x18\x02 \x03(\v2\x18.xenopsd.simhost.v1.LinkR\x05links\x12\x18\n" +
-	"\abridges\x18\x03 \x03(\tR\abridges\"i\n" +
+	"\abridges\x18\x03 \x03(\tR\abridges\x125\n" +
+	"\x05qemus\x18\x04 \x03(\v2\x1f.xenopsd.simhost.v1.QEMUProcessR\x05qemus\"i\n" +
 	"\x15DeviceCountersRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x14\n" +
 	"\x05domid\x18\x02 \x01(\rR\x05domid\x12\x14\n" +
@@ -1159,7 +1503,7 @@ const file_xenopsd_simhost_v1_dom0_proto_rawDesc = "" +
 	" \x01(\x04R\brxErrors\x12\x1b\n" +
 	"\ttx_errors\x18\v \x01(\x04R\btxErrors\x12\x19\n" +
 	"\brx_drops\x18\f \x01(\x04R\arxDrops\x12\x19\n" +
-	"\btx_drops\x18\r \x01(\x04R\atxDrops2\x84\x06\n" +
+	"\btx_drops\x18\r \x01(\x04R\atxDrops2\x8f\b\n" +
 	"\vDom0Service\x12[\n" +
 	"\n" +
 	"AttachDisk\x12%.xenopsd.simhost.v1.AttachDiskRequest\x1a&.xenopsd.simhost.v1.AttachDiskResponse\x12U\n" +
@@ -1171,7 +1515,10 @@ const file_xenopsd_simhost_v1_dom0_proto_rawDesc = "" +
 	"ConnectVIF\x12%.xenopsd.simhost.v1.ConnectVIFRequest\x1a&.xenopsd.simhost.v1.ConnectVIFResponse\x12d\n" +
 	"\rDisconnectVIF\x12(.xenopsd.simhost.v1.DisconnectVIFRequest\x1a).xenopsd.simhost.v1.DisconnectVIFResponse\x12X\n" +
 	"\tDom0State\x12$.xenopsd.simhost.v1.Dom0StateRequest\x1a%.xenopsd.simhost.v1.Dom0StateResponse\x12g\n" +
-	"\x0eDeviceCounters\x12).xenopsd.simhost.v1.DeviceCountersRequest\x1a*.xenopsd.simhost.v1.DeviceCountersResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
+	"\x0eDeviceCounters\x12).xenopsd.simhost.v1.DeviceCountersRequest\x1a*.xenopsd.simhost.v1.DeviceCountersResponse\x12X\n" +
+	"\tStartQEMU\x12$.xenopsd.simhost.v1.StartQEMURequest\x1a%.xenopsd.simhost.v1.StartQEMUResponse\x12X\n" +
+	"\tQEMUAlive\x12$.xenopsd.simhost.v1.QEMUAliveRequest\x1a%.xenopsd.simhost.v1.QEMUAliveResponse\x12U\n" +
+	"\bStopQEMU\x12#.xenopsd.simhost.v1.StopQEMURequest\x1a$.xenopsd.simhost.v1.StopQEMUResponseBCZAgithub.com/xenopsd-ng/xenopsd-ng/api/xenopsd/simhost/v1;simhostv1b\x06proto3"
 
 var (
 	file_xenopsd_simhost_v1_dom0_proto_rawDescOnce sync.Once
@@ -1185,55 +1532,72 @@ func file_xenopsd_simhost_v1_dom0_proto_rawDescGZIP() []byte {
 	return file_xenopsd_simhost_v1_dom0_proto_rawDescData
 }
 
-var file_xenopsd_simhost_v1_dom0_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_xenopsd_simhost_v1_dom0_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_xenopsd_simhost_v1_dom0_proto_goTypes = []any{
-	(*DiskAttachment)(nil),         // 0: xenopsd.simhost.v1.DiskAttachment
-	(*AttachDiskRequest)(nil),      // 1: xenopsd.simhost.v1.AttachDiskRequest
-	(*AttachDiskResponse)(nil),     // 2: xenopsd.simhost.v1.AttachDiskResponse
-	(*FindDiskRequest)(nil),        // 3: xenopsd.simhost.v1.FindDiskRequest
-	(*FindDiskResponse)(nil),       // 4: xenopsd.simhost.v1.FindDiskResponse
-	(*DetachDiskRequest)(nil),      // 5: xenopsd.simhost.v1.DetachDiskRequest
-	(*DetachDiskResponse)(nil),     // 6: xenopsd.simhost.v1.DetachDiskResponse
-	(*CheckBridgeRequest)(nil),     // 7: xenopsd.simhost.v1.CheckBridgeRequest
-	(*CheckBridgeResponse)(nil),    // 8: xenopsd.simhost.v1.CheckBridgeResponse
-	(*ConnectVIFRequest)(nil),      // 9: xenopsd.simhost.v1.ConnectVIFRequest
-	(*ConnectVIFResponse)(nil),     // 10: xenopsd.simhost.v1.ConnectVIFResponse
-	(*DisconnectVIFRequest)(nil),   // 11: xenopsd.simhost.v1.DisconnectVIFRequest
-	(*DisconnectVIFResponse)(nil),  // 12: xenopsd.simhost.v1.DisconnectVIFResponse
-	(*Dom0StateRequest)(nil),       // 13: xenopsd.simhost.v1.Dom0StateRequest
-	(*LoopDevice)(nil),             // 14: xenopsd.simhost.v1.LoopDevice
-	(*Link)(nil),                   // 15: xenopsd.simhost.v1.Link
-	(*Dom0StateResponse)(nil),      // 16: xenopsd.simhost.v1.Dom0StateResponse
-	(*DeviceCountersRequest)(nil),  // 17: xenopsd.simhost.v1.DeviceCountersRequest
-	(*DeviceCountersResponse)(nil), // 18: xenopsd.simhost.v1.DeviceCountersResponse
+	(*QEMUProcess)(nil),            // 0: xenopsd.simhost.v1.QEMUProcess
+	(*StartQEMURequest)(nil),       // 1: xenopsd.simhost.v1.StartQEMURequest
+	(*StartQEMUResponse)(nil),      // 2: xenopsd.simhost.v1.StartQEMUResponse
+	(*QEMUAliveRequest)(nil),       // 3: xenopsd.simhost.v1.QEMUAliveRequest
+	(*QEMUAliveResponse)(nil),      // 4: xenopsd.simhost.v1.QEMUAliveResponse
+	(*StopQEMURequest)(nil),        // 5: xenopsd.simhost.v1.StopQEMURequest
+	(*StopQEMUResponse)(nil),       // 6: xenopsd.simhost.v1.StopQEMUResponse
+	(*DiskAttachment)(nil),         // 7: xenopsd.simhost.v1.DiskAttachment
+	(*AttachDiskRequest)(nil),      // 8: xenopsd.simhost.v1.AttachDiskRequest
+	(*AttachDiskResponse)(nil),     // 9: xenopsd.simhost.v1.AttachDiskResponse
+	(*FindDiskRequest)(nil),        // 10: xenopsd.simhost.v1.FindDiskRequest
+	(*FindDiskResponse)(nil),       // 11: xenopsd.simhost.v1.FindDiskResponse
+	(*DetachDiskRequest)(nil),      // 12: xenopsd.simhost.v1.DetachDiskRequest
+	(*DetachDiskResponse)(nil),     // 13: xenopsd.simhost.v1.DetachDiskResponse
+	(*CheckBridgeRequest)(nil),     // 14: xenopsd.simhost.v1.CheckBridgeRequest
+	(*CheckBridgeResponse)(nil),    // 15: xenopsd.simhost.v1.CheckBridgeResponse
+	(*ConnectVIFRequest)(nil),      // 16: xenopsd.simhost.v1.ConnectVIFRequest
+	(*ConnectVIFResponse)(nil),     // 17: xenopsd.simhost.v1.ConnectVIFResponse
+	(*DisconnectVIFRequest)(nil),   // 18: xenopsd.simhost.v1.DisconnectVIFRequest
+	(*DisconnectVIFResponse)(nil),  // 19: xenopsd.simhost.v1.DisconnectVIFResponse
+	(*Dom0StateRequest)(nil),       // 20: xenopsd.simhost.v1.Dom0StateRequest
+	(*LoopDevice)(nil),             // 21: xenopsd.simhost.v1.LoopDevice
+	(*Link)(nil),                   // 22: xenopsd.simhost.v1.Link
+	(*Dom0StateResponse)(nil),      // 23: xenopsd.simhost.v1.Dom0StateResponse
+	(*DeviceCountersRequest)(nil),  // 24: xenopsd.simhost.v1.DeviceCountersRequest
+	(*DeviceCountersResponse)(nil), // 25: xenopsd.simhost.v1.DeviceCountersResponse
 }
 var file_xenopsd_simhost_v1_dom0_proto_depIdxs = []int32{
-	0,  // 0: xenopsd.simhost.v1.AttachDiskResponse.attachment:type_name -> xenopsd.simhost.v1.DiskAttachment
-	0,  // 1: xenopsd.simhost.v1.FindDiskResponse.attachments:type_name -> xenopsd.simhost.v1.DiskAttachment
-	0,  // 2: xenopsd.simhost.v1.DetachDiskRequest.attachment:type_name -> xenopsd.simhost.v1.DiskAttachment
-	14, // 3: xenopsd.simhost.v1.Dom0StateResponse.loops:type_name -> xenopsd.simhost.v1.LoopDevice
-	15, // 4: xenopsd.simhost.v1.Dom0StateResponse.links:type_name -> xenopsd.simhost.v1.Link
-	1,  // 5: xenopsd.simhost.v1.Dom0Service.AttachDisk:input_type -> xenopsd.simhost.v1.AttachDiskRequest
-	3,  // 6: xenopsd.simhost.v1.Dom0Service.FindDisk:input_type -> xenopsd.simhost.v1.FindDiskRequest
-	5,  // 7: xenopsd.simhost.v1.Dom0Service.DetachDisk:input_type -> xenopsd.simhost.v1.DetachDiskRequest
-	7,  // 8: xenopsd.simhost.v1.Dom0Service.CheckBridge:input_type -> xenopsd.simhost.v1.CheckBridgeRequest
-	9,  // 9: xenopsd.simhost.v1.Dom0Service.ConnectVIF:input_type -> xenopsd.simhost.v1.ConnectVIFRequest
-	11, // 10: xenopsd.simhost.v1.Dom0Service.DisconnectVIF:input_type -> xenopsd.simhost.v1.DisconnectVIFRequest
-	13, // 11: xenopsd.simhost.v1.Dom0Service.Dom0State:input_type -> xenopsd.simhost.v1.Dom0StateRequest
-	17, // 12: xenopsd.simhost.v1.Dom0Service.DeviceCounters:input_type -> xenopsd.simhost.v1.DeviceCountersRequest
-	2,  // 13: xenopsd.simhost.v1.Dom0Service.AttachDisk:output_type -> xenopsd.simhost.v1.AttachDiskResponse
-	4,  // 14: xenopsd.simhost.v1.Dom0Service.FindDisk:output_type -> xenopsd.simhost.v1.FindDiskResponse
-	6,  // 15: xenopsd.simhost.v1.Dom0Service.DetachDisk:output_type -> xenopsd.simhost.v1.DetachDiskResponse
-	8,  // 16: xenopsd.simhost.v1.Dom0Service.CheckBridge:output_type -> xenopsd.simhost.v1.CheckBridgeResponse
-	10, // 17: xenopsd.simhost.v1.Dom0Service.ConnectVIF:output_type -> xenopsd.simhost.v1.ConnectVIFResponse
-	12, // 18: xenopsd.simhost.v1.Dom0Service.DisconnectVIF:output_type -> xenopsd.simhost.v1.DisconnectVIFResponse
-	16, // 19: xenopsd.simhost.v1.Dom0Service.Dom0State:output_type -> xenopsd.simhost.v1.Dom0StateResponse
-	18, // 20: xenopsd.simhost.v1.Dom0Service.DeviceCounters:output_type -> xenopsd.simhost.v1.DeviceCountersResponse
-	13, // [13:21] is the sub-list for method output_type
-	5,  // [5:13] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	0,  // 0: xenopsd.simhost.v1.StartQEMUResponse.qemu:type_name -> xenopsd.simhost.v1.QEMUProcess
+	0,  // 1: xenopsd.simhost.v1.QEMUAliveRequest.qemu:type_name -> xenopsd.simhost.v1.QEMUProcess
+	0,  // 2: xenopsd.simhost.v1.StopQEMURequest.qemu:type_name -> xenopsd.simhost.v1.QEMUProcess
+	7,  // 3: xenopsd.simhost.v1.AttachDiskResponse.attachment:type_name -> xenopsd.simhost.v1.DiskAttachment
+	7,  // 4: xenopsd.simhost.v1.FindDiskResponse.attachments:type_name -> xenopsd.simhost.v1.DiskAttachment
+	7,  // 5: xenopsd.simhost.v1.DetachDiskRequest.attachment:type_name -> xenopsd.simhost.v1.DiskAttachment
+	21, // 6: xenopsd.simhost.v1.Dom0StateResponse.loops:type_name -> xenopsd.simhost.v1.LoopDevice
+	22, // 7: xenopsd.simhost.v1.Dom0StateResponse.links:type_name -> xenopsd.simhost.v1.Link
+	0,  // 8: xenopsd.simhost.v1.Dom0StateResponse.qemus:type_name -> xenopsd.simhost.v1.QEMUProcess
+	8,  // 9: xenopsd.simhost.v1.Dom0Service.AttachDisk:input_type -> xenopsd.simhost.v1.AttachDiskRequest
+	10, // 10: xenopsd.simhost.v1.Dom0Service.FindDisk:input_type -> xenopsd.simhost.v1.FindDiskRequest
+	12, // 11: xenopsd.simhost.v1.Dom0Service.DetachDisk:input_type -> xenopsd.simhost.v1.DetachDiskRequest
+	14, // 12: xenopsd.simhost.v1.Dom0Service.CheckBridge:input_type -> xenopsd.simhost.v1.CheckBridgeRequest
+	16, // 13: xenopsd.simhost.v1.Dom0Service.ConnectVIF:input_type -> xenopsd.simhost.v1.ConnectVIFRequest
+	18, // 14: xenopsd.simhost.v1.Dom0Service.DisconnectVIF:input_type -> xenopsd.simhost.v1.DisconnectVIFRequest
+	20, // 15: xenopsd.simhost.v1.Dom0Service.Dom0State:input_type -> xenopsd.simhost.v1.Dom0StateRequest
+	24, // 16: xenopsd.simhost.v1.Dom0Service.DeviceCounters:input_type -> xenopsd.simhost.v1.DeviceCountersRequest
+	1,  // 17: xenopsd.simhost.v1.Dom0Service.StartQEMU:input_type -> xenopsd.simhost.v1.StartQEMURequest
+	3,  // 18: xenopsd.simhost.v1.Dom0Service.QEMUAlive:input_type -> xenopsd.simhost.v1.QEMUAliveRequest
+	5,  // 19: xenopsd.simhost.v1.Dom0Service.StopQEMU:input_type -> xenopsd.simhost.v1.StopQEMURequest
+	9,  // 20: xenopsd.simhost.v1.Dom0Service.AttachDisk:output_type -> xenopsd.simhost.v1.AttachDiskResponse
+	11, // 21: xenopsd.simhost.v1.Dom0Service.FindDisk:output_type -> xenopsd.simhost.v1.FindDiskResponse
+	13, // 22: xenopsd.simhost.v1.Dom0Service.DetachDisk:output_type -> xenopsd.simhost.v1.DetachDiskResponse
+	15, // 23: xenopsd.simhost.v1.Dom0Service.CheckBridge:output_type -> xenopsd.simhost.v1.CheckBridgeResponse
+	17, // 24: xenopsd.simhost.v1.Dom0Service.ConnectVIF:output_type -> xenopsd.simhost.v1.ConnectVIFResponse
+	19, // 25: xenopsd.simhost.v1.Dom0Service.DisconnectVIF:output_type -> xenopsd.simhost.v1.DisconnectVIFResponse
+	23, // 26: xenopsd.simhost.v1.Dom0Service.Dom0State:output_type -> xenopsd.simhost.v1.Dom0StateResponse
+	25, // 27: xenopsd.simhost.v1.Dom0Service.DeviceCounters:output_type -> xenopsd.simhost.v1.DeviceCountersResponse
+	2,  // 28: xenopsd.simhost.v1.Dom0Service.StartQEMU:output_type -> xenopsd.simhost.v1.StartQEMUResponse
+	4,  // 29: xenopsd.simhost.v1.Dom0Service.QEMUAlive:output_type -> xenopsd.simhost.v1.QEMUAliveResponse
+	6,  // 30: xenopsd.simhost.v1.Dom0Service.StopQEMU:output_type -> xenopsd.simhost.v1.StopQEMUResponse
+	20, // [20:31] is the sub-list for method output_type
+	9,  // [9:20] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_xenopsd_simhost_v1_dom0_proto_init() }
@@ -1247,7 +1611,7 @@ func file_xenopsd_simhost_v1_dom0_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_xenopsd_simhost_v1_dom0_proto_rawDesc), len(file_xenopsd_simhost_v1_dom0_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

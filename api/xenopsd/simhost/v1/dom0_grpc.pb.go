@@ -27,6 +27,9 @@ const (
 	Dom0Service_DisconnectVIF_FullMethodName  = "/xenopsd.simhost.v1.Dom0Service/DisconnectVIF"
 	Dom0Service_Dom0State_FullMethodName      = "/xenopsd.simhost.v1.Dom0Service/Dom0State"
 	Dom0Service_DeviceCounters_FullMethodName = "/xenopsd.simhost.v1.Dom0Service/DeviceCounters"
+	Dom0Service_StartQEMU_FullMethodName      = "/xenopsd.simhost.v1.Dom0Service/StartQEMU"
+	Dom0Service_QEMUAlive_FullMethodName      = "/xenopsd.simhost.v1.Dom0Service/QEMUAlive"
+	Dom0Service_StopQEMU_FullMethodName       = "/xenopsd.simhost.v1.Dom0Service/StopQEMU"
 )
 
 // Dom0ServiceClient is the client API for Dom0Service service.
@@ -62,6 +65,16 @@ type Dom0ServiceClient interface {
 	// statistics or the vif's link counters show them (devices.Counters);
 	// NotFound (ENOENT) while dom0 has no such device.
 	DeviceCounters(ctx context.Context, in *DeviceCountersRequest, opts ...grpc.CallOption) (*DeviceCountersResponse, error)
+	// StartQEMU starts the sim's QEMU for a domain (devices.Host.StartQEMU):
+	// once "running" (written into device-model/<domid>/state) it serves the
+	// domain's backend/qdisk directories, qcow2 images, as QEMU's xen-block.
+	StartQEMU(ctx context.Context, in *StartQEMURequest, opts ...grpc.CallOption) (*StartQEMUResponse, error)
+	// QEMUAlive reports whether that QEMU (pid and start time) still runs
+	// for the domain.
+	QEMUAlive(ctx context.Context, in *QEMUAliveRequest, opts ...grpc.CallOption) (*QEMUAliveResponse, error)
+	// StopQEMU ends it (its devices stop being served, writing nothing, as
+	// a killed QEMU); one that is gone is no error.
+	StopQEMU(ctx context.Context, in *StopQEMURequest, opts ...grpc.CallOption) (*StopQEMUResponse, error)
 }
 
 type dom0ServiceClient struct {
@@ -152,6 +165,36 @@ func (c *dom0ServiceClient) DeviceCounters(ctx context.Context, in *DeviceCounte
 	return out, nil
 }
 
+func (c *dom0ServiceClient) StartQEMU(ctx context.Context, in *StartQEMURequest, opts ...grpc.CallOption) (*StartQEMUResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartQEMUResponse)
+	err := c.cc.Invoke(ctx, Dom0Service_StartQEMU_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *dom0ServiceClient) QEMUAlive(ctx context.Context, in *QEMUAliveRequest, opts ...grpc.CallOption) (*QEMUAliveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QEMUAliveResponse)
+	err := c.cc.Invoke(ctx, Dom0Service_QEMUAlive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *dom0ServiceClient) StopQEMU(ctx context.Context, in *StopQEMURequest, opts ...grpc.CallOption) (*StopQEMUResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StopQEMUResponse)
+	err := c.cc.Invoke(ctx, Dom0Service_StopQEMU_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // Dom0ServiceServer is the server API for Dom0Service service.
 // All implementations must embed UnimplementedDom0ServiceServer
 // for forward compatibility.
@@ -185,6 +228,16 @@ type Dom0ServiceServer interface {
 	// statistics or the vif's link counters show them (devices.Counters);
 	// NotFound (ENOENT) while dom0 has no such device.
 	DeviceCounters(context.Context, *DeviceCountersRequest) (*DeviceCountersResponse, error)
+	// StartQEMU starts the sim's QEMU for a domain (devices.Host.StartQEMU):
+	// once "running" (written into device-model/<domid>/state) it serves the
+	// domain's backend/qdisk directories, qcow2 images, as QEMU's xen-block.
+	StartQEMU(context.Context, *StartQEMURequest) (*StartQEMUResponse, error)
+	// QEMUAlive reports whether that QEMU (pid and start time) still runs
+	// for the domain.
+	QEMUAlive(context.Context, *QEMUAliveRequest) (*QEMUAliveResponse, error)
+	// StopQEMU ends it (its devices stop being served, writing nothing, as
+	// a killed QEMU); one that is gone is no error.
+	StopQEMU(context.Context, *StopQEMURequest) (*StopQEMUResponse, error)
 	mustEmbedUnimplementedDom0ServiceServer()
 }
 
@@ -218,6 +271,15 @@ func (UnimplementedDom0ServiceServer) Dom0State(context.Context, *Dom0StateReque
 }
 func (UnimplementedDom0ServiceServer) DeviceCounters(context.Context, *DeviceCountersRequest) (*DeviceCountersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeviceCounters not implemented")
+}
+func (UnimplementedDom0ServiceServer) StartQEMU(context.Context, *StartQEMURequest) (*StartQEMUResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartQEMU not implemented")
+}
+func (UnimplementedDom0ServiceServer) QEMUAlive(context.Context, *QEMUAliveRequest) (*QEMUAliveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QEMUAlive not implemented")
+}
+func (UnimplementedDom0ServiceServer) StopQEMU(context.Context, *StopQEMURequest) (*StopQEMUResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StopQEMU not implemented")
 }
 func (UnimplementedDom0ServiceServer) mustEmbedUnimplementedDom0ServiceServer() {}
 func (UnimplementedDom0ServiceServer) testEmbeddedByValue()                     {}
@@ -384,6 +446,60 @@ func _Dom0Service_DeviceCounters_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Dom0Service_StartQEMU_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartQEMURequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(Dom0ServiceServer).StartQEMU(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Dom0Service_StartQEMU_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(Dom0ServiceServer).StartQEMU(ctx, req.(*StartQEMURequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Dom0Service_QEMUAlive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QEMUAliveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(Dom0ServiceServer).QEMUAlive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Dom0Service_QEMUAlive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(Dom0ServiceServer).QEMUAlive(ctx, req.(*QEMUAliveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Dom0Service_StopQEMU_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StopQEMURequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(Dom0ServiceServer).StopQEMU(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Dom0Service_StopQEMU_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(Dom0ServiceServer).StopQEMU(ctx, req.(*StopQEMURequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Dom0Service_ServiceDesc is the grpc.ServiceDesc for Dom0Service service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -422,6 +538,18 @@ var Dom0Service_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeviceCounters",
 			Handler:    _Dom0Service_DeviceCounters_Handler,
+		},
+		{
+			MethodName: "StartQEMU",
+			Handler:    _Dom0Service_StartQEMU_Handler,
+		},
+		{
+			MethodName: "QEMUAlive",
+			Handler:    _Dom0Service_QEMUAlive_Handler,
+		},
+		{
+			MethodName: "StopQEMU",
+			Handler:    _Dom0Service_StopQEMU_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
