@@ -2,6 +2,7 @@ package nested
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -136,8 +137,9 @@ func qdiskGuest(t *testing.T, e *env, w *stateWatcher, typ string, kill9 bool) {
 			"/local/domain/" + domid + "/device/vbd/" + strconv.Itoa(vdevXvdb)}
 	}
 	// start starts the VM and waits for both disks to connect; it returns
-	// the domid and the domain's one QEMU.
-	start := func(t *testing.T) (domid string, qemu int) {
+	// the domid and the domain's one QEMU, or, for a guest that died first,
+	// an error made by died (its domain destroyed, for bootRetrying).
+	start := func(t *testing.T) (domid string, qemu int, err error) {
 		t.Helper()
 		t0 := time.Now()
 		if _, err := e.ctl("vm", "start", name); err != nil {
@@ -156,6 +158,12 @@ func qdiskGuest(t *testing.T, e *env, w *stateWatcher, typ string, kill9 bool) {
 			return ""
 		}
 		tConn, err := w.waitConnected(time.Now().Add(markerWait), gone, fes(domid)...)
+		if errors.Is(err, errGuestGone) {
+			if _, derr := e.ctl("vm", "destroy", name); derr != nil {
+				t.Logf("destroy after the failed boot: %v", derr)
+			}
+			return domid, 0, died(domid, err.Error())
+		}
 		if err != nil {
 			xs, _ := run(30*time.Second, "xenstore-ls", "-fp", "/local/domain/0/backend/qdisk/"+domid)
 			fe, _ := run(30*time.Second, "xenstore-ls", "-fp", "/local/domain/"+domid+"/device")
@@ -172,19 +180,37 @@ func qdiskGuest(t *testing.T, e *env, w *stateWatcher, typ string, kill9 bool) {
 		if got := pluggedQEMUPids(t, e, name); len(got) != 1 || got[0] != pids[0] {
 			t.Errorf("vm get's disks name QEMU pids %v, want %d for the qcow2 one", got, pids[0])
 		}
-		return domid, pids[0]
+		return domid, pids[0], nil
 	}
 
-	from := fileSize(logPath)
-	domid, _ := start(t)
-	deadline := time.Now().Add(markerWait)
+	// The first boot, to the guest's GUEST-DEVICES-DONE, under the retry
+	// policy (a PVH guest may triple-fault under QEMU).
+	var domid string
+	var from int64
 	var b []byte
-	for b = readFrom(logPath, from); !bytes.Contains(b, []byte("GUEST-DEVICES-DONE")); b = readFrom(logPath, from) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no GUEST-DEVICES-DONE within %v; console:\n%s", markerWait, tail(b, 4000))
+	g := guestBoot{what: "the daemon's " + strings.ToUpper(typ) + " qcow2 guest", typ: typ, vcpus: 1, ours: true}
+	bootRetrying(t, g, func(int) error {
+		from = fileSize(logPath)
+		var err error
+		if domid, _, err = start(t); err != nil {
+			return err
 		}
-		time.Sleep(500 * time.Millisecond)
-	}
+		deadline, lastCheck := time.Now().Add(markerWait), time.Now()
+		for b = readFrom(logPath, from); !bytes.Contains(b, []byte("GUEST-DEVICES-DONE")); b = readFrom(logPath, from) {
+			if time.Since(lastCheck) > 3*time.Second {
+				lastCheck = time.Now()
+				if d := field(e.ctlJSON("vm", "get", name), "domid", "domid"); d != domid {
+					_, _ = e.ctl("vm", "destroy", name)
+					return died(domid, "the VM is now domid "+d+" (the guest died: triple fault?)")
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no GUEST-DEVICES-DONE within %v; console:\n%s", markerWait, tail(b, 4000))
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		return nil
+	})
 	lines := guestLines(b)
 	t.Logf("guest:\n%s", lines)
 	for _, want := range []string{"GUEST-DISK-WROTE " + im.rwWord, "GUEST-DISK-RO " + im.roWord} {
@@ -222,7 +248,10 @@ func qdiskGuest(t *testing.T, e *env, w *stateWatcher, typ string, kill9 bool) {
 		return
 	}
 	t.Run("Kill9ThenDestroy", func(t *testing.T) {
-		domid, qemu := start(t)
+		domid, qemu, err := start(t)
+		if err != nil {
+			t.Fatal(err) // its guest died: the test's first boot had the retries
+		}
 		e.kill9()
 		if p := qemuPids(domid); len(p) != 1 || p[0] != qemu {
 			t.Fatalf("after kill -9 of the daemon: QEMUs of domain %s %v, want %d still running", domid, p, qemu)
