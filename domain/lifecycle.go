@@ -211,14 +211,16 @@ func (m *Manager) destroyToHalted(ctx context.Context, e *vmEntry, d xenctrl.Dom
 	}, nil
 }
 
-func validateShutdownOptions(o ShutdownOptions) (time.Duration, error) {
-	if o.Timeout < 0 || o.Timeout > MaxShutdownTimeout {
-		return 0, InvalidField("timeout", "%v is out of range 0..%v", o.Timeout, MaxShutdownTimeout)
+// guestTimeout checks how long a request gives the guest (0..
+// MaxShutdownTimeout) and puts def for 0.
+func guestTimeout(timeout, def time.Duration) (time.Duration, error) {
+	if timeout < 0 || timeout > MaxShutdownTimeout {
+		return 0, InvalidField("timeout", "%v is out of range 0..%v", timeout, MaxShutdownTimeout)
 	}
-	if o.Timeout == 0 {
-		return DefaultShutdownTimeout, nil
+	if timeout == 0 {
+		return def, nil
 	}
-	return o.Timeout, nil
+	return timeout, nil
 }
 
 // Shutdown asks the guest to power off (control/shutdown = "poweroff"),
@@ -238,7 +240,7 @@ func (m *Manager) Reboot(ctx context.Context, ref string, opts ShutdownOptions) 
 }
 
 func (m *Manager) cleanShutdown(ctx context.Context, ref, name, request string, opts ShutdownOptions) (Task, error) {
-	timeout, err := validateShutdownOptions(opts)
+	timeout, err := guestTimeout(opts.Timeout, DefaultShutdownTimeout)
 	if err != nil {
 		return Task{}, err
 	}

@@ -21,16 +21,6 @@ type SuspendOptions struct {
 // timeout is given: libxl's wait for a guest to suspend is 60 seconds.
 const DefaultSuspendTimeout = 60 * time.Second
 
-func validateSuspendOptions(o SuspendOptions) (time.Duration, error) {
-	if o.Timeout < 0 || o.Timeout > MaxShutdownTimeout {
-		return 0, InvalidField("timeout", "%v is out of range 0..%v", o.Timeout, MaxShutdownTimeout)
-	}
-	if o.Timeout == 0 {
-		return DefaultSuspendTimeout, nil
-	}
-	return o.Timeout, nil
-}
-
 // Suspend asks a Running VM's guest to suspend itself in place
 // (control/shutdown = "suspend", as libxl does for a guest without a
 // suspend event channel) and waits up to opts.Timeout for its domain to
@@ -40,7 +30,7 @@ func validateSuspendOptions(o SuspendOptions) (time.Duration, error) {
 // FailedPrecondition, one that does not suspend in time DeadlineExceeded;
 // in both cases the request is withdrawn and the VM keeps running.
 func (m *Manager) Suspend(ctx context.Context, ref string, opts SuspendOptions) (Task, error) {
-	timeout, err := validateSuspendOptions(opts)
+	timeout, err := guestTimeout(opts.Timeout, DefaultSuspendTimeout)
 	if err != nil {
 		return Task{}, err
 	}
