@@ -76,6 +76,8 @@ func TestBootRetryPolicy(t *testing.T) {
 			results: []error{died("7", "domain 7 gone")}, fatal: "without a triple fault"},
 		{name: "another domain's triple fault", ours: true, console: tf,
 			results: []error{died("17", "domain 17 gone")}, fatal: "without a triple fault"},
+		{name: "died before its domid was read", ours: true, console: tf,
+			results: []error{died("", `the VM is now domid "9"`), nil}, attempts: 2, controls: 1},
 		{name: "Xen's code segment twice, then booted", ours: true, console: tf,
 			results: []error{died("7", "gone"), died("7", "gone"), nil}, attempts: 3, controls: 2},
 		{name: "Xen's code segment three times: ours", ours: true, console: tf,
