@@ -1,6 +1,7 @@
 package nested
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"runtime"
@@ -56,7 +57,8 @@ func TestBootRetryPolicy(t *testing.T) {
 	var clears, controls int
 	readXenConsole = func() []byte { return []byte(console) }
 	clearXenConsole = func() { clears++ }
-	controlBoot = func(testing.TB, string, int) loopBoot { controls++; return loopBoot{outcome: "booted"} }
+	controlOutcome := "booted"
+	controlBoot = func(testing.TB, string, int) loopBoot { controls++; return loopBoot{outcome: controlOutcome} }
 
 	cases := []struct {
 		name     string
@@ -66,6 +68,7 @@ func TestBootRetryPolicy(t *testing.T) {
 		attempts int     // bootRetrying's answer; 0: it fails the test
 		fatal    string  // in the failure
 		controls int
+		control  string // the xl control's outcome (default booted)
 	}{
 		{name: "first boot", ours: true, results: []error{nil}, attempts: 1},
 		{name: "triple fault then booted", ours: true, console: tf,
@@ -88,12 +91,18 @@ func TestBootRetryPolicy(t *testing.T) {
 			results: []error{died("7", "gone"), nil}, attempts: 2, controls: 1},
 		{name: "guest's code segment reproduced", ours: true, console: guestTF,
 			results: []error{died("7", "gone"), died("7", "gone")}, fatal: "builder bug", controls: 1},
+		{name: "guest's code segment, xl's control faulted too", ours: true, console: guestTF, control: "triple",
+			results: []error{died("7", "gone"), died("7", "gone"), nil}, attempts: 3, controls: 2},
+		{name: "guest's code segment, xl's guest: two retries", console: guestTF,
+			results: []error{died("7", "gone"), died("7", "gone"), nil}, attempts: 3},
+		{name: "guest's code segment three times: xl's", console: guestTF,
+			results: []error{died("7", "gone"), died("7", "gone"), died("7", "gone")}, fatal: "the harness"},
 		{name: "hang: no retry", ours: true, console: tf,
 			results: []error{errors.New("no marker within 3m0s")}, fatal: "no marker"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			console, clears, controls = c.console, 0, 0
+			console, clears, controls, controlOutcome = c.console, 0, 0, cmp.Or(c.control, "booted")
 			calls := 0
 			p := &policyTB{TB: t}
 			attempts := 0

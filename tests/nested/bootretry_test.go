@@ -46,11 +46,12 @@ type guestBoot struct {
 // behind (its domain destroyed) and return an error made by died for a
 // guest that died before its marker; any other error fails the test at
 // once. A death is retried only if Xen's console shows a triple fault of
-// that domain: once, or twice while the dumps show Xen's own code segment
-// (the emulator's fault, not the guest's); one more fails the test (for
-// ours: a builder bug).
+// that domain: once, or twice for a fault that cannot be the builder's
+// (Xen's own code segment in the dump, xl's guest, or ours while xl's
+// control faulted too); one more fails the test (for ours: a builder bug).
 func bootRetrying(t testing.TB, g guestBoot, boot func(attempt int) error) int {
 	t.Helper()
+	controlFaulted := false // the xl control of one of our faults triple-faulted too
 	for attempt := 1; ; attempt++ {
 		clearXenConsole()
 		err := boot(attempt)
@@ -69,12 +70,13 @@ func bootRetrying(t testing.TB, g guestBoot, boot func(attempt int) error) int {
 			t.Fatalf("%s died before its marker without a triple fault (not the harness's known fault, no retry): %v\nXen's console:\n%s",
 				g.what, err, tail([]byte(dm), 2000))
 		}
-		// A dump with Xen's own code segment (the emulated CPU ran Xen's
-		// code while in guest mode: QEMU's SVM emulation, whatever the
-		// guest) cannot be the builder's doing and is allowed a second
-		// retry; any other triple fault one.
+		// Faults that cannot be the builder's doing are allowed a second
+		// retry: a dump with Xen's own code segment (the emulated CPU ran
+		// Xen's code while in guest mode: QEMU's SVM emulation), any fault
+		// of xl's guest, and one of ours while xl's control guest faulted
+		// too. Any other triple fault gets one retry.
 		limit := 2
-		if xenRIP {
+		if xenRIP || !g.ours || controlFaulted {
 			limit = 3
 		}
 		if attempt >= limit {
@@ -93,6 +95,7 @@ func bootRetrying(t testing.TB, g guestBoot, boot func(attempt int) error) int {
 			if c.outcome != "booted" {
 				t.Logf("the control's evidence:\n%s", c.evidence)
 			}
+			controlFaulted = controlFaulted || c.outcome == "triple"
 		}
 	}
 }
